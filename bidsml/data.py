@@ -37,6 +37,8 @@ class Example(BaseModel):
     task: str | None = None
     subtask: str | None = None
     capability: str | None = None
+    choices: list[str] | None = None  # multiple-choice test items: the options
+    gold: int | None = None  # index of the correct option
 
 
 def check_example(raw: object, where: str) -> Example:

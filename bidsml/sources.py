@@ -211,7 +211,10 @@ CAPABILITY = {"mmlu": "knowledge", "arc_challenge": "reasoning", "gsm8k": "math"
 
 
 def _mc_example(task: str, i, question: str, choices: list[str], gold: int, subtask: str | None = None) -> Example:
-    return _pair(task, i, mc_prompt(question, choices), mc_answer(choices, gold), task=task, subtask=subtask, capability=CAPABILITY[task])
+    return _pair(
+        task, i, mc_prompt(question, choices), mc_answer(choices, gold),
+        task=task, subtask=subtask, capability=CAPABILITY[task], choices=list(choices), gold=gold,
+    )
 
 
 def _mmlu() -> tuple[list[Example], list[Example]]:

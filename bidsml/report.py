@@ -1,0 +1,120 @@
+"""The run report: evaluation table, selection composition, PNG charts, as markdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bidsml.selection import selection_label  # noqa: E402
+
+
+def evaluation_frame(tables: list[dict]) -> pd.DataFrame:
+    """Returns one row per (model, task) from evaluation summaries {"model", "tasks": [...]}."""
+    rows = [{"model": t["model"], **r} for t in tables for r in t["tasks"]]
+    return pd.DataFrame(rows)
+
+
+def plot_evaluation(df: pd.DataFrame, path: Path) -> Path:
+    """Saves a grouped bar chart of accuracy and gold NLL per task and model; returns the path."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, metric in zip(axes, ["accuracy", "nll"]):
+        piv = df.pivot_table(index="task", columns="model", values=metric, aggfunc="first")
+        piv = piv.dropna(how="all")
+        if piv.empty:
+            ax.set_axis_off()
+            continue
+        piv.plot.bar(ax=ax, rot=30)
+        ax.set_title({"accuracy": "MC accuracy (higher is better)", "nll": "gold-answer NLL (lower is better)"}[metric])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_composition(selections: list[dict], path: Path) -> Path:
+    """Saves stacked bars of each selection's composition by source; returns the path."""
+    df = pd.DataFrame({selection_label(s['method'], s['budget']): s["by_source"] for s in selections}).fillna(0).T
+    fig, ax = plt.subplots(figsize=(8, 4))
+    df.plot.bar(stacked=True, ax=ax, rot=0)
+    ax.set_ylabel("selected examples")
+    ax.set_title("selection composition by source")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def evaluation_pivot(df: pd.DataFrame) -> pd.DataFrame:
+    """Returns a task x model table of 'accuracy / nll'."""
+    df = df.copy()
+    df["cell"] = [f"{_fmt(a)} / {_fmt(n)}" for a, n in zip(df["accuracy"], df["nll"])]
+    piv = df.pivot_table(index="task", columns="model", values="cell", aggfunc="first", sort=False)
+    return piv.reset_index()
+
+
+def composition_frame(selections: list[dict]) -> pd.DataFrame:
+    rows = []
+    for s in selections:
+        rows.append({"selection": selection_label(s['method'], s['budget']), "k": s["k"], **{f"src:{k}": v for k, v in s["by_source"].items()}, **{f"task:{k}": v for k, v in s["by_top_task"].items()}})
+    return pd.DataFrame(rows).fillna(0)
+
+
+def write_report(out: Path, title: str, data_summary: dict, eval_tables: list[dict], selections: list[dict], subsets: dict[str, str], timings: dict[str, float]) -> Path:
+    """Writes report.md, evaluation.csv and PNG charts into `out`; returns the report path."""
+    out.mkdir(parents=True, exist_ok=True)
+    ev = evaluation_frame(eval_tables)
+    ev.to_csv(out / "evaluation.csv", index=False)
+    plot_evaluation(ev, out / "evaluation.png")
+    plot_composition(selections, out / "composition.png")
+    lines = [
+        f"# {title}",
+        "",
+        f"Pool: {data_summary.get('pool_out')} examples kept of {data_summary.get('pool_in')} "
+        f"({data_summary.get('n_rejected', 0)} rejected, {data_summary.get('pool_truncated', 0)} truncated); "
+        f"{data_summary.get('n_val')} validation examples, {data_summary.get('n_test')} test items.",
+        "",
+        "## Evaluation (MC accuracy / gold-answer NLL)",
+        "",
+        markdown_table(evaluation_pivot(ev)),
+        "",
+        "![evaluation](evaluation.png)",
+        "",
+        "## Selections (composition by source and by most-influenced task)",
+        "",
+        markdown_table(composition_frame(selections)),
+        "",
+        "![composition](composition.png)",
+        "",
+        "## Subsets (JSONL, input format)",
+        "",
+        *[f"- {name}: `{path}`" for name, path in subsets.items()],
+        "",
+        "## Step wall times (s)",
+        "",
+        *[f"- {k}: {v:.1f}" for k, v in timings.items()],
+        "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

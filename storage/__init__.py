@@ -1,0 +1,1 @@
+"""Artifact storage: content-digested references, Zarr gradient store, DuckDB influence store, lineage. No Prefect."""

@@ -1,0 +1,96 @@
+"""Zarr gradient store: one group per (checkpoint, split), written chunk by chunk.
+
+Layout: ``features.zarr/<split>/ckpt_<c>/{features [N, k] float16, norms [N] float32}``
+with row chunks of `chunk_rows`. Each chunk is written whole by one worker,
+then a marker file ``chunks_done/<split>-<c>-<chunk>`` records it, so a
+killed run resumes at the first unfinished chunk. Features are L2-normalised
+before the fp16 cast (raw gradients overflow fp16); norms stay fp32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import zarr
+
+from storage.names import CHUNKS_DONE_DIR, FEATURES_ARRAY, FEATURES_STORE, NORMS_ARRAY
+
+
+def group_path(split: str, ckpt: int) -> str:
+    return f"{split}/ckpt_{ckpt}"
+
+
+def gradient_store_path(root: Path) -> Path:
+    return Path(root) / FEATURES_STORE
+
+
+def _marker(root: Path, split: str, ckpt: int, chunk: int) -> Path:
+    return Path(root) / CHUNKS_DONE_DIR / f"{split}-{ckpt}-{chunk:06d}"
+
+
+def create_groups(root: Path, split: str, ckpt: int, n: int, k: int, chunk_rows: int) -> None:
+    """Pre-sizes the arrays of one (split, checkpoint) group; keeps them if they exist (resume)."""
+    store = zarr.open_group(str(gradient_store_path(root)), mode="a")
+    path = group_path(split, ckpt)
+    if path in store:
+        return
+    g = store.require_group(path)
+    g.create_array(FEATURES_ARRAY, shape=(n, k), chunks=(chunk_rows, k), dtype="float16", compressors=None, fill_value=0)
+    g.create_array(NORMS_ARRAY, shape=(n,), chunks=(chunk_rows,), dtype="float32", compressors=None, fill_value=0)
+    (Path(root) / CHUNKS_DONE_DIR).mkdir(parents=True, exist_ok=True)
+
+
+def write_chunks(
+    root: Path,
+    split: str,
+    ckpt: int,
+    n: int,
+    k: int,
+    chunk_rows: int,
+    compute: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+    on_chunk: Callable[[int, int, bool], None] | None = None,
+) -> int:
+    """Fills a group chunk by chunk, skipping finished chunks; returns how many were computed.
+
+    `compute(start, stop)` returns (normalised features (n, k), norms (n,)) for rows start..stop.
+    """
+    create_groups(root, split, ckpt, n, k, chunk_rows)
+    g = zarr.open_group(str(gradient_store_path(root)), mode="r+")[group_path(split, ckpt)]
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    computed = 0
+    for c in range(n_chunks):
+        marker = _marker(root, split, ckpt, c)
+        start, stop = c * chunk_rows, min(n, (c + 1) * chunk_rows)
+        if marker.exists():
+            if on_chunk:
+                on_chunk(c, n_chunks, True)
+            continue
+        feats, norms = compute(start, stop)
+        g[FEATURES_ARRAY][start:stop] = feats.astype(np.float16)
+        g[NORMS_ARRAY][start:stop] = norms.astype(np.float32)
+        marker.touch()
+        computed += 1
+        if on_chunk:
+            on_chunk(c, n_chunks, False)
+    return computed
+
+
+def read_features(root: Path, split: str, ckpt: int) -> np.ndarray:
+    """Returns a whole (split, checkpoint) feature array (small splits, e.g. validation)."""
+    g = zarr.open_group(str(gradient_store_path(root)), mode="r")[group_path(split, ckpt)]
+    return g[FEATURES_ARRAY][:]
+
+
+def iter_feature_chunks(root: Path, split: str, ckpt: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields (row offset, features chunk) of a (split, checkpoint) group, one Zarr chunk at a time."""
+    arr = zarr.open_group(str(gradient_store_path(root)), mode="r")[group_path(split, ckpt)][FEATURES_ARRAY]
+    step = arr.chunks[0]
+    for start in range(0, arr.shape[0], step):
+        yield start, arr[start : start + step]
+
+
+def read_norms(root: Path, split: str, ckpt: int) -> np.ndarray:
+    g = zarr.open_group(str(gradient_store_path(root)), mode="r")[group_path(split, ckpt)]
+    return g[NORMS_ARRAY][:]

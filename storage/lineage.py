@@ -1,0 +1,53 @@
+"""Lineage catalog: which step, run, parameters and inputs produced each artifact.
+
+One JSON record per artifact digest under ``run_root/lineage/``, queryable
+with DuckDB (``read_json``) or the CLI. The open-source Prefect server keeps
+no lineage graph, so this is the place users look.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from storage.names import LINEAGE_DIR
+from storage.refs import ArtifactRef
+
+
+def record_artifact(run_root: Path, ref: ArtifactRef, step: str, run_id: str | None, params: dict[str, Any], inputs: list[ArtifactRef]) -> Path:
+    """Writes (or extends) the lineage record of `ref`; returns its path."""
+    folder = Path(run_root) / LINEAGE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{ref.digest[:24]}.json"
+    rec = json.loads(path.read_text()) if path.exists() else {
+        "digest": ref.digest, "kind": ref.kind, "uri": ref.uri, "step": step, "identity": ref.identity,
+        "params": params, "inputs": [{"kind": i.kind, "digest": i.digest, "uri": i.uri} for i in inputs], "runs": [],
+    }
+    if run_id and run_id not in [r["run_id"] for r in rec["runs"]]:
+        rec["runs"].append({"run_id": run_id, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    path.write_text(json.dumps(rec, indent=1, default=str))
+    return path
+
+
+def find_record(run_root: Path, digest_prefix: str) -> dict | None:
+    """Returns the lineage record whose digest starts with `digest_prefix`."""
+    for p in sorted((Path(run_root) / LINEAGE_DIR).glob("*.json")):
+        rec = json.loads(p.read_text())
+        if rec["digest"].startswith(digest_prefix) or rec["uri"].rstrip("/").endswith(digest_prefix):
+            return rec
+    return None
+
+
+def upstream(run_root: Path, digest_prefix: str) -> list[dict]:
+    """Returns the records of an artifact and everything upstream of it, nearest first."""
+    out, todo, seen = [], [digest_prefix], set()
+    while todo:
+        rec = find_record(run_root, todo.pop(0))
+        if rec is None or rec["digest"] in seen:
+            continue
+        seen.add(rec["digest"])
+        out.append(rec)
+        todo.extend(i["digest"] for i in rec["inputs"])
+    return out

@@ -1,0 +1,42 @@
+"""Names of folders, files, groups and tables, in one place."""
+
+ARTIFACTS_DIR = "artifacts"  # run_root/artifacts/<kind>/<identity>/
+RUNS_DIR = "run-records"  # run_root/run-records/<run id>.json
+LINEAGE_DIR = "lineage"  # run_root/lineage/<digest>.json
+PREFECT_RESULTS_DIR = "prefect-results"  # Prefect's result/cache storage
+PREFECT_KEYS_DIR = "prefect-locks"  # lock files; must differ from results
+
+MANIFEST = "manifest.json"  # files, sizes, mtimes and sha256 of an artifact
+META = "meta.json"  # step, parameters and input digests of an artifact
+PARTIAL_SUFFIX = ".partial"  # an artifact being built (resumable)
+
+# data artifact
+POOL_FILE = "pool.jsonl"
+VAL_FILE = "validation.jsonl"
+TEST_FILE = "test.jsonl"
+DATA_REPORT = "report.json"
+
+# warmup / finetune artifact
+CHECKPOINTS_FILE = "checkpoints.json"
+
+# features artifact (Zarr v3): one group per (checkpoint, split)
+FEATURES_STORE = "features.zarr"
+FEATURES_ARRAY = "features"
+NORMS_ARRAY = "norms"
+CHUNKS_DONE_DIR = "chunks_done"
+
+# influence artifact (DuckDB)
+INFLUENCE_DB = "influence.duckdb"
+T_TRAIN = "train_examples"
+T_VAL = "val_examples"
+T_CKPT = "checkpoints"
+T_INFLUENCE = "influence"
+
+# selection artifact
+SELECTION_PARQUET = "selection.parquet"
+SUBSET_JSONL = "subset.jsonl"
+SELECTION_SUMMARY = "summary.json"
+
+# evaluation artifact
+EVAL_ITEMS = "items.parquet"
+EVAL_TABLE = "results.json"

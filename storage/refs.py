@@ -1,0 +1,153 @@
+"""Artifact references, content digests and atomic publication.
+
+An artifact is a folder under ``run_root/artifacts/<kind>/<identity>/``.
+Its identity is a hash of what produced it (input digests, the recipe values
+the step reads, the step's code version); its digest is a hash of what it
+contains (the manifest of file hashes). Artifacts are built in
+``<identity>.partial/`` (resumable) and published by an atomic rename, after
+which they are never modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict
+
+from bidsml.errors import ArtifactError
+from storage.names import ARTIFACTS_DIR, MANIFEST, META, PARTIAL_SUFFIX
+
+
+class ArtifactRef(BaseModel):
+    """A small, JSON-serialisable pointer to a published artifact."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: str
+    identity: str
+    uri: str
+    digest: str
+    meta: dict[str, Any] = {}
+
+    @property
+    def path(self) -> Path:
+        return Path(self.uri)
+
+
+def stable_hash(obj: Any) -> str:
+    """Returns the sha256 of a JSON-serialisable object (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(root: Path) -> str:
+    """Writes root/manifest.json (every file's size, mtime and sha256); returns the digest."""
+    entries = {}
+    for p in _files(root):
+        st = p.stat()
+        entries[str(p.relative_to(root))] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(p)}
+    (root / MANIFEST).write_text(json.dumps(entries, indent=1, sort_keys=True))
+    return manifest_digest(entries)
+
+
+def manifest_digest(entries: dict) -> str:
+    return stable_hash({k: v["sha256"] for k, v in entries.items()})
+
+
+def current_digest(root: Path) -> str | None:
+    """Returns the digest of the artifact as it is on disk, or None if missing or changed.
+
+    Files whose size and mtime match the manifest are trusted; others are re-hashed.
+    """
+    mf = root / MANIFEST
+    if not mf.exists():
+        return None
+    entries = json.loads(mf.read_text())
+    on_disk = {str(p.relative_to(root)) for p in _files(root)}
+    if on_disk != set(entries):
+        return None
+    for rel, e in entries.items():
+        st = (root / rel).stat()
+        if st.st_size != e["size"]:
+            return None
+        if st.st_mtime_ns != e["mtime_ns"] and file_sha256(root / rel) != e["sha256"]:
+            return None
+    return manifest_digest(entries)
+
+
+def artifact_dir(run_root: Path, kind: str, identity: str) -> Path:
+    return Path(run_root) / ARTIFACTS_DIR / kind / identity[:20]
+
+
+def load_ref(root: Path) -> ArtifactRef:
+    """Returns the reference of a published artifact folder; raises if it is missing or changed."""
+    digest = current_digest(root)
+    if digest is None:
+        raise ArtifactError(f"artifact {root} is missing, incomplete or was modified after publication")
+    meta = json.loads((root / META).read_text())
+    return ArtifactRef(kind=meta["kind"], identity=meta["identity"], uri=str(root), digest=digest, meta=meta.get("summary", {}))
+
+
+def check_ref(ref: ArtifactRef) -> Path:
+    """Returns the artifact's folder after checking it still has the digest the ref names."""
+    digest = current_digest(ref.path)
+    if digest != ref.digest:
+        state = "missing" if digest is None else f"changed (digest {digest[:12]} != {ref.digest[:12]})"
+        raise ArtifactError(f"input artifact {ref.kind} at {ref.uri} is {state}; rerun its step")
+    return ref.path
+
+
+class Plan(BaseModel):
+    """What a step is about to produce: where, of what kind, from which inputs."""
+
+    run_root: str
+    kind: str
+    inputs: dict[str, Any]
+
+    @property
+    def identity(self) -> str:
+        return stable_hash({"kind": self.kind, **self.inputs})
+
+    @property
+    def final_dir(self) -> Path:
+        return artifact_dir(Path(self.run_root), self.kind, self.identity)
+
+
+def materialize(plan: Plan, build: Callable[[Path], dict[str, Any]], force: bool = False) -> ArtifactRef:
+    """Returns the artifact `plan` describes, building it only if absent (or if `force`).
+
+    `build(work_dir)` writes the artifact's files into a resumable work folder
+    and returns a small summary; the folder is then published atomically. A
+    published artifact that was modified or partly deleted is rebuilt.
+    """
+    kind, identity_inputs, identity, final = plan.kind, plan.inputs, plan.identity, plan.final_dir
+    if current_digest(final) is not None and not force:
+        return load_ref(final)
+    work = final.with_name(final.name + PARTIAL_SUFFIX)
+    if force and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    summary = build(work)
+    meta = {"kind": kind, "identity": identity, "inputs": identity_inputs, "summary": summary}
+    (work / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+    write_manifest(work)
+    if final.exists():  # forced or modified after publication: swap in the new build
+        old = final.with_name(final.name + f".old{os.getpid()}")
+        os.replace(final, old)
+        os.replace(work, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(work, final)
+    return load_ref(final)

@@ -1,0 +1,113 @@
+"""Step 2: per-example gradient features for pool (Adam) and validation (SGD), per checkpoint, in Zarr."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from tqdm.auto import tqdm
+
+import bidsml.features
+import bidsml.projection
+from bidsml.config import Recipe
+from bidsml.data import tokenize_all
+from bidsml.features import AdamTransform, compute_features, lora_linears
+from bidsml.model import load_base_model, load_lora, load_tokenizer, model_fingerprint
+from bidsml.projection import Projector
+from bidsml.train import OPTIMIZER_FILE
+from storage.gradients import write_chunks
+from storage.names import POOL_FILE, VAL_FILE
+from storage.refs import ArtifactRef, Plan, materialize
+from tasks.common import ArtifactCachePolicy, code_version, publish, ref_inputs, run_root
+from tasks.data import load_split
+from tasks.warmup import load_checkpoints
+
+CODE = code_version(bidsml.features, bidsml.projection)
+SPLITS = {"train": POOL_FILE, "val": VAL_FILE}
+
+
+def plan_features(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) -> Plan:
+    return Plan(
+        run_root=run_root(recipe),
+        kind="features",
+        inputs={
+            **ref_inputs(data=data, warmup=warm),
+            "model": model_fingerprint(recipe.model),
+            "max_seq_length": recipe.model.max_seq_length,
+            "features": recipe.features.model_dump(mode="json", exclude={"max_tokens"}),  # batching does not change features
+            "code": CODE,
+        },
+    )
+
+
+def _progress(total: int):
+    try:
+        return create_progress_artifact(progress=0.0, key="features-progress", description="gradient feature chunks")
+    except Exception:
+        return None
+
+
+@task(cache_policy=ArtifactCachePolicy(plan=plan_features), persist_result=True)
+def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: bool = False) -> ArtifactRef:
+    """Computes projected, normalised gradient features; resumes chunk by chunk after a kill."""
+    started = time.time()
+    fc = recipe.features
+
+    def build(work: Path) -> dict:
+        tok = load_tokenizer(recipe.model)
+        ckpts = load_checkpoints(warm)
+        splits = {}
+        for split, fname in SPLITS.items():
+            items, _ = tokenize_all(tok, load_split(data, fname), recipe.model.max_seq_length)
+            splits[split] = items
+        model = None
+        total = len(ckpts) * sum((len(v) + fc.chunk_rows - 1) // fc.chunk_rows for v in splits.values())
+        progress_id = _progress(total)
+        bar = tqdm(total=total, desc="feature chunks")
+        done = 0
+        for c, ck in enumerate(ckpts):
+            adapter = warm.path / ck["path"]
+            if model is None:
+                model = load_lora(load_base_model(recipe.model), adapter)
+            else:
+                from peft import set_peft_model_state_dict
+                from safetensors.torch import load_file
+
+                set_peft_model_state_dict(model, load_file(adapter / "adapter_model.safetensors"))
+            model.eval()
+            for n, p in model.named_parameters():
+                p.requires_grad_("lora_" in n)
+            shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
+            projector = Projector(fc.projector, fc.proj_dim, fc.proj_seed, shapes)
+            states = torch.load(adapter / OPTIMIZER_FILE, weights_only=True)
+            transform = AdamTransform(states, eps_inside_sqrt=fc.eps_inside_sqrt)
+            for split, items in splits.items():
+                tf = transform if split == "train" else None
+
+                def compute(start, stop, items=items, tf=tf):
+                    f, n = compute_features(model, items[start:stop], projector, tok.pad_token_id, tf, fc.max_tokens)
+                    return f.numpy(), n.numpy()
+
+                def on_chunk(i, n_chunks, skipped):
+                    nonlocal done
+                    done += 1
+                    bar.update(1)
+                    if progress_id is not None:
+                        update_progress_artifact(progress_id, progress=100.0 * done / total)
+
+                write_chunks(work, split, c, len(items), fc.proj_dim, fc.chunk_rows, compute, on_chunk)
+        bar.close()
+        meta = {split: {"ids": [t.id for t in items], "n_tokens": [len(t.input_ids) for t in items]} for split, items in splits.items()}
+        (work / "examples.json").write_text(json.dumps(meta))
+        return {"n_train": len(splits["train"]), "n_val": len(splits["val"]), "checkpoints": len(ckpts), "dim": fc.proj_dim}
+
+    ref = materialize(plan_features(recipe, data, warm), build, force=refresh)
+    return publish(ref, "featurize", {"features": fc.model_dump()}, [data, warm], started)
+
+
+def load_examples_meta(ref: ArtifactRef) -> dict:
+    return json.loads((ref.path / "examples.json").read_text())

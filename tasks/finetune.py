@@ -1,0 +1,56 @@
+"""Step 5: fine-tune a fresh LoRA on a selected subset."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import task
+
+import bidsml.train
+from bidsml.config import Recipe
+from bidsml.data import read_jsonl, tokenize_all
+from bidsml.model import load_tokenizer, model_fingerprint
+from bidsml.train import train_lora
+from storage.names import SUBSET_JSONL
+from storage.refs import ArtifactRef, Plan, materialize
+from tasks.common import ArtifactCachePolicy, code_version, publish, ref_inputs, run_root
+
+CODE = code_version(bidsml.train)
+ADAPTER_DIR = "adapter"
+
+
+def plan_finetune(recipe: Recipe, selection: ArtifactRef) -> Plan:
+    return Plan(
+        run_root=run_root(recipe),
+        kind="finetune",
+        inputs={
+            **ref_inputs(selection=selection),
+            "model": model_fingerprint(recipe.model),
+            "max_seq_length": recipe.model.max_seq_length,
+            "lora": recipe.lora.model_dump(mode="json"),
+            "finetune": recipe.finetune.model_dump(mode="json"),
+            "seed": recipe.seed,
+            "code": CODE,
+        },
+    )
+
+
+@task(cache_policy=ArtifactCachePolicy(plan=plan_finetune), persist_result=True)
+def finetune(recipe: Recipe, selection: ArtifactRef, refresh: bool = False) -> ArtifactRef:
+    """Trains a LoRA on the selection's subset; returns the adapter artifact."""
+    started = time.time()
+
+    def build(work: Path) -> dict:
+        subset, _ = read_jsonl(selection.path / SUBSET_JSONL)
+        items, counts = tokenize_all(load_tokenizer(recipe.model), subset, recipe.model.max_seq_length)
+        ckpts = train_lora(recipe.model, recipe.lora, recipe.finetune, items, work / "train", recipe.seed, save_every_epoch=False)
+        last = work / "train" / ckpts[-1]["path"]
+        last.rename(work / ADAPTER_DIR)
+        import shutil
+
+        shutil.rmtree(work / "train")
+        return {"n_train": len(items), "method": selection.meta.get("method"), "budget": selection.meta.get("budget"), "steps": ckpts[-1]["step"]}
+
+    ref = materialize(plan_finetune(recipe, selection), build, force=refresh)
+    return publish(ref, "finetune", {"finetune": recipe.finetune.model_dump()}, [selection], started)

@@ -1,0 +1,69 @@
+"""Step 1b: warmup LoRA training on a random fraction of the pool, one checkpoint per epoch."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+from prefect import task
+
+import bidsml.train
+from bidsml.config import Recipe
+from bidsml.data import tokenize_all
+from bidsml.model import load_tokenizer, model_fingerprint
+from bidsml.train import checkpoint_weights, train_lora
+from storage.names import CHECKPOINTS_FILE, POOL_FILE
+from storage.refs import ArtifactRef, Plan, materialize
+from tasks.common import ArtifactCachePolicy, code_version, publish, ref_inputs, run_root
+from tasks.data import load_split
+
+CODE = code_version(bidsml.train)
+
+
+def plan_warmup(recipe: Recipe, data: ArtifactRef) -> Plan:
+    return Plan(
+        run_root=run_root(recipe),
+        kind="warmup",
+        inputs={
+            **ref_inputs(data=data),
+            "model": model_fingerprint(recipe.model),
+            "max_seq_length": recipe.model.max_seq_length,
+            "lora": recipe.lora.model_dump(mode="json"),
+            "warmup": recipe.warmup.model_dump(mode="json"),
+            "seed": recipe.seed,
+            "code": CODE,
+        },
+    )
+
+
+def warmup_subset(n: int, fraction: float, seed: int) -> list[int]:
+    """Returns the seeded random pool rows used for warmup (at least one)."""
+    k = max(1, round(n * fraction))
+    return sorted(random.Random(f"warmup/{seed}").sample(range(n), k))
+
+
+@task(cache_policy=ArtifactCachePolicy(plan=plan_warmup), persist_result=True)
+def warmup(recipe: Recipe, data: ArtifactRef, refresh: bool = False) -> ArtifactRef:
+    """Trains the warmup LoRA; returns the artifact holding every epoch's adapter and Adam state."""
+    started = time.time()
+
+    def build(work: Path) -> dict:
+        pool = load_split(data, POOL_FILE)
+        rows = warmup_subset(len(pool), recipe.warmup.fraction, recipe.seed)
+        items, counts = tokenize_all(load_tokenizer(recipe.model), [pool[i] for i in rows], recipe.model.max_seq_length)
+        ckpts = train_lora(recipe.model, recipe.lora, recipe.warmup, items, work, recipe.seed)
+        weights = checkpoint_weights([c["mean_lr"] for c in ckpts])
+        for c, w in zip(ckpts, weights):
+            c["weight"] = w
+        (work / CHECKPOINTS_FILE).write_text(json.dumps(ckpts, indent=1))
+        return {"n_train": len(items), "truncated": counts["truncated"], "checkpoints": ckpts}
+
+    ref = materialize(plan_warmup(recipe, data), build, force=refresh)
+    return publish(ref, "warmup", {"lora": recipe.lora.model_dump(), "warmup": recipe.warmup.model_dump()}, [data], started)
+
+
+def load_checkpoints(ref: ArtifactRef) -> list[dict]:
+    """Returns the warmup checkpoints (epoch, step, mean_lr, weight, path) in epoch order."""
+    return json.loads((ref.path / CHECKPOINTS_FILE).read_text())
