@@ -72,6 +72,9 @@ class LoraConfig(_Stage):
     alpha: float = Field(512, gt=0, description="LoRA alpha.")
     dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout (training only).")
     target_modules: tuple[str, ...] = Field(("q_proj", "k_proj", "v_proj", "o_proj"), description="Modules to adapt.")
+    layers: tuple[int, ...] | None = Field(
+        None, description="Only adapt these decoder layers (all if unset); top layers only makes backward cheaper on CPU."
+    )
 
 
 class TrainConfig(_Stage):

@@ -19,10 +19,16 @@ from bidsml.sources import LETTERS
 
 
 @torch.no_grad()
-def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int, max_len: int, desc: str = "score") -> list[tuple[float, int]]:
-    """Returns (sum log-prob, token count) of each continuation given its prompt, batched.
+def continuation_logprobs(
+    model, tokenizer, pairs: list[tuple[str, str]], batch_size: int, max_len: int,
+    first_token_candidates: list[list[int] | None] | None = None, desc: str = "score",
+) -> list[tuple[float, int, list[float] | None]]:
+    """Returns, per (prompt, continuation): (sum log-prob, token count, candidate log-probs).
 
-    Prompts are truncated from the left so the continuation always fits in `max_len`.
+    Candidate log-probs are the log-probabilities of the given token ids as
+    the FIRST token after the prompt (one forward pass scores a multiple-
+    choice item: the options' letters). Prompts are truncated from the left so
+    the continuation fits in `max_len`; batches are length-sorted.
     """
     device = next(model.parameters()).device
     encoded = []
@@ -31,8 +37,9 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_
         c = tokenizer(cont, add_special_tokens=False)["input_ids"][: max_len - 1]
         p = p[-(max_len - len(c)) :]
         encoded.append((p, c))
+    cands = first_token_candidates or [None] * len(pairs)
     order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+    out: list = [None] * len(encoded)
     for s in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
         idx = order[s : s + batch_size]
         L = max(len(encoded[i][0]) + len(encoded[i][1]) for i in idx)
@@ -42,37 +49,27 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_
             seq = encoded[i][0] + encoded[i][1]
             ids[b, : len(seq)] = torch.tensor(seq)
             mask[b, : len(seq)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for b, i in enumerate(idx):
             p, c = encoded[i]
-            pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=device)
-            tgt = torch.tensor(c, device=device)
-            out[i] = (logp[b, pos, tgt].sum().item(), len(c))
+            logp = torch.log_softmax(logits[b, len(p) - 1 : len(p) + len(c) - 1].float(), dim=-1)  # (len(c), V)
+            total = logp[torch.arange(len(c)), torch.tensor(c, device=device)].sum().item()
+            first = logp[0, cands[i]].tolist() if cands[i] else None
+            out[i] = (total, len(c), first)
     return out
 
 
 def evaluate_items(model, tokenizer, items: list[Example], batch_size: int, max_len: int) -> list[dict]:
     """Returns one row per item: id, task, capability, correct (MC only, else None), nll."""
     prompts = [prompt_and_answer(tokenizer, ex) for ex in items]
-    gold = continuation_logprobs(model, tokenizer, prompts, batch_size, max_len, desc="gold nll")
-    mc_pairs, owners = [], []
-    for n, ex in enumerate(items):
-        if ex.choices:
-            for k in range(len(ex.choices)):
-                mc_pairs.append((prompts[n][0], LETTERS[k]))
-                owners.append((n, k))
-    mc = continuation_logprobs(model, tokenizer, mc_pairs, batch_size * 4, max_len, desc="mc") if mc_pairs else []
-    scores: dict[int, list[float]] = defaultdict(list)
-    for (n, k), (lp, _) in zip(owners, mc):
-        scores[n].append(lp)
+    letter_ids = [tokenizer(L, add_special_tokens=False)["input_ids"][0] for L in LETTERS]
+    cands = [letter_ids[: len(ex.choices)] if ex.choices else None for ex in items]
+    scored = continuation_logprobs(model, tokenizer, prompts, batch_size, max_len, cands, desc="evaluate")
     rows = []
-    for n, ex in enumerate(items):
-        lp, cnt = gold[n]
+    for ex, (lp, cnt, first) in zip(items, scored):
         correct = None
-        if ex.choices:
-            s = scores[n]
-            correct = float(max(range(len(s)), key=lambda k: (s[k], -k)) == ex.gold)
+        if first is not None:
+            correct = float(max(range(len(first)), key=lambda k: (first[k], -k)) == ex.gold)
         rows.append({"id": ex.id, "task": ex.task, "capability": ex.capability, "correct": correct, "nll": -lp / max(cnt, 1)})
     return rows
 

@@ -146,6 +146,7 @@ def add_lora(model, cfg: LoraConfig, seed: int):
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules),
+        layers_to_transform=list(cfg.layers) if cfg.layers else None,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, peft_cfg)

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 from bidsml.config import DataConfig, ModelConfig
 from bidsml.data import Example, LoadReport, read_hf_disk, read_jsonl, tokenize_example
 from bidsml.errors import DataError
-from bidsml.sources import load_pool_source, load_target, sample_balanced
+from bidsml.sources import CONTAMINATES, load_pool_source, load_target, sample_balanced
 
 
 def load_pool(cfg: DataConfig, seed: int) -> tuple[list[Example], dict]:
     """Returns the pool (seeded sample per source, stable order) and per-source counts."""
     pool: list[Example] = []
     counts = {}
+    targets = {t.task for t in cfg.targets}
     for i, src in enumerate(cfg.pool):
+        if CONTAMINATES.get(src.source) in targets:
+            raise DataError(
+                f"data.pool.{i}: source {src.source!r} holds the test problems of target {CONTAMINATES[src.source]!r}; drop one of them"
+            )
         if src.source == "jsonl":
             if not src.path:
                 raise DataError(f"data.pool.{i}: source 'jsonl' needs a path")
@@ -40,19 +46,44 @@ def load_pool(cfg: DataConfig, seed: int) -> tuple[list[Example], dict]:
     return pool, counts
 
 
-def load_targets(cfg: DataConfig, seed: int) -> tuple[list[Example], list[Example], dict]:
-    """Returns (validation examples, test items, counts); the two never share an id."""
+def load_targets(cfg: DataConfig, seed: int, fits: Callable[[Example], bool] | None = None) -> tuple[list[Example], list[Example], dict]:
+    """Returns (validation examples, test items, counts); the two never share an id.
+
+    Validation examples are sampled among the candidates that `fits` accepts
+    (those with an assistant token left within max_seq_length); the number
+    passed over is reported.
+    """
     val, test, counts = [], [], {}
     for t in cfg.targets:
         v_all, t_all = load_target(t.task)
+        n_candidates = len(v_all)
+        if fits is not None:
+            v_all = [e for e in v_all if fits(e)]
         v = sample_balanced(v_all, t.n_val, seed)
         te = sample_balanced(t_all, t.n_test, seed + 1)
         if len(v) < t.n_val or len(te) < t.n_test:
-            raise DataError(f"target {t.task!r}: asked for {t.n_val} validation / {t.n_test} test, have {len(v_all)} / {len(t_all)}")
+            too_long = n_candidates - len(v_all)
+            raise DataError(
+                f"target {t.task!r}: asked for {t.n_val} validation / {t.n_test} test examples, have {len(v_all)} / {len(t_all)}"
+                + (f" ({too_long} validation candidates do not fit in max_seq_length)" if too_long else "")
+            )
         val.extend(v)
         test.extend(te)
-        counts[t.task] = {"val": len(v), "test": len(te), "val_available": len(v_all), "test_available": len(t_all)}
+        counts[t.task] = {"val": len(v), "test": len(te), "val_too_long": n_candidates - len(v_all), "val_available": len(v_all), "test_available": len(t_all)}
     return val, test, counts
+
+
+def fits_in(tokenizer, max_seq_length: int) -> Callable[[Example], bool]:
+    """Returns a predicate: does the example keep an assistant token within max_seq_length?"""
+
+    def fits(ex: Example) -> bool:
+        try:
+            tokenize_example(tokenizer, ex, max_seq_length)
+        except DataError:
+            return False
+        return True
+
+    return fits
 
 
 def drop_untrainable(tokenizer, examples: list[Example], model_cfg: ModelConfig) -> tuple[list[Example], list[str], int]:

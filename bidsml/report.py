@@ -74,10 +74,11 @@ def evaluation_pivot(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def composition_frame(selections: list[dict]) -> pd.DataFrame:
-    rows = []
-    for s in selections:
-        rows.append({"selection": selection_label(s['method'], s['budget']), "k": s["k"], **{f"src:{k}": v for k, v in s["by_source"].items()}, **{f"task:{k}": v for k, v in s["by_top_task"].items()}})
-    return pd.DataFrame(rows).fillna(0)
+    """Returns one row per selection: k, counts by source, counts by most-influenced task."""
+    src = pd.DataFrame([s["by_source"] for s in selections]).fillna(0).astype(int).sort_index(axis=1)
+    task = pd.DataFrame([s["by_top_task"] for s in selections]).fillna(0).astype(int).sort_index(axis=1)
+    head = pd.DataFrame({"selection": [selection_label(s["method"], s["budget"]) for s in selections], "k": [s["k"] for s in selections]})
+    return pd.concat([head, src.add_prefix("src:"), task.add_prefix("task:")], axis=1)
 
 
 def write_report(out: Path, title: str, data_summary: dict, eval_tables: list[dict], selections: list[dict], subsets: dict[str, str], timings: dict[str, float]) -> Path:

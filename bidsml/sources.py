@@ -181,6 +181,17 @@ def _mt_code() -> list[Example]:
     return out
 
 
+def _basic_skills(skill: str, src: str, instruction: str) -> Callable[[], list[Example]]:
+    def load() -> list[Example]:
+        out = []
+        for d in _requests(f"basic_skills_{skill}", "rc_5shot"):
+            q = d["question"]
+            out.append(_pair(src, d["id"], f"{instruction}\n{q}", f"{q} {d['choices'][d['gold']]}" if skill == "coding" else d["choices"][d["gold"]]))
+        return out
+
+    return load
+
+
 POOL_SOURCES: dict[str, Callable[[], list[Example]]] = {
     "sciq": _sciq,
     "boolq": _boolq,
@@ -193,8 +204,14 @@ POOL_SOURCES: dict[str, Callable[[], list[Example]]] = {
     "winogrande": _winogrande,
     "math": _math,
     "squad": _squad,
-    "code_multilang": _mt_code,
+    "code_multilang": _mt_code,  # MBPP's problems translated: contaminates an mbpp target
+    "basic_coding": _basic_skills("coding", "basic_coding", "Complete the Python code."),
+    "basic_arithmetic": _basic_skills("arithmetic", "basic_arithmetic", "Compute."),
+    "basic_logic": _basic_skills("logical_reasoning", "basic_logic", "Complete the reasoning."),
 }
+
+# Pool sources that hold a target's test problems (in another form).
+CONTAMINATES = {"code_multilang": "mbpp"}
 
 
 def load_pool_source(name: str) -> list[Example]:
@@ -270,9 +287,9 @@ def _humaneval() -> tuple[list[Example], list[Example]]:
 def _mbpp() -> tuple[list[Example], list[Example]]:
     items = []
     for d in _requests("codex_mbpp", "gold_bpb_0shot"):
-        tests = "\n".join(d["test_list"])
+        tests = d["test_list"][0]  # one test names the function and its signature
         items.append(
-            _pair("mbpp", d["task_id"], f"{d['text']}\nYour code should pass these tests:\n{tests}", f"```python\n{d['code'].replace(chr(13), '')}\n```", task="mbpp", capability="code")
+            _pair("mbpp", d["task_id"], f"{d['text']}\nYour code should pass this test:\n{tests}", f"```python\n{d['code'].replace(chr(13), '')}\n```", task="mbpp", capability="code")
         )
     return _split_half(items)
 

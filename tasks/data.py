@@ -43,13 +43,11 @@ def prepare_data(recipe: Recipe, refresh: bool = False) -> ArtifactRef:
     started = time.time()
 
     def build(work: Path) -> dict:
-        pool, pool_counts = bidsml.prepare.load_pool(recipe.data, recipe.seed)
-        val, test, target_counts = bidsml.prepare.load_targets(recipe.data, recipe.seed)
         tok = load_tokenizer(recipe.model)
+        pool, pool_counts = bidsml.prepare.load_pool(recipe.data, recipe.seed)
+        fits = bidsml.prepare.fits_in(tok, recipe.model.max_seq_length)
+        val, test, target_counts = bidsml.prepare.load_targets(recipe.data, recipe.seed, fits)
         kept, rejected, truncated = bidsml.prepare.drop_untrainable(tok, pool, recipe.model)
-        val_kept, val_rejected, _ = bidsml.prepare.drop_untrainable(tok, val, recipe.model)
-        if val_rejected:
-            raise bidsml.data.DataError("validation examples cannot be trained on: " + "; ".join(val_rejected[:5]))
         write_jsonl(kept, work / POOL_FILE)
         write_jsonl(val, work / VAL_FILE)
         write_jsonl(test, work / TEST_FILE)

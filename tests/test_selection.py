@@ -1,0 +1,84 @@
+"""Selection methods: BIDS equals the naive loop of SPEC.md exactly; baselines; bad input."""
+
+import numpy as np
+import pytest
+
+from bidsml.errors import SelectionError
+from bidsml.selection import METHODS, bids_iterate, bids_naive, normalize_columns, select
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_fast_bids_equals_naive_loop(seed):
+    rng = np.random.default_rng(seed)
+    N, M = rng.integers(2, 60), rng.integers(1, 8)
+    kind = seed % 3
+    if kind == 0:
+        Z = rng.normal(size=(N, M))
+    elif kind == 1:  # heavy ties: few distinct values
+        Z = rng.integers(0, 3, size=(N, M)).astype(float)
+    else:  # ties and duplicate rows
+        Z = np.repeat(rng.integers(0, 4, size=(N // 2 + 1, M)).astype(float), 2, axis=0)[:N]
+    k = int(rng.integers(1, N + 1))
+    assert bids_iterate(Z, k).tolist() == bids_naive(Z, k).tolist()
+
+
+def test_bids_with_constant_column_drops_it_and_matches_naive():
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(40, 5))
+    A[:, 2] = 0.7
+    Z, kept = normalize_columns(A)
+    assert kept.tolist() == [0, 1, 3, 4]
+    np.testing.assert_allclose(Z.std(axis=0, ddof=1), 1.0)
+    got = select("bids", A, ["t"] * 5, 12)
+    assert got.tolist() == bids_naive(Z, 12).tolist()
+
+
+def test_bids_balances_when_one_task_has_larger_influence():
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(200, 4))
+    A[:, :2] *= 10  # task "big" intrinsically gets larger influence
+    tasks = ["big", "big", "small", "small"]
+    less = select("less", A, tasks, 20)
+    bids = select("bids", A, tasks, 20)
+    Z, _ = normalize_columns(A)
+    top_less = (Z[less][:, :2].mean(1) > Z[less][:, 2:].mean(1)).mean()
+    top_bids = (Z[bids][:, :2].mean(1) > Z[bids][:, 2:].mean(1)).mean()
+    assert top_less >= 0.9  # LESS is dominated by the big task
+    assert 0.3 <= top_bids <= 0.7  # BIDS is balanced
+
+
+def test_less_groups_subtasks_by_label_not_position():
+    A = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 0.9, 0.0, 0.9], [0.2, 0.2, 0.2, 0.2]])
+    # interleaved labels: a, b, a, b -> row 0 mean(a)=1, row 1 mean(b)=0.9
+    assert select("less", A, ["a", "b", "a", "b"], 2).tolist() == [0, 1]
+
+
+def test_ties_go_to_lower_index():
+    A = np.ones((5, 2))
+    for m in ["less", "sum", "instance-max", "bids-no-norm"]:
+        assert select(m, A, ["a", "b"], 3).tolist() == [0, 1, 2], m
+
+
+def test_random_is_seeded_and_all_methods_return_k_distinct_rows():
+    A = np.random.default_rng(2).normal(size=(50, 6))
+    tasks = ["a", "a", "b", "b", "c", "c"]
+    assert select("random", A, tasks, 10, seed=3).tolist() == select("random", A, tasks, 10, seed=3).tolist()
+    for m in METHODS:
+        rows = select(m, A, tasks, 0.2)
+        assert len(rows) == 10 and len(set(rows.tolist())) == 10, m
+
+
+def test_bad_input_errors():
+    A = np.zeros((4, 2))
+    with pytest.raises(SelectionError, match="budget 0"):
+        select("bids", A, ["a", "b"], 0)
+    with pytest.raises(SelectionError, match="the pool has 4"):
+        select("bids", A, ["a", "b"], 5)
+    with pytest.raises(SelectionError, match="3 task labels for 2 validation columns"):
+        select("less", A, ["a", "b", "c"], 2)
+    B = A.copy()
+    B[1, 1] = np.nan
+    with pytest.raises(SelectionError, match="non-finite score at row 1, column 1"):
+        select("less", B, ["a", "b"], 2)
+    with pytest.raises(SelectionError, match="unknown selection method 'bidz'"):
+        select("bidz", A, ["a", "b"], 2)

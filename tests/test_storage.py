@@ -1,0 +1,94 @@
+"""Artifact digests and publication, Zarr chunk resume, DuckDB influence store."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bidsml.errors import ArtifactError
+from storage.gradients import read_features, read_norms, write_chunks
+from storage.influence_store import load_influence, open_influence, save_influence
+from storage.refs import Plan, check_ref, current_digest, materialize
+
+
+def _plan(tmp_path, **inputs):
+    return Plan(run_root=str(tmp_path), kind="thing", inputs=inputs or {"x": 1})
+
+
+def test_materialize_builds_once_and_publishes_atomically(tmp_path):
+    calls = []
+
+    def build(work):
+        calls.append(work)
+        (work / "a.txt").write_text("hello")
+        return {"n": 1}
+
+    ref = materialize(_plan(tmp_path), build)
+    assert ref.meta == {"n": 1} and (ref.path / "a.txt").read_text() == "hello"
+    assert not ref.path.with_name(ref.path.name + ".partial").exists()
+    again = materialize(_plan(tmp_path), build)
+    assert again == ref and len(calls) == 1
+    other = materialize(_plan(tmp_path, x=2), build)
+    assert other.identity != ref.identity and other.digest == ref.digest  # same content, other inputs
+
+
+def test_modified_artifact_is_detected_and_rebuilt(tmp_path):
+    n = {"builds": 0}
+
+    def build(work):
+        n["builds"] += 1
+        (work / "a.txt").write_text("hello")
+        return {}
+
+    ref = materialize(_plan(tmp_path), build)
+    (ref.path / "a.txt").write_text("HELLO")
+    assert current_digest(ref.path) is None
+    with pytest.raises(ArtifactError, match="changed|missing"):
+        check_ref(ref)
+    ref2 = materialize(_plan(tmp_path), build)
+    assert n["builds"] == 2 and ref2.digest == ref.digest and check_ref(ref2)
+
+
+def test_forced_rebuild_replaces_the_published_folder(tmp_path):
+    ref = materialize(_plan(tmp_path), lambda w: (w / "a.txt").write_text("1") and {})
+    ref2 = materialize(_plan(tmp_path), lambda w: (w / "a.txt").write_text("2") and {}, force=True)
+    assert ref2.path == ref.path and ref2.digest != ref.digest and (ref2.path / "a.txt").read_text() == "2"
+
+
+def test_zarr_chunks_resume_after_interruption(tmp_path):
+    rng = np.random.default_rng(0)
+    full = rng.normal(size=(50, 8)).astype(np.float32)
+    full /= np.linalg.norm(full, axis=1, keepdims=True)
+    norms = rng.random(50).astype(np.float32)
+    calls = []
+
+    def compute(start, stop):
+        calls.append(start)
+        if len(calls) == 3 and not hasattr(compute, "resumed"):
+            raise KeyboardInterrupt  # killed during the third chunk
+        return full[start:stop], norms[start:stop]
+
+    with pytest.raises(KeyboardInterrupt):
+        write_chunks(tmp_path, "train", 0, 50, 8, 16, compute)
+    compute.resumed = True
+    calls.clear()
+    n = write_chunks(tmp_path, "train", 0, 50, 8, 16, compute)
+    assert calls == [32, 48] and n == 2  # finished chunks 0 and 16 were not recomputed
+    np.testing.assert_array_equal(read_features(tmp_path, "train", 0), full.astype(np.float16))
+    np.testing.assert_array_equal(read_norms(tmp_path, "train", 0), norms)
+
+
+def test_influence_store_roundtrip_and_views(tmp_path):
+    A = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+    train = pd.DataFrame({"idx": range(4), "id": list("abcd"), "source": ["s1", "s1", "s2", "s2"], "n_tokens": [5] * 4})
+    val = pd.DataFrame({"idx": range(3), "id": ["v0", "v1", "v2"], "task": ["t1", "t1", "t2"], "subtask": [None] * 3, "capability": ["k"] * 3})
+    ck = pd.DataFrame({"c": [0], "step": [3], "mean_lr": [1e-4], "weight": [1.0]})
+    save_influence(tmp_path, A, train, val, ck)
+    B, tr, va = load_influence(tmp_path)
+    np.testing.assert_array_equal(A, B)
+    assert tr["id"].tolist() == list("abcd") and va["task"].tolist() == ["t1", "t1", "t2"]
+    con = open_influence(tmp_path)
+    row = con.sql("SELECT score FROM task_influence WHERE train_idx = 1 AND task = 't1'").fetchone()
+    con.close()
+    assert row[0] == pytest.approx((A[1, 0] + A[1, 1]) / 2)
+    with pytest.raises(ArtifactError, match="influence store not found"):
+        open_influence(tmp_path / "nope")
