@@ -140,7 +140,7 @@ def runs(run_root: Path = typer.Option(Path("runs"), help="Run root to list.")):
 
 @app.command()
 def lineage(
-    artifact: str = typer.Argument(..., help="Artifact digest (prefix) or folder name."),
+    artifact: str = typer.Argument(..., help="Artifact identity or digest (prefix), or its folder name."),
     run_root: Path = typer.Option(Path("runs"), help="Run root holding the lineage catalog."),
 ):
     """Print the upstream graph of an artifact: producing step, runs, parameters, inputs."""

@@ -20,10 +20,10 @@ def record_artifact(run_root: Path, ref: ArtifactRef, step: str, run_id: str | N
     """Writes (or extends) the lineage record of `ref`; returns its path."""
     folder = Path(run_root) / LINEAGE_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{ref.digest[:24]}.json"
+    path = folder / f"{ref.identity[:24]}.json"  # identity, not digest: equal content may come from other inputs
     rec = json.loads(path.read_text()) if path.exists() else {
         "digest": ref.digest, "kind": ref.kind, "uri": ref.uri, "step": step, "identity": ref.identity,
-        "params": params, "inputs": [{"kind": i.kind, "digest": i.digest, "uri": i.uri} for i in inputs], "runs": [],
+        "params": params, "inputs": [{"kind": i.kind, "identity": i.identity, "digest": i.digest, "uri": i.uri} for i in inputs], "runs": [],
     }
     if run_id and run_id not in [r["run_id"] for r in rec["runs"]]:
         rec["runs"].append({"run_id": run_id, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -31,23 +31,23 @@ def record_artifact(run_root: Path, ref: ArtifactRef, step: str, run_id: str | N
     return path
 
 
-def find_record(run_root: Path, digest_prefix: str) -> dict | None:
-    """Returns the lineage record whose digest starts with `digest_prefix`."""
+def find_record(run_root: Path, key: str) -> dict | None:
+    """Returns the lineage record whose identity or digest starts with `key`, or whose folder is `key`."""
     for p in sorted((Path(run_root) / LINEAGE_DIR).glob("*.json")):
         rec = json.loads(p.read_text())
-        if rec["digest"].startswith(digest_prefix) or rec["uri"].rstrip("/").endswith(digest_prefix):
+        if rec["identity"].startswith(key) or rec["digest"].startswith(key) or rec["uri"].rstrip("/").endswith(key):
             return rec
     return None
 
 
-def upstream(run_root: Path, digest_prefix: str) -> list[dict]:
+def upstream(run_root: Path, key: str) -> list[dict]:
     """Returns the records of an artifact and everything upstream of it, nearest first."""
-    out, todo, seen = [], [digest_prefix], set()
+    out, todo, seen = [], [key], set()
     while todo:
         rec = find_record(run_root, todo.pop(0))
-        if rec is None or rec["digest"] in seen:
+        if rec is None or rec["identity"] in seen:
             continue
-        seen.add(rec["digest"])
+        seen.add(rec["identity"])
         out.append(rec)
-        todo.extend(i["digest"] for i in rec["inputs"])
+        todo.extend(i["identity"] for i in rec["inputs"])
     return out

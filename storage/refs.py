@@ -63,7 +63,12 @@ def write_manifest(root: Path) -> str:
 
 
 def manifest_digest(entries: dict) -> str:
-    return stable_hash({k: v["sha256"] for k, v in entries.items()})
+    """Returns the content digest: the payload files only, not meta.json (which names the inputs).
+
+    Two builds with the same content share a digest even when their inputs
+    differ, so downstream steps keyed on it stay cached.
+    """
+    return stable_hash({k: v["sha256"] for k, v in entries.items() if k != META})
 
 
 def current_digest(root: Path) -> str | None:

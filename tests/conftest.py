@@ -61,14 +61,19 @@ def prefect_harness():
         yield
 
 
+STEP_TASKS = {"prepare_data", "warmup", "featurize", "compute_influence", "select_subset", "finetune", "evaluate"}
+
+
 def task_run_states(since) -> dict[str, list[str]]:
     """Returns {task name prefix: [state names]} of task runs started after `since`."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import TaskRunSort
 
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(limit=500)
+        runs = client.read_task_runs(limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
     out: dict[str, list[str]] = {}
     for r in sorted(runs, key=lambda r: r.created):
-        if r.created >= since:
-            out.setdefault(r.name.rsplit("-", 1)[0], []).append(r.state.name)
+        name = r.task_key.rsplit("-", 1)[0]  # task runs standing for subflows are keyed by the flow function
+        if r.created >= since and name in STEP_TASKS:
+            out.setdefault(name, []).append(r.state.name)
     return out

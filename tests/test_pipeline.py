@@ -55,7 +55,7 @@ def test_pipeline_produces_subsets_evaluation_and_report(first_run, recipe):
 
     rec = load_run(Path(recipe.run_root), "latest")
     con = open_influence(Path(rec["refs"]["influence"]["uri"]))
-    n_train, n_val = con.sql("SELECT count(DISTINCT train_idx), count(DISTINCT val_idx) FROM influence").fetchone()
+    n_train, n_val = con.execute("SELECT count(DISTINCT train_idx), count(DISTINCT val_idx) FROM influence").fetchone()
     con.close()
     assert n_val == 4 and n_train == rec["refs"]["data"]["meta"]["pool_out"]
 
@@ -95,6 +95,8 @@ def test_projection_change_recomputes_from_features_on(first_run, recipe):
         assert states[step] == ["Completed"], (step, states)
     assert states["select_subset"] == ["Completed", "Completed"]
     assert states["evaluate"][0] == "Cached"
+    # a recomputed selection with the same rows has the same digest, so its fine-tune stays cached
+    assert len(states["finetune"]) == 2
 
 
 def test_deleted_artifact_is_rebuilt_and_downstream_stays_cached(first_run, recipe):

@@ -87,7 +87,7 @@ def test_influence_store_roundtrip_and_views(tmp_path):
     np.testing.assert_array_equal(A, B)
     assert tr["id"].tolist() == list("abcd") and va["task"].tolist() == ["t1", "t1", "t2"]
     con = open_influence(tmp_path)
-    row = con.sql("SELECT score FROM task_influence WHERE train_idx = 1 AND task = 't1'").fetchone()
+    row = con.execute("SELECT score FROM task_influence WHERE train_idx = 1 AND task = 't1'").fetchone()
     con.close()
     assert row[0] == pytest.approx((A[1, 0] + A[1, 1]) / 2)
     with pytest.raises(ArtifactError, match="influence store not found"):
