@@ -1,0 +1,24 @@
+"""Deployments: the pipeline with its nightly schedule and the recipe as a parameter, one per step."""
+
+from pathlib import Path
+
+from deployments.serve import NIGHTLY, deployments
+
+RECIPE = Path(__file__).parents[1] / "recipes" / "tiny.yaml"
+
+
+def test_serve_builds_pipeline_and_step_deployments():
+    deps = {d.name: d for d in deployments(str(RECIPE))}
+    assert set(deps) == {"bids-pipeline", *(f"step-{s}" for s in ("data", "warmup", "features", "influence", "select", "finetune", "evaluate"))}
+    pipe = deps["bids-pipeline"]
+    assert pipe.parameters["recipe"]["name"] == "tiny"
+    assert any(getattr(s.schedule, "cron", None) == NIGHTLY for s in pipe.schedules)
+    # the recipe is a typed parameter: the UI renders a form from this schema
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.pipeline import pipeline
+
+    schema = parameter_schema(pipeline.fn).model_dump()
+    assert set(schema["properties"]) == {"recipe", "refresh"}
+    assert "Recipe" in schema["definitions"] and "selection" in schema["definitions"]["Recipe"]["properties"]
+    assert pipe.entrypoint.endswith("flows/pipeline.py:pipeline") or "pipeline" in pipe.entrypoint
