@@ -73,7 +73,8 @@ class LoraConfig(_Stage):
     dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout (training only).")
     target_modules: tuple[str, ...] = Field(("q_proj", "k_proj", "v_proj", "o_proj"), description="Modules to adapt.")
     layers: tuple[int, ...] | None = Field(
-        None, description="Only adapt these decoder layers (all if unset); top layers only makes backward cheaper on CPU."
+        None,
+        description="Only adapt these decoder layers (all if unset); top layers only makes backward cheaper on CPU.",
     )
 
 
@@ -127,7 +128,9 @@ class EvalConfig(_Stage):
 class Recipe(_Stage):
     name: str = Field(..., description="Run name; outputs go under run_root/<name>.")
     seed: int = Field(0, description="Seed for sampling, training and random selection.")
-    run_root: str = Field("runs", description="Folder for artifacts, caches and run records (relative to the recipe's cwd).")
+    run_root: str = Field(
+        "runs", description="Folder for artifacts, caches and run records (relative to the recipe's cwd)."
+    )
     model: ModelConfig
     data: DataConfig
     lora: LoraConfig = LoraConfig()

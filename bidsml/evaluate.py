@@ -20,8 +20,13 @@ from bidsml.sources import LETTERS
 
 @torch.no_grad()
 def continuation_logprobs(
-    model, tokenizer, pairs: list[tuple[str, str]], batch_size: int, max_len: int,
-    first_token_candidates: list[list[int] | None] | None = None, desc: str = "score",
+    model,
+    tokenizer,
+    pairs: list[tuple[str, str]],
+    batch_size: int,
+    max_len: int,
+    first_token_candidates: list[list[int] | None] | None = None,
+    desc: str = "score",
 ) -> list[tuple[float, int, list[float] | None]]:
     """Returns, per (prompt, continuation): (sum log-prob, token count, candidate log-probs).
 
@@ -70,7 +75,9 @@ def evaluate_items(model, tokenizer, items: list[Example], batch_size: int, max_
         correct = None
         if first is not None:
             correct = float(max(range(len(first)), key=lambda k: (first[k], -k)) == ex.gold)
-        rows.append({"id": ex.id, "task": ex.task, "capability": ex.capability, "correct": correct, "nll": -lp / max(cnt, 1)})
+        rows.append(
+            {"id": ex.id, "task": ex.task, "capability": ex.capability, "correct": correct, "nll": -lp / max(cnt, 1)}
+        )
     return rows
 
 
@@ -94,6 +101,22 @@ def summarize(rows: list[dict]) -> list[dict]:
         )
     accs = [r["accuracy"] for r in out if r["accuracy"] is not None]
     nlls = [r["nll"] for r in out]
-    out.append({"task": "macro-average", "capability": "all", "n": len(rows), "accuracy": sum(accs) / len(accs) if accs else None, "nll": sum(nlls) / len(nlls)})
-    out.append({"task": "worst-task", "capability": "all", "n": len(rows), "accuracy": min(accs) if accs else None, "nll": max(nlls) if nlls else math.nan})
+    out.append(
+        {
+            "task": "macro-average",
+            "capability": "all",
+            "n": len(rows),
+            "accuracy": sum(accs) / len(accs) if accs else None,
+            "nll": sum(nlls) / len(nlls),
+        }
+    )
+    out.append(
+        {
+            "task": "worst-task",
+            "capability": "all",
+            "n": len(rows),
+            "accuracy": min(accs) if accs else None,
+            "nll": max(nlls) if nlls else math.nan,
+        }
+    )
     return out

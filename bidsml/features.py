@@ -89,7 +89,9 @@ def per_example_grads(model, ids, mask, labels) -> Iterator[tuple[str, torch.Ten
     try:
         losses = _label_logits_loss(model, ids, mask, labels)
         if not torch.isfinite(losses).all():
-            raise FeatureError(f"non-finite loss for batch rows {(~torch.isfinite(losses)).nonzero().flatten().tolist()}")
+            raise FeatureError(
+                f"non-finite loss for batch rows {(~torch.isfinite(losses)).nonzero().flatten().tolist()}"
+            )
         losses.sum().backward()
     finally:
         for h in handles:

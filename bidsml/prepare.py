@@ -46,7 +46,9 @@ def load_pool(cfg: DataConfig, seed: int) -> tuple[list[Example], dict]:
     return pool, counts
 
 
-def load_targets(cfg: DataConfig, seed: int, fits: Callable[[Example], bool] | None = None) -> tuple[list[Example], list[Example], dict]:
+def load_targets(
+    cfg: DataConfig, seed: int, fits: Callable[[Example], bool] | None = None
+) -> tuple[list[Example], list[Example], dict]:
     """Returns (validation examples, test items, counts); the two never share an id.
 
     Validation examples are sampled among the candidates that `fits` accepts
@@ -69,7 +71,13 @@ def load_targets(cfg: DataConfig, seed: int, fits: Callable[[Example], bool] | N
             )
         val.extend(v)
         test.extend(te)
-        counts[t.task] = {"val": len(v), "test": len(te), "val_too_long": n_candidates - len(v_all), "val_available": len(v_all), "test_available": len(t_all)}
+        counts[t.task] = {
+            "val": len(v),
+            "test": len(te),
+            "val_too_long": n_candidates - len(v_all),
+            "val_available": len(v_all),
+            "test_available": len(t_all),
+        }
     return val, test, counts
 
 
@@ -86,7 +94,9 @@ def fits_in(tokenizer, max_seq_length: int) -> Callable[[Example], bool]:
     return fits
 
 
-def drop_untrainable(tokenizer, examples: list[Example], model_cfg: ModelConfig) -> tuple[list[Example], list[str], int]:
+def drop_untrainable(
+    tokenizer, examples: list[Example], model_cfg: ModelConfig
+) -> tuple[list[Example], list[str], int]:
     """Returns (kept examples, rejected reasons, truncated count) for the pool.
 
     An example with no assistant token left after truncation is rejected with

@@ -89,4 +89,3 @@ class Projector:
         for name in sorted(flat):
             self.add_into(out, name, flat[name])
         return out
-

@@ -39,7 +39,7 @@ def plot_evaluation(df: pd.DataFrame, path: Path) -> Path:
 
 def plot_composition(selections: list[dict], path: Path) -> Path:
     """Saves stacked bars of each selection's composition by source; returns the path."""
-    df = pd.DataFrame({selection_label(s['method'], s['budget']): s["by_source"] for s in selections}).fillna(0).T
+    df = pd.DataFrame({selection_label(s["method"], s["budget"]): s["by_source"] for s in selections}).fillna(0).T
     fig, ax = plt.subplots(figsize=(8, 4))
     df.plot.bar(stacked=True, ax=ax, rot=0)
     ax.set_ylabel("selected examples")
@@ -77,11 +77,24 @@ def composition_frame(selections: list[dict]) -> pd.DataFrame:
     """Returns one row per selection: k, counts by source, counts by most-influenced task."""
     src = pd.DataFrame([s["by_source"] for s in selections]).fillna(0).astype(int).sort_index(axis=1)
     task = pd.DataFrame([s["by_top_task"] for s in selections]).fillna(0).astype(int).sort_index(axis=1)
-    head = pd.DataFrame({"selection": [selection_label(s["method"], s["budget"]) for s in selections], "k": [s["k"] for s in selections]})
+    head = pd.DataFrame(
+        {
+            "selection": [selection_label(s["method"], s["budget"]) for s in selections],
+            "k": [s["k"] for s in selections],
+        }
+    )
     return pd.concat([head, src.add_prefix("src:"), task.add_prefix("task:")], axis=1)
 
 
-def write_report(out: Path, title: str, data_summary: dict, eval_tables: list[dict], selections: list[dict], subsets: dict[str, str], timings: dict[str, float]) -> Path:
+def write_report(
+    out: Path,
+    title: str,
+    data_summary: dict,
+    eval_tables: list[dict],
+    selections: list[dict],
+    subsets: dict[str, str],
+    timings: dict[str, float],
+) -> Path:
     """Writes report.md, evaluation.csv and PNG charts into `out`; returns the report path."""
     out.mkdir(parents=True, exist_ok=True)
     ev = evaluation_frame(eval_tables)

@@ -90,14 +90,23 @@ def mc_answer(choices: list[str], gold: int) -> str:
 def _sciq() -> list[Example]:
     out = []
     for i, r in enumerate(_hf("sciq/none/validation")):
-        expl = f"{r['support'].strip()}\n\nSo the answer is {r['correct_answer']}." if r["support"] else r["correct_answer"]
+        expl = (
+            f"{r['support'].strip()}\n\nSo the answer is {r['correct_answer']}."
+            if r["support"]
+            else r["correct_answer"]
+        )
         out.append(_pair("sciq", i, f"Answer this science question.\n{r['question']}", expl))
     return out
 
 
 def _boolq() -> list[Example]:
     return [
-        _pair("boolq", i, f"{r['passage']}\n\nBased on the passage, {r['question']}?", "Yes." if r["answer"] in (True, "True") else "No.")
+        _pair(
+            "boolq",
+            i,
+            f"{r['passage']}\n\nBased on the passage, {r['question']}?",
+            "Yes." if r["answer"] in (True, "True") else "No.",
+        )
         for i, r in enumerate(_hf("boolq/none/validation"))
     ]
 
@@ -119,7 +128,10 @@ def _trivia() -> list[Example]:
 
 
 def _nq() -> list[Example]:
-    return [_pair("nq_open", i, f"{r['question']}?", _parse(r["answer"])[0]) for i, r in enumerate(_hf("nq_open/none/validation"))]
+    return [
+        _pair("nq_open", i, f"{r['question']}?", _parse(r["answer"])[0])
+        for i, r in enumerate(_hf("nq_open/none/validation"))
+    ]
 
 
 def _siqa() -> list[Example]:
@@ -153,7 +165,15 @@ def _winogrande() -> list[Example]:
 
 
 def _math() -> list[Example]:
-    subjects = ["algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory", "prealgebra", "precalculus"]
+    subjects = [
+        "algebra",
+        "counting_and_probability",
+        "geometry",
+        "intermediate_algebra",
+        "number_theory",
+        "prealgebra",
+        "precalculus",
+    ]
     out = []
     for s in subjects:
         for i, d in enumerate(_requests(f"minerva_math_{s}", "gold_bpb_0shot")):
@@ -186,7 +206,14 @@ def _basic_skills(skill: str, src: str, instruction: str) -> Callable[[], list[E
         out = []
         for d in _requests(f"basic_skills_{skill}", "rc_5shot"):
             q = d["question"]
-            out.append(_pair(src, d["id"], f"{instruction}\n{q}", f"{q} {d['choices'][d['gold']]}" if skill == "coding" else d["choices"][d["gold"]]))
+            out.append(
+                _pair(
+                    src,
+                    d["id"],
+                    f"{instruction}\n{q}",
+                    f"{q} {d['choices'][d['gold']]}" if skill == "coding" else d["choices"][d["gold"]],
+                )
+            )
         return out
 
     return load
@@ -229,8 +256,15 @@ CAPABILITY = {"mmlu": "knowledge", "arc_challenge": "reasoning", "gsm8k": "math"
 
 def _mc_example(task: str, i, question: str, choices: list[str], gold: int, subtask: str | None = None) -> Example:
     return _pair(
-        task, i, mc_prompt(question, choices), mc_answer(choices, gold),
-        task=task, subtask=subtask, capability=CAPABILITY[task], choices=list(choices), gold=gold,
+        task,
+        i,
+        mc_prompt(question, choices),
+        mc_answer(choices, gold),
+        task=task,
+        subtask=subtask,
+        capability=CAPABILITY[task],
+        choices=list(choices),
+        gold=gold,
     )
 
 
@@ -261,7 +295,14 @@ def _arc() -> tuple[list[Example], list[Example]]:
 def _gsm8k() -> tuple[list[Example], list[Example]]:
     docs = _requests("gsm8k", "gold_bpb_5shot")
     items = [
-        _pair("gsm8k", d["id"], f"Solve the math word problem.\n{d['question']}", d["choices"][0], task="gsm8k", capability="math")
+        _pair(
+            "gsm8k",
+            d["id"],
+            f"Solve the math word problem.\n{d['question']}",
+            d["choices"][0],
+            task="gsm8k",
+            capability="math",
+        )
         for d in docs
     ]
     return _split_half(items)
@@ -278,7 +319,14 @@ def _humaneval() -> tuple[list[Example], list[Example]]:
         with gzip.open(path, "rt") as fh:
             docs = [json.loads(line) for line in fh]
     items = [
-        _pair("humaneval", d["task_id"].split("/")[-1], f"Complete the Python function.\n```python\n{d['prompt']}```", f"```python\n{d['prompt']}{d['canonical_solution']}```", task="humaneval", capability="code")
+        _pair(
+            "humaneval",
+            d["task_id"].split("/")[-1],
+            f"Complete the Python function.\n```python\n{d['prompt']}```",
+            f"```python\n{d['prompt']}{d['canonical_solution']}```",
+            task="humaneval",
+            capability="code",
+        )
         for d in docs
     ]
     return _split_half(items)
@@ -289,7 +337,14 @@ def _mbpp() -> tuple[list[Example], list[Example]]:
     for d in _requests("codex_mbpp", "gold_bpb_0shot"):
         tests = d["test_list"][0]  # one test names the function and its signature
         items.append(
-            _pair("mbpp", d["task_id"], f"{d['text']}\nYour code should pass this test:\n{tests}", f"```python\n{d['code'].replace(chr(13), '')}\n```", task="mbpp", capability="code")
+            _pair(
+                "mbpp",
+                d["task_id"],
+                f"{d['text']}\nYour code should pass this test:\n{tests}",
+                f"```python\n{d['code'].replace(chr(13), '')}\n```",
+                task="mbpp",
+                capability="code",
+            )
         )
     return _split_half(items)
 

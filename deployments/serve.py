@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 
-import flows  # noqa: F401  (sets offline Prefect defaults)
+import flows  # noqa: F401  (sets offline Prefect defaults before Prefect is imported)
+
+# isort: split
 from prefect import serve
 
 from bidsml.config import load_recipe

@@ -72,7 +72,9 @@ def step(
     method: Optional[str] = typer.Option(None, help="select: the method."),
     budget: Optional[float] = typer.Option(None, help="select: a count (>=1) or fraction (<1)."),
     selection: Optional[str] = typer.Option(None, help="finetune: 'method@budget' of a selection in the run."),
-    adapter: Optional[str] = typer.Option(None, help="evaluate: 'method@budget' of a fine-tune in the run; base model if unset."),
+    adapter: Optional[str] = typer.Option(
+        None, help="evaluate: 'method@budget' of a fine-tune in the run; base model if unset."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value: KEY=VALUE."),
     refresh: bool = typer.Option(False, help="Recompute even if cached."),
 ):
@@ -94,7 +96,11 @@ def step(
         try:
             r = refs[key] if sub is None else refs[key][sub]
         except KeyError:
-            _fail(KeyError(f"run {record.get('run_id')} has no {key}{'' if sub is None else ' ' + sub}; have {list(refs.get(key, {})) if sub else list(refs)}"))
+            _fail(
+                KeyError(
+                    f"run {record.get('run_id')} has no {key}{'' if sub is None else ' ' + sub}; have {list(refs.get(key, {})) if sub else list(refs)}"
+                )
+            )
         return ArtifactRef.model_validate(r)
 
     flow = STEP_FLOWS.get(name)
@@ -105,7 +111,13 @@ def step(
         "warmup": lambda: (rec, ref("data")),
         "features": lambda: (rec, ref("data"), ref("warmup")),
         "influence": lambda: (rec, ref("data"), ref("warmup"), ref("features")),
-        "select": lambda: (rec, ref("data"), ref("influence"), method or rec.selection.methods[0], budget or rec.selection.budgets[0]),
+        "select": lambda: (
+            rec,
+            ref("data"),
+            ref("influence"),
+            method or rec.selection.methods[0],
+            budget or rec.selection.budgets[0],
+        ),
         "finetune": lambda: (rec, ref("selections", selection or next(iter(refs["selections"])))),
         "evaluate": lambda: (rec, ref("data"), ref("finetunes", adapter) if adapter else None),
     }[name]()
@@ -134,7 +146,9 @@ def runs(run_root: Path = typer.Option(Path("runs"), help="Run root to list.")):
                 flat += [f"{k}/{n}:{x['digest'][:8]}" for n, x in v.items()]
             else:
                 flat.append(f"{k}:{v['digest'][:8]}")
-        table.add_row(r["run_id"][:8], r["recipe"]["name"], r.get("finished_at", ""), "\n".join(flat), r.get("report", ""))
+        table.add_row(
+            r["run_id"][:8], r["recipe"]["name"], r.get("finished_at", ""), "\n".join(flat), r.get("report", "")
+        )
     console.print(table)
 
 
@@ -150,7 +164,9 @@ def lineage(
     if not recs:
         _fail(FileNotFoundError(f"no artifact {artifact!r} in {run_root}/lineage"))
     for r in recs:
-        console.print(f"[bold]{r['kind']}[/bold] {r['digest'][:16]} by step {r['step']} runs={[x['run_id'][:8] for x in r['runs']]}")
+        console.print(
+            f"[bold]{r['kind']}[/bold] {r['digest'][:16]} by step {r['step']} runs={[x['run_id'][:8] for x in r['runs']]}"
+        )
         console.print(f"   {r['uri']}")
         console.print(f"   params: {json.dumps(r['params'], default=str)[:300]}")
         for i in r["inputs"]:

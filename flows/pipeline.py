@@ -14,11 +14,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from bidsml.config import Recipe
-from bidsml.selection import selection_label
 from bidsml.report import write_report
+from bidsml.selection import selection_label
+from flows.steps import data_flow, evaluate_flow, features_flow, finetune_flow, influence_flow, select_flow, warmup_flow
 from storage.names import SUBSET_JSONL
 from storage.runs import save_run_record
-from flows.steps import data_flow, evaluate_flow, features_flow, finetune_flow, influence_flow, select_flow, warmup_flow
 
 STEPS = ("data", "warmup", "features", "influence", "select", "finetune", "evaluate")
 
@@ -64,15 +64,39 @@ def pipeline(recipe: Recipe, refresh: list[str] | None = None) -> dict:
             adapters.append(ft)
 
     out = output_dir(recipe)
-    subsets = {selection_label(s.meta['method'], s.meta['budget']): str(s.path / SUBSET_JSONL) for s in selections}
-    report = write_report(out, f"BIDS run: {recipe.name}", data.meta, [e.meta for e in evals], [s.meta for s in selections], subsets, timings)
+    subsets = {selection_label(s.meta["method"], s.meta["budget"]): str(s.path / SUBSET_JSONL) for s in selections}
+    report = write_report(
+        out,
+        f"BIDS run: {recipe.name}",
+        data.meta,
+        [e.meta for e in evals],
+        [s.meta for s in selections],
+        subsets,
+        timings,
+    )
     create_markdown_artifact(report.read_text(), key="run-report", description=f"report of {recipe.name}")
     run_id = str(flow_run.get_id() or f"local-{int(time.time())}")
-    refs = {"data": data, "warmup": warm, "features": feats, "influence": infl,
-            "selections": {selection_label(s.meta['method'], s.meta['budget']): s for s in selections},
-            "finetunes": {selection_label(a.meta['method'], a.meta['budget']): a for a in adapters},
-            "evaluations": {e.meta["model"]: e for e in evals}}
-    record = save_run_record(Path(recipe.run_root).resolve(), run_id, recipe.model_dump(mode="json"), refs,
-                             {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "report": str(report), "timings": timings})
-    return {"run_id": run_id, "report": str(report), "outputs": str(out), "subsets": subsets, "record": str(record),
-            "evaluation": str(out / "evaluation.csv")}
+    refs = {
+        "data": data,
+        "warmup": warm,
+        "features": feats,
+        "influence": infl,
+        "selections": {selection_label(s.meta["method"], s.meta["budget"]): s for s in selections},
+        "finetunes": {selection_label(a.meta["method"], a.meta["budget"]): a for a in adapters},
+        "evaluations": {e.meta["model"]: e for e in evals},
+    }
+    record = save_run_record(
+        Path(recipe.run_root).resolve(),
+        run_id,
+        recipe.model_dump(mode="json"),
+        refs,
+        {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "report": str(report), "timings": timings},
+    )
+    return {
+        "run_id": run_id,
+        "report": str(report),
+        "outputs": str(out),
+        "subsets": subsets,
+        "record": str(record),
+        "evaluation": str(out / "evaluation.csv"),
+    }

@@ -57,13 +57,17 @@ def features_flow(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh:
 
 
 @flow(name="influence", log_prints=True)
-def influence_flow(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, feats: ArtifactRef, refresh: bool = False) -> ArtifactRef:
+def influence_flow(
+    recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, feats: ArtifactRef, refresh: bool = False
+) -> ArtifactRef:
     """Computes the influence matrix into DuckDB."""
     return _run(compute_influence, recipe, data, warm, feats, refresh=refresh)
 
 
 @flow(name="select", log_prints=True)
-def select_flow(recipe: Recipe, data: ArtifactRef, infl: ArtifactRef, method: str, budget: float, refresh: bool = False) -> ArtifactRef:
+def select_flow(
+    recipe: Recipe, data: ArtifactRef, infl: ArtifactRef, method: str, budget: float, refresh: bool = False
+) -> ArtifactRef:
     """Selects a subset with one method at one budget."""
     return _run(select_subset, recipe, data, infl, method, budget, refresh=refresh)
 
@@ -75,7 +79,9 @@ def finetune_flow(recipe: Recipe, selection: ArtifactRef, refresh: bool = False)
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_flow(recipe: Recipe, data: ArtifactRef, adapter: ArtifactRef | None = None, refresh: bool = False) -> ArtifactRef:
+def evaluate_flow(
+    recipe: Recipe, data: ArtifactRef, adapter: ArtifactRef | None = None, refresh: bool = False
+) -> ArtifactRef:
     """Evaluates the base model (no adapter) or a fine-tuned adapter."""
     return _run(evaluate, recipe, data, adapter, refresh=refresh)
 

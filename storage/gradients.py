@@ -37,7 +37,9 @@ def create_groups(root: Path, split: str, ckpt: int, n: int, k: int, chunk_rows:
     if path in store:
         return
     g = store.require_group(path)
-    g.create_array(FEATURES_ARRAY, shape=(n, k), chunks=(chunk_rows, k), dtype="float16", compressors=None, fill_value=0)
+    g.create_array(
+        FEATURES_ARRAY, shape=(n, k), chunks=(chunk_rows, k), dtype="float16", compressors=None, fill_value=0
+    )
     g.create_array(NORMS_ARRAY, shape=(n,), chunks=(chunk_rows,), dtype="float32", compressors=None, fill_value=0)
     (Path(root) / CHUNKS_DONE_DIR).mkdir(parents=True, exist_ok=True)
 

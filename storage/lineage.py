@@ -16,15 +16,27 @@ from storage.names import LINEAGE_DIR
 from storage.refs import ArtifactRef
 
 
-def record_artifact(run_root: Path, ref: ArtifactRef, step: str, run_id: str | None, params: dict[str, Any], inputs: list[ArtifactRef]) -> Path:
+def record_artifact(
+    run_root: Path, ref: ArtifactRef, step: str, run_id: str | None, params: dict[str, Any], inputs: list[ArtifactRef]
+) -> Path:
     """Writes (or extends) the lineage record of `ref`; returns its path."""
     folder = Path(run_root) / LINEAGE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{ref.identity[:24]}.json"  # identity, not digest: equal content may come from other inputs
-    rec = json.loads(path.read_text()) if path.exists() else {
-        "digest": ref.digest, "kind": ref.kind, "uri": ref.uri, "step": step, "identity": ref.identity,
-        "params": params, "inputs": [{"kind": i.kind, "identity": i.identity, "digest": i.digest, "uri": i.uri} for i in inputs], "runs": [],
-    }
+    rec = (
+        json.loads(path.read_text())
+        if path.exists()
+        else {
+            "digest": ref.digest,
+            "kind": ref.kind,
+            "uri": ref.uri,
+            "step": step,
+            "identity": ref.identity,
+            "params": params,
+            "inputs": [{"kind": i.kind, "identity": i.identity, "digest": i.digest, "uri": i.uri} for i in inputs],
+            "runs": [],
+        }
+    )
     if run_id and run_id not in [r["run_id"] for r in rec["runs"]]:
         rec["runs"].append({"run_id": run_id, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     path.write_text(json.dumps(rec, indent=1, default=str))

@@ -102,7 +102,9 @@ def load_ref(root: Path) -> ArtifactRef:
     if digest is None:
         raise ArtifactError(f"artifact {root} is missing, incomplete or was modified after publication")
     meta = json.loads((root / META).read_text())
-    return ArtifactRef(kind=meta["kind"], identity=meta["identity"], uri=str(root), digest=digest, meta=meta.get("summary", {}))
+    return ArtifactRef(
+        kind=meta["kind"], identity=meta["identity"], uri=str(root), digest=digest, meta=meta.get("summary", {})
+    )
 
 
 def check_ref(ref: ArtifactRef) -> Path:

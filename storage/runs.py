@@ -23,7 +23,9 @@ def save_run_record(run_root: Path, run_id: str, recipe: dict, refs: dict[str, A
         return v
 
     path = folder / f"{run_id}.json"
-    path.write_text(json.dumps({"run_id": run_id, "recipe": recipe, "refs": dump(refs), **(extra or {})}, indent=1, default=str))
+    path.write_text(
+        json.dumps({"run_id": run_id, "recipe": recipe, "refs": dump(refs), **(extra or {})}, indent=1, default=str)
+    )
     return path
 
 

@@ -54,7 +54,9 @@ class ArtifactCachePolicy(CachePolicy):
 
     plan: Callable[..., Plan] | None = None
 
-    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+    def compute_key(
+        self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
         inputs = {k: v for k, v in inputs.items() if k != "refresh"}
         try:
             plan = self.plan(**inputs)
@@ -81,7 +83,9 @@ def flow_run_id() -> str | None:
     return str(getattr(fr, "id", fr)) if fr else None
 
 
-def publish(ref: ArtifactRef, step: str, params: dict[str, Any], inputs: list[ArtifactRef], started: float) -> ArtifactRef:
+def publish(
+    ref: ArtifactRef, step: str, params: dict[str, Any], inputs: list[ArtifactRef], started: float
+) -> ArtifactRef:
     """Records lineage and posts a markdown summary artifact for a step's output; returns the ref."""
     record_artifact(Path(ref.uri).parents[2], ref, step, flow_run_id(), params, inputs)
     lines = [
@@ -96,7 +100,9 @@ def publish(ref: ArtifactRef, step: str, params: dict[str, Any], inputs: list[Ar
         "```",
     ]
     try:
-        create_markdown_artifact("\n".join(lines), key=f"{step.replace('_', '-')}-summary", description=f"{step} output")
+        create_markdown_artifact(
+            "\n".join(lines), key=f"{step.replace('_', '-')}-summary", description=f"{step} output"
+        )
     except Exception:  # no Prefect run context (task.fn in tests)
         pass
     return ref

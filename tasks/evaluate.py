@@ -13,8 +13,8 @@ from prefect.artifacts import create_table_artifact
 import bidsml.evaluate
 from bidsml.config import Recipe
 from bidsml.evaluate import evaluate_items, summarize
-from bidsml.selection import selection_label
 from bidsml.model import load_base_model, load_lora, load_tokenizer, model_fingerprint
+from bidsml.selection import selection_label
 from storage.names import EVAL_ITEMS, EVAL_TABLE, TEST_FILE
 from storage.refs import ArtifactRef, Plan, check_ref, materialize
 from tasks.common import ArtifactCachePolicy, code_version, publish, ref_inputs, run_root
@@ -45,7 +45,9 @@ def model_label(adapter: ArtifactRef | None) -> str:
 
 
 @task(cache_policy=ArtifactCachePolicy(plan=plan_evaluate), persist_result=True)
-def evaluate(recipe: Recipe, data: ArtifactRef, adapter: ArtifactRef | None = None, refresh: bool = False) -> ArtifactRef:
+def evaluate(
+    recipe: Recipe, data: ArtifactRef, adapter: ArtifactRef | None = None, refresh: bool = False
+) -> ArtifactRef:
     """Scores MC accuracy and gold-answer NLL per test item; returns the evaluation artifact."""
     started = time.time()
     label = model_label(adapter)
@@ -56,12 +58,18 @@ def evaluate(recipe: Recipe, data: ArtifactRef, adapter: ArtifactRef | None = No
         if adapter is not None:
             model = load_lora(model, check_ref(adapter) / ADAPTER_DIR)
         model.eval()
-        rows = evaluate_items(model, tok, load_split(data, TEST_FILE), recipe.evaluation.batch_size, recipe.model.max_seq_length)
+        rows = evaluate_items(
+            model, tok, load_split(data, TEST_FILE), recipe.evaluation.batch_size, recipe.model.max_seq_length
+        )
         pd.DataFrame(rows).to_parquet(work / EVAL_ITEMS, index=False)
         table = summarize(rows)
         (work / EVAL_TABLE).write_text(json.dumps({"model": label, "tasks": table}, indent=1))
         try:
-            create_table_artifact(table, key=f"eval-{label}".replace("@", "-").replace(".", "-").replace("_", "-").lower(), description=f"evaluation of {label}")
+            create_table_artifact(
+                table,
+                key=f"eval-{label}".replace("@", "-").replace(".", "-").replace("_", "-").lower(),
+                description=f"evaluation of {label}",
+            )
         except Exception:
             pass
         return {"model": label, "tasks": table}

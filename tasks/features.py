@@ -38,7 +38,9 @@ def plan_features(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) -> Plan:
             **ref_inputs(data=data, warmup=warm),
             "model": model_fingerprint(recipe.model),
             "max_seq_length": recipe.model.max_seq_length,
-            "features": recipe.features.model_dump(mode="json", exclude={"max_tokens"}),  # batching does not change features
+            "features": recipe.features.model_dump(
+                mode="json", exclude={"max_tokens"}
+            ),  # batching does not change features
             "code": CODE,
         },
     )
@@ -101,9 +103,17 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
 
                 write_chunks(work, split, c, len(items), fc.proj_dim, fc.chunk_rows, compute, on_chunk)
         bar.close()
-        meta = {split: {"ids": [t.id for t in items], "n_tokens": [len(t.input_ids) for t in items]} for split, items in splits.items()}
+        meta = {
+            split: {"ids": [t.id for t in items], "n_tokens": [len(t.input_ids) for t in items]}
+            for split, items in splits.items()
+        }
         (work / "examples.json").write_text(json.dumps(meta))
-        return {"n_train": len(splits["train"]), "n_val": len(splits["val"]), "checkpoints": len(ckpts), "dim": fc.proj_dim}
+        return {
+            "n_train": len(splits["train"]),
+            "n_val": len(splits["val"]),
+            "checkpoints": len(ckpts),
+            "dim": fc.proj_dim,
+        }
 
     ref = materialize(plan_features(recipe, data, warm), build, force=refresh)
     return publish(ref, "featurize", {"features": fc.model_dump()}, [data, warm], started)

@@ -44,13 +44,20 @@ def finetune(recipe: Recipe, selection: ArtifactRef, refresh: bool = False) -> A
     def build(work: Path) -> dict:
         subset, _ = read_jsonl(selection.path / SUBSET_JSONL)
         items, counts = tokenize_all(load_tokenizer(recipe.model), subset, recipe.model.max_seq_length)
-        ckpts = train_lora(recipe.model, recipe.lora, recipe.finetune, items, work / "train", recipe.seed, save_every_epoch=False)
+        ckpts = train_lora(
+            recipe.model, recipe.lora, recipe.finetune, items, work / "train", recipe.seed, save_every_epoch=False
+        )
         last = work / "train" / ckpts[-1]["path"]
         last.rename(work / ADAPTER_DIR)
         import shutil
 
         shutil.rmtree(work / "train")
-        return {"n_train": len(items), "method": selection.meta.get("method"), "budget": selection.meta.get("budget"), "steps": ckpts[-1]["step"]}
+        return {
+            "n_train": len(items),
+            "method": selection.meta.get("method"),
+            "budget": selection.meta.get("budget"),
+            "steps": ckpts[-1]["step"],
+        }
 
     ref = materialize(plan_finetune(recipe, selection), build, force=refresh)
     return publish(ref, "finetune", {"finetune": recipe.finetune.model_dump()}, [selection], started)

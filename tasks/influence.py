@@ -24,11 +24,17 @@ CODE = code_version(bidsml.influence)
 
 
 def plan_influence(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, feats: ArtifactRef) -> Plan:
-    return Plan(run_root=run_root(recipe), kind="influence", inputs={**ref_inputs(data=data, warmup=warm, features=feats), "code": CODE})
+    return Plan(
+        run_root=run_root(recipe),
+        kind="influence",
+        inputs={**ref_inputs(data=data, warmup=warm, features=feats), "code": CODE},
+    )
 
 
 @task(cache_policy=ArtifactCachePolicy(plan=plan_influence), persist_result=True)
-def compute_influence(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, feats: ArtifactRef, refresh: bool = False) -> ArtifactRef:
+def compute_influence(
+    recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, feats: ArtifactRef, refresh: bool = False
+) -> ArtifactRef:
     """Streams the checkpoint-weighted cosine A (pool x validation) into an immutable DuckDB file."""
     started = time.time()
 
@@ -41,7 +47,12 @@ def compute_influence(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, feat
         val = load_split(data, VAL_FILE)
         A = influence_matrix(lambda c: iter_feature_chunks(feats.path, "train", c), val_feats, weights, len(pool))
         train_df = pd.DataFrame(
-            {"idx": range(len(pool)), "id": [e.id for e in pool], "source": [e.source for e in pool], "n_tokens": meta["train"]["n_tokens"]}
+            {
+                "idx": range(len(pool)),
+                "id": [e.id for e in pool],
+                "source": [e.source for e in pool],
+                "n_tokens": meta["train"]["n_tokens"],
+            }
         )
         val_df = pd.DataFrame(
             {
@@ -52,7 +63,9 @@ def compute_influence(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, feat
                 "capability": [e.capability for e in val],
             }
         )
-        ck_df = pd.DataFrame([{"c": i, "step": c["step"], "mean_lr": c["mean_lr"], "weight": c["weight"]} for i, c in enumerate(ckpts)])
+        ck_df = pd.DataFrame(
+            [{"c": i, "step": c["step"], "mean_lr": c["mean_lr"], "weight": c["weight"]} for i, c in enumerate(ckpts)]
+        )
         save_influence(work, A, train_df, val_df, ck_df)
         return {"n_train": A.shape[0], "n_val": A.shape[1], "mean": float(A.mean()), "std": float(A.std())}
 

@@ -28,7 +28,13 @@ def plan_select(recipe: Recipe, data: ArtifactRef, infl: ArtifactRef, method: st
     return Plan(
         run_root=run_root(recipe),
         kind="selection",
-        inputs={**ref_inputs(data=data, influence=infl), "method": method, "budget": budget, "seed": recipe.seed, "code": CODE},
+        inputs={
+            **ref_inputs(data=data, influence=infl),
+            "method": method,
+            "budget": budget,
+            "seed": recipe.seed,
+            "code": CODE,
+        },
     )
 
 
@@ -40,11 +46,18 @@ def composition(A: np.ndarray, tasks: list[str], sources: list[str], rows: np.nd
     by_source = pd.Series([sources[r] for r in rows]).value_counts().sort_index().to_dict()
     by_task = pd.Series(top_task).value_counts().sort_index().to_dict()
     per_task_mean = dict(zip(names, means[rows].mean(axis=0).round(4).tolist()))
-    return {"by_source": by_source, "by_top_task": by_task, "mean_normalized_influence": per_task_mean, "top_task": top_task}
+    return {
+        "by_source": by_source,
+        "by_top_task": by_task,
+        "mean_normalized_influence": per_task_mean,
+        "top_task": top_task,
+    }
 
 
 @task(cache_policy=ArtifactCachePolicy(plan=plan_select), persist_result=True)
-def select_subset(recipe: Recipe, data: ArtifactRef, infl: ArtifactRef, method: str, budget: float, refresh: bool = False) -> ArtifactRef:
+def select_subset(
+    recipe: Recipe, data: ArtifactRef, infl: ArtifactRef, method: str, budget: float, refresh: bool = False
+) -> ArtifactRef:
     """Runs one selection method; returns the selection artifact (ranked table + JSONL subset)."""
     started = time.time()
 
@@ -85,4 +98,6 @@ def select_subset(recipe: Recipe, data: ArtifactRef, infl: ArtifactRef, method: 
         return summary
 
     ref = materialize(plan_select(recipe, data, infl, method, budget), build, force=refresh)
-    return publish(ref, "select_subset", {"method": method, "budget": budget, "seed": recipe.seed}, [data, infl], started)
+    return publish(
+        ref, "select_subset", {"method": method, "budget": budget, "seed": recipe.seed}, [data, infl], started
+    )

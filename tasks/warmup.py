@@ -61,7 +61,9 @@ def warmup(recipe: Recipe, data: ArtifactRef, refresh: bool = False) -> Artifact
         return {"n_train": len(items), "truncated": counts["truncated"], "checkpoints": ckpts}
 
     ref = materialize(plan_warmup(recipe, data), build, force=refresh)
-    return publish(ref, "warmup", {"lora": recipe.lora.model_dump(), "warmup": recipe.warmup.model_dump()}, [data], started)
+    return publish(
+        ref, "warmup", {"lora": recipe.lora.model_dump(), "warmup": recipe.warmup.model_dump()}, [data], started
+    )
 
 
 def load_checkpoints(ref: ArtifactRef) -> list[dict]:

@@ -8,7 +8,11 @@ from bidsml.config import load_recipe, parse_recipe
 from bidsml.errors import RecipeError
 
 RECIPES = Path(__file__).parents[1] / "recipes"
-BASE = {"name": "t", "model": {"tiny": True}, "data": {"pool": [{"source": "sciq", "n": 4}], "targets": [{"task": "mmlu"}]}}
+BASE = {
+    "name": "t",
+    "model": {"tiny": True},
+    "data": {"pool": [{"source": "sciq", "n": 4}], "targets": [{"task": "mmlu"}]},
+}
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "smollm2-olmo.yaml", "tiny.yaml"])

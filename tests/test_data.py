@@ -9,7 +9,12 @@ from bidsml.errors import DataError
 
 
 def _ex(user="What is 2+2?", assistant="4", **kw):
-    return Example(id="x/1", source="t", messages=[{"role": "user", "content": user}, {"role": "assistant", "content": assistant}], **kw)
+    return Example(
+        id="x/1",
+        source="t",
+        messages=[{"role": "user", "content": user}, {"role": "assistant", "content": assistant}],
+        **kw,
+    )
 
 
 def test_labels_cover_exactly_the_assistant_turn(tokenizer):
@@ -59,8 +64,16 @@ def test_truncation_is_counted_and_empty_mask_rejected_with_id(tokenizer):
 
 def test_read_jsonl_names_file_line_and_field(tmp_path):
     p = tmp_path / "pool.jsonl"
-    good = {"id": "a", "source": "s", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    bad_role = {**good, "id": "b", "messages": [{"role": "robot", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    good = {
+        "id": "a",
+        "source": "s",
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+    }
+    bad_role = {
+        **good,
+        "id": "b",
+        "messages": [{"role": "robot", "content": "q"}, {"role": "assistant", "content": "a"}],
+    }
     p.write_text(json.dumps(good) + "\n" + json.dumps(bad_role) + "\n")
     with pytest.raises(DataError, match=r"pool\.jsonl:2: field 'messages\.0\.role': unknown role 'robot'"):
         read_jsonl(p)
@@ -80,11 +93,28 @@ def test_read_jsonl_names_file_line_and_field(tmp_path):
 
 
 def test_batches_respect_token_budget_and_cover_all(tokenizer):
-    from tests.conftest import make_examples
     from bidsml.data import tokenize_all
+    from tests.conftest import make_examples
 
     items, _ = tokenize_all(tokenizer, make_examples(30), 128)
     batches = list(iter_batches(items, max_tokens=200))
     assert sorted(i for b in batches for i in b) == list(range(30))
     for b in batches:
         assert len(b) == 1 or max(len(items[i].input_ids) for i in b) * len(b) <= 200
+
+
+def test_hf_disk_loader_validates_records(tmp_path):
+    import datasets
+
+    from bidsml.data import read_hf_disk
+
+    rows = [
+        {"id": "h1", "source": "hf", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+        {"id": "h2", "source": "hf", "messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": ""}]},
+    ]
+    datasets.Dataset.from_list(rows[:1]).save_to_disk(str(tmp_path / "ok"))
+    exs, rep = read_hf_disk(tmp_path / "ok")
+    assert [e.id for e in exs] == ["h1"] and rep.kept == 1
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(DataError, match=r"bad\[record 1\]: field 'messages': no non-empty assistant message"):
+        read_hf_disk(tmp_path / "bad")

@@ -9,7 +9,10 @@ RECIPE = Path(__file__).parents[1] / "recipes" / "tiny.yaml"
 
 def test_serve_builds_pipeline_and_step_deployments():
     deps = {d.name: d for d in deployments(str(RECIPE))}
-    assert set(deps) == {"bids-pipeline", *(f"step-{s}" for s in ("data", "warmup", "features", "influence", "select", "finetune", "evaluate"))}
+    assert set(deps) == {
+        "bids-pipeline",
+        *(f"step-{s}" for s in ("data", "warmup", "features", "influence", "select", "finetune", "evaluate")),
+    }
     pipe = deps["bids-pipeline"]
     assert pipe.parameters["recipe"]["name"] == "tiny"
     assert any(getattr(s.schedule, "cron", None) == NIGHTLY for s in pipe.schedules)

@@ -18,16 +18,28 @@ def model():
 def _mc(i, gold):
     choices = ["red", "green", "blue", "cyan"]
     return Example(
-        id=f"q{i}", source="t", task="quiz", capability="knowledge", choices=choices, gold=gold,
-        messages=[{"role": "user", "content": mc_prompt(f"Color number {i}?", choices)}, {"role": "assistant", "content": mc_answer(choices, gold)}],
+        id=f"q{i}",
+        source="t",
+        task="quiz",
+        capability="knowledge",
+        choices=choices,
+        gold=gold,
+        messages=[
+            {"role": "user", "content": mc_prompt(f"Color number {i}?", choices)},
+            {"role": "assistant", "content": mc_answer(choices, gold)},
+        ],
     )
 
 
 def test_batched_scores_equal_single_item_scores(model, tokenizer):
-    pairs = [("Hello there, how", " are you today"), ("One two", " three"), ("A much longer prompt with many words in it", " ok")]
+    pairs = [
+        ("Hello there, how", " are you today"),
+        ("One two", " three"),
+        ("A much longer prompt with many words in it", " ok"),
+    ]
     batched = continuation_logprobs(model, tokenizer, pairs, batch_size=3, max_len=64)
     for pair, (lp, n, _) in zip(pairs, batched):
-        (single, n1, _), = continuation_logprobs(model, tokenizer, [pair], batch_size=1, max_len=64)
+        ((single, n1, _),) = continuation_logprobs(model, tokenizer, [pair], batch_size=1, max_len=64)
         assert n == n1 and lp == pytest.approx(single, abs=1e-4)
     # against a direct computation
     p = tokenizer(pairs[1][0], add_special_tokens=False)["input_ids"]

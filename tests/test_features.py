@@ -25,7 +25,10 @@ def lora_model():
 def _states(model, seed=2):
     g = torch.Generator().manual_seed(seed)
     return {
-        n: {"exp_avg": torch.randn(m.weight.shape, generator=g) * 1e-3, "exp_avg_sq": torch.rand(m.weight.shape, generator=g) * 1e-6}
+        n: {
+            "exp_avg": torch.randn(m.weight.shape, generator=g) * 1e-3,
+            "exp_avg_sq": torch.rand(m.weight.shape, generator=g) * 1e-6,
+        }
         for n, m in lora_linears(model)
     }
 

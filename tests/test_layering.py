@@ -18,7 +18,10 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_bidsml_and_storage_do_not_import_prefect_or_upper_layers():
-    for pkg, forbidden in (("bidsml", {"prefect", "tasks", "flows", "storage"}), ("storage", {"prefect", "tasks", "flows"})):
+    for pkg, forbidden in (
+        ("bidsml", {"prefect", "tasks", "flows", "storage"}),
+        ("storage", {"prefect", "tasks", "flows"}),
+    ):
         files = list((ROOT / pkg).rglob("*.py"))
         assert files
         for f in files:

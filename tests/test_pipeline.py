@@ -37,7 +37,15 @@ def first_run(recipe):
 def test_pipeline_produces_subsets_evaluation_and_report(first_run, recipe):
     out, states = first_run
     assert all(s == ["Completed"] * len(s) for s in states.values()), states
-    assert set(states) == {"prepare_data", "warmup", "featurize", "compute_influence", "evaluate", "select_subset", "finetune"}
+    assert set(states) == {
+        "prepare_data",
+        "warmup",
+        "featurize",
+        "compute_influence",
+        "evaluate",
+        "select_subset",
+        "finetune",
+    }
     assert len(states["evaluate"]) == 3  # base + one per selection
     for name, path in out["subsets"].items():
         lines = Path(path).read_text().splitlines()

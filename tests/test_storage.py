@@ -80,7 +80,15 @@ def test_zarr_chunks_resume_after_interruption(tmp_path):
 def test_influence_store_roundtrip_and_views(tmp_path):
     A = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
     train = pd.DataFrame({"idx": range(4), "id": list("abcd"), "source": ["s1", "s1", "s2", "s2"], "n_tokens": [5] * 4})
-    val = pd.DataFrame({"idx": range(3), "id": ["v0", "v1", "v2"], "task": ["t1", "t1", "t2"], "subtask": [None] * 3, "capability": ["k"] * 3})
+    val = pd.DataFrame(
+        {
+            "idx": range(3),
+            "id": ["v0", "v1", "v2"],
+            "task": ["t1", "t1", "t2"],
+            "subtask": [None] * 3,
+            "capability": ["k"] * 3,
+        }
+    )
     ck = pd.DataFrame({"c": [0], "step": [3], "mean_lr": [1e-4], "weight": [1.0]})
     save_influence(tmp_path, A, train, val, ck)
     B, tr, va = load_influence(tmp_path)
