@@ -26,6 +26,7 @@ SELECTION_METHODS = (
     "bids-no-norm",
     "bids",
     "bids-task",
+    "rds",
 )
 
 

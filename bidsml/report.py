@@ -74,7 +74,8 @@ def evaluation_pivot(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def composition_frame(selections: list[dict]) -> pd.DataFrame:
-    """Returns one row per selection: k, counts by source, counts by most-influenced task."""
+    """Returns one row per selection: k, counts by source (src:), by most-influenced task (top:),
+    and the subset's mean normalised influence per task (z:)."""
     src = pd.DataFrame([s["by_source"] for s in selections]).fillna(0).astype(int).sort_index(axis=1)
     task = pd.DataFrame([s["by_top_task"] for s in selections]).fillna(0).astype(int).sort_index(axis=1)
     head = pd.DataFrame(
@@ -83,7 +84,8 @@ def composition_frame(selections: list[dict]) -> pd.DataFrame:
             "k": [s["k"] for s in selections],
         }
     )
-    return pd.concat([head, src.add_prefix("src:"), task.add_prefix("task:")], axis=1)
+    z = pd.DataFrame([s["mean_normalized_influence"] for s in selections]).sort_index(axis=1)
+    return pd.concat([head, src.add_prefix("src:"), task.add_prefix("top:"), z.add_prefix("z:")], axis=1)
 
 
 def write_report(
@@ -94,9 +96,15 @@ def write_report(
     selections: list[dict],
     subsets: dict[str, str],
     timings: dict[str, float],
+    diagnostics: dict | None = None,
 ) -> Path:
     """Writes report.md, evaluation.csv and PNG charts into `out`; returns the report path."""
     out.mkdir(parents=True, exist_ok=True)
+    if diagnostics:  # the plot lives in the immutable diagnostics artifact; the report gets a copy
+        import shutil
+
+        shutil.copyfile(diagnostics["plot"], out / Path(diagnostics["plot"]).name)
+        diagnostics = {**diagnostics, "plot": Path(diagnostics["plot"]).name}
     ev = evaluation_frame(eval_tables)
     ev.to_csv(out / "evaluation.csv", index=False)
     plot_evaluation(ev, out / "evaluation.png")
@@ -120,6 +128,18 @@ def write_report(
         "",
         "![composition](composition.png)",
         "",
+        *(
+            [
+                "## Influence per task (raw vs normalised)",
+                "",
+                markdown_table(pd.DataFrame(diagnostics["task_stats"])),
+                "",
+                f"![influence distributions]({diagnostics['plot']})",
+                "",
+            ]
+            if diagnostics
+            else []
+        ),
         "## Subsets (JSONL, input format)",
         "",
         *[f"- {name}: `{path}`" for name, path in subsets.items()],
@@ -131,4 +151,31 @@ def write_report(
     ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
+    return path
+
+
+def plot_influence_distributions(A, tasks: list[str], path: Path) -> Path:
+    """Saves per-task influence distributions, raw and column-normalised, side by side; returns the path.
+
+    Raw scores show which tasks intrinsically get larger influence (and so
+    dominate LESS); after BIDS's normalisation the tasks are comparable.
+    """
+    import numpy as np
+
+    from bidsml.selection import normalize_columns
+
+    names = sorted(set(tasks))
+    labels = np.asarray(tasks)
+    Z, kept = normalize_columns(np.asarray(A, dtype=np.float32))
+    zl = labels[kept]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    axes[0].boxplot([np.asarray(A)[:, labels == t].ravel() for t in names], showfliers=False)
+    axes[0].set_title("raw influence per task")
+    axes[1].boxplot([Z[:, zl == t].ravel() if (zl == t).any() else [0.0] for t in names], showfliers=False)
+    axes[1].set_title("normalised influence (z-score per validation example)")
+    for ax in axes:
+        ax.set_xticks(range(1, len(names) + 1), names, rotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path

@@ -65,11 +65,39 @@ def task_means(A: np.ndarray, tasks: list[str]) -> tuple[np.ndarray, list[str]]:
     return np.stack([A[:, labels == t].mean(axis=1) for t in names], axis=1), names
 
 
-def normalize_columns(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (Z, kept): every column z-scored over the rows (sample std); constant columns dropped."""
-    std = A.std(axis=0, ddof=1) if A.shape[0] > 1 else np.zeros(A.shape[1])
-    kept = np.flatnonzero(A.max(axis=0) > A.min(axis=0))  # exact test: std of a constant can round to > 0
-    Z = (A[:, kept] - A[:, kept].mean(axis=0)) / std[kept]
+def column_stats(A: np.ndarray, rows_per_chunk: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns per-column (mean, sample std, is-constant) in float64, streaming over row chunks."""
+    N, M = A.shape
+    total = np.zeros(M)
+    lo = np.full(M, np.inf)
+    hi = np.full(M, -np.inf)
+    for s in range(0, N, rows_per_chunk):
+        c = A[s : s + rows_per_chunk].astype(np.float64)
+        total += c.sum(axis=0)
+        lo = np.minimum(lo, c.min(axis=0))
+        hi = np.maximum(hi, c.max(axis=0))
+    mean = total / N
+    sq = np.zeros(M)
+    for s in range(0, N, rows_per_chunk):
+        sq += ((A[s : s + rows_per_chunk].astype(np.float64) - mean) ** 2).sum(axis=0)
+    std = np.sqrt(sq / max(N - 1, 1))
+    return mean, std, ~(hi > lo)  # exact constant test: the std of a constant can round to > 0
+
+
+def normalize_columns(A: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (Z float32, kept): columns z-scored over the rows (sample std); constant columns dropped.
+
+    With `overwrite` (and a float32 A with no constant column) Z is written
+    into A's memory, so a 1M x 1k matrix needs 4 GB, not 8.
+    """
+    mean, std, constant = column_stats(A)
+    kept = np.flatnonzero(~constant)
+    if overwrite and A.dtype == np.float32 and len(kept) == A.shape[1]:
+        Z = A
+    else:
+        Z = np.empty((A.shape[0], len(kept)), dtype=np.float32)
+    for s in range(0, A.shape[0], 65536):
+        Z[s : s + 65536] = (A[s : s + 65536, kept].astype(np.float64) - mean[kept]) / std[kept]
     return Z, kept
 
 
@@ -82,6 +110,12 @@ def select_random(A, tasks, k, seed):
 def select_less(A, tasks, k, seed):
     means, _ = task_means(A, tasks)
     return top_k(means.max(axis=1), k)
+
+
+@register("rds")
+def select_rds(A, tasks, k, seed):
+    """RDS: A holds representation cosines (not gradient influence); aggregated like LESS."""
+    return select_less(A, tasks, k, seed)
 
 
 @register("sum")
@@ -100,60 +134,103 @@ def select_norm_instance_max(A, tasks, k, seed):
     return top_k(Z.max(axis=1), k)
 
 
-def bids_iterate(Z: np.ndarray, k: int) -> np.ndarray:
-    """Returns BIDS's iterative selection on Z, exactly as the naive loop, in O(N M log N + K M).
+class _ColumnBlocks:
+    """For each column, a sorted prefix (value desc, row asc) of its unselected rows, refilled on demand."""
+
+    def __init__(self, Z: np.ndarray, selected: np.ndarray, block: int):
+        self.Z, self.selected, self.block = Z, selected, block
+        N, M = Z.shape
+        self.rows: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * M
+        self.ptr = np.zeros(M, dtype=np.int64)
+        self.top_row = np.zeros(M, dtype=np.int64)
+        self.top_val = np.zeros(M, dtype=np.float64)
+        for j0 in range(0, M, 64):  # column blocks: one contiguous copy per 64 columns
+            cols = np.ascontiguousarray(Z[:, j0 : j0 + 64].T)
+            for d, col in enumerate(cols):
+                self._fill(j0 + d, col, np.arange(N))
+
+    def _fill(self, j: int, col: np.ndarray, cand: np.ndarray) -> None:
+        vals = col[cand]
+        if len(cand) > self.block:
+            # exact prefix: all values above the B-th largest, then the lowest rows among its ties
+            t = np.partition(vals, len(vals) - self.block)[len(vals) - self.block]
+            above = cand[vals > t]
+            ties = cand[vals == t][: self.block - len(above)]
+            cand = np.concatenate([above, ties])
+            vals = col[cand]
+        order = np.lexsort((cand, -vals.astype(np.float64)))
+        self.rows[j] = cand[order]
+        self.ptr[j] = 0
+        self._set_top(j)
+
+    def _set_top(self, j: int) -> None:
+        rows, p = self.rows[j], self.ptr[j]
+        while p < len(rows) and self.selected[rows[p]]:
+            p += 1
+        if p == len(rows):  # block used up: refill from the unselected rows
+            cand = np.flatnonzero(~self.selected)
+            if len(cand) == 0:
+                self.top_val[j] = -np.inf
+                return
+            self._fill(j, self.Z[:, j], cand)
+            return
+        self.ptr[j] = p
+        self.top_row[j] = rows[p]
+        self.top_val[j] = self.Z[rows[p], j]
+
+    def advance(self, winner: int) -> None:
+        for j in np.flatnonzero(self.top_row == winner):
+            self._set_top(int(j))
+
+    def lowest_tied_row(self, j: int, r_j: float, best: float) -> int:
+        """Returns the lowest unselected row z with Z[z, j] - r_j == best (rounded as the naive loop does)."""
+        rows, Z = self.rows[j], self.Z
+        low = None
+        for p in range(self.ptr[j], len(rows)):
+            z = rows[p]
+            if self.selected[z]:
+                continue
+            if np.float64(Z[z, j]) - r_j != best:
+                return int(low if low is not None else z)
+            low = z if low is None else min(low, z)
+        # the ties run past the block: check the whole column
+        col = Z[:, j].astype(np.float64)
+        return int(np.flatnonzero((col - r_j == best) & ~self.selected)[0])
+
+
+def bids_iterate(Z: np.ndarray, k: int, block: int = 4096) -> np.ndarray:
+    """Returns BIDS's iterative selection on Z, exactly as the naive loop, in O(N M log B + K M).
 
     Naive: repeat K times: u(z) = max_j (Z[z, j] - r_j) over unselected z;
     pick the lowest z with the largest u; r = mean of Z over the selected rows
-    (accumulated in selection order). Here each column is sorted once
-    (descending value, then ascending row) with a pointer at its highest
-    unselected row, so max_z u(z) = max_j (top_j - r_j). Rows whose rounded
-    difference ties the best are scanned in sorted order to keep the naive
-    loop's lowest-index rule exactly.
+    (sum accumulated in float64 in selection order). Here each column keeps a
+    sorted block of its top unselected rows with a pointer, so
+    max_z u(z) = max_j (top_j - r_j); rows whose rounded difference ties the
+    best are scanned in sorted order to keep the lowest-index rule exactly.
     """
     N, M = Z.shape
-    Z = np.ascontiguousarray(Z, dtype=np.float64)
-    order = np.lexsort((np.broadcast_to(np.arange(N)[:, None], (N, M)), -Z), axis=0)  # (N, M) rows per column
-    ptr = np.zeros(M, dtype=np.int64)
     selected = np.zeros(N, dtype=bool)
+    cols = _ColumnBlocks(Z, selected, min(block, N))
     r = np.zeros(M)
     r_sum = np.zeros(M)
-    cols = np.arange(M)
     out = np.empty(k, dtype=np.int64)
     for step in range(k):
-        top_rows = order[ptr, cols]
-        diff = Z[top_rows, cols] - r
+        diff = cols.top_val - r
         best = diff.max()
-        winner = N
-        for j in np.flatnonzero(diff == best):
-            p = ptr[j]
-            while p < N:
-                z = order[p, j]
-                if selected[z]:
-                    p += 1
-                    continue
-                if Z[z, j] - r[j] != best:
-                    break
-                winner = min(winner, z)
-                p += 1
+        tied = np.flatnonzero(diff == best)
+        winner = min(cols.lowest_tied_row(int(j), r[j], best) for j in tied)
         out[step] = winner
         selected[winner] = True
         r_sum += Z[winner]
         r = r_sum / (step + 1)
-        # advance pointers of columns whose top row was just taken
-        for j in np.flatnonzero(order[ptr, cols] == winner):
-            p = ptr[j]
-            while p < N and selected[order[p, j]]:
-                p += 1
-            ptr[j] = p
-        if step + 1 < k and (ptr >= N).any():
-            raise SelectionError("BIDS ran out of rows")  # unreachable while k <= N
+        cols.advance(winner)
     return out
 
 
 def bids_naive(Z: np.ndarray, k: int) -> np.ndarray:
-    """Returns BIDS's selection by the plain O(K N M) loop (the reference for tests)."""
+    """Returns BIDS's selection by the plain O(K N M) loop (the reference for tests and benchmarks)."""
     N, M = Z.shape
+    Z = Z.astype(np.float64)  # the same arithmetic as bids_iterate: float64 differences
     selected = np.zeros(N, dtype=bool)
     r_sum = np.zeros(M)
     r = np.zeros(M)
@@ -171,7 +248,7 @@ def bids_naive(Z: np.ndarray, k: int) -> np.ndarray:
 
 @register("bids")
 def select_bids(A, tasks, k, seed):
-    Z, kept = normalize_columns(A.astype(np.float64))
+    Z, kept = normalize_columns(A)
     if Z.shape[1] == 0:
         raise SelectionError("every validation column is constant; BIDS has nothing to normalise")
     return bids_iterate(Z, k)
@@ -179,12 +256,12 @@ def select_bids(A, tasks, k, seed):
 
 @register("bids-no-norm")
 def select_bids_no_norm(A, tasks, k, seed):
-    return bids_iterate(A.astype(np.float64), k)
+    return bids_iterate(A, k)
 
 
 @register("bids-task")
 def select_bids_task(A, tasks, k, seed):
-    Z, kept = normalize_columns(A.astype(np.float64))
+    Z, kept = normalize_columns(A)
     means, _ = task_means(Z, [tasks[j] for j in kept])
     return bids_iterate(means, k)
 
@@ -203,5 +280,5 @@ def select(method: str, A: np.ndarray, tasks: list[str], budget: float, seed: in
 
 def constant_columns(A: np.ndarray) -> list[int]:
     """Returns the validation columns BIDS drops because they are constant over the pool."""
-    _, kept = normalize_columns(A.astype(np.float64))
-    return sorted(set(range(A.shape[1])) - set(kept.tolist()))
+    _, _, constant = column_stats(A)
+    return np.flatnonzero(constant).tolist()

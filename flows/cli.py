@@ -111,12 +111,15 @@ def step(
         "warmup": lambda: (rec, ref("data")),
         "features": lambda: (rec, ref("data"), ref("warmup")),
         "influence": lambda: (rec, ref("data"), ref("warmup"), ref("features")),
+        "represent": lambda: (rec, ref("data")),
+        "diagnose": lambda: (rec, ref("influence")),
         "select": lambda: (
             rec,
             ref("data"),
             ref("influence"),
             method or rec.selection.methods[0],
             budget or rec.selection.budgets[0],
+            ref("representations") if (method or rec.selection.methods[0]) == "rds" else None,
         ),
         "finetune": lambda: (rec, ref("selections", selection or next(iter(refs["selections"])))),
         "evaluate": lambda: (rec, ref("data"), ref("finetunes", adapter) if adapter else None),
@@ -150,6 +153,90 @@ def runs(run_root: Path = typer.Option(Path("runs"), help="Run root to list.")):
             r["run_id"][:8], r["recipe"]["name"], r.get("finished_at", ""), "\n".join(flat), r.get("report", "")
         )
     console.print(table)
+
+
+@app.command()
+def query(
+    run: str = typer.Argument(..., help="Run id (prefix) or 'latest'."),
+    sql: str = typer.Argument(..., help="SQL over the run's stores (tables, views, selections)."),
+    run_root: Path = typer.Option(Path("runs"), help="Run root holding the run records."),
+    limit: int = typer.Option(50, help="Rows to print."),
+):
+    """Run SQL against a run's influence store and selections.
+
+    Tables: train_examples, val_examples, checkpoints, influence. Views:
+    normalized_influence, task_influence, task_stats, top_train_for_val,
+    top_train_for_task, selections, selection_composition.
+    """
+    import duckdb
+
+    from bidsml.errors import BidsError
+    from storage.query import open_run
+    from storage.runs import load_run
+
+    try:
+        con = open_run(load_run(run_root.resolve(), run))
+    except (BidsError, FileNotFoundError) as err:
+        _fail(err)
+    try:
+        rel = con.sql(sql)
+        if rel is None:
+            return
+        cols, rows = rel.columns, rel.limit(limit).fetchall()
+    except duckdb.Error as err:
+        _fail(err)
+    table = Table(*cols)
+    for r in rows:
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
+    console.print(table)
+
+
+@app.command("select")
+def select_cmd(
+    method: str = typer.Option(..., help="Selection method (see `bidsml.selection.METHODS`)."),
+    budget: float = typer.Option(..., help="A count (>= 1) or a fraction of the pool (< 1)."),
+    out: Path = typer.Option(..., help="Output JSON: {'selected': [row indices in selection order], ...}."),
+    scores: Optional[Path] = typer.Option(None, help="Raw influence matrix (N x M .npy)."),
+    tasks: Optional[Path] = typer.Option(None, help="JSON list of the M validation task labels (with --scores)."),
+    run: Optional[str] = typer.Option(None, help="Or: a run id / 'latest', to use its influence store."),
+    run_root: Path = typer.Option(Path("runs"), help="Run root holding the run records (with --run)."),
+    seed: int = typer.Option(0, help="Seed (random method)."),
+):
+    """Run one selection method on a raw matrix or on a run's influence store (no Prefect)."""
+    import numpy as np
+
+    from bidsml.errors import BidsError, SelectionError
+    from bidsml.selection import select
+
+    try:
+        if (scores is None) == (run is None):
+            raise SelectionError("give either --scores with --tasks, or --run")
+        if scores is not None:
+            if tasks is None:
+                raise SelectionError("--scores needs --tasks (a JSON list of task labels)")
+            for p in (scores, tasks):
+                if not p.exists():
+                    raise SelectionError(f"file not found: {p}")
+            A = np.load(scores)
+            labels = json.loads(tasks.read_text())
+            if not isinstance(labels, list) or not all(isinstance(t, str) for t in labels):
+                raise SelectionError(f"{tasks}: expected a JSON list of task labels (strings)")
+            ids = None
+        else:
+            from storage.influence_store import load_influence
+            from storage.runs import load_run
+
+            rec = load_run(run_root.resolve(), run)
+            A, train, val = load_influence(Path(rec["refs"]["influence"]["uri"]))
+            labels, ids = val["task"].tolist(), train["id"].tolist()
+        rows = select(method, A, labels, budget, seed)
+    except (BidsError, FileNotFoundError, ValueError) as err:
+        _fail(err)  # nothing written
+    result = {"selected": rows.tolist(), "method": method, "budget": budget, "k": len(rows), "n": int(A.shape[0])}
+    if ids is not None:
+        result["ids"] = [ids[i] for i in rows]
+    out.write_text(json.dumps(result))
+    console.print(f"selected {len(rows)} of {A.shape[0]} rows with {method} -> {out}")
 
 
 @app.command()

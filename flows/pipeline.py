@@ -16,11 +16,22 @@ from prefect.runtime import flow_run
 from bidsml.config import Recipe
 from bidsml.report import write_report
 from bidsml.selection import selection_label
-from flows.steps import data_flow, evaluate_flow, features_flow, finetune_flow, influence_flow, select_flow, warmup_flow
+from flows.steps import (
+    data_flow,
+    diagnose_flow,
+    evaluate_flow,
+    features_flow,
+    finetune_flow,
+    influence_flow,
+    represent_flow,
+    select_flow,
+    warmup_flow,
+)
 from storage.names import SUBSET_JSONL
 from storage.runs import save_run_record
+from tasks.diagnose import PLOT
 
-STEPS = ("data", "warmup", "features", "influence", "select", "finetune", "evaluate")
+STEPS = ("data", "warmup", "features", "influence", "diagnose", "represent", "select", "finetune", "evaluate")
 
 
 def output_dir(recipe: Recipe) -> Path:
@@ -52,12 +63,14 @@ def pipeline(recipe: Recipe, refresh: list[str] | None = None) -> dict:
     warm = timed("warmup", warmup_flow, recipe, data)
     feats = timed("features", features_flow, recipe, data, warm)
     infl = timed("influence", influence_flow, recipe, data, warm, feats)
+    diag = timed("diagnose", diagnose_flow, recipe, infl)
+    reps = timed("represent", represent_flow, recipe, data) if "rds" in recipe.selection.methods else None
     evals = [timed("evaluate:base", evaluate_flow, recipe, data, None)]
     selections, adapters = [], []
     for method in recipe.selection.methods:
         for budget in recipe.selection.budgets:
             tag = selection_label(method, budget)
-            sel = timed(f"select:{tag}", select_flow, recipe, data, infl, method, budget)
+            sel = timed(f"select:{tag}", select_flow, recipe, data, infl, method, budget, reps)
             ft = timed(f"finetune:{tag}", finetune_flow, recipe, sel)
             evals.append(timed(f"evaluate:{tag}", evaluate_flow, recipe, data, ft))
             selections.append(sel)
@@ -73,6 +86,7 @@ def pipeline(recipe: Recipe, refresh: list[str] | None = None) -> dict:
         [s.meta for s in selections],
         subsets,
         timings,
+        {"task_stats": diag.meta["task_stats"], "plot": diag.path / PLOT},
     )
     create_markdown_artifact(report.read_text(), key="run-report", description=f"report of {recipe.name}")
     run_id = str(flow_run.get_id() or f"local-{int(time.time())}")
@@ -81,9 +95,11 @@ def pipeline(recipe: Recipe, refresh: list[str] | None = None) -> dict:
         "warmup": warm,
         "features": feats,
         "influence": infl,
+        "diagnostics": diag,
         "selections": {selection_label(s.meta["method"], s.meta["budget"]): s for s in selections},
         "finetunes": {selection_label(a.meta["method"], a.meta["budget"]): a for a in adapters},
         "evaluations": {e.meta["model"]: e for e in evals},
+        **({"representations": reps} if reps is not None else {}),
     }
     record = save_run_record(
         Path(recipe.run_root).resolve(),

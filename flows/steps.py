@@ -17,10 +17,12 @@ from storage.names import PREFECT_RESULTS_DIR
 from storage.refs import ArtifactRef
 from tasks.common import output_is_stale
 from tasks.data import prepare_data
+from tasks.diagnose import diagnose
 from tasks.evaluate import evaluate
 from tasks.features import featurize
 from tasks.finetune import finetune
 from tasks.influence import compute_influence
+from tasks.represent import represent
 from tasks.select import select_subset
 from tasks.warmup import warmup
 
@@ -66,10 +68,28 @@ def influence_flow(
 
 @flow(name="select", log_prints=True)
 def select_flow(
-    recipe: Recipe, data: ArtifactRef, infl: ArtifactRef, method: str, budget: float, refresh: bool = False
+    recipe: Recipe,
+    data: ArtifactRef,
+    infl: ArtifactRef,
+    method: str,
+    budget: float,
+    reps: ArtifactRef | None = None,
+    refresh: bool = False,
 ) -> ArtifactRef:
-    """Selects a subset with one method at one budget."""
-    return _run(select_subset, recipe, data, infl, method, budget, refresh=refresh)
+    """Selects a subset with one method at one budget (`reps`: representations, for rds)."""
+    return _run(select_subset, recipe, data, infl, method, budget, reps, refresh=refresh)
+
+
+@flow(name="represent", log_prints=True)
+def represent_flow(recipe: Recipe, data: ArtifactRef, refresh: bool = False) -> ArtifactRef:
+    """Computes mean-pooled hidden states for the RDS baseline."""
+    return _run(represent, recipe, data, refresh=refresh)
+
+
+@flow(name="diagnose", log_prints=True)
+def diagnose_flow(recipe: Recipe, infl: ArtifactRef, refresh: bool = False) -> ArtifactRef:
+    """Per-task influence statistics and distribution plots."""
+    return _run(diagnose, recipe, infl, refresh=refresh)
 
 
 @flow(name="finetune", log_prints=True)
@@ -91,6 +111,8 @@ STEP_FLOWS = {
     "warmup": warmup_flow,
     "features": features_flow,
     "influence": influence_flow,
+    "represent": represent_flow,
+    "diagnose": diagnose_flow,
     "select": select_flow,
     "finetune": finetune_flow,
     "evaluate": evaluate_flow,

@@ -19,6 +19,34 @@ import pandas as pd
 from bidsml.errors import ArtifactError
 from storage.names import INFLUENCE_DB, T_CKPT, T_INFLUENCE, T_TRAIN, T_VAL
 
+# Views users query (`bidsflow query RUN "SQL"`); normalised = z-score of a
+# validation column over all training rows (sample std), as BIDS does.
+VIEWS = [
+    f"""CREATE VIEW normalized_influence AS
+    SELECT train_idx, val_idx, score,
+           (score - avg(score) OVER w) / nullif(stddev_samp(score) OVER w, 0) AS z
+    FROM {T_INFLUENCE} WINDOW w AS (PARTITION BY val_idx)""",
+    f"""CREATE VIEW task_influence AS
+    SELECT n.train_idx, v.task, avg(n.score) AS score, avg(n.z) AS z
+    FROM normalized_influence n JOIN {T_VAL} v ON v.idx = n.val_idx
+    GROUP BY n.train_idx, v.task""",
+    f"""CREATE VIEW task_stats AS
+    SELECT v.task, count(DISTINCT n.val_idx) AS n_val,
+           avg(n.score) AS raw_mean, stddev_samp(n.score) AS raw_std, min(n.score) AS raw_min, max(n.score) AS raw_max,
+           quantile_cont(n.score, 0.99) AS raw_p99, avg(n.z) AS z_mean, stddev_samp(n.z) AS z_std,
+           max(n.z) AS z_max, quantile_cont(n.z, 0.99) AS z_p99
+    FROM normalized_influence n JOIN {T_VAL} v ON v.idx = n.val_idx
+    GROUP BY v.task ORDER BY v.task""",
+    f"""CREATE VIEW top_train_for_val AS
+    SELECT i.val_idx, v.id AS val_id, v.task, i.train_idx, t.id AS train_id, t.source, i.score,
+           row_number() OVER (PARTITION BY i.val_idx ORDER BY i.score DESC, i.train_idx) AS rank
+    FROM {T_INFLUENCE} i JOIN {T_TRAIN} t ON t.idx = i.train_idx JOIN {T_VAL} v ON v.idx = i.val_idx""",
+    f"""CREATE VIEW top_train_for_task AS
+    SELECT ti.task, ti.train_idx, t.id AS train_id, t.source, ti.score, ti.z,
+           row_number() OVER (PARTITION BY ti.task ORDER BY ti.score DESC, ti.train_idx) AS rank
+    FROM task_influence ti JOIN {T_TRAIN} t ON t.idx = ti.train_idx""",
+]
+
 
 def influence_db_path(root: Path) -> Path:
     return Path(root) / INFLUENCE_DB
@@ -43,12 +71,8 @@ def save_influence(root: Path, A: np.ndarray, train: pd.DataFrame, val: pd.DataF
             con.register("df_view", df)
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM df_view")
             con.unregister("df_view")
-        con.execute(
-            f"""CREATE VIEW task_influence AS
-            SELECT i.train_idx, v.task, avg(i.score) AS score
-            FROM {T_INFLUENCE} i JOIN {T_VAL} v ON v.idx = i.val_idx
-            GROUP BY i.train_idx, v.task"""
-        )
+        for sql in VIEWS:
+            con.execute(sql)
     finally:
         con.close()
     return path

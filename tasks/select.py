@@ -14,22 +14,26 @@ from prefect.artifacts import create_table_artifact
 import bidsml.selection
 from bidsml.config import Recipe
 from bidsml.data import write_jsonl
+from bidsml.errors import SelectionError
 from bidsml.selection import constant_columns, normalize_columns, resolve_budget, select, task_means
 from storage.influence_store import load_influence
 from storage.names import POOL_FILE, SELECTION_PARQUET, SELECTION_SUMMARY, SUBSET_JSONL
 from storage.refs import ArtifactRef, Plan, materialize
 from tasks.common import ArtifactCachePolicy, code_version, publish, ref_inputs, run_root
 from tasks.data import load_split
+from tasks.represent import rds_scores
 
 CODE = code_version(bidsml.selection)
 
 
-def plan_select(recipe: Recipe, data: ArtifactRef, infl: ArtifactRef, method: str, budget: float) -> Plan:
+def plan_select(
+    recipe: Recipe, data: ArtifactRef, infl: ArtifactRef, method: str, budget: float, reps: ArtifactRef | None = None
+) -> Plan:
     return Plan(
         run_root=run_root(recipe),
         kind="selection",
         inputs={
-            **ref_inputs(data=data, influence=infl),
+            **ref_inputs(data=data, influence=infl, representations=reps if method == "rds" else None),
             "method": method,
             "budget": budget,
             "seed": recipe.seed,
@@ -40,7 +44,7 @@ def plan_select(recipe: Recipe, data: ArtifactRef, infl: ArtifactRef, method: st
 
 def composition(A: np.ndarray, tasks: list[str], sources: list[str], rows: np.ndarray) -> dict:
     """Returns counts of the selected rows by source and by the task each most influences (normalised)."""
-    Z, kept = normalize_columns(A.astype(np.float64))
+    Z, kept = normalize_columns(A)
     means, names = task_means(Z, [tasks[j] for j in kept])
     top_task = [names[i] for i in means[rows].argmax(axis=1)]
     by_source = pd.Series([sources[r] for r in rows]).value_counts().sort_index().to_dict()
@@ -56,7 +60,13 @@ def composition(A: np.ndarray, tasks: list[str], sources: list[str], rows: np.nd
 
 @task(cache_policy=ArtifactCachePolicy(plan=plan_select), persist_result=True)
 def select_subset(
-    recipe: Recipe, data: ArtifactRef, infl: ArtifactRef, method: str, budget: float, refresh: bool = False
+    recipe: Recipe,
+    data: ArtifactRef,
+    infl: ArtifactRef,
+    method: str,
+    budget: float,
+    reps: ArtifactRef | None = None,
+    refresh: bool = False,
 ) -> ArtifactRef:
     """Runs one selection method; returns the selection artifact (ranked table + JSONL subset)."""
     started = time.time()
@@ -64,7 +74,12 @@ def select_subset(
     def build(work: Path) -> dict:
         A, train, val = load_influence(infl.path)
         tasks = val["task"].tolist()
-        rows = select(method, A, tasks, budget, recipe.seed)
+        if method == "rds":
+            if reps is None:
+                raise SelectionError("method 'rds' needs the representations artifact (the pipeline computes it)")
+            rows = select(method, rds_scores(reps), tasks, budget, recipe.seed)
+        else:
+            rows = select(method, A, tasks, budget, recipe.seed)
         comp = composition(A, tasks, train["source"].tolist(), rows)
         table = pd.DataFrame(
             {
@@ -97,7 +112,6 @@ def select_subset(
             pass
         return summary
 
-    ref = materialize(plan_select(recipe, data, infl, method, budget), build, force=refresh)
-    return publish(
-        ref, "select_subset", {"method": method, "budget": budget, "seed": recipe.seed}, [data, infl], started
-    )
+    ref = materialize(plan_select(recipe, data, infl, method, budget, reps), build, force=refresh)
+    inputs = [data, infl] + ([reps] if method == "rds" and reps is not None else [])
+    return publish(ref, "select_subset", {"method": method, "budget": budget, "seed": recipe.seed}, inputs, started)

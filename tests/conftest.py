@@ -60,7 +60,17 @@ def prefect_harness():
         yield
 
 
-STEP_TASKS = {"prepare_data", "warmup", "featurize", "compute_influence", "select_subset", "finetune", "evaluate"}
+STEP_TASKS = {
+    "prepare_data",
+    "warmup",
+    "featurize",
+    "compute_influence",
+    "diagnose",
+    "represent",
+    "select_subset",
+    "finetune",
+    "evaluate",
+}
 
 
 def task_run_states(since) -> dict[str, list[str]]:

@@ -109,8 +109,16 @@ def test_hf_disk_loader_validates_records(tmp_path):
     from bidsml.data import read_hf_disk
 
     rows = [
-        {"id": "h1", "source": "hf", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
-        {"id": "h2", "source": "hf", "messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": ""}]},
+        {
+            "id": "h1",
+            "source": "hf",
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+        },
+        {
+            "id": "h2",
+            "source": "hf",
+            "messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": ""}],
+        },
     ]
     datasets.Dataset.from_list(rows[:1]).save_to_disk(str(tmp_path / "ok"))
     exs, rep = read_hf_disk(tmp_path / "ok")

@@ -11,7 +11,20 @@ def test_serve_builds_pipeline_and_step_deployments():
     deps = {d.name: d for d in deployments(str(RECIPE))}
     assert set(deps) == {
         "bids-pipeline",
-        *(f"step-{s}" for s in ("data", "warmup", "features", "influence", "select", "finetune", "evaluate")),
+        *(
+            f"step-{s}"
+            for s in (
+                "data",
+                "warmup",
+                "features",
+                "influence",
+                "represent",
+                "diagnose",
+                "select",
+                "finetune",
+                "evaluate",
+            )
+        ),
     }
     pipe = deps["bids-pipeline"]
     assert pipe.parameters["recipe"]["name"] == "tiny"

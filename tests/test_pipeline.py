@@ -42,21 +42,24 @@ def test_pipeline_produces_subsets_evaluation_and_report(first_run, recipe):
         "warmup",
         "featurize",
         "compute_influence",
+        "diagnose",
+        "represent",
         "evaluate",
         "select_subset",
         "finetune",
     }
-    assert len(states["evaluate"]) == 3  # base + one per selection
+    assert len(states["evaluate"]) == 4  # base + one per selection
     for name, path in out["subsets"].items():
         lines = Path(path).read_text().splitlines()
         assert len(lines) == 8, name
         assert {"id", "source", "messages"} <= set(json.loads(lines[0]))
     ev = pd.read_csv(out["evaluation"])
-    assert set(ev["model"]) == {"base", "random@8", "bids@8"}
+    assert set(ev["model"]) == {"base", "random@8", "bids@8", "rds@8"}
     assert {"mmlu", "gsm8k", "macro-average", "worst-task"} <= set(ev["task"])
     assert ev["nll"].notna().all() and (ev["nll"] > 0).all()
     report = Path(out["report"]).read_text()
     assert "bids@8" in report and (Path(out["outputs"]) / "evaluation.png").stat().st_size > 1000
+    assert "Influence per task" in report and (Path(out["outputs"]) / "influence_distributions.png").exists()
     # the influence store answers SQL
     from storage.influence_store import open_influence
     from storage.runs import load_run
@@ -86,9 +89,11 @@ def test_budget_change_recomputes_only_selection_finetune_evaluation(first_run, 
     states = task_run_states(since)
     for step in ("prepare_data", "warmup", "featurize", "compute_influence"):
         assert states[step] == ["Cached"], (step, states)
-    assert states["select_subset"] == ["Completed", "Completed"]
-    assert states["finetune"] == ["Completed", "Completed"]
-    assert states["evaluate"] == ["Cached", "Completed", "Completed"]  # base model eval is reused
+    for step in ("diagnose", "represent"):
+        assert states[step] == ["Cached"], (step, states)
+    assert states["select_subset"] == ["Completed"] * 3
+    assert states["finetune"] == ["Completed"] * 3
+    assert states["evaluate"] == ["Cached"] + ["Completed"] * 3  # base model eval is reused
 
 
 def test_projection_change_recomputes_from_features_on(first_run, recipe):
@@ -97,14 +102,14 @@ def test_projection_change_recomputes_from_features_on(first_run, recipe):
     since = _now()
     pipeline(recipe.with_overrides({"features.proj_dim": 32}))
     states = task_run_states(since)
-    for step in ("prepare_data", "warmup"):
+    for step in ("prepare_data", "warmup", "represent"):
         assert states[step] == ["Cached"], (step, states)
-    for step in ("featurize", "compute_influence"):
+    for step in ("featurize", "compute_influence", "diagnose"):
         assert states[step] == ["Completed"], (step, states)
-    assert states["select_subset"] == ["Completed", "Completed"]
+    assert states["select_subset"] == ["Completed"] * 3
     assert states["evaluate"][0] == "Cached"
     # a recomputed selection with the same rows has the same digest, so its fine-tune stays cached
-    assert len(states["finetune"]) == 2
+    assert len(states["finetune"]) == 3
 
 
 def test_deleted_artifact_is_rebuilt_and_downstream_stays_cached(first_run, recipe):
@@ -116,7 +121,7 @@ def test_deleted_artifact_is_rebuilt_and_downstream_stays_cached(first_run, reci
     since = _now()
     pipeline(recipe)
     states = task_run_states(since)
-    assert states["select_subset"] == ["Cached", "Completed"]  # random cached, bids rebuilt
+    assert states["select_subset"] == ["Cached", "Completed", "Cached"]  # only bids rebuilt
     assert set(states["finetune"]) == {"Cached"}  # deterministic rebuild: same digest
 
 
@@ -138,6 +143,48 @@ def test_cli_step_select_and_runs(first_run, recipe, tmp_path):
     assert res.exit_code == 0
     for kind in ("selection", "influence", "features", "warmup", "data"):
         assert kind in res.output, res.output
+
+
+def test_cli_query_views_and_select_on_run(first_run, recipe, tmp_path):
+    from flows.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["query", "latest", "SELECT task, n_val FROM task_stats", "--run-root", recipe.run_root])
+    assert res.exit_code == 0 and "mmlu" in res.output and "gsm8k" in res.output, res.output
+    res = runner.invoke(
+        app,
+        [
+            "query",
+            "latest",
+            "SELECT method, sum(n) AS n FROM selection_composition GROUP BY ALL",
+            "--run-root",
+            recipe.run_root,
+        ],
+    )
+    assert res.exit_code == 0 and "bids" in res.output and "rds" in res.output, res.output
+    res = runner.invoke(app, ["query", "latest", "SELECT * FROM nope", "--run-root", recipe.run_root])
+    assert res.exit_code == 2 and "nope" in res.output
+    out = tmp_path / "sel.json"
+    res = runner.invoke(
+        app,
+        [
+            "select",
+            "--run",
+            "latest",
+            "--run-root",
+            recipe.run_root,
+            "--method",
+            "bids",
+            "--budget",
+            "8",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    sel = json.loads(out.read_text())
+    rec_sel = pd.read_parquet(Path(first_run[0]["subsets"]["bids@8"]).with_name("selection.parquet"))
+    assert sel["selected"] == rec_sel["train_idx"].tolist()  # same as the pipeline's bids selection
 
 
 def load_selection_digest(recipe, run_id):

@@ -95,8 +95,15 @@ def test_influence_store_roundtrip_and_views(tmp_path):
     np.testing.assert_array_equal(A, B)
     assert tr["id"].tolist() == list("abcd") and va["task"].tolist() == ["t1", "t1", "t2"]
     con = open_influence(tmp_path)
-    row = con.execute("SELECT score FROM task_influence WHERE train_idx = 1 AND task = 't1'").fetchone()
+    row = con.execute("SELECT score, z FROM task_influence WHERE train_idx = 1 AND task = 't1'").fetchone()
+    stats = con.execute("SELECT task, n_val, raw_mean, z_mean, z_std FROM task_stats ORDER BY task").fetchall()
+    top = con.execute("SELECT train_id FROM top_train_for_val WHERE val_idx = 2 ORDER BY rank").fetchall()
     con.close()
     assert row[0] == pytest.approx((A[1, 0] + A[1, 1]) / 2)
+    z = (A - A.mean(0)) / A.std(0, ddof=1)
+    assert row[1] == pytest.approx((z[1, 0] + z[1, 1]) / 2)
+    assert stats[0][:2] == ("t1", 2) and stats[0][2] == pytest.approx(A[:, :2].mean())
+    assert stats[1][3] == pytest.approx(0, abs=1e-6) and stats[1][4] == pytest.approx(1)
+    assert [t[0] for t in top] == ["d", "c", "b", "a"]
     with pytest.raises(ArtifactError, match="influence store not found"):
         open_influence(tmp_path / "nope")

@@ -1,0 +1,51 @@
+"""Diagnostics of an influence run: per-task statistics and distributions, raw and normalised."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+
+import bidsml.report
+from bidsml.config import Recipe
+from bidsml.report import plot_influence_distributions
+from storage.influence_store import load_influence, open_influence
+from storage.refs import ArtifactRef, Plan, materialize
+from tasks.common import ArtifactCachePolicy, code_version, publish, ref_inputs, run_root
+
+CODE = code_version(bidsml.report)
+PLOT = "influence_distributions.png"
+STATS = "task_stats.json"
+
+
+def plan_diagnose(recipe: Recipe, infl: ArtifactRef) -> Plan:
+    return Plan(run_root=run_root(recipe), kind="diagnostics", inputs={**ref_inputs(influence=infl), "code": CODE})
+
+
+@task(cache_policy=ArtifactCachePolicy(plan=plan_diagnose), persist_result=True)
+def diagnose(recipe: Recipe, infl: ArtifactRef, refresh: bool = False) -> ArtifactRef:
+    """Writes per-task influence statistics (SQL view task_stats) and a distribution plot."""
+    started = time.time()
+
+    def build(work: Path) -> dict:
+        A, _, val = load_influence(infl.path)
+        plot_influence_distributions(A, val["task"].tolist(), work / PLOT)
+        con = open_influence(infl.path)
+        try:
+            stats = con.sql("SELECT * FROM task_stats").df().round(4).to_dict(orient="records")
+        finally:
+            con.close()
+        (work / STATS).write_text(json.dumps(stats, indent=1))
+        try:
+            create_table_artifact(
+                stats, key="influence-task-stats", description="influence per task, raw and normalised"
+            )
+        except Exception:
+            pass
+        return {"task_stats": stats}
+
+    ref = materialize(plan_diagnose(recipe, infl), build, force=refresh)
+    return publish(ref, "diagnose", {}, [infl], started)
