@@ -70,8 +70,11 @@ def _label_logits_loss(model, ids, mask, labels) -> torch.Tensor:
     return sums / counts
 
 
-def per_example_grads(model, ids, mask, labels) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yields (param name, per-example gradient (B, out, in)) for every LoRA linear."""
+def per_example_grads(model, ids, mask, labels, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields (param name, per-example gradient (B, out, in)) for every LoRA linear.
+
+    `names` (the batch's example ids) only serve error messages.
+    """
     mods = lora_linears(model)
     inputs: dict[str, torch.Tensor] = {}
     gouts: dict[str, torch.Tensor] = {}
@@ -89,9 +92,8 @@ def per_example_grads(model, ids, mask, labels) -> Iterator[tuple[str, torch.Ten
     try:
         losses = _label_logits_loss(model, ids, mask, labels)
         if not torch.isfinite(losses).all():
-            raise FeatureError(
-                f"non-finite loss for batch rows {(~torch.isfinite(losses)).nonzero().flatten().tolist()}"
-            )
+            rows = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+            raise FeatureError(f"non-finite loss for examples {[names[r] for r in rows] if names else rows}")
         losses.sum().backward()
     finally:
         for h in handles:
@@ -124,7 +126,7 @@ def compute_features(
     for batch_idx in iter_batches(items, max_tokens):
         ids, mask, labels = (t.to(device) for t in collate([items[i] for i in batch_idx], pad_id))
         sketch = torch.zeros(len(batch_idx), projector.dim, device=device)
-        for name, g in per_example_grads(model, ids, mask, labels):
+        for name, g in per_example_grads(model, ids, mask, labels, [items[i].id for i in batch_idx]):
             if transform is not None:
                 g = transform(name, g)
             g = g.flatten(1)

@@ -32,6 +32,13 @@ def run_root(recipe: Recipe) -> str:
     return str(Path(recipe.run_root).resolve())
 
 
+def model_inputs(recipe: Recipe) -> dict[str, Any]:
+    """Returns the identity inputs of steps that run the model: its weights and the sequence length."""
+    from bidsml.model import model_fingerprint
+
+    return {"model": model_fingerprint(recipe.model), "max_seq_length": recipe.model.max_seq_length}
+
+
 def ref_inputs(**refs: ArtifactRef | None) -> dict[str, str | None]:
     """Returns {name: digest} for input refs, after checking each is still intact on disk."""
     out = {}

@@ -13,11 +13,11 @@ from prefect.artifacts import create_table_artifact
 import bidsml.evaluate
 from bidsml.config import Recipe
 from bidsml.evaluate import evaluate_items, summarize
-from bidsml.model import load_base_model, load_lora, load_tokenizer, model_fingerprint
+from bidsml.model import load_base_model, load_lora, load_tokenizer
 from bidsml.selection import selection_label
 from storage.names import EVAL_ITEMS, EVAL_TABLE, TEST_FILE
 from storage.refs import ArtifactRef, Plan, check_ref, materialize
-from tasks.common import ArtifactCachePolicy, code_version, publish, ref_inputs, run_root
+from tasks.common import ArtifactCachePolicy, code_version, model_inputs, publish, ref_inputs, run_root
 from tasks.data import load_split
 from tasks.finetune import ADAPTER_DIR
 
@@ -30,8 +30,7 @@ def plan_evaluate(recipe: Recipe, data: ArtifactRef, adapter: ArtifactRef | None
         kind="evaluation",
         inputs={
             **ref_inputs(data=data, adapter=adapter),
-            "model": model_fingerprint(recipe.model),
-            "max_seq_length": recipe.model.max_seq_length,
+            **model_inputs(recipe),
             "evaluation": recipe.evaluation.model_dump(mode="json"),
             "code": CODE,
         },

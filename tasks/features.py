@@ -16,13 +16,13 @@ import bidsml.projection
 from bidsml.config import Recipe
 from bidsml.data import tokenize_all
 from bidsml.features import AdamTransform, compute_features, lora_linears
-from bidsml.model import load_base_model, load_lora, load_tokenizer, model_fingerprint
+from bidsml.model import load_base_model, load_lora, load_tokenizer
 from bidsml.projection import Projector
 from bidsml.train import OPTIMIZER_FILE
 from storage.gradients import write_chunks
 from storage.names import POOL_FILE, VAL_FILE
 from storage.refs import ArtifactRef, Plan, materialize
-from tasks.common import ArtifactCachePolicy, code_version, publish, ref_inputs, run_root
+from tasks.common import ArtifactCachePolicy, code_version, model_inputs, publish, ref_inputs, run_root
 from tasks.data import load_split
 from tasks.warmup import load_checkpoints
 
@@ -36,8 +36,7 @@ def plan_features(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) -> Plan:
         kind="features",
         inputs={
             **ref_inputs(data=data, warmup=warm),
-            "model": model_fingerprint(recipe.model),
-            "max_seq_length": recipe.model.max_seq_length,
+            **model_inputs(recipe),
             "features": recipe.features.model_dump(
                 mode="json", exclude={"max_tokens"}
             ),  # batching does not change features

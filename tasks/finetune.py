@@ -10,11 +10,11 @@ from prefect import task
 import bidsml.train
 from bidsml.config import Recipe
 from bidsml.data import read_jsonl, tokenize_all
-from bidsml.model import load_tokenizer, model_fingerprint
+from bidsml.model import load_tokenizer
 from bidsml.train import train_lora
 from storage.names import SUBSET_JSONL
 from storage.refs import ArtifactRef, Plan, materialize
-from tasks.common import ArtifactCachePolicy, code_version, publish, ref_inputs, run_root
+from tasks.common import ArtifactCachePolicy, code_version, model_inputs, publish, ref_inputs, run_root
 
 CODE = code_version(bidsml.train)
 ADAPTER_DIR = "adapter"
@@ -26,8 +26,7 @@ def plan_finetune(recipe: Recipe, selection: ArtifactRef) -> Plan:
         kind="finetune",
         inputs={
             **ref_inputs(selection=selection),
-            "model": model_fingerprint(recipe.model),
-            "max_seq_length": recipe.model.max_seq_length,
+            **model_inputs(recipe),
             "lora": recipe.lora.model_dump(mode="json"),
             "finetune": recipe.finetune.model_dump(mode="json"),
             "seed": recipe.seed,

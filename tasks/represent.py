@@ -11,11 +11,11 @@ from prefect import task
 import bidsml.represent
 from bidsml.config import Recipe
 from bidsml.data import tokenize_all
-from bidsml.model import load_base_model, load_tokenizer, model_fingerprint
+from bidsml.model import load_base_model, load_tokenizer
 from bidsml.represent import mean_pooled_states
 from storage.names import POOL_FILE, VAL_FILE
 from storage.refs import ArtifactRef, Plan, materialize
-from tasks.common import ArtifactCachePolicy, code_version, publish, ref_inputs, run_root
+from tasks.common import ArtifactCachePolicy, code_version, model_inputs, publish, ref_inputs, run_root
 from tasks.data import load_split
 
 CODE = code_version(bidsml.represent)
@@ -28,8 +28,7 @@ def plan_represent(recipe: Recipe, data: ArtifactRef) -> Plan:
         kind="representations",
         inputs={
             **ref_inputs(data=data),
-            "model": model_fingerprint(recipe.model),
-            "max_seq_length": recipe.model.max_seq_length,
+            **model_inputs(recipe),
             "code": CODE,
         },
     )

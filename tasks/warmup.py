@@ -12,11 +12,11 @@ from prefect import task
 import bidsml.train
 from bidsml.config import Recipe
 from bidsml.data import tokenize_all
-from bidsml.model import load_tokenizer, model_fingerprint
+from bidsml.model import load_tokenizer
 from bidsml.train import checkpoint_weights, train_lora
 from storage.names import CHECKPOINTS_FILE, POOL_FILE
 from storage.refs import ArtifactRef, Plan, materialize
-from tasks.common import ArtifactCachePolicy, code_version, publish, ref_inputs, run_root
+from tasks.common import ArtifactCachePolicy, code_version, model_inputs, publish, ref_inputs, run_root
 from tasks.data import load_split
 
 CODE = code_version(bidsml.train)
@@ -28,8 +28,7 @@ def plan_warmup(recipe: Recipe, data: ArtifactRef) -> Plan:
         kind="warmup",
         inputs={
             **ref_inputs(data=data),
-            "model": model_fingerprint(recipe.model),
-            "max_seq_length": recipe.model.max_seq_length,
+            **model_inputs(recipe),
             "lora": recipe.lora.model_dump(mode="json"),
             "warmup": recipe.warmup.model_dump(mode="json"),
             "seed": recipe.seed,

@@ -92,3 +92,21 @@ def test_missing_optimizer_state_names_the_parameter(lora_model, tokenizer):
     proj, _ = _identity_projector(lora_model)
     with pytest.raises(FeatureError, match=missing.replace(".", r"\.")):
         compute_features(lora_model, items, proj, tokenizer.pad_token_id, AdamTransform(states), max_tokens=1000)
+
+
+def test_empty_label_mask_and_nan_gradients_name_the_example(lora_model, tokenizer):
+    from bidsml.data import Tokenized
+
+    items, _ = tokenize_all(tokenizer, make_examples(3), 64)
+    proj, _ = _identity_projector(lora_model)
+    empty = Tokenized("toy/empty", items[0].input_ids, [-100] * len(items[0].input_ids), False)
+    with pytest.raises(FeatureError, match="example 'toy/empty' has an empty label mask"):
+        compute_features(lora_model, [items[1], empty], proj, tokenizer.pad_token_id, None, max_tokens=1000)
+    name, mod = lora_linears(lora_model)[0]
+    saved = mod.weight.data.clone()
+    mod.weight.data[0, 0] = float("nan")
+    try:
+        with pytest.raises(FeatureError, match=r"non-finite loss for examples \['toy/"):
+            compute_features(lora_model, items, proj, tokenizer.pad_token_id, None, max_tokens=1000)
+    finally:
+        mod.weight.data.copy_(saved)
