@@ -19,33 +19,12 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 
+from bench.common import PeakRSS  # noqa: E402
 from bidsml.selection import bids_iterate, bids_naive, normalize_columns  # noqa: E402
-
-
-class PeakRSS:
-    """Samples the process RSS in a thread; `.peak_mb` after the block."""
-
-    def __enter__(self):
-        self.proc, self.peak, self.run = psutil.Process(), 0, True
-        self.t = threading.Thread(target=self._loop, daemon=True)
-        self.t.start()
-        return self
-
-    def _loop(self):
-        while self.run:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.05)
-
-    def __exit__(self, *exc):
-        self.run = False
-        self.t.join()
-        self.peak_mb = self.peak / 2**20
 
 
 def scores(n: int, m: int, seed: int) -> np.ndarray:

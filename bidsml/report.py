@@ -57,6 +57,10 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _task_first(df: pd.DataFrame) -> pd.DataFrame:
+    return df[["task", *[c for c in df.columns if c != "task"]]] if "task" in df.columns else df
+
+
 def markdown_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -132,7 +136,7 @@ def write_report(
             [
                 "## Influence per task (raw vs normalised)",
                 "",
-                markdown_table(pd.DataFrame(diagnostics["task_stats"])),
+                markdown_table(_task_first(pd.DataFrame(diagnostics["task_stats"]))),
                 "",
                 f"![influence distributions]({diagnostics['plot']})",
                 "",
