@@ -221,20 +221,30 @@ def tokenize_all(tokenizer, examples: list[Example], max_seq_length: int) -> tup
     return out, {"n": len(out), "truncated": sum(t.truncated for t in out)}
 
 
-def iter_batches(items: list[Tokenized], max_tokens: int, max_batch: int = 64) -> Iterator[list[int]]:
+def iter_batches(
+    items: list[Tokenized], max_tokens: int, max_batch: int = 64, max_padding: float = 0.2
+) -> Iterator[list[int]]:
     """Yields index lists of length-sorted micro-batches under a padded token budget.
 
-    Sorting by length keeps padding low; indices refer to `items`, so callers
-    write results back in the original order.
+    A batch also ends when the next (longer) example would exceed its first by
+    more than `max_padding`, so padding stays below ~20% of the tokens (on a
+    CPU, padded tokens cost as much as real ones). Indices refer to `items`,
+    so callers write results back in the original order.
     """
     order = sorted(range(len(items)), key=lambda i: (len(items[i].input_ids), i))
     batch: list[int] = []
-    longest = 0
+    shortest = longest = 0
     for i in order:
         n = len(items[i].input_ids)
-        if batch and (max(longest, n) * (len(batch) + 1) > max_tokens or len(batch) >= max_batch):
+        if batch and (
+            max(longest, n) * (len(batch) + 1) > max_tokens
+            or len(batch) >= max_batch
+            or n > (1 + max_padding) * shortest
+        ):
             yield batch
             batch, longest = [], 0
+        if not batch:
+            shortest = n
         batch.append(i)
         longest = max(longest, n)
     if batch:
