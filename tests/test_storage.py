@@ -1,5 +1,7 @@
 """Artifact digests and publication, Zarr chunk resume, DuckDB influence store."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -107,3 +109,42 @@ def test_influence_store_roundtrip_and_views(tmp_path):
     assert [t[0] for t in top] == ["d", "c", "b", "a"]
     with pytest.raises(ArtifactError, match="influence store not found"):
         open_influence(tmp_path / "nope")
+
+
+KILLED_WRITER = """
+import os, signal, sys
+import numpy as np
+from storage.gradients import write_chunks
+root, full_path = sys.argv[1], sys.argv[2]
+full = np.load(full_path)
+calls = []
+def compute(start, stop):
+    calls.append(start)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # killed hard while computing the third chunk
+    return full[start:stop], np.ones(stop - start, dtype=np.float32)
+write_chunks(root, "train", 0, len(full), full.shape[1], 16, compute)
+"""
+
+
+def test_sigkilled_writer_resumes_to_the_same_store(tmp_path):
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(1)
+    full = rng.normal(size=(70, 8)).astype(np.float32)
+    np.save(tmp_path / "full.npy", full)
+    root = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(root), str(tmp_path / "full.npy")], cwd=Path(__file__).parents[1])
+    assert proc.returncode == -9  # SIGKILL
+    calls = []
+
+    def compute(start, stop):
+        calls.append(start)
+        return full[start:stop], np.ones(stop - start, dtype=np.float32)
+
+    write_chunks(root, "train", 0, 70, 8, 16, compute)
+    assert calls == [32, 48, 64]  # the two finished chunks were kept
+    clean = tmp_path / "clean"
+    write_chunks(clean, "train", 0, 70, 8, 16, lambda a, b: (full[a:b], np.ones(b - a, dtype=np.float32)))
+    np.testing.assert_array_equal(read_features(root, "train", 0), read_features(clean, "train", 0))
