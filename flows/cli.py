@@ -66,7 +66,7 @@ def run(
 
 @app.command()
 def step(
-    name: str = typer.Argument(..., help="data | warmup | features | influence | select | finetune | evaluate"),
+    name: str = typer.Argument(..., help="data | warmup | features | influence | diagnose | represent | select | finetune | evaluate"),
     recipe: Path = typer.Option(..., "--recipe", "-r", help="Recipe YAML file (the run root and settings)."),
     from_run: str = typer.Option("latest", "--from-run", help="Run record whose artifacts feed this step."),
     method: Optional[str] = typer.Option(None, help="select: the method."),
