@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -105,8 +106,6 @@ def write_report(
     """Writes report.md, evaluation.csv and PNG charts into `out`; returns the report path."""
     out.mkdir(parents=True, exist_ok=True)
     if diagnostics:  # the plot lives in the immutable diagnostics artifact; the report gets a copy
-        import shutil
-
         shutil.copyfile(diagnostics["plot"], out / Path(diagnostics["plot"]).name)
         diagnostics = {**diagnostics, "plot": Path(diagnostics["plot"]).name}
     ev = evaluation_frame(eval_tables)

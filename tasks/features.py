@@ -45,7 +45,7 @@ def plan_features(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) -> Plan:
     )
 
 
-def _progress(total: int):
+def _progress():
     try:
         return create_progress_artifact(progress=0.0, key="features-progress", description="gradient feature chunks")
     except Exception:
@@ -67,7 +67,7 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
             splits[split] = items
         model = None
         total = len(ckpts) * sum((len(v) + fc.chunk_rows - 1) // fc.chunk_rows for v in splits.values())
-        progress_id = _progress(total)
+        progress_id = _progress()
         bar = tqdm(total=total, desc="feature chunks")
         done = 0
         for c, ck in enumerate(ckpts):

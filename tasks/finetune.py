@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -48,8 +49,6 @@ def finetune(recipe: Recipe, selection: ArtifactRef, refresh: bool = False) -> A
         )
         last = work / "train" / ckpts[-1]["path"]
         last.rename(work / ADAPTER_DIR)
-        import shutil
-
         shutil.rmtree(work / "train")
         return {
             "n_train": len(items),
