@@ -6,8 +6,8 @@
 Baseline (as LESS's code does it): batch size 1, full-vocab logits,
 backward, concatenate all LoRA gradients, Adam transform on the whole
 vector, project every 16 examples with the same projector. A second baseline
-projects with a dense Rademacher matrix generated block by block on every
-call (TRAK's CPU fallback). The last line is JSON with examples_per_s,
+projects with a dense Rademacher matrix regenerated block by block on every
+call, as LESS uses TRAK's BasicProjector without a GPU (blocks of 128 columns). The last line is JSON with examples_per_s,
 baseline_examples_per_s, speedup, tokens_per_s, peak_memory_mb,
 max_feature_deviation, device and (on GPU) mfu.
 """
@@ -22,20 +22,26 @@ from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # run as a script from anywhere
 
-import torch  # noqa: E402
+import torch
 
-from bench.common import PeakRSS  # noqa: E402
-from bidsml.config import LoraConfig, ModelConfig  # noqa: E402
-from bidsml.data import collate, tokenize_all  # noqa: E402
-from bidsml.features import AdamTransform, compute_features, lora_linears  # noqa: E402
-from bidsml.model import add_lora, load_base_model, load_tokenizer  # noqa: E402
-from bidsml.prepare import fits_in  # noqa: E402
-from bidsml.projection import Projector  # noqa: E402
-from bidsml.sources import load_pool_source  # noqa: E402
+from bench.common import PeakRSS
+from bidsml.config import LoraConfig, ModelConfig
+from bidsml.data import collate, tokenize_all
+from bidsml.features import AdamTransform, compute_features, lora_linears
+from bidsml.model import add_lora, load_base_model, load_tokenizer
+from bidsml.prepare import fits_in
+from bidsml.projection import Projector
+from bidsml.sources import load_pool_source
 
 SHAPES = {  # random-initialised models of a given shape (no weights needed)
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256),
+    "llama3-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+    ),
 }
 
 
@@ -72,19 +78,33 @@ def examples(tok, n: int, max_len: int, vocab: int):
 def adam_states(model, seed=2):
     g = torch.Generator().manual_seed(seed)
     return {
-        n: {"exp_avg": torch.randn(m.weight.shape, generator=g) * 1e-4, "exp_avg_sq": torch.rand(m.weight.shape, generator=g) * 1e-7}
+        n: {
+            "exp_avg": torch.randn(m.weight.shape, generator=g) * 1e-4,
+            "exp_avg_sq": torch.rand(m.weight.shape, generator=g) * 1e-7,
+        }
         for n, m in lora_linears(model)
     }
 
 
-def dense_block_project(flat: torch.Tensor, k: int, seed: int, block: int = 512) -> torch.Tensor:
-    """TRAK-style dense Rademacher projection, the matrix regenerated block by block on every call."""
-    out = torch.empty(flat.shape[0], k, device=flat.device)
-    for b0 in range(0, k, block):
-        g = torch.Generator(device=flat.device).manual_seed(seed * 1_000_003 + b0)
-        mat = torch.randint(0, 2, (flat.shape[1], min(block, k - b0)), generator=g, device=flat.device)
-        out[:, b0 : b0 + block] = flat @ (mat.to(flat.dtype) * 2 - 1) / k**0.5
-    return out
+class DenseBlockProjector:
+    """LESS's CPU fallback, TRAK's BasicProjector as LESS configures it: a dense Rademacher matrix in blocks of
+    128 output columns, each block regenerated (bernoulli_ from its own seeded generator) on every call."""
+
+    def __init__(self, grad_dim: int, k: int, seed: int, device, dtype=torch.float32, block: int = 128):
+        self.k, self.block = k, block
+        self.mat = torch.empty(grad_dim, block, dtype=dtype, device=device)
+        self.gen = torch.Generator(device=device)
+        self.states = [self.gen.manual_seed(seed + 1000 * i).get_state() for i in range((k + block - 1) // block)]
+
+    def project(self, grads: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(grads.shape[0], self.k, dtype=self.mat.dtype, device=grads.device)
+        for i, state in enumerate(self.states):
+            self.gen.set_state(state)
+            self.mat.bernoulli_(p=0.5, generator=self.gen)
+            self.mat.mul_(2.0).sub_(1.0)
+            st, ed = i * self.block, min((i + 1) * self.block, self.k)
+            out[:, st:ed] = grads.to(self.mat.dtype) @ self.mat[:, : ed - st]
+        return out
 
 
 def baseline(model, items, projector, transform, pad_id, dense: bool, seed: int):
@@ -93,11 +113,12 @@ def baseline(model, items, projector, transform, pad_id, dense: bool, seed: int)
     mods = dict(lora_linears(model))
     device = next(model.parameters()).device
     feats, buf = [], []
+    dense_proj = DenseBlockProjector(projector.total, projector.dim, seed, device) if dense else None
 
     def flush():
         G = torch.stack(buf)
         if dense:
-            P = dense_block_project(G, projector.dim, seed)
+            P = dense_proj.project(G)
         else:
             sizes = [mods[n].weight.numel() for n in names]
             P = projector.project(dict(zip(names, G.split(sizes, dim=1))))
@@ -150,13 +171,19 @@ def main() -> None:
         projector = Projector("sjlt", args.proj_dim, 0, shapes)
         transform = AdamTransform(adam_states(model))
         n_tokens = sum(len(it.input_ids) for it in items)
-        autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.autocast(device.type, enabled=False)
+        autocast = (
+            torch.autocast(device.type, dtype=dtype)
+            if dtype != torch.float32
+            else torch.autocast(device.type, enabled=False)
+        )
 
         with autocast:  # warm up both paths (kernels, hash tables)
-            compute_features(model, items[:2], projector, tok.pad_token_id, transform, args.max_tokens)
+            compute_features(model, items[:2], projector, tok.pad_token_id, transform, args.max_tokens, args.dtype)
             sync(device)
             t = time.perf_counter()
-            ours, _ = compute_features(model, items, projector, tok.pad_token_id, transform, args.max_tokens)
+            ours, _ = compute_features(
+                model, items, projector, tok.pad_token_id, transform, args.max_tokens, args.dtype
+            )
             sync(device)
             t_ours = time.perf_counter() - t
             t = time.perf_counter()
@@ -173,13 +200,21 @@ def main() -> None:
     P = sum(p.numel() for p in model.parameters())
     res = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "model": args.shape or "SmolLM2-135M-Instruct", "dtype": args.dtype, "lora_r": args.lora_r,
-        "lora_params": projector.total, "proj_dim": args.proj_dim, "n": len(items), "mean_tokens": n_tokens / len(items),
-        "examples_per_s": len(items) / t_ours, "baseline_examples_per_s": len(items) / t_base,
-        "speedup": t_base / t_ours, "tokens_per_s": n_tokens / t_ours,
+        "model": args.shape or "SmolLM2-135M-Instruct",
+        "dtype": args.dtype,
+        "lora_r": args.lora_r,
+        "lora_params": projector.total,
+        "proj_dim": args.proj_dim,
+        "n": len(items),
+        "mean_tokens": n_tokens / len(items),
+        "examples_per_s": len(items) / t_ours,
+        "baseline_examples_per_s": len(items) / t_base,
+        "speedup": t_base / t_ours,
+        "tokens_per_s": n_tokens / t_ours,
         "dense_baseline_examples_per_s": args.dense_n / t_dense if t_dense else None,
         "speedup_vs_dense": (t_dense / args.dense_n) / (t_ours / len(items)) if t_dense else None,
-        "max_feature_deviation": float((ours - base).abs().max()), "min_cosine": float(cos.min()),
+        "max_feature_deviation": float((ours - base).abs().max()),
+        "min_cosine": float(cos.min()),
         "peak_memory_mb": (torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else mem.peak_mb,
         "mfu": (4 * P * n_tokens / t_ours) / (args.peak_tflops * 1e12) if device.type == "cuda" else None,
     }

@@ -16,15 +16,15 @@ from pathlib import Path
 # folder would shadow it. Put the repository root there instead.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import resource
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from bench.common import PeakRSS  # noqa: E402
-from bidsml.selection import bids_iterate, bids_naive, normalize_columns  # noqa: E402
+from bench.common import PeakRSS
+from bidsml.selection import bids_iterate, bids_naive, normalize_columns
 
 
 def scores(n: int, m: int, seed: int) -> np.ndarray:

@@ -45,7 +45,7 @@ class ModelConfig(_Stage):
     device: str = Field("auto", description="'auto' picks cuda when available, else cpu.")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ModelConfig":
+    def _one_source(self) -> ModelConfig:
         if not (self.path or self.gguf_package or self.tiny):
             raise ValueError("set one of model.path, model.gguf_package or model.tiny")
         return self
@@ -98,6 +98,9 @@ class FeaturesConfig(_Stage):
     eps_inside_sqrt: bool = Field(True, description="Adam transform G = m/sqrt(v+eps) (LESS) or m/(sqrt(v)+eps).")
     max_tokens: int = Field(4096, gt=0, description="Token budget of a feature micro-batch (length-sorted).")
     chunk_rows: int = Field(256, gt=0, description="Rows per Zarr chunk (unit of resume).")
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Forward autocast dtype; 'auto': bfloat16 on CUDA, float32 on CPU. Gradients stay fp32."
+    )
 
 
 class SelectionConfig(_Stage):
@@ -141,7 +144,7 @@ class Recipe(_Stage):
     finetune: TrainConfig = TrainConfig()
     evaluation: EvalConfig = EvalConfig()
 
-    def with_overrides(self, overrides: dict[str, object]) -> "Recipe":
+    def with_overrides(self, overrides: dict[str, object]) -> Recipe:
         """Returns a copy with dotted-key overrides applied (``selection.budgets=[20]``)."""
         data = self.model_dump(mode="json")
         for key, value in overrides.items():

@@ -9,9 +9,9 @@ tokens only; every other label is -100.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 

@@ -8,12 +8,19 @@ sum_b loss_b gives every example's gradient at once; examples do not interact
 per-example gradient goes through the Adam transform with that module's own
 optimizer state, is projected into the sketch, and is freed.
 Logits are computed only at label positions.
+
+All warmup checkpoints are featurized in one pass over the tokenized data:
+each micro-batch is collated and moved to the device once, then every
+checkpoint's LoRA weights are copied into the adapter in turn. On GPU the
+forward can run under bf16/fp16 autocast; per-example gradients, the Adam
+transform and the sketch stay fp32 (fp16 uses a fixed loss scale).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 
@@ -70,10 +77,40 @@ def _label_logits_loss(model, ids, mask, labels) -> torch.Tensor:
     return sums / counts
 
 
-def per_example_grads(model, ids, mask, labels, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yields (param name, per-example gradient (B, out, in)) for every LoRA linear.
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FP16_LOSS_SCALE = 2.0**12  # keeps fp16 activation gradients above underflow; divided out in fp32
 
-    `names` (the batch's example ids) only serve error messages.
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Returns the forward precision: 'auto' is bfloat16 on CUDA (float16 without bf16 support), float32 on CPU."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
+@dataclass(frozen=True)
+class CheckpointState:
+    """One warmup checkpoint: its LoRA weights (param name -> tensor; None keeps the model's) and its transform."""
+
+    weights: dict[str, torch.Tensor] | None
+    transform: Callable[[str, torch.Tensor], torch.Tensor] | None
+
+
+def per_example_grads(
+    model, ids, mask, labels, names: list[str] | None = None, precision: str = "float32"
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields (param name, per-example gradient (B, out, in), fp32) for every LoRA linear.
+
+    `names` (the batch's example ids) only serve error messages. `precision`
+    is the forward's autocast dtype; gradients are accumulated in fp32.
     """
     mods = lora_linears(model)
     inputs: dict[str, torch.Tensor] = {}
@@ -89,19 +126,22 @@ def per_example_grads(model, ids, mask, labels, names: list[str] | None = None) 
 
     for name, mod in mods:
         handles.append(mod.register_forward_hook(hook(name)))
+    scale = FP16_LOSS_SCALE if precision == "float16" else 1.0
     try:
-        losses = _label_logits_loss(model, ids, mask, labels)
+        with _autocast(ids.device, precision):
+            losses = _label_logits_loss(model, ids, mask, labels)
         if not torch.isfinite(losses).all():
             rows = (~torch.isfinite(losses)).nonzero().flatten().tolist()
             raise FeatureError(f"non-finite loss for examples {[names[r] for r in rows] if names else rows}")
-        losses.sum().backward()
+        (losses.sum() * scale).backward()
     finally:
         for h in handles:
             h.remove()
     for name, _ in mods:
         x, g = inputs.pop(name), gouts.pop(name)
         # (B, T, out) x (B, T, in) -> (B, out, in); fp32 accumulation
-        yield name, torch.einsum("bto,bti->boi", g.float(), x.float())
+        grad = torch.einsum("bto,bti->boi", g.float(), x.float())
+        yield name, grad / scale if scale != 1.0 else grad
     model.zero_grad(set_to_none=True)
 
 
@@ -112,31 +152,64 @@ def compute_features(
     pad_id: int,
     transform: Callable[[str, torch.Tensor], torch.Tensor] | None,
     max_tokens: int,
+    precision: str = "float32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (L2-normalised projected features (N, k) fp32, norms (N,) fp32) in item order.
 
     `transform` is the Adam transform for training examples, None for
-    validation examples (plain gradient, "sgd").
+    validation examples (plain gradient, "sgd"). Uses the model's current adapter.
+    """
+    ckpt = CheckpointState(weights=None, transform=transform)
+    return compute_features_checkpoints(model, items, projector, pad_id, [ckpt], max_tokens, precision)[0]
+
+
+def compute_features_checkpoints(
+    model,
+    items: list[Tokenized],
+    projector: Projector,
+    pad_id: int,
+    checkpoints: Sequence[CheckpointState],
+    max_tokens: int,
+    precision: str = "float32",
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Returns, per checkpoint, (normalised features (N, k) fp32, norms (N,) fp32), in one pass over the data.
+
+    Each micro-batch is collated and moved to the device once; every
+    checkpoint's LoRA weights are then copied into the model's adapter in turn.
     """
     device = next(model.parameters()).device
-    feats = torch.zeros(len(items), projector.dim)
+    params = dict(lora_linears(model))
     for it in items:
         if it.n_label_tokens == 0:
             raise FeatureError(f"example {it.id!r} has an empty label mask")
+    for ck in checkpoints:
+        missing = sorted(set(params) - set(ck.weights)) if ck.weights is not None else []
+        if missing:
+            raise FeatureError(f"checkpoint has no weights for LoRA parameter {missing[0]!r}")
+    feats = [torch.zeros(len(items), projector.dim) for _ in checkpoints]
     for batch_idx in iter_batches(items, max_tokens):
         ids, mask, labels = (t.to(device) for t in collate([items[i] for i in batch_idx], pad_id))
-        sketch = torch.zeros(len(batch_idx), projector.dim, device=device)
-        for name, g in per_example_grads(model, ids, mask, labels, [items[i].id for i in batch_idx]):
-            if transform is not None:
-                g = transform(name, g)
-            g = g.flatten(1)
-            if not torch.isfinite(g).all():
-                bad = [items[batch_idx[r]].id for r in (~torch.isfinite(g).all(1)).nonzero().flatten().tolist()]
-                raise FeatureError(f"non-finite gradient for parameter {name!r} in examples {bad}")
-            projector.add_into(sketch, name, g)
-        feats[batch_idx] = sketch.cpu()
-    norms = feats.norm(dim=1)
-    return feats / norms.clamp_min(1e-30)[:, None], norms
+        ids_of_batch = [items[i].id for i in batch_idx]
+        for c, ck in enumerate(checkpoints):
+            if ck.weights is not None:
+                with torch.no_grad():
+                    for name, mod in params.items():
+                        mod.weight.copy_(ck.weights[name])
+            sketch = torch.zeros(len(batch_idx), projector.dim, device=device)
+            for name, g in per_example_grads(model, ids, mask, labels, ids_of_batch, precision):
+                if ck.transform is not None:
+                    g = ck.transform(name, g)
+                g = g.flatten(1)
+                if not torch.isfinite(g).all():
+                    bad = [ids_of_batch[r] for r in (~torch.isfinite(g).all(1)).nonzero().flatten().tolist()]
+                    raise FeatureError(f"non-finite gradient for parameter {name!r} in examples {bad}")
+                projector.add_into(sketch, name, g)
+            feats[c][batch_idx] = sketch.cpu()
+    out = []
+    for f in feats:
+        norms = f.norm(dim=1)
+        out.append((f / norms.clamp_min(1e-30)[:, None], norms))
+    return out
 
 
 def reference_flat_grads(model, item: Tokenized, pad_id: int) -> dict[str, torch.Tensor]:

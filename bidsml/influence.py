@@ -7,7 +7,7 @@ chunks of the training features and never holds them all in memory.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 

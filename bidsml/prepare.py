@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 from bidsml.config import DataConfig, ModelConfig
 from bidsml.data import Example, LoadReport, read_hf_disk, read_jsonl, tokenize_example

@@ -8,10 +8,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from bidsml.selection import selection_label  # noqa: E402
+from bidsml.selection import selection_label
 
 
 def evaluation_frame(tables: list[dict]) -> pd.DataFrame:

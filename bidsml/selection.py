@@ -7,7 +7,7 @@ training index. Methods register themselves by name in `METHODS`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

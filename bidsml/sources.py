@@ -15,8 +15,8 @@ import gzip
 import importlib.util
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from bidsml.data import Example
 from bidsml.errors import DataError

@@ -1,11 +1,12 @@
-"""Serve the pipeline and every step flow as deployments from one process.
+"""Serve the pipeline, `select` and every step flow as deployments from one process.
 
-    PREFECT_API_URL=http://127.0.0.1:4200/api python -m deployments.serve --recipe recipes/demo.yaml
+    bidsflow serve --recipe recipes/demo.yaml          # needs PREFECT_API_URL (see `bidsflow ui`)
 
 The recipe is a typed parameter (a form in the UI); its default is the file
-given here. The pipeline gets an example nightly schedule. Step flows that
-take artifact refs (e.g. `select`) are meant to be launched from the UI or
-`prefect deployment run` with refs from a run record (`bidsflow runs`).
+given here. The pipeline gets an example nightly schedule. `select` runs one
+method at one budget with the cached upstream (selection, fine-tuning and
+evaluation recompute). Step flows read their inputs from the latest run
+record unless given refs.
 """
 
 from __future__ import annotations
@@ -18,27 +19,38 @@ import flows  # noqa: F401  (sets offline Prefect defaults before Prefect is imp
 from prefect import serve
 
 from bidsml.config import load_recipe
-from flows.pipeline import pipeline
+from flows.pipeline import pipeline, reselect
 from flows.steps import STEP_FLOWS
 
 NIGHTLY = "0 2 * * *"  # example schedule: 02:00 every night
 
 
 def deployments(recipe_path: str, with_schedule: bool = True) -> list:
-    """Returns the deployments: the pipeline (nightly) and one per step."""
-    recipe = load_recipe(recipe_path)
+    """Returns the deployments: the pipeline (nightly), select (+ fine-tune + evaluate), one per step."""
+    recipe = load_recipe(recipe_path).model_dump(mode="json")
     out = [
         pipeline.to_deployment(
             name="bids-pipeline",
-            parameters={"recipe": recipe.model_dump(mode="json")},
+            parameters={"recipe": recipe},
             cron=NIGHTLY if with_schedule else None,
             tags=["bids"],
-        )
+            description="Every step, every method and budget of the recipe; cached steps are reused.",
+        ),
+        reselect.to_deployment(
+            name="select",
+            parameters={"recipe": recipe},
+            tags=["bids"],
+            description="One method at one budget: selection, fine-tuning and evaluation on the cached upstream.",
+        ),
     ]
     for name, fl in STEP_FLOWS.items():
-        params = {"recipe": recipe.model_dump(mode="json")} if name == "data" else {}
-        out.append(fl.to_deployment(name=f"step-{name}", parameters=params, tags=["bids", "step"]))
+        out.append(fl.to_deployment(name=f"step-{name}", parameters={"recipe": recipe}, tags=["bids", "step"]))
     return out
+
+
+def serve_all(recipe_path: str, with_schedule: bool = True) -> None:
+    """Serves every deployment until interrupted."""
+    serve(*deployments(recipe_path, with_schedule))
 
 
 def main() -> None:
@@ -46,7 +58,7 @@ def main() -> None:
     ap.add_argument("--recipe", default="recipes/demo.yaml")
     ap.add_argument("--no-schedule", action="store_true", help="serve without the nightly schedule")
     args = ap.parse_args()
-    serve(*deployments(args.recipe, not args.no_schedule))
+    serve_all(args.recipe, not args.no_schedule)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -66,13 +65,15 @@ def run(
 
 @app.command()
 def step(
-    name: str = typer.Argument(..., help="data | warmup | features | influence | diagnose | represent | select | finetune | evaluate"),
+    name: str = typer.Argument(
+        ..., help="data | warmup | features | influence | diagnose | represent | select | finetune | evaluate"
+    ),
     recipe: Path = typer.Option(..., "--recipe", "-r", help="Recipe YAML file (the run root and settings)."),
     from_run: str = typer.Option("latest", "--from-run", help="Run record whose artifacts feed this step."),
-    method: Optional[str] = typer.Option(None, help="select: the method."),
-    budget: Optional[float] = typer.Option(None, help="select: a count (>=1) or fraction (<1)."),
-    selection: Optional[str] = typer.Option(None, help="finetune: 'method@budget' of a selection in the run."),
-    adapter: Optional[str] = typer.Option(
+    method: str | None = typer.Option(None, help="select: the method."),
+    budget: float | None = typer.Option(None, help="select: a count (>=1) or fraction (<1)."),
+    selection: str | None = typer.Option(None, help="finetune: 'method@budget' of a selection in the run."),
+    adapter: str | None = typer.Option(
         None, help="evaluate: 'method@budget' of a fine-tune in the run; base model if unset."
     ),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value: KEY=VALUE."),
@@ -80,55 +81,90 @@ def step(
 ):
     """Run one step on its own, from the artifacts of an existing run."""
     from bidsml.errors import BidsError
-    from storage.refs import ArtifactRef
-    from storage.runs import load_run
 
     try:
         rec = _recipe(recipe, set_)
-        record = load_run(Path(rec.run_root).resolve(), from_run) if name != "data" else {"refs": {}}
-    except (BidsError, FileNotFoundError) as err:
+    except BidsError as err:
         _fail(err)
     from flows.steps import STEP_FLOWS
-
-    refs = record["refs"]
-
-    def ref(key, sub=None):
-        try:
-            r = refs[key] if sub is None else refs[key][sub]
-        except KeyError:
-            _fail(
-                KeyError(
-                    f"run {record.get('run_id')} has no {key}{'' if sub is None else ' ' + sub}; have {list(refs.get(key, {})) if sub else list(refs)}"
-                )
-            )
-        return ArtifactRef.model_validate(r)
 
     flow = STEP_FLOWS.get(name)
     if flow is None:
         _fail(ValueError(f"unknown step {name!r}; steps: {', '.join(STEP_FLOWS)}"))
-    args = {
-        "data": lambda: (rec,),
-        "warmup": lambda: (rec, ref("data")),
-        "features": lambda: (rec, ref("data"), ref("warmup")),
-        "influence": lambda: (rec, ref("data"), ref("warmup"), ref("features")),
-        "represent": lambda: (rec, ref("data")),
-        "diagnose": lambda: (rec, ref("influence")),
-        "select": lambda: (
-            rec,
-            ref("data"),
-            ref("influence"),
-            method or rec.selection.methods[0],
-            budget or rec.selection.budgets[0],
-            ref("representations") if (method or rec.selection.methods[0]) == "rds" else None,
-        ),
-        "finetune": lambda: (rec, ref("selections", selection or next(iter(refs["selections"])))),
-        "evaluate": lambda: (rec, ref("data"), ref("finetunes", adapter) if adapter else None),
-    }[name]()
+    kwargs = {} if name == "data" else {"from_run": from_run}
+    if name == "select":
+        kwargs |= {"method": method or rec.selection.methods[0], "budget": budget or rec.selection.budgets[0]}
+    elif name == "finetune":
+        kwargs["label"] = selection
+    elif name == "evaluate":
+        kwargs["label"] = adapter
     try:
-        out = flow(*args, refresh=refresh)
+        out = flow(rec, refresh=refresh, **kwargs)
     except BidsError as err:
         _fail(err)
     console.print_json(json.dumps(out.model_dump()))
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(4200, help="Port of the Prefect server."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (keep 127.0.0.1 unless you mean to share it)."),
+):
+    """Start a Prefect server (UI + API) with analytics off; prints the URL and the PREFECT_API_URL to export."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_API_HOST": host,
+        "PREFECT_SERVER_API_PORT": str(port),
+    }
+    url = f"http://{host}:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)], env=env
+    )
+    try:
+        if _wait_healthy(f"{url}/api/health", proc):
+            console.print(f"[green]Prefect UI[/green]  {url}")
+            console.print(f"in other shells:  export PREFECT_API_URL={url}/api")
+            console.print("then:             bidsflow serve --recipe recipes/demo.yaml")
+        raise typer.Exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.terminate()
+        raise typer.Exit(proc.wait())
+
+
+def _wait_healthy(url: str, proc, timeout: float = 180.0) -> bool:
+    """Returns True once `url` answers 200, False if the process ended first."""
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+@app.command()
+def serve(
+    recipe: Path = typer.Option(Path("recipes/demo.yaml"), "--recipe", "-r", help="Default recipe of the forms."),
+    schedule: bool = typer.Option(True, help="Give the pipeline its example nightly cron schedule."),
+):
+    """Serve the pipeline, `select` (select + fine-tune + evaluate) and every step as deployments."""
+    from bidsml.errors import BidsError
+    from deployments.serve import serve_all
+
+    try:
+        serve_all(str(recipe), schedule)
+    except BidsError as err:
+        _fail(err)
 
 
 @app.command()
@@ -196,9 +232,9 @@ def select_cmd(
     method: str = typer.Option(..., help="Selection method (see `bidsml.selection.METHODS`)."),
     budget: float = typer.Option(..., help="A count (>= 1) or a fraction of the pool (< 1)."),
     out: Path = typer.Option(..., help="Output JSON: {'selected': [row indices in selection order], ...}."),
-    scores: Optional[Path] = typer.Option(None, help="Raw influence matrix (N x M .npy)."),
-    tasks: Optional[Path] = typer.Option(None, help="JSON list of the M validation task labels (with --scores)."),
-    run: Optional[str] = typer.Option(None, help="Or: a run id / 'latest', to use its influence store."),
+    scores: Path | None = typer.Option(None, help="Raw influence matrix (N x M .npy)."),
+    tasks: Path | None = typer.Option(None, help="JSON list of the M validation task labels (with --scores)."),
+    run: str | None = typer.Option(None, help="Or: a run id / 'latest', to use its influence store."),
     run_root: Path = typer.Option(Path("runs"), help="Run root holding the run records (with --run)."),
     seed: int = typer.Option(0, help="Seed (random method)."),
 ):
@@ -241,18 +277,33 @@ def select_cmd(
 
 @app.command()
 def lineage(
-    artifact: str = typer.Argument(..., help="Artifact identity or digest (prefix), or its folder name."),
+    artifact: str = typer.Argument(
+        ..., help="Artifact identity or digest (prefix), its folder name, or a run id (prefix) / 'latest'."
+    ),
     run_root: Path = typer.Option(Path("runs"), help="Run root holding the lineage catalog."),
+    mermaid_out: bool = typer.Option(False, "--mermaid", help="Print the graph as mermaid instead."),
 ):
-    """Print the upstream graph of an artifact: producing step, runs, parameters, inputs."""
-    from storage.lineage import upstream
+    """Print the upstream graph of an artifact or a whole run: producing step, runs, parameters, inputs."""
+    from storage.lineage import mermaid, run_lineage, upstream
+    from storage.refs import ArtifactRef
+    from storage.runs import list_runs, load_run
 
-    recs = upstream(run_root.resolve(), artifact)
+    root = run_root.resolve()
+    recs = upstream(root, artifact)
+    if not recs and (artifact == "latest" or any(r["run_id"].startswith(artifact) for r in list_runs(root))):
+        refs = load_run(root, artifact)["refs"]
+        flat = [v for v in refs.values() if "digest" in v] + [
+            x for v in refs.values() if "digest" not in v for x in v.values()
+        ]
+        recs = run_lineage(root, [ArtifactRef.model_validate(r) for r in flat])
     if not recs:
-        _fail(FileNotFoundError(f"no artifact {artifact!r} in {run_root}/lineage"))
+        _fail(FileNotFoundError(f"no artifact or run {artifact!r} in {run_root}"))
+    if mermaid_out:
+        print(mermaid(recs))
+        return
     for r in recs:
         console.print(
-            f"[bold]{r['kind']}[/bold] {r['digest'][:16]} by step {r['step']} runs={[x['run_id'][:8] for x in r['runs']]}"
+            f"[bold]{r['kind']}[/bold] {r['digest'][:16]} by step {r['step']} flow runs={[x['run_id'] for x in r['runs']]}"
         )
         console.print(f"   {r['uri']}")
         console.print(f"   params: {json.dumps(r['params'], default=str)[:300]}")

@@ -2,6 +2,11 @@
 
 data -> warmup LoRA -> gradient features -> influence -> for each method and
 budget: selection -> fine-tuning -> evaluation (plus the base model) -> report.
+
+`pipeline` runs every method and budget of the recipe. `reselect` runs one
+method at one budget (the UI's "try another budget" button): the upstream
+steps come back `Cached`, only selection, fine-tuning and evaluation compute,
+and its report goes to a subfolder of the run's outputs.
 """
 
 from __future__ import annotations
@@ -10,11 +15,11 @@ import time
 from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from bidsml.config import Recipe
-from bidsml.report import write_report
+from bidsml.report import composition_frame, evaluation_frame, evaluation_pivot, write_report
 from bidsml.selection import selection_label
 from flows.steps import (
     data_flow,
@@ -27,8 +32,10 @@ from flows.steps import (
     select_flow,
     warmup_flow,
 )
+from storage.lineage import mermaid, run_lineage
 from storage.names import SUBSET_JSONL
 from storage.runs import save_run_record
+from tasks.common import inline_images
 from tasks.diagnose import PLOT
 
 STEPS = ("data", "warmup", "features", "influence", "diagnose", "represent", "select", "finetune", "evaluate")
@@ -39,48 +46,45 @@ def output_dir(recipe: Recipe) -> Path:
     return Path(recipe.run_root).resolve() / recipe.name
 
 
-@flow(name="bids-pipeline", log_prints=True)
-def pipeline(recipe: Recipe, refresh: list[str] | None = None) -> dict:
-    """Runs every step (cached) and writes the report; returns the run's refs and output paths.
-
-    Args:
-        recipe: the run's settings.
-        refresh: step names to recompute even when cached (see STEPS).
-    """
-    refresh = set(refresh or [])
-    unknown = refresh - set(STEPS)
+def _check_refresh(refresh: list[str] | None) -> set[str]:
+    out = set(refresh or [])
+    unknown = out - set(STEPS)
     if unknown:
         raise ValueError(f"unknown step(s) in refresh: {sorted(unknown)}; steps are {', '.join(STEPS)}")
+    return out
+
+
+def run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict:
+    """Runs every step for the recipe's methods and budgets, writes the report and run record; returns paths."""
     timings: dict[str, float] = {}
 
     def timed(name, fn, *args, **kw):
         t = time.time()
-        out = fn(*args, refresh=name.split(":")[0] in refresh, **kw)
+        result = fn(*args, refresh=name.split(":")[0] in refresh, **kw)
         timings[name] = time.time() - t
-        return out
+        return result
 
     data = timed("data", data_flow, recipe)
-    warm = timed("warmup", warmup_flow, recipe, data)
-    feats = timed("features", features_flow, recipe, data, warm)
-    infl = timed("influence", influence_flow, recipe, data, warm, feats)
-    diag = timed("diagnose", diagnose_flow, recipe, infl)
-    reps = timed("represent", represent_flow, recipe, data) if "rds" in recipe.selection.methods else None
-    evals = [timed("evaluate:base", evaluate_flow, recipe, data, None)]
+    warm = timed("warmup", warmup_flow, recipe, data=data)
+    feats = timed("features", features_flow, recipe, data=data, warm=warm)
+    infl = timed("influence", influence_flow, recipe, data=data, warm=warm, feats=feats)
+    diag = timed("diagnose", diagnose_flow, recipe, infl=infl)
+    reps = timed("represent", represent_flow, recipe, data=data) if "rds" in recipe.selection.methods else None
+    evals = [timed("evaluate:base", evaluate_flow, recipe, data=data)]
     selections, adapters = [], []
     for method in recipe.selection.methods:
         for budget in recipe.selection.budgets:
             tag = selection_label(method, budget)
-            sel = timed(f"select:{tag}", select_flow, recipe, data, infl, method, budget, reps)
-            ft = timed(f"finetune:{tag}", finetune_flow, recipe, sel)
-            evals.append(timed(f"evaluate:{tag}", evaluate_flow, recipe, data, ft))
+            sel = timed(f"select:{tag}", select_flow, recipe, method, budget, data=data, infl=infl, reps=reps)
+            ft = timed(f"finetune:{tag}", finetune_flow, recipe, selection=sel)
+            evals.append(timed(f"evaluate:{tag}", evaluate_flow, recipe, data=data, adapter=ft))
             selections.append(sel)
             adapters.append(ft)
 
-    out = output_dir(recipe)
     subsets = {selection_label(s.meta["method"], s.meta["budget"]): str(s.path / SUBSET_JSONL) for s in selections}
     report = write_report(
         out,
-        f"BIDS run: {recipe.name}",
+        title,
         data.meta,
         [e.meta for e in evals],
         [s.meta for s in selections],
@@ -88,7 +92,6 @@ def pipeline(recipe: Recipe, refresh: list[str] | None = None) -> dict:
         timings,
         {"task_stats": diag.meta["task_stats"], "plot": diag.path / PLOT},
     )
-    create_markdown_artifact(report.read_text(), key="run-report", description=f"report of {recipe.name}")
     run_id = str(flow_run.get_id() or f"local-{int(time.time())}")
     refs = {
         "data": data,
@@ -101,13 +104,17 @@ def pipeline(recipe: Recipe, refresh: list[str] | None = None) -> dict:
         "evaluations": {e.meta["model"]: e for e in evals},
         **({"representations": reps} if reps is not None else {}),
     }
+    run_root = Path(recipe.run_root).resolve()
     record = save_run_record(
-        Path(recipe.run_root).resolve(),
+        run_root,
         run_id,
         recipe.model_dump(mode="json"),
         refs,
         {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "report": str(report), "timings": timings},
     )
+    graph = mermaid(run_lineage(run_root, [diag, *evals]))
+    (out / "lineage.mmd").write_text(graph + "\n")
+    _post_run_artifacts(report, evals, selections, graph, run_id)
     return {
         "run_id": run_id,
         "report": str(report),
@@ -115,4 +122,60 @@ def pipeline(recipe: Recipe, refresh: list[str] | None = None) -> dict:
         "subsets": subsets,
         "record": str(record),
         "evaluation": str(out / "evaluation.csv"),
+        "lineage": str(out / "lineage.mmd"),
     }
+
+
+def _post_run_artifacts(report: Path, evals: list, selections: list, graph: str, run_id: str) -> None:
+    """Posts the run's report (plots inline), evaluation and composition tables and lineage graph to the UI."""
+    create_markdown_artifact(
+        inline_images(report.read_text(), report.parent), key="run-report", description="run report"
+    )
+    ev = evaluation_pivot(evaluation_frame([e.meta for e in evals])).reset_index()
+    create_table_artifact(ev.astype(str).to_dict(orient="records"), key="evaluation", description="evaluation")
+    comp = composition_frame([s.meta for s in selections]).reset_index()
+    create_table_artifact(
+        comp.astype(str).to_dict(orient="records"), key="selection-composition", description="selection composition"
+    )
+    create_markdown_artifact(
+        "\n".join(
+            [
+                "### Lineage of this run's artifacts",
+                "",
+                f"Every node is an artifact (step, kind, content digest); `bidsflow lineage {run_id[:8]}` prints "
+                "the same graph with parameters and paths.",
+                "",
+                "```mermaid",
+                graph,
+                "```",
+            ]
+        ),
+        key="lineage",
+        description="artifact lineage (mermaid)",
+    )
+
+
+@flow(name="bids-pipeline", log_prints=True)
+def pipeline(recipe: Recipe, refresh: list[str] | None = None) -> dict:
+    """Runs every step (cached) and writes the report; returns the run's refs and output paths.
+
+    Args:
+        recipe: the run's settings.
+        refresh: step names to recompute even when cached (see STEPS).
+    """
+    return run_steps(recipe, _check_refresh(refresh), output_dir(recipe), f"BIDS run: {recipe.name}")
+
+
+@flow(name="select-finetune-evaluate", log_prints=True)
+def reselect(recipe: Recipe, method: str = "bids", budget: float = 0.1, refresh: list[str] | None = None) -> dict:
+    """Selects with one method at one budget, fine-tunes and evaluates; upstream steps come from the cache.
+
+    Args:
+        recipe: the run's settings (data, model, features: the cached upstream).
+        method: selection method (random, less, bids, ...).
+        budget: a count (>= 1) or a fraction of the pool (< 1).
+        refresh: step names to recompute even when cached.
+    """
+    one = recipe.with_overrides({"selection.methods": [method], "selection.budgets": [budget]})
+    label = selection_label(method, budget)
+    return run_steps(one, _check_refresh(refresh), output_dir(recipe) / label, f"BIDS {label}: {recipe.name}")

@@ -1,20 +1,30 @@
-"""One flow per step, each rerunnable on its own from existing artifact refs.
+"""One flow per step, each rerunnable on its own from existing artifacts.
 
 Each flow takes the recipe (a typed pydantic parameter: a form in the UI),
-the refs of its inputs and its own parameters, and returns a ref. The
-pipeline calls them as subflows; a deployment of each lets the UI rerun one
-step (e.g. `select` with another method reuses the cached influence store).
+its own parameters, and optionally the refs of its inputs. Refs left unset
+are read from a run record (`from_run`, default the latest run under the
+recipe's run root), so a step launched from the UI or `bidsflow step` only
+needs the recipe. The pipeline calls them as subflows with explicit refs.
+
+Every step task runs as a Prefect materializing task: its artifact is an
+asset (``file://`` + the artifact folder) with its input artifacts as
+upstream assets, so Prefect records materialization events with lineage.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import flow
+from prefect.assets import Asset, AssetProperties
+from prefect.tasks import MaterializingTask
 
 from bidsml.config import Recipe
+from bidsml.errors import ArtifactError
 from storage.names import PREFECT_RESULTS_DIR
 from storage.refs import ArtifactRef
+from storage.runs import load_run
 from tasks.common import output_is_stale
 from tasks.data import prepare_data
 from tasks.diagnose import diagnose
@@ -27,6 +37,35 @@ from tasks.select import select_subset
 from tasks.warmup import warmup
 
 
+def asset_key(path: Path | str) -> str:
+    """Returns the Prefect asset key of an artifact folder."""
+    return "file://" + str(Path(path).resolve()).replace(" ", "%20")
+
+
+def _asset_task(task, recipe: Recipe, args: tuple) -> MaterializingTask | None:
+    """Returns `task` as a materializing task for the artifact its call will produce (None if unknown)."""
+    try:
+        plan = task.cache_policy.plan(recipe, *args)
+    except Exception:  # bad input: the plain task runs and its body says why
+        return None
+    asset = Asset(
+        key=asset_key(plan.final_dir),
+        properties=AssetProperties(
+            name=f"{plan.kind} {plan.identity[:12]}",
+            description=f"bidsflow `{plan.kind}` artifact (identity {plan.identity[:16]}) of recipe `{recipe.name}`",
+        ),
+    )
+    deps = [asset_key(a.path) for a in args if isinstance(a, ArtifactRef)]
+    return MaterializingTask(
+        fn=task.fn,
+        assets=[asset],
+        asset_deps=deps or None,
+        name=task.name,
+        cache_policy=task.cache_policy,
+        persist_result=True,
+    )
+
+
 def _run(task, recipe: Recipe, *args, refresh: bool = False) -> ArtifactRef:
     """Runs a step task with its cache under the run root; returns its ref.
 
@@ -34,10 +73,30 @@ def _run(task, recipe: Recipe, *args, refresh: bool = False) -> ArtifactRef:
     the cache is refreshed and the step rebuilds it.
     """
     stale = output_is_stale(task, recipe, *args)
-    return task.with_options(
+    runnable = _asset_task(task, recipe, args) or task
+    return runnable.with_options(
         result_storage=Path(recipe.run_root).resolve() / PREFECT_RESULTS_DIR,
         refresh_cache=True if (refresh or stale) else None,
     )(recipe, *args, refresh=refresh)
+
+
+def ref_from_run(recipe: Recipe, from_run: str, key: str, label: str | None = None) -> ArtifactRef:
+    """Returns an artifact ref recorded by a run ('latest' or a run id prefix) under the recipe's run root."""
+    try:
+        record = load_run(Path(recipe.run_root).resolve(), from_run)
+    except FileNotFoundError as err:
+        raise ArtifactError(f"{err}; a step needs the artifacts of an earlier run (or explicit refs)") from None
+    refs: dict[str, Any] = record["refs"]
+    if key not in refs:
+        raise ArtifactError(f"run {record['run_id']} has no {key} artifact; it has {sorted(refs)}")
+    found = refs[key]
+    if label is not None or "digest" not in found:
+        if label is None:
+            label = next(iter(found))
+        if label not in found:
+            raise ArtifactError(f"run {record['run_id']} has no {key} {label!r}; it has {sorted(found)}")
+        found = found[label]
+    return ArtifactRef.model_validate(found)
 
 
 @flow(name="prepare-data", log_prints=True)
@@ -47,62 +106,107 @@ def data_flow(recipe: Recipe, refresh: bool = False) -> ArtifactRef:
 
 
 @flow(name="warmup", log_prints=True)
-def warmup_flow(recipe: Recipe, data: ArtifactRef, refresh: bool = False) -> ArtifactRef:
+def warmup_flow(
+    recipe: Recipe, data: ArtifactRef | None = None, from_run: str = "latest", refresh: bool = False
+) -> ArtifactRef:
     """Trains the warmup LoRA (one checkpoint per epoch)."""
+    data = data or ref_from_run(recipe, from_run, "data")
     return _run(warmup, recipe, data, refresh=refresh)
 
 
 @flow(name="featurize", log_prints=True)
-def features_flow(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: bool = False) -> ArtifactRef:
+def features_flow(
+    recipe: Recipe,
+    data: ArtifactRef | None = None,
+    warm: ArtifactRef | None = None,
+    from_run: str = "latest",
+    refresh: bool = False,
+) -> ArtifactRef:
     """Computes gradient features of pool and validation examples."""
+    data = data or ref_from_run(recipe, from_run, "data")
+    warm = warm or ref_from_run(recipe, from_run, "warmup")
     return _run(featurize, recipe, data, warm, refresh=refresh)
 
 
 @flow(name="influence", log_prints=True)
 def influence_flow(
-    recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, feats: ArtifactRef, refresh: bool = False
+    recipe: Recipe,
+    data: ArtifactRef | None = None,
+    warm: ArtifactRef | None = None,
+    feats: ArtifactRef | None = None,
+    from_run: str = "latest",
+    refresh: bool = False,
 ) -> ArtifactRef:
     """Computes the influence matrix into DuckDB."""
+    data = data or ref_from_run(recipe, from_run, "data")
+    warm = warm or ref_from_run(recipe, from_run, "warmup")
+    feats = feats or ref_from_run(recipe, from_run, "features")
     return _run(compute_influence, recipe, data, warm, feats, refresh=refresh)
 
 
 @flow(name="select", log_prints=True)
 def select_flow(
     recipe: Recipe,
-    data: ArtifactRef,
-    infl: ArtifactRef,
-    method: str,
-    budget: float,
+    method: str = "bids",
+    budget: float = 0.1,
+    data: ArtifactRef | None = None,
+    infl: ArtifactRef | None = None,
     reps: ArtifactRef | None = None,
+    from_run: str = "latest",
     refresh: bool = False,
 ) -> ArtifactRef:
     """Selects a subset with one method at one budget (`reps`: representations, for rds)."""
+    data = data or ref_from_run(recipe, from_run, "data")
+    infl = infl or ref_from_run(recipe, from_run, "influence")
+    if method == "rds" and reps is None:
+        reps = ref_from_run(recipe, from_run, "representations")
     return _run(select_subset, recipe, data, infl, method, budget, reps, refresh=refresh)
 
 
 @flow(name="represent", log_prints=True)
-def represent_flow(recipe: Recipe, data: ArtifactRef, refresh: bool = False) -> ArtifactRef:
+def represent_flow(
+    recipe: Recipe, data: ArtifactRef | None = None, from_run: str = "latest", refresh: bool = False
+) -> ArtifactRef:
     """Computes mean-pooled hidden states for the RDS baseline."""
+    data = data or ref_from_run(recipe, from_run, "data")
     return _run(represent, recipe, data, refresh=refresh)
 
 
 @flow(name="diagnose", log_prints=True)
-def diagnose_flow(recipe: Recipe, infl: ArtifactRef, refresh: bool = False) -> ArtifactRef:
+def diagnose_flow(
+    recipe: Recipe, infl: ArtifactRef | None = None, from_run: str = "latest", refresh: bool = False
+) -> ArtifactRef:
     """Per-task influence statistics and distribution plots."""
+    infl = infl or ref_from_run(recipe, from_run, "influence")
     return _run(diagnose, recipe, infl, refresh=refresh)
 
 
 @flow(name="finetune", log_prints=True)
-def finetune_flow(recipe: Recipe, selection: ArtifactRef, refresh: bool = False) -> ArtifactRef:
-    """Fine-tunes a LoRA on a selected subset."""
+def finetune_flow(
+    recipe: Recipe,
+    selection: ArtifactRef | None = None,
+    label: str | None = None,
+    from_run: str = "latest",
+    refresh: bool = False,
+) -> ArtifactRef:
+    """Fine-tunes a LoRA on a selected subset (`label` 'method@budget' picks one of a run's selections)."""
+    selection = selection or ref_from_run(recipe, from_run, "selections", label)
     return _run(finetune, recipe, selection, refresh=refresh)
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(
-    recipe: Recipe, data: ArtifactRef, adapter: ArtifactRef | None = None, refresh: bool = False
+    recipe: Recipe,
+    data: ArtifactRef | None = None,
+    adapter: ArtifactRef | None = None,
+    label: str | None = None,
+    from_run: str = "latest",
+    refresh: bool = False,
 ) -> ArtifactRef:
-    """Evaluates the base model (no adapter) or a fine-tuned adapter."""
+    """Evaluates the base model (no adapter) or a fine-tuned adapter (`label` 'method@budget' of a run)."""
+    data = data or ref_from_run(recipe, from_run, "data")
+    if adapter is None and label is not None:
+        adapter = ref_from_run(recipe, from_run, "finetunes", label)
     return _run(evaluate, recipe, data, adapter, refresh=refresh)
 
 

@@ -9,8 +9,8 @@ before the fp16 cast (raw gradients overflow fp16); norms stay fp32.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import zarr
@@ -54,28 +54,50 @@ def write_chunks(
     compute: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
     on_chunk: Callable[[int, int, bool], None] | None = None,
 ) -> int:
-    """Fills a group chunk by chunk, skipping finished chunks; returns how many were computed.
+    """Fills one (split, checkpoint) group chunk by chunk, skipping finished chunks; returns how many were computed.
 
     `compute(start, stop)` returns (normalised features (n, k), norms (n,)) for rows start..stop.
     """
-    create_groups(root, split, ckpt, n, k, chunk_rows)
-    g = zarr.open_group(str(gradient_store_path(root)), mode="r+")[group_path(split, ckpt)]
+    return write_chunks_checkpoints(
+        root, split, [ckpt], n, k, chunk_rows, lambda a, b, todo: {ckpt: compute(a, b)}, on_chunk
+    )
+
+
+def write_chunks_checkpoints(
+    root: Path,
+    split: str,
+    ckpts: list[int],
+    n: int,
+    k: int,
+    chunk_rows: int,
+    compute: Callable[[int, int, list[int]], dict[int, tuple[np.ndarray, np.ndarray]]],
+    on_chunk: Callable[[int, int, bool], None] | None = None,
+) -> int:
+    """Fills the groups of several checkpoints of a split, chunk by chunk in one pass; returns chunks computed.
+
+    `compute(start, stop, todo)` returns {ckpt: (features, norms)} for rows
+    start..stop of the checkpoints in `todo` (those whose chunk is unfinished),
+    so a run killed between two checkpoints' writes redoes only the missing one.
+    """
+    for c in ckpts:
+        create_groups(root, split, c, n, k, chunk_rows)
+    store = zarr.open_group(str(gradient_store_path(root)), mode="r+")
+    groups = {c: store[group_path(split, c)] for c in ckpts}
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     computed = 0
-    for c in range(n_chunks):
-        marker = _marker(root, split, ckpt, c)
-        start, stop = c * chunk_rows, min(n, (c + 1) * chunk_rows)
-        if marker.exists():
-            if on_chunk:
-                on_chunk(c, n_chunks, True)
-            continue
-        feats, norms = compute(start, stop)
-        g[FEATURES_ARRAY][start:stop] = feats.astype(np.float16)
-        g[NORMS_ARRAY][start:stop] = norms.astype(np.float32)
-        marker.touch()
-        computed += 1
+    for i in range(n_chunks):
+        start, stop = i * chunk_rows, min(n, (i + 1) * chunk_rows)
+        todo = [c for c in ckpts if not _marker(root, split, c, i).exists()]
+        if todo:
+            out = compute(start, stop, todo)
+            for c in todo:
+                feats, norms = out[c]
+                groups[c][FEATURES_ARRAY][start:stop] = feats.astype(np.float16)
+                groups[c][NORMS_ARRAY][start:stop] = norms.astype(np.float32)
+                _marker(root, split, c, i).touch()
+                computed += 1
         if on_chunk:
-            on_chunk(c, n_chunks, False)
+            on_chunk(i, n_chunks, not todo)
     return computed
 
 

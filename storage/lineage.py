@@ -63,3 +63,37 @@ def upstream(run_root: Path, key: str) -> list[dict]:
         out.append(rec)
         todo.extend(i["identity"] for i in rec["inputs"])
     return out
+
+
+def run_lineage(run_root: Path, refs: list[ArtifactRef]) -> list[dict]:
+    """Returns the records upstream of all of a run's artifacts (each once), nearest first."""
+    out, seen = [], set()
+    for ref in refs:
+        for rec in upstream(run_root, ref.identity):
+            if rec["identity"] not in seen:
+                seen.add(rec["identity"])
+                out.append(rec)
+    return out
+
+
+def _label(rec: dict) -> str:
+    p = rec.get("params") or {}
+    extra = ""
+    if "method" in p:
+        extra = f" {p['method']}@{p.get('budget')}"
+    elif rec["kind"] == "evaluation":
+        extra = f" {p.get('model', '')}"
+    return f"{rec['step']}{extra}<br/>{rec['kind']} {rec['digest'][:10]}"
+
+
+def mermaid(records: list[dict]) -> str:
+    """Returns a mermaid flowchart (inputs -> outputs) of lineage records."""
+    lines = ["flowchart LR"]
+    known = {r["identity"] for r in records}
+    for r in records:
+        lines.append(f'  n{r["identity"][:12]}["{_label(r)}"]')
+    for r in records:
+        for i in r["inputs"]:
+            if i["identity"] in known:
+                lines.append(f"  n{i['identity'][:12]} --> n{r['identity'][:12]}")
+    return "\n".join(lines)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import inspect
 import json
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import CachePolicy
@@ -90,10 +93,38 @@ def flow_run_id() -> str | None:
     return str(getattr(fr, "id", fr)) if fr else None
 
 
+MAX_INLINE_PNG = 2_000_000  # bytes; larger plots are linked by path only
+
+
+def png_markdown(path: Path, alt: str) -> str:
+    """Returns markdown showing a PNG inline (data URI, so the Prefect UI can display it) plus its path."""
+    path = Path(path)
+    data = path.read_bytes() if path.exists() else b""
+    if not data or len(data) > MAX_INLINE_PNG:
+        return f"{alt}: `{path}`"
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})\n\n`{path}`"
+
+
+def inline_images(markdown: str, folder: Path) -> str:
+    """Returns report markdown with its relative PNG links replaced by inline images (for a Prefect artifact)."""
+    return re.sub(
+        r"!\[([^\]]*)\]\(([^)/:]+\.png)\)", lambda m: png_markdown(Path(folder) / m.group(2), m.group(1)), markdown
+    )
+
+
 def publish(
-    ref: ArtifactRef, step: str, params: dict[str, Any], inputs: list[ArtifactRef], started: float
+    ref: ArtifactRef,
+    step: str,
+    params: dict[str, Any],
+    inputs: list[ArtifactRef],
+    started: float,
+    images: dict[str, Path] | None = None,
 ) -> ArtifactRef:
-    """Records lineage and posts a markdown summary artifact for a step's output; returns the ref."""
+    """Records lineage and posts a markdown summary artifact for a step's output; returns the ref.
+
+    The summary gives the inputs, parameters, counts, wall time, output
+    location and `images` (title -> PNG) inline.
+    """
     record_artifact(Path(ref.uri).parents[2], ref, step, flow_run_id(), params, inputs)
     lines = [
         f"### {step}: `{ref.kind}` artifact",
@@ -105,6 +136,7 @@ def publish(
         "```json",
         json.dumps({"params": params, "summary": ref.meta}, indent=1, default=str)[:4000],
         "```",
+        *[png_markdown(path, title) for title, path in (images or {}).items()],
     ]
     try:
         create_markdown_artifact(

@@ -48,4 +48,4 @@ def diagnose(recipe: Recipe, infl: ArtifactRef, refresh: bool = False) -> Artifa
         return {"task_stats": stats}
 
     ref = materialize(plan_diagnose(recipe, infl), build, force=refresh)
-    return publish(ref, "diagnose", {}, [infl], started)
+    return publish(ref, "diagnose", {}, [infl], started, images={"influence distributions": ref.path / PLOT})

@@ -15,11 +15,18 @@ import bidsml.features
 import bidsml.projection
 from bidsml.config import Recipe
 from bidsml.data import tokenize_all
-from bidsml.features import AdamTransform, compute_features, lora_linears
-from bidsml.model import load_base_model, load_lora, load_tokenizer
+from bidsml.errors import FeatureError
+from bidsml.features import (
+    AdamTransform,
+    CheckpointState,
+    compute_features_checkpoints,
+    lora_linears,
+    resolve_precision,
+)
+from bidsml.model import load_base_model, load_lora, load_tokenizer, resolve_device
 from bidsml.projection import Projector
 from bidsml.train import OPTIMIZER_FILE
-from storage.gradients import write_chunks
+from storage.gradients import write_chunks_checkpoints
 from storage.names import POOL_FILE, VAL_FILE
 from storage.refs import ArtifactRef, Plan, materialize
 from tasks.common import ArtifactCachePolicy, code_version, model_inputs, publish, ref_inputs, run_root
@@ -37,9 +44,11 @@ def plan_features(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) -> Plan:
         inputs={
             **ref_inputs(data=data, warmup=warm),
             **model_inputs(recipe),
-            "features": recipe.features.model_dump(
-                mode="json", exclude={"max_tokens"}
-            ),  # batching does not change features
+            # batching does not change features; the forward precision does (resolved for the device)
+            "features": {
+                **recipe.features.model_dump(mode="json", exclude={"max_tokens"}),
+                "precision": resolve_precision(recipe.features.precision, resolve_device(recipe.model)),
+            },
             "code": CODE,
         },
     )
@@ -50,6 +59,28 @@ def _progress():
         return create_progress_artifact(progress=0.0, key="features-progress", description="gradient feature chunks")
     except Exception:
         return None
+
+
+def _checkpoint_states(model, warm: ArtifactRef, ckpts: list[dict], eps_inside_sqrt: bool) -> list[CheckpointState]:
+    """Returns every checkpoint's LoRA weights (on the model's device, keyed like the model) and Adam transform."""
+    from safetensors.torch import load_file
+
+    device = next(model.parameters()).device
+    params = dict(lora_linears(model))
+    states = []
+    for ck in ckpts:
+        adapter = warm.path / ck["path"]
+        saved = load_file(str(adapter / "adapter_model.safetensors"))
+        weights = {}
+        for name in params:
+            # peft saves "...lora_A.weight" for the adapter the model calls "...lora_A.default.weight"
+            key = name.replace(".default.", ".")
+            if key not in saved:
+                raise FeatureError(f"{adapter}: no weights for LoRA parameter {key!r}")
+            weights[name] = saved[key].to(device=device, dtype=params[name].weight.dtype)
+        opt = torch.load(adapter / OPTIMIZER_FILE, weights_only=True)
+        states.append(CheckpointState(weights, AdamTransform(opt, eps_inside_sqrt=eps_inside_sqrt)))
+    return states
 
 
 @task(cache_policy=ArtifactCachePolicy(plan=plan_features), persist_result=True)
@@ -65,42 +96,40 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
         for split, fname in SPLITS.items():
             items, _ = tokenize_all(tok, load_split(data, fname), recipe.model.max_seq_length)
             splits[split] = items
-        model = None
-        total = len(ckpts) * sum((len(v) + fc.chunk_rows - 1) // fc.chunk_rows for v in splits.values())
+        model = load_lora(load_base_model(recipe.model), warm.path / ckpts[0]["path"])
+        model.eval()
+        for n, p in model.named_parameters():
+            p.requires_grad_("lora_" in n)
+        precision = resolve_precision(fc.precision, next(model.parameters()).device)
+        shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
+        projector = Projector(fc.projector, fc.proj_dim, fc.proj_seed, shapes)
+        states = _checkpoint_states(model, warm, ckpts, fc.eps_inside_sqrt)
+        total = sum((len(v) + fc.chunk_rows - 1) // fc.chunk_rows for v in splits.values())
         progress_id = _progress()
-        bar = tqdm(total=total, desc="feature chunks")
+        bar = tqdm(total=total, desc=f"feature chunks ({len(ckpts)} checkpoints per pass)")
         done = 0
-        for c, ck in enumerate(ckpts):
-            adapter = warm.path / ck["path"]
-            if model is None:
-                model = load_lora(load_base_model(recipe.model), adapter)
-            else:
-                from peft import set_peft_model_state_dict
-                from safetensors.torch import load_file
+        for split, items in splits.items():
 
-                set_peft_model_state_dict(model, load_file(adapter / "adapter_model.safetensors"))
-            model.eval()
-            for n, p in model.named_parameters():
-                p.requires_grad_("lora_" in n)
-            shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
-            projector = Projector(fc.projector, fc.proj_dim, fc.proj_seed, shapes)
-            states = torch.load(adapter / OPTIMIZER_FILE, weights_only=True)
-            transform = AdamTransform(states, eps_inside_sqrt=fc.eps_inside_sqrt)
-            for split, items in splits.items():
-                tf = transform if split == "train" else None
+            def compute(start, stop, todo, items=items, split=split):
+                # validation gradients are plain ("sgd"): no Adam transform
+                run = [
+                    CheckpointState(states[c].weights, states[c].transform if split == "train" else None) for c in todo
+                ]
+                out = compute_features_checkpoints(
+                    model, items[start:stop], projector, tok.pad_token_id, run, fc.max_tokens, precision
+                )
+                return {c: (f.numpy(), n.numpy()) for c, (f, n) in zip(todo, out)}
 
-                def compute(start, stop, items=items, tf=tf):
-                    f, n = compute_features(model, items[start:stop], projector, tok.pad_token_id, tf, fc.max_tokens)
-                    return f.numpy(), n.numpy()
+            def on_chunk(i, n_chunks, skipped):
+                nonlocal done
+                done += 1
+                bar.update(1)
+                if progress_id is not None:
+                    update_progress_artifact(progress_id, progress=100.0 * done / total)
 
-                def on_chunk(i, n_chunks, skipped):
-                    nonlocal done
-                    done += 1
-                    bar.update(1)
-                    if progress_id is not None:
-                        update_progress_artifact(progress_id, progress=100.0 * done / total)
-
-                write_chunks(work, split, c, len(items), fc.proj_dim, fc.chunk_rows, compute, on_chunk)
+            write_chunks_checkpoints(
+                work, split, list(range(len(ckpts))), len(items), fc.proj_dim, fc.chunk_rows, compute, on_chunk
+            )
         bar.close()
         meta = {
             split: {"ids": [t.id for t in items], "n_tokens": [len(t.input_ids) for t in items]}
@@ -112,6 +141,7 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
             "n_val": len(splits["val"]),
             "checkpoints": len(ckpts),
             "dim": fc.proj_dim,
+            "precision": precision,
         }
 
     ref = materialize(plan_features(recipe, data, warm), build, force=refresh)

@@ -58,4 +58,5 @@ def finetune(recipe: Recipe, selection: ArtifactRef, refresh: bool = False) -> A
         }
 
     ref = materialize(plan_finetune(recipe, selection), build, force=refresh)
-    return publish(ref, "finetune", {"finetune": recipe.finetune.model_dump()}, [selection], started)
+    params = {"method": selection.meta.get("method"), "budget": selection.meta.get("budget")}
+    return publish(ref, "finetune", {**params, "finetune": recipe.finetune.model_dump()}, [selection], started)

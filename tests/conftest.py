@@ -10,8 +10,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bidsml.config import LoraConfig, ModelConfig  # noqa: E402
-from bidsml.data import Example  # noqa: E402
+from bidsml.config import LoraConfig, ModelConfig
+from bidsml.data import Example
 
 TINY = ModelConfig(tiny=True, max_seq_length=64)
 TINY_LORA = LoraConfig(r=4, alpha=8, dropout=0.0)
@@ -29,7 +29,7 @@ def make_examples(n: int, source: str = "toy", task: str | None = None, seed: in
     import random
 
     rng = random.Random(seed)
-    words = "alpha beta gamma delta river stone cloud seven nine apple paper green".split()
+    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "seven", "nine", "apple", "paper", "green"]
     out = []
     for i in range(n):
         q = " ".join(rng.choice(words) for _ in range(rng.randint(2, 12)))

@@ -11,6 +11,7 @@ def test_serve_builds_pipeline_and_step_deployments():
     deps = {d.name: d for d in deployments(str(RECIPE))}
     assert set(deps) == {
         "bids-pipeline",
+        "select",
         *(
             f"step-{s}"
             for s in (
@@ -38,3 +39,15 @@ def test_serve_builds_pipeline_and_step_deployments():
     assert set(schema["properties"]) == {"recipe", "refresh"}
     assert "Recipe" in schema["definitions"] and "selection" in schema["definitions"]["Recipe"]["properties"]
     assert pipe.entrypoint.endswith("flows/pipeline.py:pipeline") or "pipeline" in pipe.entrypoint
+
+    # the select deployment: one method and budget as form fields next to the recipe
+    from flows.pipeline import reselect
+
+    schema = parameter_schema(reselect.fn).model_dump()
+    assert set(schema["properties"]) == {"recipe", "method", "budget", "refresh"}
+    assert deps["select"].parameters["recipe"]["name"] == "tiny" and not deps["select"].schedules
+    # step flows need only the recipe: their inputs default to the latest run's artifacts
+    from flows.steps import select_flow
+
+    step = parameter_schema(select_flow.fn).model_dump()
+    assert step["required"] == ["recipe"]

@@ -110,3 +110,55 @@ def test_empty_label_mask_and_nan_gradients_name_the_example(lora_model, tokeniz
             compute_features(lora_model, items, proj, tokenizer.pad_token_id, None, max_tokens=1000)
     finally:
         mod.weight.data.copy_(saved)
+
+
+def test_all_checkpoints_in_one_pass_equal_one_checkpoint_at_a_time(lora_model, tokenizer):
+    from bidsml.features import CheckpointState, compute_features_checkpoints
+
+    items, _ = tokenize_all(tokenizer, make_examples(7, seed=5), 64)
+    proj, _ = _identity_projector(lora_model)
+    params = dict(lora_linears(lora_model))
+    original = {n: m.weight.detach().clone() for n, m in params.items()}
+    g = torch.Generator().manual_seed(7)
+    other = {n: w + 0.05 * torch.randn(w.shape, generator=g) for n, w in original.items()}
+    ckpts = [
+        CheckpointState(original, AdamTransform(_states(lora_model, seed=2))),
+        CheckpointState(other, AdamTransform(_states(lora_model, seed=3))),
+    ]
+    try:
+        together = compute_features_checkpoints(lora_model, items, proj, tokenizer.pad_token_id, ckpts, 10_000)
+        for ck, (f, n) in zip(ckpts, together):
+            with torch.no_grad():
+                for name, mod in params.items():
+                    mod.weight.copy_(ck.weights[name])
+            alone, n_alone = compute_features(lora_model, items, proj, tokenizer.pad_token_id, ck.transform, 10_000)
+            assert torch.equal(f, alone) and torch.equal(n, n_alone)
+        assert not torch.allclose(together[0][0], together[1][0], atol=1e-3)  # the checkpoints really differ
+    finally:
+        with torch.no_grad():
+            for name, mod in params.items():
+                mod.weight.copy_(original[name])
+    missing = dict(other)
+    del missing[sorted(missing)[1]]
+    with pytest.raises(FeatureError, match=r"checkpoint has no weights for LoRA parameter '.*lora_B"):
+        compute_features_checkpoints(
+            lora_model, items, proj, tokenizer.pad_token_id, [CheckpointState(missing, None)], 10_000
+        )
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_autocast_features_stay_close_to_fp32(lora_model, tokenizer, precision):
+    from bidsml.features import resolve_precision
+
+    items, _ = tokenize_all(tokenizer, make_examples(5, seed=9), 64)
+    shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(lora_model)}
+    proj = Projector("sjlt", 512, 0, shapes)
+    tf = AdamTransform(_states(lora_model))
+    ref, ref_n = compute_features(lora_model, items, proj, tokenizer.pad_token_id, tf, 10_000, "float32")
+    low, low_n = compute_features(lora_model, items, proj, tokenizer.pad_token_id, tf, 10_000, precision)
+    assert low.dtype == torch.float32  # accumulation and storage stay fp32
+    cos = (ref * low).sum(1)
+    assert cos.min() > 0.99, cos
+    assert not torch.equal(ref, low)  # autocast really ran in low precision
+    assert resolve_precision("auto", torch.device("cpu")) == "float32"
+    assert resolve_precision("float16", torch.device("cpu")) == "float16"

@@ -135,7 +135,9 @@ def test_sigkilled_writer_resumes_to_the_same_store(tmp_path):
     full = rng.normal(size=(70, 8)).astype(np.float32)
     np.save(tmp_path / "full.npy", full)
     root = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(root), str(tmp_path / "full.npy")], cwd=Path(__file__).parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(root), str(tmp_path / "full.npy")], cwd=Path(__file__).parents[1]
+    )
     assert proc.returncode == -9  # SIGKILL
     calls = []
 
