@@ -12,6 +12,7 @@ import json
 import math
 import random
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -57,12 +58,13 @@ def train_lora(
     seed: int,
     save_every_epoch: bool = True,
     progress: bool = True,
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> list[dict]:
     """Trains a fresh LoRA on `examples` and returns one dict per saved checkpoint.
 
     Checkpoints go to ``out_dir/epoch_<e>/`` (every epoch with
     `save_every_epoch`, else only the last). Each dict has ``epoch``, ``step``,
-    ``mean_lr`` and ``path``.
+    ``mean_lr`` and ``path``. `on_step(step, total_steps, loss)` is called after every optimizer step.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(model_cfg)
@@ -108,6 +110,8 @@ def train_lora(
             opt.zero_grad(set_to_none=True)
             step += 1
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            if on_step is not None:
+                on_step(step, total, loss.item())
         model.eval()
         last_epoch = epoch == train_cfg.epochs - 1
         if save_every_epoch or last_epoch:

@@ -302,13 +302,13 @@ def lineage(
         print(mermaid(recs))
         return
     for r in recs:
-        console.print(
-            f"[bold]{r['kind']}[/bold] {r['digest'][:16]} by step {r['step']} flow runs={[x['run_id'] for x in r['runs']]}"
-        )
-        console.print(f"   {r['uri']}")
-        console.print(f"   params: {json.dumps(r['params'], default=str)[:300]}")
+        runs = [f"{x['run_id']} (in {x.get('root_run_id') or '-'})" for x in r["runs"]]
+        console.print(f"[bold]{r['kind']}[/bold] {r['digest'][:16]} by step {r['step']}", highlight=False)
+        console.print(f"   flow runs: {', '.join(runs) or '-'}", highlight=False)
+        console.print(f"   {r['uri']}", highlight=False, soft_wrap=True)
+        console.print(f"   params: {json.dumps(r['params'], default=str)[:600]}", highlight=False, soft_wrap=True)
         for i in r["inputs"]:
-            console.print(f"   <- {i['kind']} {i['digest'][:16]}")
+            console.print(f"   <- {i['kind']} {i['digest'][:16]}", highlight=False)
 
 
 if __name__ == "__main__":

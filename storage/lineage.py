@@ -17,9 +17,19 @@ from storage.refs import ArtifactRef
 
 
 def record_artifact(
-    run_root: Path, ref: ArtifactRef, step: str, run_id: str | None, params: dict[str, Any], inputs: list[ArtifactRef]
+    run_root: Path,
+    ref: ArtifactRef,
+    step: str,
+    run_id: str | None,
+    params: dict[str, Any],
+    inputs: list[ArtifactRef],
+    root_run_id: str | None = None,
 ) -> Path:
-    """Writes (or extends) the lineage record of `ref`; returns its path."""
+    """Writes (or extends) the lineage record of `ref`; returns its path.
+
+    `run_id` is the step's flow run, `root_run_id` the pipeline / select run
+    that launched it; a cached rerun adds nothing (the task body does not run).
+    """
     folder = Path(run_root) / LINEAGE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{ref.identity[:24]}.json"  # identity, not digest: equal content may come from other inputs
@@ -38,7 +48,7 @@ def record_artifact(
         }
     )
     if run_id and run_id not in [r["run_id"] for r in rec["runs"]]:
-        rec["runs"].append({"run_id": run_id, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        rec["runs"].append({"run_id": run_id, "root_run_id": root_run_id, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     path.write_text(json.dumps(rec, indent=1, default=str))
     return path
 

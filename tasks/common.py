@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import CachePolicy
 from prefect.context import get_run_context
 
@@ -93,6 +93,16 @@ def flow_run_id() -> str | None:
     return str(getattr(fr, "id", fr)) if fr else None
 
 
+def root_flow_run_id() -> str | None:
+    """Returns the id of the outermost flow run (the pipeline or `select` run a user launched)."""
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.root_flow_run_id) if flow_run.root_flow_run_id else None
+    except Exception:
+        return None
+
+
 MAX_INLINE_PNG = 2_000_000  # bytes; larger plots are linked by path only
 
 
@@ -125,7 +135,7 @@ def publish(
     The summary gives the inputs, parameters, counts, wall time, output
     location and `images` (title -> PNG) inline.
     """
-    record_artifact(Path(ref.uri).parents[2], ref, step, flow_run_id(), params, inputs)
+    record_artifact(Path(ref.uri).parents[2], ref, step, flow_run_id(), params, inputs, root_flow_run_id())
     lines = [
         f"### {step}: `{ref.kind}` artifact",
         f"- location: `{ref.uri}`",
@@ -145,3 +155,20 @@ def publish(
     except Exception:  # no Prefect run context (task.fn in tests)
         pass
     return ref
+
+
+class Progress:
+    """A Prefect progress artifact (the UI's progress bar of a long step); silent outside a run."""
+
+    def __init__(self, key: str, description: str):
+        try:
+            self.id = create_progress_artifact(progress=0.0, key=key, description=description)
+        except Exception:  # no Prefect run context
+            self.id = None
+        self.last = 0.0
+
+    def update(self, done: float, total: float) -> None:
+        pct = 100.0 * done / max(total, 1)
+        if self.id is not None and (pct - self.last >= 2.0 or done >= total):  # at most ~50 updates
+            update_progress_artifact(self.id, progress=pct)
+            self.last = pct

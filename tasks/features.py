@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 from prefect import task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from tqdm.auto import tqdm
 
 import bidsml.features
@@ -29,7 +28,7 @@ from bidsml.train import OPTIMIZER_FILE
 from storage.gradients import write_chunks_checkpoints
 from storage.names import POOL_FILE, VAL_FILE
 from storage.refs import ArtifactRef, Plan, materialize
-from tasks.common import ArtifactCachePolicy, code_version, model_inputs, publish, ref_inputs, run_root
+from tasks.common import ArtifactCachePolicy, Progress, code_version, model_inputs, publish, ref_inputs, run_root
 from tasks.data import load_split
 from tasks.warmup import load_checkpoints
 
@@ -52,13 +51,6 @@ def plan_features(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) -> Plan:
             "code": CODE,
         },
     )
-
-
-def _progress():
-    try:
-        return create_progress_artifact(progress=0.0, key="features-progress", description="gradient feature chunks")
-    except Exception:
-        return None
 
 
 def _checkpoint_states(model, warm: ArtifactRef, ckpts: list[dict], eps_inside_sqrt: bool) -> list[CheckpointState]:
@@ -105,7 +97,7 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
         projector = Projector(fc.projector, fc.proj_dim, fc.proj_seed, shapes)
         states = _checkpoint_states(model, warm, ckpts, fc.eps_inside_sqrt)
         total = sum((len(v) + fc.chunk_rows - 1) // fc.chunk_rows for v in splits.values())
-        progress_id = _progress()
+        progress = Progress("features-progress", "gradient feature chunks")
         bar = tqdm(total=total, desc=f"feature chunks ({len(ckpts)} checkpoints per pass)")
         done = 0
         for split, items in splits.items():
@@ -124,8 +116,7 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
                 nonlocal done
                 done += 1
                 bar.update(1)
-                if progress_id is not None:
-                    update_progress_artifact(progress_id, progress=100.0 * done / total)
+                progress.update(done, total)
 
             write_chunks_checkpoints(
                 work, split, list(range(len(ckpts))), len(items), fc.proj_dim, fc.chunk_rows, compute, on_chunk

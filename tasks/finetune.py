@@ -15,7 +15,7 @@ from bidsml.model import load_tokenizer
 from bidsml.train import train_lora
 from storage.names import SUBSET_JSONL
 from storage.refs import ArtifactRef, Plan, materialize
-from tasks.common import ArtifactCachePolicy, code_version, model_inputs, publish, ref_inputs, run_root
+from tasks.common import ArtifactCachePolicy, Progress, code_version, model_inputs, publish, ref_inputs, run_root
 
 CODE = code_version(bidsml.train)
 ADAPTER_DIR = "adapter"
@@ -44,8 +44,16 @@ def finetune(recipe: Recipe, selection: ArtifactRef, refresh: bool = False) -> A
     def build(work: Path) -> dict:
         subset, _ = read_jsonl(selection.path / SUBSET_JSONL)
         items, counts = tokenize_all(load_tokenizer(recipe.model), subset, recipe.model.max_seq_length)
+        progress = Progress("finetune-progress", f"fine-tuning on {selection.meta.get('method')} subset")
         ckpts = train_lora(
-            recipe.model, recipe.lora, recipe.finetune, items, work / "train", recipe.seed, save_every_epoch=False
+            recipe.model,
+            recipe.lora,
+            recipe.finetune,
+            items,
+            work / "train",
+            recipe.seed,
+            save_every_epoch=False,
+            on_step=lambda s, t, _: progress.update(s, t),
         )
         last = work / "train" / ckpts[-1]["path"]
         last.rename(work / ADAPTER_DIR)

@@ -16,7 +16,7 @@ from bidsml.model import load_tokenizer
 from bidsml.train import checkpoint_weights, train_lora
 from storage.names import CHECKPOINTS_FILE, POOL_FILE
 from storage.refs import ArtifactRef, Plan, materialize
-from tasks.common import ArtifactCachePolicy, code_version, model_inputs, publish, ref_inputs, run_root
+from tasks.common import ArtifactCachePolicy, Progress, code_version, model_inputs, publish, ref_inputs, run_root
 from tasks.data import load_split
 
 CODE = code_version(bidsml.train)
@@ -52,7 +52,16 @@ def warmup(recipe: Recipe, data: ArtifactRef, refresh: bool = False) -> Artifact
         pool = load_split(data, POOL_FILE)
         rows = warmup_subset(len(pool), recipe.warmup.fraction, recipe.seed)
         items, counts = tokenize_all(load_tokenizer(recipe.model), [pool[i] for i in rows], recipe.model.max_seq_length)
-        ckpts = train_lora(recipe.model, recipe.lora, recipe.warmup, items, work, recipe.seed)
+        progress = Progress("warmup-progress", "warmup LoRA training steps")
+        ckpts = train_lora(
+            recipe.model,
+            recipe.lora,
+            recipe.warmup,
+            items,
+            work,
+            recipe.seed,
+            on_step=lambda s, t, _: progress.update(s, t),
+        )
         weights = checkpoint_weights([c["mean_lr"] for c in ckpts])
         for c, w in zip(ckpts, weights):
             c["weight"] = w
