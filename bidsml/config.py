@@ -58,9 +58,8 @@ class PoolSource(_Stage):
 
 
 class TargetTask(_Stage):
-    task: str = Field(..., description="Target benchmark: mmlu, arc_challenge, gsm8k, humaneval, mbpp.")
-    n_val: int = Field(2, gt=0, description="Validation examples (dev/few-shot split) used for influence.")
-    n_test: int = Field(20, gt=0, description="Test items scored in evaluation (disjoint from validation).")
+    task: str = Field(..., description="Target task: mmlu, arc_challenge, gsm8k, humaneval, mbpp, bbh.")
+    n_val: int = Field(2, gt=0, description="Validation examples (dev/few-shot material) used for influence.")
 
 
 class DataConfig(_Stage):
@@ -124,9 +123,35 @@ class SelectionConfig(_Stage):
         return v
 
 
+DEFAULT_BENCHMARKS = {"mmlu": 57, "arc_challenge": 50, "gsm8k": 20, "humaneval": 20, "mbpp": 20, "bbh": 24}
+
+
 class EvalConfig(_Stage):
-    batch_size: int = Field(8, gt=0, description="Sequences per scoring batch.")
-    fewshot: int = Field(0, ge=0, description="Few-shot examples in MC prompts (from the dev split).")
+    benchmarks: dict[str, int | None] = Field(
+        DEFAULT_BENCHMARKS,
+        description="Benchmark -> item limit (spread over its subjects/subtasks; null: all items). "
+        "Built-in: mmlu, arc_challenge, gsm8k, humaneval, mbpp, bbh.",
+    )
+    batch_size: int = Field(8, gt=0, description="Sequences per log-likelihood scoring batch.")
+    gen_batch_size: int = Field(8, gt=0, description="Sequences per generation batch.")
+    max_length: int = Field(2048, gt=16, description="Context length for evaluation prompts (left-truncated).")
+    max_new_tokens: int = Field(384, gt=0, description="Cap on generated tokens (each benchmark has its own).")
+    sandbox_timeout_s: float = Field(10.0, gt=0, description="Wall-clock limit per generated program.")
+    sandbox_memory_mb: int = Field(1024, gt=64, description="Address-space limit per generated program.")
+    decontamination_ngram: int = Field(13, gt=3, description="Word n-gram size of the pool/test overlap check.")
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, v: dict[str, int | None]) -> dict[str, int | None]:
+        known = ("mmlu", "arc_challenge", "gsm8k", "humaneval", "mbpp", "bbh")
+        for name, limit in v.items():
+            if name not in known:
+                raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(known)}")
+            if limit is not None and limit <= 0:
+                raise ValueError(f"benchmark {name!r}: limit must be positive (or null for all items)")
+        if not v:
+            raise ValueError("evaluate at least one benchmark")
+        return v
 
 
 class Recipe(_Stage):

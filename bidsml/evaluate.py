@@ -1,21 +1,25 @@
-"""Evaluation: multiple-choice accuracy and gold-answer NLL per task.
+"""Evaluation harness: batched log-likelihood scoring, batched generation, sandboxed tests.
 
-Multiple-choice items (MMLU, ARC) are scored in the MC format: the option
-whose letter has the highest log-probability after the chat prompt wins.
-Every item also gets the mean per-token negative log-likelihood of its gold
-answer, a smooth metric that small models still move.
+Multiple-choice items (MMLU, ARC) are scored from one forward pass over
+prompt + gold continuation: the option letter with the highest
+log-probability after the prompt wins, and the same pass gives the gold
+NLL (mean per-token negative log-likelihood, a smooth metric that small
+models still move). Generation items (GSM8K, HumanEval, MBPP, BBH) are
+decoded greedily in left-padded batches with a KV cache and stop sequences;
+code runs in `bidsml.sandbox`. See `bidsml.benchmarks` for the protocols.
 """
 
 from __future__ import annotations
 
-import math
+import re
 from collections import defaultdict
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bidsml.data import Example, prompt_and_answer
-from bidsml.sources import LETTERS
+from bidsml.benchmarks import BenchItem
+from bidsml.sandbox import Limits, run_programs
 
 
 @torch.no_grad()
@@ -54,69 +58,244 @@ def continuation_logprobs(
             seq = encoded[i][0] + encoded[i][1]
             ids[b, : len(seq)] = torch.tensor(seq)
             mask[b, : len(seq)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        hidden = _hidden_states(model, ids.to(device), mask.to(device))  # (B, L, H): logits only where scored
         for b, i in enumerate(idx):
             p, c = encoded[i]
-            logp = torch.log_softmax(logits[b, len(p) - 1 : len(p) + len(c) - 1].float(), dim=-1)  # (len(c), V)
+            logits = _lm_head(model)(hidden[b, len(p) - 1 : len(p) + len(c) - 1])
+            logp = torch.log_softmax(logits.float(), dim=-1)  # (len(c), V)
             total = logp[torch.arange(len(c)), torch.tensor(c, device=device)].sum().item()
             first = logp[0, cands[i]].tolist() if cands[i] else None
             out[i] = (total, len(c), first)
     return out
 
 
-def evaluate_items(model, tokenizer, items: list[Example], batch_size: int, max_len: int) -> list[dict]:
-    """Returns one row per item: id, task, capability, correct (MC only, else None), nll."""
-    prompts = [prompt_and_answer(tokenizer, ex) for ex in items]
-    letter_ids = [tokenizer(L, add_special_tokens=False)["input_ids"][0] for L in LETTERS]
-    cands = [letter_ids[: len(ex.choices)] if ex.choices else None for ex in items]
-    scored = continuation_logprobs(model, tokenizer, prompts, batch_size, max_len, cands, desc="evaluate")
+def _causal_lm(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _hidden_states(model, ids, mask):
+    return _causal_lm(model).model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def _lm_head(model):
+    return _causal_lm(model).lm_head
+
+
+def _tokens(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    stop: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    max_len: int,
+    desc: str = "generate",
+) -> list[str]:
+    """Returns greedy continuations, cut at the first stop sequence: batched, left-padded, with a KV cache.
+
+    Prompts are truncated from the left to leave room for `max_new_tokens`;
+    batches are length-sorted so little padding is computed.
+    """
+    device = next(model.parameters()).device
+    keep = max(1, max_len - max_new_tokens)
+    encoded = [_tokens(tokenizer, p)[-keep:] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    out: list[str] = [""] * len(prompts)
+    pad = tokenizer.pad_token_id
+    for s in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        idx = order[s : s + batch_size]
+        L = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), L), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, i in enumerate(idx):
+            ids[b, L - len(encoded[i]) :] = torch.tensor(encoded[i])
+            mask[b, L - len(encoded[i]) :] = 1
+        gen = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=True,
+            stop_strings=stop or None,
+            tokenizer=tokenizer,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        for b, i in enumerate(idx):
+            text = tokenizer.decode(gen[b, L:], skip_special_tokens=True)
+            out[i] = cut_at_stop(text, stop)
+    return out
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    """Returns text up to the first stop sequence."""
+    cut = len(text)
+    for s in stop:
+        k = text.find(s)
+        if k >= 0:
+            cut = min(cut, k)
+    return text[:cut]
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def final_number(text: str) -> str | None:
+    """Returns the answer number of a chain of thought: after 'the answer is' if present, else the last number."""
+    m = re.search(r"answer is\s*\$?(-?\d[\d,]*(?:\.\d+)?)", text, flags=re.I)
+    nums = [m.group(1)] if m else _NUMBER.findall(text)
+    if not nums:
+        return None
+    n = nums[-1].replace(",", "").rstrip(".")
+    if "." in n:
+        n = n.rstrip("0").rstrip(".")
+    return n
+
+
+def score_generation(item: BenchItem, text: str) -> float:
+    """Returns 1.0 when a generated answer matches (GSM8K: final number; BBH: first line, exact), else 0.0."""
+    if item.benchmark == "gsm8k":
+        return float(final_number(text) in item.answers)
+    return float(text.strip() in item.answers)
+
+
+def program(item: BenchItem, completion: str) -> str:
+    """Returns the program that tests a code completion."""
+    return item.code_prefix + completion + item.code_suffix
+
+
+def evaluate_benchmark_items(
+    model,
+    tokenizer,
+    items: list[BenchItem],
+    batch_size: int,
+    gen_batch_size: int,
+    max_len: int,
+    max_new_tokens: int,
+    limits: Limits = Limits(),
+    workers: int = 2,
+) -> list[dict]:
+    """Returns one row per item: ids, benchmark, task, capability, metric, score (0/1), gold NLL, output.
+
+    MC items: the highest-scoring option letter after the prompt (one forward
+    pass, which also gives the gold NLL). Generation items: greedy decoding,
+    exact match (GSM8K's final number, BBH's answer) or pass@1 by running the
+    benchmark's tests in the sandbox.
+    """
+    pairs = [(it.prompt, it.gold_text) for it in items]
+    cands = [[_tokens(tokenizer, c)[0] for c in it.choices] if it.choices else None for it in items]
+    scored = continuation_logprobs(model, tokenizer, pairs, batch_size, max_len, cands, desc="score")
+    outputs: dict[int, str] = {}
+    by_bench: dict[str, list[int]] = defaultdict(list)
+    for k, it in enumerate(items):
+        if it.max_new_tokens:
+            by_bench[it.benchmark].append(k)
+    for bench, ks in by_bench.items():
+        first = items[ks[0]]
+        texts = generate(
+            model,
+            tokenizer,
+            [items[k].prompt for k in ks],
+            first.stop,
+            min(first.max_new_tokens, max_new_tokens),
+            gen_batch_size,
+            max_len,
+            desc=f"generate {bench}",
+        )
+        outputs.update(zip(ks, texts))
+    code = [k for k in outputs if items[k].code_suffix]
+    results = run_programs([program(items[k], outputs[k]) for k in code], limits, workers)
+    passed = {k: float(r.passed) for k, r in zip(code, results)}
     rows = []
-    for ex, (lp, cnt, first) in zip(items, scored):
-        correct = None
-        if first is not None:
-            correct = float(max(range(len(first)), key=lambda k: (first[k], -k)) == ex.gold)
+    for k, (it, (lp, cnt, first)) in enumerate(zip(items, scored)):
+        if it.choices:
+            score = float(max(range(len(first)), key=lambda j: (first[j], -j)) == it.gold)
+        elif k in passed:
+            score = passed[k]
+        else:
+            score = score_generation(it, outputs[k])
         rows.append(
-            {"id": ex.id, "task": ex.task, "capability": ex.capability, "correct": correct, "nll": -lp / max(cnt, 1)}
+            {
+                "id": it.id,
+                "benchmark": it.benchmark,
+                "task": it.task,
+                "capability": it.capability,
+                "metric": it.metric,
+                "score": score,
+                "nll": -lp / max(cnt, 1),
+                "output": outputs.get(k),
+            }
         )
     return rows
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Returns per-task rows (task, capability, n, accuracy, nll) plus macro-average and worst task."""
-    by_task: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_task[r["task"]].append(r)
+    """Returns summary rows (level, name, capability, metric, n, score, nll).
+
+    Levels: `task` (subject / subtask), `benchmark` (its standard metric,
+    micro-averaged over its items), `capability` (mean of its benchmarks),
+    and `overall`: macro-average over benchmarks and the worst benchmark.
+    """
+    df = pd.DataFrame(rows)
     out = []
-    for task in sorted(by_task):
-        rs = by_task[task]
-        acc = [r["correct"] for r in rs if r["correct"] is not None]
+    for (bench, task), g in df.groupby(["benchmark", "task"], sort=True):
+        if task != bench:
+            out.append(_row("task", f"{bench}/{task}", g))
+    bench_rows = []
+    for bench, g in df.groupby("benchmark", sort=True):
+        bench_rows.append(_row("benchmark", bench, g))
+    out += bench_rows
+    b = pd.DataFrame(bench_rows)
+    for cap, g in b.groupby("capability", sort=True):
         out.append(
             {
-                "task": task,
-                "capability": rs[0]["capability"],
-                "n": len(rs),
-                "accuracy": sum(acc) / len(acc) if acc else None,
-                "nll": sum(r["nll"] for r in rs) / len(rs),
+                "level": "capability",
+                "name": cap,
+                "capability": cap,
+                "metric": "mean of benchmarks",
+                "n": int(g["n"].sum()),
+                "score": float(g["score"].mean()),
+                "nll": float(g["nll"].mean()),
             }
         )
-    accs = [r["accuracy"] for r in out if r["accuracy"] is not None]
-    nlls = [r["nll"] for r in out]
     out.append(
         {
-            "task": "macro-average",
+            "level": "overall",
+            "name": "macro-average",
             "capability": "all",
-            "n": len(rows),
-            "accuracy": sum(accs) / len(accs) if accs else None,
-            "nll": sum(nlls) / len(nlls),
+            "metric": "mean of benchmarks",
+            "n": int(b["n"].sum()),
+            "score": float(b["score"].mean()),
+            "nll": float(b["nll"].mean()),
         }
     )
+    worst = b.loc[b["score"].idxmin()]
     out.append(
         {
-            "task": "worst-task",
-            "capability": "all",
-            "n": len(rows),
-            "accuracy": min(accs) if accs else None,
-            "nll": max(nlls) if nlls else math.nan,
+            "level": "overall",
+            "name": "worst-task",
+            "capability": worst["capability"],
+            "metric": f"min over benchmarks ({worst['name']})",
+            "n": int(worst["n"]),
+            "score": float(worst["score"]),
+            "nll": float(b["nll"].max()),
         }
     )
     return out
+
+
+def _row(level: str, name: str, g: pd.DataFrame) -> dict:
+    return {
+        "level": level,
+        "name": name,
+        "capability": g["capability"].iloc[0],
+        "metric": g["metric"].iloc[0],
+        "n": len(g),
+        "score": float(g["score"].mean()),
+        "nll": float(g["nll"].mean()),
+    }

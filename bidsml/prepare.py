@@ -48,37 +48,30 @@ def load_pool(cfg: DataConfig, seed: int) -> tuple[list[Example], dict]:
 
 def load_targets(
     cfg: DataConfig, seed: int, fits: Callable[[Example], bool] | None = None
-) -> tuple[list[Example], list[Example], dict]:
-    """Returns (validation examples, test items, counts); the two never share an id.
+) -> tuple[list[Example], dict]:
+    """Returns (validation examples, counts) from the targets' dev / few-shot material.
 
     Validation examples are sampled among the candidates that `fits` accepts
     (those with an assistant token left within max_seq_length); the number
-    passed over is reported.
+    passed over is reported. The items evaluation scores (`bidsml.benchmarks`)
+    never include these.
     """
-    val, test, counts = [], [], {}
+    val, counts = [], {}
     for t in cfg.targets:
-        v_all, t_all = load_target(t.task)
+        v_all, _ = load_target(t.task)
         n_candidates = len(v_all)
         if fits is not None:
             v_all = [e for e in v_all if fits(e)]
         v = sample_balanced(v_all, t.n_val, seed)
-        te = sample_balanced(t_all, t.n_test, seed + 1)
-        if len(v) < t.n_val or len(te) < t.n_test:
+        if len(v) < t.n_val:
             too_long = n_candidates - len(v_all)
             raise DataError(
-                f"target {t.task!r}: asked for {t.n_val} validation / {t.n_test} test examples, have {len(v_all)} / {len(t_all)}"
-                + (f" ({too_long} validation candidates do not fit in max_seq_length)" if too_long else "")
+                f"target {t.task!r}: asked for {t.n_val} validation examples, have {len(v_all)}"
+                + (f" ({too_long} candidates do not fit in max_seq_length)" if too_long else "")
             )
         val.extend(v)
-        test.extend(te)
-        counts[t.task] = {
-            "val": len(v),
-            "test": len(te),
-            "val_too_long": n_candidates - len(v_all),
-            "val_available": len(v_all),
-            "test_available": len(t_all),
-        }
-    return val, test, counts
+        counts[t.task] = {"val": len(v), "val_too_long": n_candidates - len(v_all), "val_available": len(v_all)}
+    return val, counts
 
 
 def fits_in(tokenizer, max_seq_length: int) -> Callable[[Example], bool]:

@@ -15,22 +15,31 @@ from bidsml.selection import selection_label
 
 
 def evaluation_frame(tables: list[dict]) -> pd.DataFrame:
-    """Returns one row per (model, task) from evaluation summaries {"model", "tasks": [...]}."""
+    """Returns one row per (model, summary row) from evaluation summaries {"model", "tasks": [...]}."""
     rows = [{"model": t["model"], **r} for t in tables for r in t["tasks"]]
     return pd.DataFrame(rows)
 
 
 def plot_evaluation(df: pd.DataFrame, path: Path) -> Path:
-    """Saves a grouped bar chart of accuracy and gold NLL per task and model; returns the path."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for ax, metric in zip(axes, ["accuracy", "nll"]):
-        piv = df.pivot_table(index="task", columns="model", values=metric, aggfunc="first")
+    """Saves grouped bars of each benchmark's standard metric and gold NLL (plus capability and overall
+    rows) per model; returns the path."""
+    df = df[df["level"] != "task"]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+    for ax, metric in zip(axes, ["score", "nll"]):
+        piv = df.pivot_table(index="name", columns="model", values=metric, aggfunc="first", sort=False)
         piv = piv.dropna(how="all")
         if piv.empty:
             ax.set_axis_off()
             continue
-        piv.plot.bar(ax=ax, rot=30)
-        ax.set_title({"accuracy": "MC accuracy (higher is better)", "nll": "gold-answer NLL (lower is better)"}[metric])
+        piv.plot.bar(ax=ax, rot=35)
+        ax.set_xlabel("")
+        ax.set_title(
+            {
+                "score": "standard metric: accuracy / exact match / pass@1 (higher is better)",
+                "nll": "gold-answer NLL (lower is better)",
+            }[metric],
+            fontsize=9,
+        )
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -70,12 +79,32 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def evaluation_pivot(df: pd.DataFrame) -> pd.DataFrame:
-    """Returns a task x model table of 'accuracy / nll'."""
-    df = df.copy()
-    df["cell"] = [f"{_fmt(a)} / {_fmt(n)}" for a, n in zip(df["accuracy"], df["nll"])]
-    piv = df.pivot_table(index="task", columns="model", values="cell", aggfunc="first", sort=False)
+def evaluation_pivot(
+    df: pd.DataFrame, levels: tuple[str, ...] = ("benchmark", "capability", "overall")
+) -> pd.DataFrame:
+    """Returns a (row name, metric) x model table of 'score / nll' for the given summary levels."""
+    df = df[df["level"].isin(levels)].copy()
+    df["cell"] = [f"{_fmt(a)} / {_fmt(n)}" for a, n in zip(df["score"], df["nll"])]
+    df["metric"] = [m if lv == "benchmark" else "" for m, lv in zip(df["metric"], df["level"])]
+    piv = df.pivot_table(index=["name", "metric"], columns="model", values="cell", aggfunc="first", sort=False)
     return piv.reset_index()
+
+
+def contamination_frame(evaluation: dict) -> pd.DataFrame:
+    """Returns per benchmark: scored items, items sharing an n-gram with the pool, and example pairs."""
+    c = evaluation.get("contamination") or {"benchmarks": {}}
+    return pd.DataFrame(
+        [
+            {
+                "benchmark": b,
+                "limit": (evaluation.get("limits") or {}).get(b),
+                "items": r["n_items"],
+                f"overlapping ({c.get('ngram')}-gram)": r["n_overlapping"],
+                "examples": ", ".join(f"{p['item']}~{p['pool']}" for p in r["pairs"][:3]),
+            }
+            for b, r in c["benchmarks"].items()
+        ]
+    )
 
 
 def composition_frame(selections: list[dict]) -> pd.DataFrame:
@@ -117,14 +146,19 @@ def write_report(
         "",
         f"Pool: {data_summary.get('pool_out')} examples kept of {data_summary.get('pool_in')} "
         f"({data_summary.get('n_rejected', 0)} rejected, {data_summary.get('pool_truncated', 0)} truncated); "
-        f"{data_summary.get('n_val')} validation examples, {data_summary.get('n_test')} test items.",
+        f"{data_summary.get('n_val')} validation examples (dev / few-shot material of the targets).",
         "",
-        "## Evaluation (MC accuracy / gold-answer NLL)",
+        "## Evaluation (standard metric / gold-answer NLL)",
+        "",
+        "Per benchmark its standard metric (MMLU, ARC: accuracy; GSM8K, BBH-derived: exact match; HumanEval, "
+        "MBPP: pass@1), per capability the mean of its benchmarks, then the macro-average and the worst "
+        "benchmark. Per-subject rows are in `evaluation.csv`.",
         "",
         markdown_table(evaluation_pivot(ev)),
         "",
         "![evaluation](evaluation.png)",
         "",
+        *_evaluation_notes(eval_tables),
         "## Selections (composition by source and by most-influenced task)",
         "",
         markdown_table(composition_frame(selections)),
@@ -155,6 +189,21 @@ def write_report(
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _evaluation_notes(eval_tables: list[dict]) -> list[str]:
+    base = eval_tables[0] if eval_tables else {}
+    lines = []
+    if base.get("contamination"):
+        lines += [
+            "### Decontamination: scored items sharing a word n-gram with the pool",
+            "",
+            markdown_table(contamination_frame(base)),
+            "",
+        ]
+    if base.get("bbh_tasks"):
+        lines += [f"BBH-derived tasks ({len(base['bbh_tasks'])}): {', '.join(base['bbh_tasks'])}.", ""]
+    return lines
 
 
 def plot_influence_distributions(A, tasks: list[str], path: Path) -> Path:

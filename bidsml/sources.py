@@ -11,6 +11,7 @@ evaluation), always disjoint.
 from __future__ import annotations
 
 import ast
+import functools
 import gzip
 import importlib.util
 import json
@@ -251,7 +252,14 @@ def load_pool_source(name: str) -> list[Example]:
 # ---------------------------------------------------------------------------
 # Targets: (validation candidates, test candidates), disjoint by construction
 
-CAPABILITY = {"mmlu": "knowledge", "arc_challenge": "reasoning", "gsm8k": "math", "humaneval": "code", "mbpp": "code"}
+CAPABILITY = {
+    "mmlu": "knowledge",
+    "arc_challenge": "reasoning",
+    "gsm8k": "math",
+    "humaneval": "code",
+    "mbpp": "code",
+    "bbh": "reasoning",
+}
 
 
 def _mc_example(task: str, i, question: str, choices: list[str], gold: int, subtask: str | None = None) -> Example:
@@ -357,7 +365,14 @@ def _split_half(items: list[Example]) -> tuple[list[Example], list[Example]]:
     return [items[i] for i in sorted(order[:cut])], [items[i] for i in sorted(order[cut:])]
 
 
+def _bbh() -> tuple[list[Example], list[Example]]:
+    from bidsml.benchmarks import bbh_validation  # the shots of the BBH-derived tasks
+
+    return bbh_validation(), []
+
+
 TARGETS: dict[str, Callable[[], tuple[list[Example], list[Example]]]] = {
+    "bbh": _bbh,
     "mmlu": _mmlu,
     "arc_challenge": _arc,
     "gsm8k": _gsm8k,
@@ -366,11 +381,17 @@ TARGETS: dict[str, Callable[[], tuple[list[Example], list[Example]]]] = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _load_target_cached(task: str) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
+    val, test = TARGETS[task]()
+    return tuple(val), tuple(test)
+
+
 def load_target(task: str) -> tuple[list[Example], list[Example]]:
     """Returns (validation candidates, test candidates) for a target task."""
     if task not in TARGETS:
         raise DataError(f"unknown target task {task!r}; built-in: {', '.join(TARGETS)}")
-    val, test = TARGETS[task]()
+    val, test = (list(x) for x in _load_target_cached(task))
     overlap = {e.id for e in val} & {e.id for e in test}
     if overlap:
         raise DataError(f"target {task!r}: validation and test share ids {sorted(overlap)[:5]}")

@@ -131,7 +131,7 @@ def _post_run_artifacts(report: Path, evals: list, selections: list, graph: str,
     create_markdown_artifact(
         inline_images(report.read_text(), report.parent), key="run-report", description="run report"
     )
-    ev = evaluation_pivot(evaluation_frame([e.meta for e in evals])).reset_index()
+    ev = evaluation_pivot(evaluation_frame([e.meta for e in evals]))
     create_table_artifact(ev.astype(str).to_dict(orient="records"), key="evaluation", description="evaluation")
     comp = composition_frame([s.meta for s in selections]).reset_index()
     create_table_artifact(

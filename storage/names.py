@@ -13,7 +13,6 @@ PARTIAL_SUFFIX = ".partial"  # an artifact being built (resumable)
 # data artifact
 POOL_FILE = "pool.jsonl"
 VAL_FILE = "validation.jsonl"
-TEST_FILE = "test.jsonl"
 DATA_REPORT = "report.json"
 
 # warmup / finetune artifact

@@ -14,7 +14,7 @@ import bidsml.sources
 from bidsml.config import Recipe
 from bidsml.data import write_jsonl
 from bidsml.model import load_tokenizer, model_fingerprint
-from storage.names import DATA_REPORT, POOL_FILE, TEST_FILE, VAL_FILE
+from storage.names import DATA_REPORT, POOL_FILE, VAL_FILE
 from storage.refs import ArtifactRef, Plan, file_sha256, materialize
 from tasks.common import ArtifactCachePolicy, code_version, publish, run_root
 
@@ -46,11 +46,10 @@ def prepare_data(recipe: Recipe, refresh: bool = False) -> ArtifactRef:
         tok = load_tokenizer(recipe.model)
         pool, pool_counts = bidsml.prepare.load_pool(recipe.data, recipe.seed)
         fits = bidsml.prepare.fits_in(tok, recipe.model.max_seq_length)
-        val, test, target_counts = bidsml.prepare.load_targets(recipe.data, recipe.seed, fits)
+        val, target_counts = bidsml.prepare.load_targets(recipe.data, recipe.seed, fits)
         kept, rejected, truncated = bidsml.prepare.drop_untrainable(tok, pool, recipe.model)
         write_jsonl(kept, work / POOL_FILE)
         write_jsonl(val, work / VAL_FILE)
-        write_jsonl(test, work / TEST_FILE)
         report = {
             "pool_in": len(pool),
             "pool_out": len(kept),
@@ -59,7 +58,6 @@ def prepare_data(recipe: Recipe, refresh: bool = False) -> ArtifactRef:
             "sources": pool_counts,
             "targets": target_counts,
             "n_val": len(val),
-            "n_test": len(test),
         }
         (work / DATA_REPORT).write_text(json.dumps(report, indent=1))
         return {k: v for k, v in report.items() if k != "pool_rejected"} | {"n_rejected": len(rejected)}
@@ -69,6 +67,6 @@ def prepare_data(recipe: Recipe, refresh: bool = False) -> ArtifactRef:
 
 
 def load_split(ref: ArtifactRef, name: str) -> list[bidsml.data.Example]:
-    """Returns the examples of one split file (pool / validation / test) of a data artifact."""
+    """Returns the examples of one split file (pool / validation) of a data artifact."""
     exs, _ = bidsml.data.read_jsonl(ref.path / name)
     return exs

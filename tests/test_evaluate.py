@@ -1,34 +1,35 @@
-"""Evaluation: batched scoring equals one-at-a-time scoring; MC accuracy and summaries."""
+"""Evaluation harness: batched scoring and generation equal one-at-a-time; metrics; protocols; decontamination."""
 
 import pytest
 import torch
 
+from bidsml.benchmarks import (
+    BBH_TASKS,
+    BenchItem,
+    contamination,
+    load_benchmark,
+    sample_items,
+)
 from bidsml.data import Example
-from bidsml.evaluate import continuation_logprobs, evaluate_items, summarize
+from bidsml.evaluate import (
+    continuation_logprobs,
+    evaluate_benchmark_items,
+    final_number,
+    generate,
+    program,
+    summarize,
+)
 from bidsml.model import load_base_model
-from bidsml.sources import mc_answer, mc_prompt
+from bidsml.sandbox import Limits, run_program
+from bidsml.sources import load_target
 from tests.conftest import TINY
+
+LIMITS = Limits(timeout_s=5, cpu_s=5, memory_mb=512)
 
 
 @pytest.fixture(scope="module")
 def model():
     return load_base_model(TINY, seed=0)
-
-
-def _mc(i, gold):
-    choices = ["red", "green", "blue", "cyan"]
-    return Example(
-        id=f"q{i}",
-        source="t",
-        task="quiz",
-        capability="knowledge",
-        choices=choices,
-        gold=gold,
-        messages=[
-            {"role": "user", "content": mc_prompt(f"Color number {i}?", choices)},
-            {"role": "assistant", "content": mc_answer(choices, gold)},
-        ],
-    )
 
 
 def test_batched_scores_equal_single_item_scores(model, tokenizer):
@@ -41,7 +42,6 @@ def test_batched_scores_equal_single_item_scores(model, tokenizer):
     for pair, (lp, n, _) in zip(pairs, batched):
         ((single, n1, _),) = continuation_logprobs(model, tokenizer, [pair], batch_size=1, max_len=64)
         assert n == n1 and lp == pytest.approx(single, abs=1e-4)
-    # against a direct computation
     p = tokenizer(pairs[1][0], add_special_tokens=False)["input_ids"]
     c = tokenizer(pairs[1][1], add_special_tokens=False)["input_ids"]
     with torch.no_grad():
@@ -50,29 +50,133 @@ def test_batched_scores_equal_single_item_scores(model, tokenizer):
     assert batched[1][0] == pytest.approx(ref, abs=1e-4)
 
 
-def test_mc_accuracy_picks_the_most_likely_letter(model, tokenizer):
-    items = [_mc(i, g) for i, g in enumerate([0, 1, 2, 3, 0, 1])]
-    rows = evaluate_items(model, tokenizer, items, batch_size=4, max_len=128)
-    letter_ids = [tokenizer(L, add_special_tokens=False)["input_ids"][0] for L in "ABCD"]
-    from bidsml.data import prompt_and_answer
+def test_batched_left_padded_generation_equals_one_at_a_time(model, tokenizer):
+    prompts = ["def add(a, b):", "Question: what is two plus two?\nAnswer:", "x"]
+    batched = generate(model, tokenizer, prompts, [], 6, batch_size=3, max_len=64)
+    for p, b in zip(prompts, batched):
+        assert generate(model, tokenizer, [p], [], 6, batch_size=1, max_len=64) == [b]
+    # greedy: equals argmax decoding by hand
+    ids = tokenizer(prompts[0], add_special_tokens=False)["input_ids"]
+    for _ in range(6):
+        with torch.no_grad():
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    assert batched[0] == tokenizer.decode(ids[-6:], skip_special_tokens=True)
 
-    for ex, row in zip(items, rows):
-        prompt, _ = prompt_and_answer(tokenizer, ex)
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+def test_final_number_and_exact_match():
+    assert final_number("3 + 4 = 7. So the answer is 1,234.") == "1234"
+    assert final_number("we get 5 then 12.50") == "12.5"
+    assert final_number("no digits") is None
+
+
+def _mc_item(i, gold):
+    return BenchItem(
+        id=f"q{i}",
+        benchmark="mmlu",
+        task="colors",
+        prompt=f"Color number {i}? A. red B. green C. blue\nAnswer:",
+        gold_text=f" {'ABC'[gold]}",
+        question="",
+        choices=[" A", " B", " C"],
+        gold=gold,
+    )
+
+
+def test_mc_accuracy_picks_the_most_likely_letter(model, tokenizer):
+    items = [_mc_item(i, g) for i, g in enumerate([0, 1, 2, 0])]
+    rows = evaluate_benchmark_items(model, tokenizer, items, 4, 4, 128, 8, LIMITS)
+    letter_ids = [tokenizer(L, add_special_tokens=False)["input_ids"][0] for L in [" A", " B", " C"]]
+    for it, row in zip(items, rows):
+        ids = tokenizer(it.prompt, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
-        pred = int(torch.argmax(logits[letter_ids]))
-        assert row["correct"] == float(pred == ex.gold)
-        assert row["nll"] > 0
+        assert row["score"] == float(int(torch.argmax(logits[letter_ids])) == it.gold)
+        assert row["nll"] > 0 and row["metric"] == "accuracy" and row["capability"] == "knowledge"
 
 
-def test_summary_has_macro_average_and_worst_task():
+def test_canonical_solutions_pass_and_the_harness_scores_pass_at_1():
+    humaneval = sample_items(load_benchmark("humaneval"), 3, 0)
+    mbpp = sample_items(load_benchmark("mbpp"), 3, 0)
+    for it in humaneval + mbpp:
+        gold = it.gold_text.removesuffix("```").rstrip() + "\n"
+        assert run_program(program(it, gold), LIMITS).passed, it.id
+        assert not run_program(program(it, "    return None\n" if it.benchmark == "humaneval" else ""), LIMITS).passed
+
+
+def test_protocols_and_held_out_material():
+    mmlu = load_benchmark("mmlu")
+    assert len({it.task for it in mmlu}) == 57 and mmlu[0].prompt.count("\nAnswer:") == 6  # 5 shots + the item
+    gsm = load_benchmark("gsm8k")
+    assert gsm[0].prompt.count("Question:") == 9 and gsm[0].answers[0].lstrip("-").isdigit()  # 8-shot CoT
+    bbh = load_benchmark("bbh")
+    assert {it.task for it in bbh} == set(BBH_TASKS) and bbh[0].prompt.count("\nA:") == 4  # 3 shots + item
+    # validation (influence) examples never appear among the scored items
+    for task in ("gsm8k", "humaneval", "mbpp", "mmlu", "arc_challenge", "bbh"):
+        val_ids = {e.id for e in load_target(task)[0]}
+        scored = {it.id for it in load_benchmark(task)}
+        assert val_ids and not (val_ids & scored), task
+    shots = {e.messages[0].content for e in load_target("bbh")[0]}
+    assert not shots & {it.question for it in bbh}
+
+
+def test_limits_spread_over_subjects():
+    items = sample_items(load_benchmark("mmlu"), 57, seed=0)
+    assert len(items) == 57 and len({it.task for it in items}) == 57
+    assert [it.id for it in items] == [it.id for it in sample_items(load_benchmark("mmlu"), 57, seed=0)]
+
+
+def test_summary_levels_macro_average_and_worst():
     rows = [
-        {"task": "a", "capability": "k", "correct": 1.0, "nll": 1.0},
-        {"task": "a", "capability": "k", "correct": 0.0, "nll": 3.0},
-        {"task": "b", "capability": "m", "correct": None, "nll": 4.0},
+        {"benchmark": "mmlu", "task": "a", "capability": "knowledge", "metric": "accuracy", "score": 1.0, "nll": 1.0},
+        {"benchmark": "mmlu", "task": "b", "capability": "knowledge", "metric": "accuracy", "score": 0.0, "nll": 3.0},
+        {
+            "benchmark": "gsm8k",
+            "task": "gsm8k",
+            "capability": "math",
+            "metric": "exact_match",
+            "score": 0.0,
+            "nll": 4.0,
+        },
+        {"benchmark": "mbpp", "task": "mbpp", "capability": "code", "metric": "pass@1", "score": 1.0, "nll": 2.0},
     ]
-    s = {r["task"]: r for r in summarize(rows)}
-    assert s["a"]["accuracy"] == 0.5 and s["a"]["nll"] == 2.0
-    assert s["b"]["accuracy"] is None
-    assert s["macro-average"]["nll"] == 3.0 and s["worst-task"]["nll"] == 4.0 and s["worst-task"]["accuracy"] == 0.5
+    s = {(r["level"], r["name"]): r for r in summarize(rows)}
+    assert s[("task", "mmlu/a")]["score"] == 1.0 and ("task", "gsm8k/gsm8k") not in s
+    assert s[("benchmark", "mmlu")]["score"] == 0.5 and s[("benchmark", "mmlu")]["nll"] == 2.0
+    assert s[("capability", "code")]["score"] == 1.0
+    assert s[("overall", "macro-average")]["score"] == pytest.approx(0.5)
+    worst = s[("overall", "worst-task")]
+    assert worst["score"] == 0.0 and "gsm8k" in worst["metric"] and worst["nll"] == 4.0
+
+
+def test_contamination_finds_shared_ngrams():
+    item = BenchItem(
+        id="t/1",
+        benchmark="gsm8k",
+        task="gsm8k",
+        prompt="",
+        gold_text="",
+        question="Janet has seven red apples and buys three more green apples at the market today",
+    )
+    clean = Example(
+        id="p/1",
+        source="p",
+        messages=[
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "Paris"},
+        ],
+    )
+    leaked = Example(
+        id="p/2",
+        source="p",
+        messages=[
+            {
+                "role": "user",
+                "content": "Copy: janet has seven red apples and buys three more green apples at the market",
+            },
+            {"role": "assistant", "content": "ok"},
+        ],
+    )
+    rep = contamination([clean], [item], n=13)["benchmarks"]["gsm8k"]
+    assert rep["n_overlapping"] == 0
+    rep = contamination([clean, leaked], [item], n=13)["benchmarks"]["gsm8k"]
+    assert rep["n_overlapping"] == 1 and rep["pairs"] == [{"item": "t/1", "pool": "p/2"}]

@@ -45,7 +45,8 @@ def test_pipeline_produces_subsets_evaluation_and_report(first_run, recipe):
         assert {"id", "source", "messages"} <= set(json.loads(lines[0]))
     ev = pd.read_csv(out["evaluation"])
     assert set(ev["model"]) == {"base", "random@8", "bids@8", "rds@8"}
-    assert {"mmlu", "gsm8k", "macro-average", "worst-task"} <= set(ev["task"])
+    assert {"mmlu", "gsm8k", "humaneval", "bbh", "macro-average", "worst-task", "code"} <= set(ev["name"])
+    assert set(ev[ev["level"] == "benchmark"]["metric"]) == {"accuracy", "exact_match", "pass@1"}
     assert ev["nll"].notna().all() and (ev["nll"] > 0).all()
     report = Path(out["report"]).read_text()
     assert "bids@8" in report and (Path(out["outputs"]) / "evaluation.png").stat().st_size > 1000
