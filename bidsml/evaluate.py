@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -179,6 +180,7 @@ def evaluate_benchmark_items(
     max_new_tokens: int,
     limits: Limits = Limits(),
     workers: int = 2,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[dict]:
     """Returns one row per item: ids, benchmark, task, capability, metric, score (0/1), gold NLL, output.
 
@@ -188,8 +190,11 @@ def evaluate_benchmark_items(
     benchmark's tests in the sandbox.
     """
     pairs = [(it.prompt, it.gold_text) for it in items]
+    n_phases = 2 + len({it.benchmark for it in items if it.max_new_tokens})
+    report = on_progress or (lambda done, total: None)
     cands = [[_tokens(tokenizer, c)[0] for c in it.choices] if it.choices else None for it in items]
     scored = continuation_logprobs(model, tokenizer, pairs, batch_size, max_len, cands, desc="score")
+    report(1, n_phases)
     outputs: dict[int, str] = {}
     by_bench: dict[str, list[int]] = defaultdict(list)
     for k, it in enumerate(items):
@@ -208,9 +213,11 @@ def evaluate_benchmark_items(
             desc=f"generate {bench}",
         )
         outputs.update(zip(ks, texts))
+        report(1 + len({items[k].benchmark for k in outputs}), n_phases)
     code = [k for k in outputs if items[k].code_suffix]
     results = run_programs([program(items[k], outputs[k]) for k in code], limits, workers)
     passed = {k: float(r.passed) for k, r in zip(code, results)}
+    report(n_phases, n_phases)
     rows = []
     for k, (it, (lp, cnt, first)) in enumerate(zip(items, scored)):
         if it.choices:

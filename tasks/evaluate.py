@@ -22,7 +22,7 @@ from bidsml.sandbox import Limits
 from bidsml.selection import selection_label
 from storage.names import EVAL_ITEMS, EVAL_TABLE, POOL_FILE
 from storage.refs import ArtifactRef, Plan, check_ref, materialize
-from tasks.common import ArtifactCachePolicy, code_version, model_inputs, publish, ref_inputs, run_root
+from tasks.common import ArtifactCachePolicy, Progress, code_version, model_inputs, publish, ref_inputs, run_root
 from tasks.data import load_split
 from tasks.finetune import ADAPTER_DIR
 
@@ -77,6 +77,9 @@ def evaluate(
         model.eval()
         items = evaluation_items(recipe)
         t = time.time()
+        progress = Progress(
+            f"evaluate-{label}".replace("@", "-").replace(".", "-").replace("_", "-").lower(), "evaluation"
+        )
         rows = evaluate_benchmark_items(
             model,
             tok,
@@ -86,6 +89,7 @@ def evaluate(
             ec.max_length,
             ec.max_new_tokens,
             Limits(timeout_s=ec.sandbox_timeout_s, cpu_s=int(ec.sandbox_timeout_s) + 1, memory_mb=ec.sandbox_memory_mb),
+            on_progress=progress.update,
         )
         seconds = time.time() - t
         pd.DataFrame(rows).to_parquet(work / EVAL_ITEMS, index=False)

@@ -51,3 +51,18 @@ def test_serve_builds_pipeline_and_step_deployments():
 
     step = parameter_schema(select_flow.fn).model_dump()
     assert step["required"] == ["recipe"]
+
+
+def test_prefect_yaml_entrypoints_are_flows_and_cover_every_step():
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    from flows.steps import STEP_FLOWS
+
+    spec = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "prefect.yaml").read_text())
+    names = {d["name"] for d in spec["deployments"]}
+    assert {"bids-pipeline", "select"} | {f"step-{s}" for s in STEP_FLOWS} <= names
+    for d in spec["deployments"]:
+        fl = load_flow_from_entrypoint(str(Path(__file__).parents[1] / d["entrypoint"]))
+        assert fl.name, d["name"]
+        assert d["work_pool"]["name"] in {"bids-cpu", "bids-gpu"}
