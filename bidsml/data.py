@@ -224,18 +224,25 @@ def tokenize_all(tokenizer, examples: list[Example], max_seq_length: int) -> tup
 def iter_batches(
     items: list[Tokenized], max_tokens: int, max_batch: int = 64, max_padding: float = 0.2
 ) -> Iterator[list[int]]:
+    """Yields index lists of length-sorted micro-batches of tokenized items (see `length_batches`)."""
+    yield from length_batches([len(it.input_ids) for it in items], max_tokens, max_batch, max_padding)
+
+
+def length_batches(
+    lengths: list[int], max_tokens: int, max_batch: int = 64, max_padding: float = 0.2
+) -> Iterator[list[int]]:
     """Yields index lists of length-sorted micro-batches under a padded token budget.
 
-    A batch also ends when the next (longer) example would exceed its first by
+    A batch also ends when the next (longer) sequence would exceed its first by
     more than `max_padding`, so padding stays below ~20% of the tokens (on a
-    CPU, padded tokens cost as much as real ones). Indices refer to `items`,
+    CPU, padded tokens cost as much as real ones). Indices refer to `lengths`,
     so callers write results back in the original order.
     """
-    order = sorted(range(len(items)), key=lambda i: (len(items[i].input_ids), i))
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     batch: list[int] = []
     shortest = longest = 0
     for i in order:
-        n = len(items[i].input_ids)
+        n = lengths[i]
         if batch and (
             max(longest, n) * (len(batch) + 1) > max_tokens
             or len(batch) >= max_batch

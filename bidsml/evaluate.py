@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bidsml.benchmarks import BenchItem
+from bidsml.data import length_batches
 from bidsml.sandbox import Limits, run_programs
 
 
@@ -38,7 +39,7 @@ def continuation_logprobs(
     Candidate log-probs are the log-probabilities of the given token ids as
     the FIRST token after the prompt (one forward pass scores a multiple-
     choice item: the options' letters). Prompts are truncated from the left so
-    the continuation fits in `max_len`; batches are length-sorted.
+    the continuation fits in `max_len`; batches are length-sorted with padding bounded to ~20%.
     """
     device = next(model.parameters()).device
     encoded = []
@@ -48,18 +49,18 @@ def continuation_logprobs(
         p = p[-(max_len - len(c)) :]
         encoded.append((p, c))
     cands = first_token_candidates or [None] * len(pairs)
-    order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
+    lengths = [len(p) + len(c) for p, c in encoded]
+    batches = list(length_batches(lengths, batch_size * max_len, batch_size))
     out: list = [None] * len(encoded)
-    for s in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
-        idx = order[s : s + batch_size]
+    for idx in tqdm(batches, desc=desc, leave=False):
         L = max(len(encoded[i][0]) + len(encoded[i][1]) for i in idx)
         ids = torch.full((len(idx), L), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
         for b, i in enumerate(idx):
             seq = encoded[i][0] + encoded[i][1]
             ids[b, : len(seq)] = torch.tensor(seq)
-            mask[b, : len(seq)] = 1
-        hidden = _hidden_states(model, ids.to(device), mask.to(device))  # (B, L, H): logits only where scored
+        # Right padding under causal attention: no real token ever attends to a pad, so no attention mask is
+        # needed, and without one SDPA takes its fused causal path (a padded mask forces the slow O(L^2) one).
+        hidden = _hidden_states(model, ids.to(device))  # (B, L, H): logits only where scored
         for b, i in enumerate(idx):
             p, c = encoded[i]
             logits = _lm_head(model)(hidden[b, len(p) - 1 : len(p) + len(c) - 1])
@@ -74,8 +75,8 @@ def _causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _hidden_states(model, ids, mask):
-    return _causal_lm(model).model(input_ids=ids, attention_mask=mask).last_hidden_state
+def _hidden_states(model, ids):
+    return _causal_lm(model).model(input_ids=ids).last_hidden_state
 
 
 def _lm_head(model):
@@ -100,16 +101,15 @@ def generate(
     """Returns greedy continuations, cut at the first stop sequence: batched, left-padded, with a KV cache.
 
     Prompts are truncated from the left to leave room for `max_new_tokens`;
-    batches are length-sorted so little padding is computed.
+    batches are length-sorted with padding bounded to ~20%.
     """
     device = next(model.parameters()).device
     keep = max(1, max_len - max_new_tokens)
     encoded = [_tokens(tokenizer, p)[-keep:] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    batches = list(length_batches([len(e) for e in encoded], batch_size * max_len, batch_size))
     out: list[str] = [""] * len(prompts)
     pad = tokenizer.pad_token_id
-    for s in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
-        idx = order[s : s + batch_size]
+    for idx in tqdm(batches, desc=desc, leave=False):
         L = max(len(encoded[i]) for i in idx)
         ids = torch.full((len(idx), L), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)

@@ -134,6 +134,14 @@ def test_cli_step_select_and_runs(first_run, recipe, tmp_path):
     assert res.exit_code == 0
     for kind in ("selection", "influence", "features", "warmup", "data"):
         assert kind in res.output, res.output
+    # a whole run, as mermaid: every selection, fine-tune and evaluation with its inputs
+    res = runner.invoke(app, ["lineage", first_run[0]["run_id"][:8], "--run-root", recipe.run_root, "--mermaid"])
+    assert res.exit_code == 0 and res.output.startswith("flowchart LR"), res.output
+    for label in ("select_subset bids@8", "finetune rds@8", "evaluate base", "featurize", "-->"):
+        assert label in res.output, res.output
+    assert Path(first_run[0]["lineage"]).read_text().startswith("flowchart LR")
+    res = runner.invoke(app, ["lineage", "nope-nothing", "--run-root", recipe.run_root])
+    assert res.exit_code == 2 and "no artifact or run 'nope-nothing'" in res.output
 
 
 def test_cli_query_views_and_select_on_run(first_run, recipe, tmp_path):
