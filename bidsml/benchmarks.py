@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bidsml.data import Example
 from bidsml.errors import DataError
-from bidsml.sources import LETTERS, _hf, _olmo_root, _parse, load_target
+from bidsml.sources import CAPABILITY, LETTERS, _hf, _olmo_root, _parse, load_target, round_robin_sample
 
 # BBH's 23 tasks minus the 3 that BIG-bench does not ship as task files
 # (boolean_expressions, multistep_arithmetic_two, web_of_lies were generated for BBH).
@@ -60,14 +60,6 @@ BBH_TASKS = (
 )
 BBH_SHOTS = 3
 BENCHMARKS = ("mmlu", "arc_challenge", "gsm8k", "humaneval", "mbpp", "bbh")
-CAPABILITY = {
-    "mmlu": "knowledge",
-    "arc_challenge": "reasoning",
-    "gsm8k": "math",
-    "humaneval": "code",
-    "mbpp": "code",
-    "bbh": "reasoning",
-}
 METRIC = {
     "mmlu": "accuracy",
     "arc_challenge": "accuracy",
@@ -341,22 +333,7 @@ def sample_items(items: list[BenchItem] | tuple[BenchItem, ...], limit: int | No
     """Returns up to `limit` items spread evenly over tasks (seeded round-robin), in a stable order."""
     if limit is None or limit >= len(items):
         return list(items)
-    rng = random.Random(seed)
-    groups: dict[str, list[BenchItem]] = {}
-    for it in items:
-        groups.setdefault(it.task, []).append(it)
-    keys = sorted(groups)
-    for k in keys:
-        rng.shuffle(groups[k])
-    rng.shuffle(keys)
-    out: list[BenchItem] = []
-    depth = 0
-    while len(out) < limit:
-        for k in keys:
-            if depth < len(groups[k]) and len(out) < limit:
-                out.append(groups[k][depth])
-        depth += 1
-    return sorted(out, key=lambda it: it.id)
+    return sorted(round_robin_sample(list(items), limit, seed, key=lambda it: it.task), key=lambda it: it.id)
 
 
 _WORD = re.compile(r"[a-z0-9]+")

@@ -400,15 +400,20 @@ def load_target(task: str) -> tuple[list[Example], list[Example]]:
 
 def sample_balanced(examples: list[Example], n: int, seed: int) -> list[Example]:
     """Returns n examples, spread over subtasks round-robin (seeded), in a stable order."""
+    return round_robin_sample(examples, n, seed, key=lambda e: e.subtask or "")
+
+
+def round_robin_sample(items: list, n: int, seed: int, key: Callable) -> list:
+    """Returns up to n items taken round-robin over groups `key(item)` (seeded shuffles of groups and order)."""
     rng = random.Random(seed)
-    groups: dict[str | None, list[Example]] = {}
-    for e in examples:
-        groups.setdefault(e.subtask, []).append(e)
-    keys = sorted(groups, key=lambda k: k or "")
+    groups: dict = {}
+    for e in items:
+        groups.setdefault(key(e), []).append(e)
+    keys = sorted(groups)
     for k in keys:
         rng.shuffle(groups[k])
     rng.shuffle(keys)
-    out: list[Example] = []
+    out: list = []
     depth = 0
     while len(out) < n and any(depth < len(groups[k]) for k in keys):
         for k in keys:
