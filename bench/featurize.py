@@ -30,8 +30,8 @@ from bidsml.data import collate, tokenize_all
 from bidsml.features import AdamTransform, compute_features, lora_linears
 from bidsml.model import add_lora, load_base_model, load_tokenizer
 from bidsml.prepare import fits_in
-from bidsml.projection import Projector
-from bidsml.sources import load_pool_source
+from bidsml.projection import make_projector
+from bidsml.sources import load_source
 
 SHAPES = {  # random-initialised models of a given shape (no weights needed)
     "llama3-8b": dict(
@@ -66,8 +66,8 @@ def build_model(args, device, dtype):
 def examples(tok, n: int, max_len: int, vocab: int):
     """Returns n real pool examples of mixed lengths, tokenized (ids clipped to the model's vocabulary)."""
     fits = fits_in(tok, max_len)
-    long = [e for e in load_pool_source("math")[: 4 * n] if fits(e)][: n // 2]
-    short = load_pool_source("trivia_qa")[: n - len(long)]
+    long = [e for e in load_source("math")[0][: 4 * n] if fits(e)][: n // 2]
+    short = load_source("trivia_qa")[0][: n - len(long)]
     items, _ = tokenize_all(tok, long + short, max_len)
     for it in items:
         it.input_ids = [min(t, vocab - 1) for t in it.input_ids]
@@ -168,7 +168,7 @@ def main() -> None:
         vocab = model.get_base_model().config.vocab_size
         items = examples(tok, args.n, args.max_len, vocab)
         shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
-        projector = Projector("sjlt", args.proj_dim, 0, shapes)
+        projector = make_projector("sjlt", args.proj_dim, 0, shapes)
         transform = AdamTransform(adam_states(model))
         n_tokens = sum(len(it.input_ids) for it in items)
         autocast = (

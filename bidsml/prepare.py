@@ -5,33 +5,41 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from bidsml.benchmarks import benchmark_for
 from bidsml.config import DataConfig, ModelConfig
-from bidsml.data import Example, LoadReport, read_hf_disk, read_jsonl, tokenize_example
+from bidsml.data import Example, round_robin_sample, tokenize_example
 from bidsml.errors import DataError
-from bidsml.sources import CONTAMINATES, load_pool_source, load_target, sample_balanced
+from bidsml.sources import SOURCES, load_source
+
+
+def user_files(cfg: DataConfig) -> list[str]:
+    """Returns the users' files the data step reads (pool files, target files): their content is identity."""
+    files = [s.path for s in cfg.pool if s.path]
+    for t in cfg.targets:
+        files += benchmark_for(t).files()
+    return sorted(set(files))
+
+
+def sample_balanced(examples: list[Example], n: int, seed: int) -> list[Example]:
+    """Returns n examples, spread over subtasks round-robin (seeded), in a stable order."""
+    return round_robin_sample(examples, n, seed, key=lambda e: e.subtask or "")
 
 
 def load_pool(cfg: DataConfig, seed: int) -> tuple[list[Example], dict]:
     """Returns the pool (seeded sample per source, stable order) and per-source counts."""
     pool: list[Example] = []
     counts = {}
-    targets = {t.task for t in cfg.targets}
+    targets = {t.kind or t.task for t in cfg.targets}
     for i, src in enumerate(cfg.pool):
-        if CONTAMINATES.get(src.source) in targets:
+        bad = SOURCES[src.source].contaminates
+        if bad in targets:
             raise DataError(
-                f"data.pool.{i}: source {src.source!r} holds the test problems of target {CONTAMINATES[src.source]!r}; drop one of them"
+                f"data.pool.{i}: source {src.source!r} holds the test problems of target {bad!r}; drop one of them"
             )
-        if src.source == "jsonl":
-            if not src.path:
-                raise DataError(f"data.pool.{i}: source 'jsonl' needs a path")
-            exs, rep = read_jsonl(src.path)
-        elif src.source == "hf_disk":
-            if not src.path:
-                raise DataError(f"data.pool.{i}: source 'hf_disk' needs a path")
-            exs, rep = read_hf_disk(src.path)
-        else:
-            exs = load_pool_source(src.source)
-            rep = LoadReport(read=len(exs), kept=len(exs))
+        try:
+            exs, rep = load_source(src.source, src.path)
+        except DataError as err:
+            raise DataError(f"data.pool.{i}: {err}") from None
         available = len(exs)
         if src.n is not None:
             if src.n > available:
@@ -58,7 +66,7 @@ def load_targets(
     """
     val, counts = [], {}
     for t in cfg.targets:
-        v_all, _ = load_target(t.task)
+        v_all = benchmark_for(t).validation()
         n_candidates = len(v_all)
         if fits is not None:
             v_all = [e for e in v_all if fits(e)]

@@ -10,6 +10,9 @@ the same features on any CPU or GPU.
 - `sjlt`: sparse JL / CountSketch: coordinate i goes to bucket h(i) with sign
   s(i). Inner products are preserved with the variance of dense +-1.
 - `rademacher`: dense +-1/sqrt(k) matrix, for small D (tests, parity checks).
+
+Projectors register by name in `PROJECTORS` (`features.projector` in a
+recipe); a new one subclasses `Projector` and implements `add_into`.
 """
 
 from __future__ import annotations
@@ -31,27 +34,65 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-class Projector:
-    """Projects per-parameter gradient blocks into a shared k-dim sketch."""
+PROJECTORS: dict[str, type[Projector]] = {}
 
-    def __init__(self, kind: str, dim: int, seed: int, shapes: dict[str, tuple[int, ...]]):
-        if kind not in ("sjlt", "rademacher"):
-            raise ValueError(f"unknown projector {kind!r}")
-        self.kind, self.dim, self.seed = kind, dim, seed
+
+def register_projector(name: str):
+    """Class decorator: registers a projector under `name` (a name registered twice is refused)."""
+
+    def deco(cls):
+        if name in PROJECTORS:
+            raise ValueError(f"projector {name!r} registered twice")
+        cls.kind = name
+        PROJECTORS[name] = cls
+        return cls
+
+    return deco
+
+
+def make_projector(kind: str, dim: int, seed: int, shapes: dict[str, tuple[int, ...]]) -> Projector:
+    """Returns the registered projector `kind` for parameter blocks of the given shapes."""
+    if kind not in PROJECTORS:
+        raise ValueError(f"unknown projector {kind!r}; registered: {', '.join(sorted(PROJECTORS))}")
+    return PROJECTORS[kind](dim, seed, shapes)
+
+
+class Projector:
+    """Projects per-parameter gradient blocks into a shared k-dim sketch (coordinates in global order)."""
+
+    kind = ""
+
+    def __init__(self, dim: int, seed: int, shapes: dict[str, tuple[int, ...]]):
+        self.dim, self.seed = dim, seed
         self.offsets: dict[str, int] = {}
         off = 0
         for name in sorted(shapes):
             self.offsets[name] = off
             off += int(np.prod(shapes[name]))
         self.total = off
-        if kind == "rademacher" and off * dim > 2e8:
-            raise ValueError(f"dense Rademacher projection of D={off} to k={dim} is too large; use sjlt")
         self._cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._sizes = {n: int(np.prod(s)) for n, s in shapes.items()}
 
     def _hashes(self, name: str) -> np.ndarray:
         idx = np.arange(self.offsets[name], self.offsets[name] + self._sizes[name], dtype=np.uint64)
         return splitmix64(idx ^ splitmix64(np.full(1, self.seed, dtype=np.uint64)))
+
+    def add_into(self, sketch: torch.Tensor, name: str, g: torch.Tensor) -> None:
+        """Adds the projection of g (B, D_name) into sketch (B, k), in place."""
+        raise NotImplementedError
+
+    def project(self, flat: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Returns the projection (B, k) of per-parameter blocks {name: (B, D_name)}."""
+        B = next(iter(flat.values())).shape[0]
+        out = torch.zeros(B, self.dim, device=next(iter(flat.values())).device)
+        for name in sorted(flat):
+            self.add_into(out, name, flat[name])
+        return out
+
+
+@register_projector("sjlt")
+class SJLTProjector(Projector):
+    """Sparse JL / CountSketch: coordinate i goes to bucket h(i) with sign s(i)."""
 
     def _sjlt(self, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (name, str(device))
@@ -61,6 +102,20 @@ class Projector:
             sign = np.where((h >> np.uint64(63)) == 1, -1.0, 1.0).astype(np.float32)
             self._cache[key] = (torch.from_numpy(bucket).to(device), torch.from_numpy(sign).to(device))
         return self._cache[key]
+
+    def add_into(self, sketch: torch.Tensor, name: str, g: torch.Tensor) -> None:
+        bucket, sign = self._sjlt(name, g.device)
+        sketch.index_add_(1, bucket, g * sign)
+
+
+@register_projector("rademacher")
+class RademacherProjector(Projector):
+    """Dense +-1/sqrt(k) matrix, for small D (tests, parity checks)."""
+
+    def __init__(self, dim: int, seed: int, shapes: dict[str, tuple[int, ...]]):
+        super().__init__(dim, seed, shapes)
+        if self.total * dim > 2e8:
+            raise ValueError(f"dense Rademacher projection of D={self.total} to k={dim} is too large; use sjlt")
 
     def _dense(self, name: str, device: torch.device) -> torch.Tensor:
         key = (name, str(device))
@@ -75,17 +130,4 @@ class Projector:
         return self._cache[key][0]
 
     def add_into(self, sketch: torch.Tensor, name: str, g: torch.Tensor) -> None:
-        """Adds the projection of g (B, D_name) into sketch (B, k), in place."""
-        if self.kind == "sjlt":
-            bucket, sign = self._sjlt(name, g.device)
-            sketch.index_add_(1, bucket, g * sign)
-        else:
-            sketch += g @ self._dense(name, g.device)
-
-    def project(self, flat: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Returns the projection (B, k) of per-parameter blocks {name: (B, D_name)}."""
-        B = next(iter(flat.values())).shape[0]
-        out = torch.zeros(B, self.dim, device=next(iter(flat.values())).device)
-        for name in sorted(flat):
-            self.add_into(out, name, flat[name])
-        return out
+        sketch += g @ self._dense(name, g.device)

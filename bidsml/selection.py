@@ -1,30 +1,15 @@
 """Selection methods over an influence matrix A (N train rows x M validation columns).
 
-Every method takes A, the validation task labels (length M), a budget K and
-a seed, and returns K row indices in selection order. Ties go to the lower
-training index. Methods register themselves by name in `METHODS`.
+The math the selectors share: column normalisation, per-task means, top-K
+with ties to the lower index, and BIDS's exact iteration. The methods
+themselves are registered by name in `bidsml.selectors`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from bidsml.errors import SelectionError
-
-Selector = Callable[[np.ndarray, list[str], int, int], np.ndarray]
-METHODS: dict[str, Selector] = {}
-
-
-def register(name: str):
-    def deco(fn: Selector) -> Selector:
-        if name in METHODS:
-            raise ValueError(f"selection method {name!r} registered twice")
-        METHODS[name] = fn
-        return fn
-
-    return deco
 
 
 def selection_label(method: str, budget: float) -> str:
@@ -99,39 +84,6 @@ def normalize_columns(A: np.ndarray, overwrite: bool = False) -> tuple[np.ndarra
     for s in range(0, A.shape[0], 65536):
         Z[s : s + 65536] = (A[s : s + 65536, kept].astype(np.float64) - mean[kept]) / std[kept]
     return Z, kept
-
-
-@register("random")
-def select_random(A, tasks, k, seed):
-    return np.random.default_rng(seed).permutation(A.shape[0])[:k]
-
-
-@register("less")
-def select_less(A, tasks, k, seed):
-    means, _ = task_means(A, tasks)
-    return top_k(means.max(axis=1), k)
-
-
-@register("rds")
-def select_rds(A, tasks, k, seed):
-    """RDS: A holds representation cosines (not gradient influence); aggregated like LESS."""
-    return select_less(A, tasks, k, seed)
-
-
-@register("sum")
-def select_sum(A, tasks, k, seed):
-    return top_k(A.mean(axis=1), k)
-
-
-@register("instance-max")
-def select_instance_max(A, tasks, k, seed):
-    return top_k(A.max(axis=1), k)
-
-
-@register("norm-instance-max")
-def select_norm_instance_max(A, tasks, k, seed):
-    Z, _ = normalize_columns(A)
-    return top_k(Z.max(axis=1), k)
 
 
 class _ColumnBlocks:
@@ -244,38 +196,6 @@ def bids_naive(Z: np.ndarray, k: int) -> np.ndarray:
         r_sum += Z[z]
         r = r_sum / (step + 1)
     return np.asarray(out, dtype=np.int64)
-
-
-@register("bids")
-def select_bids(A, tasks, k, seed):
-    Z, kept = normalize_columns(A)
-    if Z.shape[1] == 0:
-        raise SelectionError("every validation column is constant; BIDS has nothing to normalise")
-    return bids_iterate(Z, k)
-
-
-@register("bids-no-norm")
-def select_bids_no_norm(A, tasks, k, seed):
-    return bids_iterate(A, k)
-
-
-@register("bids-task")
-def select_bids_task(A, tasks, k, seed):
-    Z, kept = normalize_columns(A)
-    means, _ = task_means(Z, [tasks[j] for j in kept])
-    return bids_iterate(means, k)
-
-
-def select(method: str, A: np.ndarray, tasks: list[str], budget: float, seed: int = 0) -> np.ndarray:
-    """Returns the selected row indices (in selection order) of `method` at `budget`."""
-    if method not in METHODS:
-        raise SelectionError(f"unknown selection method {method!r}; choose from {', '.join(METHODS)}")
-    k = resolve_budget(budget, A.shape[0])
-    check_inputs(A, tasks, k)
-    for t in set(tasks):
-        if not t:
-            raise SelectionError("a validation column has an empty task label")
-    return np.asarray(METHODS[method](A, tasks, k, seed), dtype=np.int64)
 
 
 def constant_columns(A: np.ndarray) -> list[int]:

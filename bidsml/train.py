@@ -41,6 +41,32 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
+def optimizer_record(train_cfg: TrainConfig) -> dict:
+    """Returns the AdamW hyperparameters as recorded in every checkpoint."""
+    return {
+        "name": "adamw",
+        "betas": [train_cfg.adam_beta1, train_cfg.adam_beta2],
+        "eps": train_cfg.adam_eps,
+        "weight_decay": train_cfg.weight_decay,
+    }
+
+
+def canonicalize_adapter_config(folder: Path) -> None:
+    """Rewrites peft's adapter_config.json with sorted lists and keys.
+
+    peft writes `target_modules` from a set, whose order follows Python's
+    per-process hash seed: the same adapter would get a different file (and
+    every downstream artifact a new identity) in every process.
+    """
+    path = Path(folder) / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    for key in ("target_modules", "layers_to_transform", "modules_to_save"):
+        if isinstance(cfg.get(key), list):
+            cfg[key] = sorted(cfg[key])
+    cfg["base_model_name_or_path"] = None  # a local path: differs between machines, carries no content
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def finished_epochs(out_dir: Path) -> list[int]:
     """Returns the epochs whose checkpoint is complete in `out_dir`."""
     done = []
@@ -68,11 +94,16 @@ def train_lora(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(model_cfg)
-    model = add_lora(load_base_model(model_cfg, seed), lora_cfg, seed)
+    model = add_lora(load_base_model(model_cfg), lora_cfg, seed)
     device = next(model.parameters()).device
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = optimizer_record(train_cfg)
     opt = torch.optim.AdamW(
-        [p for _, p in named], lr=train_cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=train_cfg.weight_decay
+        [p for _, p in named],
+        lr=train_cfg.lr,
+        betas=tuple(optimizer["betas"]),
+        eps=optimizer["eps"],
+        weight_decay=optimizer["weight_decay"],
     )
     steps_per_epoch = math.ceil(len(examples) / train_cfg.batch_size)
     total = steps_per_epoch * train_cfg.epochs
@@ -117,13 +148,20 @@ def train_lora(
         if save_every_epoch or last_epoch:
             ck = out_dir / f"epoch_{epoch}"
             model.save_pretrained(ck)
+            canonicalize_adapter_config(ck)
             states = {n: {k: opt.state[p][k].detach().cpu() for k in ("exp_avg", "exp_avg_sq")} for n, p in named}
             torch.save(states, ck / OPTIMIZER_FILE)
             torch.save(
                 {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
                 ck / TRAINER_FILE,
             )
-            meta = {"epoch": epoch, "step": step, "mean_lr": sum(lrs) / len(lrs), "path": ck.name}
+            meta = {
+                "epoch": epoch,
+                "step": step,
+                "mean_lr": sum(lrs) / len(lrs),
+                "path": ck.name,
+                "optimizer": optimizer,  # the features' Adam transform reads these back
+            }
             (ck / CHECKPOINT_META).write_text(json.dumps(meta))  # written last: marks the checkpoint complete
             results.append(meta)
     return results

@@ -229,7 +229,7 @@ def query(
 
 @app.command("select")
 def select_cmd(
-    method: str = typer.Option(..., help="Selection method (see `bidsml.selection.METHODS`)."),
+    method: str = typer.Option(..., help="Selection method (registered in `bidsml.selectors`)."),
     budget: float = typer.Option(..., help="A count (>= 1) or a fraction of the pool (< 1)."),
     out: Path = typer.Option(..., help="Output JSON: {'selected': [row indices in selection order], ...}."),
     scores: Path | None = typer.Option(None, help="Raw influence matrix (N x M .npy)."),
@@ -242,7 +242,7 @@ def select_cmd(
     import numpy as np
 
     from bidsml.errors import BidsError, SelectionError
-    from bidsml.selection import select
+    from bidsml.selectors import select
 
     try:
         if (scores is None) == (run is None):

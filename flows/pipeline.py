@@ -19,8 +19,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from bidsml.config import Recipe
-from bidsml.report import composition_frame, evaluation_frame, evaluation_pivot, write_report
+from bidsml.report import composition_frame, evaluation_frame, evaluation_pivot, inline_images, write_report
 from bidsml.selection import selection_label
+from bidsml.selectors import DEFAULT_METHOD, get_selector
 from flows.steps import (
     data_flow,
     diagnose_flow,
@@ -33,10 +34,9 @@ from flows.steps import (
     warmup_flow,
 )
 from storage.lineage import mermaid, run_lineage
-from storage.names import SUBSET_JSONL
+from storage.names import DIAGNOSTICS_PLOT as PLOT
 from storage.runs import save_run_record
-from tasks.common import inline_images
-from tasks.diagnose import PLOT
+from storage.selections import subset_path
 
 STEPS = ("data", "warmup", "features", "influence", "diagnose", "represent", "select", "finetune", "evaluate")
 
@@ -69,7 +69,8 @@ def run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict:
     feats = timed("features", features_flow, recipe, data=data, warm=warm)
     infl = timed("influence", influence_flow, recipe, data=data, warm=warm, feats=feats)
     diag = timed("diagnose", diagnose_flow, recipe, infl=infl)
-    reps = timed("represent", represent_flow, recipe, data=data) if "rds" in recipe.selection.methods else None
+    needs_reps = any("representations" in get_selector(m).needs for m in recipe.selection.methods)
+    reps = timed("represent", represent_flow, recipe, data=data) if needs_reps else None
     evals = [timed("evaluate:base", evaluate_flow, recipe, data=data)]
     selections, adapters = [], []
     for method in recipe.selection.methods:
@@ -81,7 +82,7 @@ def run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict:
             selections.append(sel)
             adapters.append(ft)
 
-    subsets = {selection_label(s.meta["method"], s.meta["budget"]): str(s.path / SUBSET_JSONL) for s in selections}
+    subsets = {selection_label(s.meta["method"], s.meta["budget"]): str(subset_path(s.path)) for s in selections}
     report = write_report(
         out,
         title,
@@ -167,7 +168,9 @@ def pipeline(recipe: Recipe, refresh: list[str] | None = None) -> dict:
 
 
 @flow(name="select-finetune-evaluate", log_prints=True)
-def reselect(recipe: Recipe, method: str = "bids", budget: float = 0.1, refresh: list[str] | None = None) -> dict:
+def reselect(
+    recipe: Recipe, method: str = DEFAULT_METHOD, budget: float = 0.1, refresh: list[str] | None = None
+) -> dict:
     """Selects with one method at one budget, fine-tunes and evaluates; upstream steps come from the cache.
 
     Args:

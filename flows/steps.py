@@ -16,16 +16,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.assets import Asset, AssetProperties
 from prefect.tasks import MaterializingTask
 
 from bidsml.config import Recipe
 from bidsml.errors import ArtifactError
+from bidsml.selectors import DEFAULT_METHOD, get_selector
 from storage.names import PREFECT_RESULTS_DIR
 from storage.refs import ArtifactRef
 from storage.runs import load_run
-from tasks.common import output_is_stale
 from tasks.data import prepare_data
 from tasks.diagnose import diagnose
 from tasks.evaluate import evaluate
@@ -46,7 +46,8 @@ def _asset_task(task, recipe: Recipe, args: tuple) -> MaterializingTask | None:
     """Returns `task` as a materializing task for the artifact its call will produce (None if unknown)."""
     try:
         plan = task.cache_policy.plan(recipe, *args)
-    except Exception:  # bad input: the plain task runs and its body says why
+    except ArtifactError as err:  # a missing or changed input: the plain task runs and its body says why
+        get_run_logger().warning(f"{task.name}: no asset for this call ({err})")
         return None
     asset = Asset(
         key=asset_key(plan.final_dir),
@@ -72,7 +73,7 @@ def _run(task, recipe: Recipe, *args, refresh: bool = False) -> ArtifactRef:
     A cached result whose artifact was deleted or modified is not trusted:
     the cache is refreshed and the step rebuilds it.
     """
-    stale = output_is_stale(task, recipe, *args)
+    stale = task.cache_policy.output_is_stale(recipe, *args)
     runnable = _asset_task(task, recipe, args) or task
     return runnable.with_options(
         result_storage=Path(recipe.run_root).resolve() / PREFECT_RESULTS_DIR,
@@ -147,7 +148,7 @@ def influence_flow(
 @flow(name="select", log_prints=True)
 def select_flow(
     recipe: Recipe,
-    method: str = "bids",
+    method: str = DEFAULT_METHOD,
     budget: float = 0.1,
     data: ArtifactRef | None = None,
     infl: ArtifactRef | None = None,
@@ -155,10 +156,10 @@ def select_flow(
     from_run: str = "latest",
     refresh: bool = False,
 ) -> ArtifactRef:
-    """Selects a subset with one method at one budget (`reps`: representations, for rds)."""
+    """Selects a subset with one method at one budget (`reps`: representations, for selectors that need them)."""
     data = data or ref_from_run(recipe, from_run, "data")
     infl = infl or ref_from_run(recipe, from_run, "influence")
-    if method == "rds" and reps is None:
+    if "representations" in get_selector(method).needs and reps is None:
         reps = ref_from_run(recipe, from_run, "representations")
     return _run(select_subset, recipe, data, infl, method, budget, reps, refresh=refresh)
 
@@ -167,7 +168,7 @@ def select_flow(
 def represent_flow(
     recipe: Recipe, data: ArtifactRef | None = None, from_run: str = "latest", refresh: bool = False
 ) -> ArtifactRef:
-    """Computes mean-pooled hidden states for the RDS baseline."""
+    """Computes pooled hidden states for the representation-based selectors (rds, rds-plus)."""
     data = data or ref_from_run(recipe, from_run, "data")
     return _run(represent, recipe, data, refresh=refresh)
 

@@ -9,13 +9,14 @@ before the fp16 cast (raw gradients overflow fp16); norms stay fp32.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from storage.names import CHUNKS_DONE_DIR, FEATURES_ARRAY, FEATURES_STORE, NORMS_ARRAY
+from storage.names import CHUNKS_DONE_DIR, EXAMPLES_META, FEATURES_ARRAY, FEATURES_STORE, NORMS_ARRAY
 
 
 def group_path(split: str, ckpt: int) -> str:
@@ -118,3 +119,12 @@ def iter_feature_chunks(root: Path, split: str, ckpt: int) -> Iterator[tuple[int
 def read_norms(root: Path, split: str, ckpt: int) -> np.ndarray:
     g = zarr.open_group(str(gradient_store_path(root)), mode="r")[group_path(split, ckpt)]
     return g[NORMS_ARRAY][:]
+
+
+def save_examples_meta(work: Path, meta: dict) -> None:
+    """Writes {split: {"ids": [...], "n_tokens": [...]}} beside the gradient store."""
+    (Path(work) / EXAMPLES_META).write_text(json.dumps(meta, sort_keys=True))
+
+
+def load_examples_meta(root: Path) -> dict:
+    return json.loads((Path(root) / EXAMPLES_META).read_text())

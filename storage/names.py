@@ -17,12 +17,18 @@ DATA_REPORT = "report.json"
 
 # warmup / finetune artifact
 CHECKPOINTS_FILE = "checkpoints.json"
+ADAPTER_DIR = "adapter"  # finetune artifact: the peft folder
 
 # features artifact (Zarr v3): one group per (checkpoint, split)
 FEATURES_STORE = "features.zarr"
 FEATURES_ARRAY = "features"
 NORMS_ARRAY = "norms"
 CHUNKS_DONE_DIR = "chunks_done"
+EXAMPLES_META = "examples.json"  # ids and token counts per split
+
+# diagnostics artifact
+DIAGNOSTICS_PLOT = "influence_distributions.png"
+DIAGNOSTICS_STATS = "task_stats.json"
 
 # influence artifact (DuckDB)
 INFLUENCE_DB = "influence.duckdb"

@@ -2,33 +2,44 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import inspect
 import json
-import re
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import CachePolicy
-from prefect.context import get_run_context
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.logging import get_run_logger
 
 from bidsml.config import Recipe
+from bidsml.errors import ArtifactError
+from bidsml.model import model_dir, model_source_config
+from bidsml.model_sources import DEFAULT_CACHE, digest_cache
+from bidsml.report import png_markdown
+from storage.identity import code_identity, weights_digest
 from storage.lineage import record_artifact
 from storage.refs import ArtifactRef, Plan, check_ref, current_digest, stable_hash
 
+_log = logging.getLogger("bidsflow")
 
-def code_version(*modules: ModuleType) -> str:
-    """Returns a hash of the source of the modules a step runs (its code identity)."""
-    h = hashlib.sha256()
-    for m in modules:
-        h.update(inspect.getsource(m).encode())
-    return h.hexdigest()[:16]
+
+def code_version(module_name: str) -> str:
+    """Returns the code identity of a step: its task module and every project module it imports, transitively."""
+    return code_identity(module_name)
+
+
+def in_run_context() -> bool:
+    """Returns True inside a Prefect flow or task run (where artifacts and run logs can be posted)."""
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def logger():
+    """Returns the Prefect run logger inside a run (the UI's Logs tab), else the `bidsflow` logger."""
+    return get_run_logger() if in_run_context() else _log
 
 
 def run_root(recipe: Recipe) -> str:
@@ -37,9 +48,15 @@ def run_root(recipe: Recipe) -> str:
 
 def model_inputs(recipe: Recipe) -> dict[str, Any]:
     """Returns the identity inputs of steps that run the model: its weights and the sequence length."""
-    from bidsml.model import model_fingerprint
+    return {"model": model_identity(recipe), "max_seq_length": recipe.model.max_seq_length}
 
-    return {"model": model_fingerprint(recipe.model), "max_seq_length": recipe.model.max_seq_length}
+
+def model_identity(recipe: Recipe) -> dict[str, Any]:
+    """Returns what identifies the model: a content hash of its files (weights, config, tokenizer) and settings."""
+    return {
+        "files": weights_digest(model_dir(recipe.model), digest_cache(DEFAULT_CACHE)),
+        **model_source_config(recipe.model),
+    }
 
 
 def ref_inputs(**refs: ArtifactRef | None) -> dict[str, str | None]:
@@ -70,56 +87,47 @@ class ArtifactCachePolicy(CachePolicy):
         inputs = {k: v for k, v in inputs.items() if k != "refresh"}
         try:
             plan = self.plan(**inputs)
-        except Exception:  # an input is missing/changed: run the body, which says why
+        except ArtifactError as err:  # an input artifact is missing/changed: no cache; the body says why
+            logger().warning(f"no cache key ({err}); the step runs and reports the problem")
             return None
         return stable_hash({"identity": plan.identity, "kind": plan.kind})
 
-
-def output_is_stale(task, *args: Any) -> bool:
-    """Returns True when the artifact a task call would return is missing or was modified."""
-    try:
-        plan = task.cache_policy.plan(*args)
-    except Exception:
-        return True
-    return current_digest(plan.final_dir) is None
+    def output_is_stale(self, *args: Any) -> bool:
+        """Returns True when the artifact a task call with `args` would return is missing or was modified."""
+        try:
+            plan = self.plan(*args)
+        except ArtifactError:  # an input is missing or changed: the step runs and says why
+            return True
+        return current_digest(plan.final_dir) is None
 
 
 def flow_run_id() -> str | None:
-    try:
-        ctx = get_run_context()
-    except Exception:
-        return None
-    fr = getattr(ctx, "flow_run", None) or getattr(getattr(ctx, "task_run", None), "flow_run_id", None)
-    return str(getattr(fr, "id", fr)) if fr else None
+    """Returns the id of the current flow run (None outside a run: `task.fn` in tests, plain scripts)."""
+    task_ctx, flow_ctx = TaskRunContext.get(), FlowRunContext.get()
+    if task_ctx is not None and task_ctx.task_run.flow_run_id:
+        return str(task_ctx.task_run.flow_run_id)
+    if flow_ctx is not None and flow_ctx.flow_run is not None:
+        return str(flow_ctx.flow_run.id)
+    return None
 
 
 def root_flow_run_id() -> str | None:
     """Returns the id of the outermost flow run (the pipeline or `select` run a user launched)."""
-    try:
-        from prefect.runtime import flow_run
-
-        return str(flow_run.root_flow_run_id) if flow_run.root_flow_run_id else None
-    except Exception:
+    if not in_run_context():
         return None
+    from prefect.runtime import flow_run
+
+    return str(flow_run.root_flow_run_id) if flow_run.root_flow_run_id else None
 
 
-MAX_INLINE_PNG = 2_000_000  # bytes; larger plots are linked by path only
+def post_table(rows: list[dict], key: str, description: str) -> None:
+    """Posts a table artifact inside a run; outside one, logs that it was not posted."""
+    if not in_run_context():
+        _log.info(f"no Prefect run: table {key!r} not posted")
+        return
+    from prefect.artifacts import create_table_artifact
 
-
-def png_markdown(path: Path, alt: str) -> str:
-    """Returns markdown showing a PNG inline (data URI, so the Prefect UI can display it) plus its path."""
-    path = Path(path)
-    data = path.read_bytes() if path.exists() else b""
-    if not data or len(data) > MAX_INLINE_PNG:
-        return f"{alt}: `{path}`"
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})\n\n`{path}`"
-
-
-def inline_images(markdown: str, folder: Path) -> str:
-    """Returns report markdown with its relative PNG links replaced by inline images (for a Prefect artifact)."""
-    return re.sub(
-        r"!\[([^\]]*)\]\(([^)/:]+\.png)\)", lambda m: png_markdown(Path(folder) / m.group(2), m.group(1)), markdown
-    )
+    create_table_artifact(rows, key=key, description=description)
 
 
 def publish(
@@ -148,12 +156,11 @@ def publish(
         "```",
         *[png_markdown(path, title) for title, path in (images or {}).items()],
     ]
-    try:
+    logger().info(f"{step}: {ref.kind} {ref.digest[:12]} at {ref.uri}")
+    if in_run_context():
         create_markdown_artifact(
             "\n".join(lines), key=f"{step.replace('_', '-')}-summary", description=f"{step} output"
         )
-    except Exception:  # no Prefect run context (task.fn in tests)
-        pass
     return ref
 
 
@@ -161,10 +168,7 @@ class Progress:
     """A Prefect progress artifact (the UI's progress bar of a long step); silent outside a run."""
 
     def __init__(self, key: str, description: str):
-        try:
-            self.id = create_progress_artifact(progress=0.0, key=key, description=description)
-        except Exception:  # no Prefect run context
-            self.id = None
+        self.id = create_progress_artifact(progress=0.0, key=key, description=description) if in_run_context() else None
         self.last = 0.0
 
     def update(self, done: float, total: float) -> None:

@@ -2,34 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from prefect import task
 
-import bidsml.data
 import bidsml.prepare
-import bidsml.sources
 from bidsml.config import Recipe
-from bidsml.data import write_jsonl
-from bidsml.model import load_tokenizer, model_fingerprint
-from storage.names import DATA_REPORT, POOL_FILE, VAL_FILE
+from bidsml.model import load_tokenizer
+from storage.datasets import save_data
 from storage.refs import ArtifactRef, Plan, file_sha256, materialize
-from tasks.common import ArtifactCachePolicy, code_version, publish, run_root
+from tasks.common import ArtifactCachePolicy, code_version, model_identity, publish, run_root
 
-CODE = code_version(bidsml.data, bidsml.prepare, bidsml.sources)
+CODE = code_version(__name__)
 
 
 def plan_data(recipe: Recipe) -> Plan:
-    user_files = {s.path: file_sha256(Path(s.path)) for s in recipe.data.pool if s.path and Path(s.path).is_file()}
+    user_files = {p: file_sha256(Path(p)) for p in bidsml.prepare.user_files(recipe.data) if Path(p).is_file()}
     return Plan(
         run_root=run_root(recipe),
         kind="data",
         inputs={
             "data": recipe.data.model_dump(mode="json"),
             "seed": recipe.seed,
-            "tokenizer": model_fingerprint(recipe.model),
+            "tokenizer": model_identity(recipe),
             "max_seq_length": recipe.model.max_seq_length,
             "user_files": user_files,
             "code": CODE,
@@ -48,8 +44,6 @@ def prepare_data(recipe: Recipe, refresh: bool = False) -> ArtifactRef:
         fits = bidsml.prepare.fits_in(tok, recipe.model.max_seq_length)
         val, target_counts = bidsml.prepare.load_targets(recipe.data, recipe.seed, fits)
         kept, rejected, truncated = bidsml.prepare.drop_untrainable(tok, pool, recipe.model)
-        write_jsonl(kept, work / POOL_FILE)
-        write_jsonl(val, work / VAL_FILE)
         report = {
             "pool_in": len(pool),
             "pool_out": len(kept),
@@ -59,14 +53,8 @@ def prepare_data(recipe: Recipe, refresh: bool = False) -> ArtifactRef:
             "targets": target_counts,
             "n_val": len(val),
         }
-        (work / DATA_REPORT).write_text(json.dumps(report, indent=1))
+        save_data(work, kept, val, report)
         return {k: v for k, v in report.items() if k != "pool_rejected"} | {"n_rejected": len(rejected)}
 
     ref = materialize(plan_data(recipe), build, force=refresh)
     return publish(ref, "prepare_data", {"seed": recipe.seed}, [], started)
-
-
-def load_split(ref: ArtifactRef, name: str) -> list[bidsml.data.Example]:
-    """Returns the examples of one split file (pool / validation) of a data artifact."""
-    exs, _ = bidsml.data.read_jsonl(ref.path / name)
-    return exs

@@ -7,18 +7,16 @@ import time
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_table_artifact
 
-import bidsml.report
 from bidsml.config import Recipe
 from bidsml.report import plot_influence_distributions
 from storage.influence_store import load_influence, open_influence
+from storage.names import DIAGNOSTICS_PLOT as PLOT
+from storage.names import DIAGNOSTICS_STATS as STATS
 from storage.refs import ArtifactRef, Plan, materialize
-from tasks.common import ArtifactCachePolicy, code_version, publish, ref_inputs, run_root
+from tasks.common import ArtifactCachePolicy, code_version, post_table, publish, ref_inputs, run_root
 
-CODE = code_version(bidsml.report)
-PLOT = "influence_distributions.png"
-STATS = "task_stats.json"
+CODE = code_version(__name__)
 
 
 def plan_diagnose(recipe: Recipe, infl: ArtifactRef) -> Plan:
@@ -38,13 +36,8 @@ def diagnose(recipe: Recipe, infl: ArtifactRef, refresh: bool = False) -> Artifa
             stats = con.sql("SELECT * FROM task_stats").df().round(4).to_dict(orient="records")
         finally:
             con.close()
-        (work / STATS).write_text(json.dumps(stats, indent=1))
-        try:
-            create_table_artifact(
-                stats, key="influence-task-stats", description="influence per task, raw and normalised"
-            )
-        except Exception:
-            pass
+        (work / STATS).write_text(json.dumps(stats, indent=1, sort_keys=True))
+        post_table(stats, key="influence-task-stats", description="influence per task, raw and normalised")
         return {"task_stats": stats}
 
     ref = materialize(plan_diagnose(recipe, infl), build, force=refresh)

@@ -2,31 +2,47 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-import pandas as pd
 from prefect import task
-from prefect.artifacts import create_table_artifact
 
-import bidsml.benchmarks
-import bidsml.evaluate
-import bidsml.sandbox
-import bidsml.sources
-from bidsml.benchmarks import BBH_TASKS, BenchItem, contamination, load_benchmark, sample_items
+from bidsml.benchmarks import BenchItem, benchmark_for, contamination, sample_items
 from bidsml.config import Recipe
 from bidsml.evaluate import evaluate_benchmark_items, summarize
 from bidsml.model import load_base_model, load_lora, load_tokenizer
 from bidsml.sandbox import Limits
 from bidsml.selection import selection_label
-from storage.names import EVAL_ITEMS, EVAL_TABLE, POOL_FILE
-from storage.refs import ArtifactRef, Plan, check_ref, materialize
-from tasks.common import ArtifactCachePolicy, Progress, code_version, model_inputs, publish, ref_inputs, run_root
-from tasks.data import load_split
-from tasks.finetune import ADAPTER_DIR
+from storage.checkpoints import adapter_path
+from storage.datasets import load_split
+from storage.evaluations import save_evaluation
+from storage.refs import ArtifactRef, Plan, check_ref, file_sha256, materialize
+from tasks.common import (
+    ArtifactCachePolicy,
+    Progress,
+    code_version,
+    model_inputs,
+    post_table,
+    publish,
+    ref_inputs,
+    run_root,
+)
 
-CODE = code_version(bidsml.evaluate, bidsml.benchmarks, bidsml.sandbox, bidsml.sources)
+CODE = code_version(__name__)
+
+
+def benchmark_inputs(recipe: Recipe) -> dict:
+    """Returns, per evaluated benchmark, its item limit, its target settings and the content of its files."""
+    out = {}
+    for name, limit in recipe.evaluation.benchmarks.items():
+        target = recipe.target(name)
+        files = benchmark_for(target).files()
+        out[name] = {
+            "limit": limit,
+            "target": target.model_dump(mode="json", exclude={"n_val"}),
+            "files": {f: file_sha256(Path(f)) for f in files},
+        }
+    return out
 
 
 def plan_evaluate(recipe: Recipe, data: ArtifactRef, adapter: ArtifactRef | None = None) -> Plan:
@@ -36,7 +52,8 @@ def plan_evaluate(recipe: Recipe, data: ArtifactRef, adapter: ArtifactRef | None
         inputs={
             **ref_inputs(data=data, adapter=adapter),
             **model_inputs(recipe),
-            "evaluation": recipe.evaluation.model_dump(mode="json"),
+            "evaluation": recipe.evaluation.model_dump(mode="json", exclude={"benchmarks"}),
+            "benchmarks": benchmark_inputs(recipe),
             "seed": recipe.seed,  # samples the limited items
             "code": CODE,
         },
@@ -53,7 +70,7 @@ def evaluation_items(recipe: Recipe) -> list[BenchItem]:
     """Returns the scored items: each benchmark of the recipe, limited and spread over its subjects (seeded)."""
     items = []
     for name, limit in recipe.evaluation.benchmarks.items():
-        items += sample_items(load_benchmark(name), limit, recipe.seed)
+        items += sample_items(benchmark_for(recipe.target(name)).items(), limit, recipe.seed)
     return items
 
 
@@ -73,7 +90,7 @@ def evaluate(
         tok = load_tokenizer(recipe.model)
         model = load_base_model(recipe.model)
         if adapter is not None:
-            model = load_lora(model, check_ref(adapter) / ADAPTER_DIR)
+            model = load_lora(model, adapter_path(check_ref(adapter)))
         model.eval()
         items = evaluation_items(recipe)
         t = time.time()
@@ -92,27 +109,25 @@ def evaluate(
             on_progress=progress.update,
         )
         seconds = time.time() - t
-        pd.DataFrame(rows).to_parquet(work / EVAL_ITEMS, index=False)
         table = summarize(rows)
-        contam = contamination(load_split(data, POOL_FILE), items, ec.decontamination_ngram)
+        contam = contamination(load_split(data, "train"), items, ec.decontamination_ngram)
         summary = {
             "model": label,
             "tasks": table,
             "limits": dict(ec.benchmarks),
-            "bbh_tasks": list(BBH_TASKS) if "bbh" in ec.benchmarks else [],
+            "tasks_per_benchmark": {
+                b: sorted({it.task for it in items if it.benchmark == b})
+                for b in sorted({it.benchmark for it in items})
+            },
             "contamination": contam,
-            "seconds": round(seconds, 1),
         }
-        (work / EVAL_TABLE).write_text(json.dumps(summary, indent=1))
-        try:
-            create_table_artifact(
-                [r for r in table if r["level"] != "task"],
-                key=f"eval-{label}".replace("@", "-").replace(".", "-").replace("_", "-").lower(),
-                description=f"evaluation of {label}",
-            )
-        except Exception:
-            pass
-        return summary
+        save_evaluation(work, rows, summary)  # the files hold no timings: equal scores, equal digest
+        post_table(
+            [r for r in table if r["level"] != "task"],
+            key=f"eval-{label}".replace("@", "-").replace(".", "-").replace("_", "-").lower(),
+            description=f"evaluation of {label}",
+        )
+        return {**summary, "seconds": round(seconds, 1)}
 
     ref = materialize(plan_evaluate(recipe, data, adapter), build, force=refresh)
     return publish(ref, "evaluate", {"model": label}, [data] + ([adapter] if adapter else []), started)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -10,8 +9,6 @@ import torch
 from prefect import task
 from tqdm.auto import tqdm
 
-import bidsml.features
-import bidsml.projection
 from bidsml.config import Recipe
 from bidsml.data import tokenize_all
 from bidsml.errors import FeatureError
@@ -23,17 +20,15 @@ from bidsml.features import (
     resolve_precision,
 )
 from bidsml.model import load_base_model, load_lora, load_tokenizer, resolve_device
-from bidsml.projection import Projector
+from bidsml.projection import make_projector
 from bidsml.train import OPTIMIZER_FILE
-from storage.gradients import write_chunks_checkpoints
-from storage.names import POOL_FILE, VAL_FILE
+from storage.checkpoints import load_checkpoints
+from storage.datasets import SPLIT_FILES, load_split
+from storage.gradients import save_examples_meta, write_chunks_checkpoints
 from storage.refs import ArtifactRef, Plan, materialize
 from tasks.common import ArtifactCachePolicy, Progress, code_version, model_inputs, publish, ref_inputs, run_root
-from tasks.data import load_split
-from tasks.warmup import load_checkpoints
 
-CODE = code_version(bidsml.features, bidsml.projection)
-SPLITS = {"train": POOL_FILE, "val": VAL_FILE}
+CODE = code_version(__name__)
 
 
 def plan_features(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) -> Plan:
@@ -71,7 +66,13 @@ def _checkpoint_states(model, warm: ArtifactRef, ckpts: list[dict], eps_inside_s
                 raise FeatureError(f"{adapter}: no weights for LoRA parameter {key!r}")
             weights[name] = saved[key].to(device=device, dtype=params[name].weight.dtype)
         opt = torch.load(adapter / OPTIMIZER_FILE, weights_only=True)
-        states.append(CheckpointState(weights, AdamTransform(opt, eps_inside_sqrt=eps_inside_sqrt)))
+        hp = ck.get("optimizer")
+        if not hp or hp.get("name") != "adamw":
+            raise FeatureError(f"{adapter}: the checkpoint records no AdamW hyperparameters; rerun the warmup step")
+        transform = AdamTransform(
+            opt, beta1=hp["betas"][0], beta2=hp["betas"][1], eps=hp["eps"], eps_inside_sqrt=eps_inside_sqrt
+        )
+        states.append(CheckpointState(weights, transform))
     return states
 
 
@@ -85,8 +86,8 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
         tok = load_tokenizer(recipe.model)
         ckpts = load_checkpoints(warm)
         splits = {}
-        for split, fname in SPLITS.items():
-            items, _ = tokenize_all(tok, load_split(data, fname), recipe.model.max_seq_length)
+        for split in SPLIT_FILES:
+            items, _ = tokenize_all(tok, load_split(data, split), recipe.model.max_seq_length)
             splits[split] = items
         model = load_lora(load_base_model(recipe.model), warm.path / ckpts[0]["path"])
         model.eval()
@@ -94,7 +95,7 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
             p.requires_grad_("lora_" in n)
         precision = resolve_precision(fc.precision, next(model.parameters()).device)
         shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
-        projector = Projector(fc.projector, fc.proj_dim, fc.proj_seed, shapes)
+        projector = make_projector(fc.projector, fc.proj_dim, fc.proj_seed, shapes)
         states = _checkpoint_states(model, warm, ckpts, fc.eps_inside_sqrt)
         total = sum((len(v) + fc.chunk_rows - 1) // fc.chunk_rows for v in splits.values())
         progress = Progress("features-progress", "gradient feature chunks")
@@ -126,7 +127,7 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
             split: {"ids": [t.id for t in items], "n_tokens": [len(t.input_ids) for t in items]}
             for split, items in splits.items()
         }
-        (work / "examples.json").write_text(json.dumps(meta))
+        save_examples_meta(work, meta)
         return {
             "n_train": len(splits["train"]),
             "n_val": len(splits["val"]),
@@ -137,7 +138,3 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
 
     ref = materialize(plan_features(recipe, data, warm), build, force=refresh)
     return publish(ref, "featurize", {"features": fc.model_dump()}, [data, warm], started)
-
-
-def load_examples_meta(ref: ArtifactRef) -> dict:
-    return json.loads((ref.path / "examples.json").read_text())

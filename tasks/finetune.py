@@ -8,17 +8,16 @@ from pathlib import Path
 
 from prefect import task
 
-import bidsml.train
 from bidsml.config import Recipe
-from bidsml.data import read_jsonl, tokenize_all
+from bidsml.data import tokenize_all
 from bidsml.model import load_tokenizer
 from bidsml.train import train_lora
-from storage.names import SUBSET_JSONL
+from storage.checkpoints import adapter_path
 from storage.refs import ArtifactRef, Plan, materialize
+from storage.selections import load_subset
 from tasks.common import ArtifactCachePolicy, Progress, code_version, model_inputs, publish, ref_inputs, run_root
 
-CODE = code_version(bidsml.train)
-ADAPTER_DIR = "adapter"
+CODE = code_version(__name__)
 
 
 def plan_finetune(recipe: Recipe, selection: ArtifactRef) -> Plan:
@@ -42,7 +41,7 @@ def finetune(recipe: Recipe, selection: ArtifactRef, refresh: bool = False) -> A
     started = time.time()
 
     def build(work: Path) -> dict:
-        subset, _ = read_jsonl(selection.path / SUBSET_JSONL)
+        subset = load_subset(selection)
         items, counts = tokenize_all(load_tokenizer(recipe.model), subset, recipe.model.max_seq_length)
         progress = Progress("finetune-progress", f"fine-tuning on {selection.meta.get('method')} subset")
         ckpts = train_lora(
@@ -56,7 +55,7 @@ def finetune(recipe: Recipe, selection: ArtifactRef, refresh: bool = False) -> A
             on_step=lambda s, t, _: progress.update(s, t),
         )
         last = work / "train" / ckpts[-1]["path"]
-        last.rename(work / ADAPTER_DIR)
+        last.rename(adapter_path(work))
         shutil.rmtree(work / "train")
         return {
             "n_train": len(items),

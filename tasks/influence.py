@@ -8,19 +8,16 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
-import bidsml.influence
 from bidsml.config import Recipe
 from bidsml.influence import influence_matrix
-from storage.gradients import iter_feature_chunks, read_features
+from storage.checkpoints import load_checkpoints
+from storage.datasets import load_split
+from storage.gradients import iter_feature_chunks, load_examples_meta, read_features
 from storage.influence_store import save_influence
-from storage.names import POOL_FILE, VAL_FILE
 from storage.refs import ArtifactRef, Plan, materialize
 from tasks.common import ArtifactCachePolicy, code_version, publish, ref_inputs, run_root
-from tasks.data import load_split
-from tasks.features import load_examples_meta
-from tasks.warmup import load_checkpoints
 
-CODE = code_version(bidsml.influence)
+CODE = code_version(__name__)
 
 
 def plan_influence(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, feats: ArtifactRef) -> Plan:
@@ -42,9 +39,9 @@ def compute_influence(
         ckpts = load_checkpoints(warm)
         weights = [c["weight"] for c in ckpts]
         val_feats = [read_features(feats.path, "val", c) for c in range(len(ckpts))]
-        meta = load_examples_meta(feats)
-        pool = load_split(data, POOL_FILE)
-        val = load_split(data, VAL_FILE)
+        meta = load_examples_meta(feats.path)
+        pool = load_split(data, "train")
+        val = load_split(data, "val")
         A = influence_matrix(lambda c: iter_feature_chunks(feats.path, "train", c), val_feats, weights, len(pool))
         train_df = pd.DataFrame(
             {

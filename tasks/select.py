@@ -1,39 +1,42 @@
-"""Step 4: one selection method at one budget over the influence store; exports the subset as JSONL."""
+"""Step 4: one selection method at one budget; exports the subset as JSONL.
+
+The method is looked up in the selector registry (bidsml.selectors); the
+inputs it declares (influence, representations) are loaded and passed, and
+only those are part of the selection's identity.
+"""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from prefect import task
-from prefect.artifacts import create_table_artifact
 
-import bidsml.selection
 from bidsml.config import Recipe
-from bidsml.data import write_jsonl
 from bidsml.errors import SelectionError
-from bidsml.selection import constant_columns, normalize_columns, resolve_budget, select, task_means
+from bidsml.selection import constant_columns, normalize_columns, resolve_budget, task_means
+from bidsml.selectors import SelectorInputs, get_selector, run_selector
+from storage.datasets import load_split
 from storage.influence_store import load_influence
-from storage.names import POOL_FILE, SELECTION_PARQUET, SELECTION_SUMMARY, SUBSET_JSONL
 from storage.refs import ArtifactRef, Plan, materialize
-from tasks.common import ArtifactCachePolicy, code_version, publish, ref_inputs, run_root
-from tasks.data import load_split
-from tasks.represent import rds_scores
+from storage.representations import load_representations
+from storage.selections import save_selection
+from tasks.common import ArtifactCachePolicy, code_version, post_table, publish, ref_inputs, run_root
 
-CODE = code_version(bidsml.selection)
+CODE = code_version(__name__)
 
 
 def plan_select(
     recipe: Recipe, data: ArtifactRef, infl: ArtifactRef, method: str, budget: float, reps: ArtifactRef | None = None
 ) -> Plan:
+    needs = get_selector(method).needs
     return Plan(
         run_root=run_root(recipe),
         kind="selection",
         inputs={
-            **ref_inputs(data=data, influence=infl, representations=reps if method == "rds" else None),
+            **ref_inputs(data=data, influence=infl, representations=reps if "representations" in needs else None),
             "method": method,
             "budget": budget,
             "seed": recipe.seed,
@@ -70,16 +73,17 @@ def select_subset(
 ) -> ArtifactRef:
     """Runs one selection method; returns the selection artifact (ranked table + JSONL subset)."""
     started = time.time()
+    needs = get_selector(method).needs
 
     def build(work: Path) -> dict:
-        A, train, val = load_influence(infl.path)
+        A, train, val = load_influence(infl.path)  # composition is always reported by most-influenced task
         tasks = val["task"].tolist()
-        if method == "rds":
+        inputs = SelectorInputs(tasks=tasks, influence=A if "influence" in needs else None)
+        if "representations" in needs:
             if reps is None:
-                raise SelectionError("method 'rds' needs the representations artifact (the pipeline computes it)")
-            rows = select(method, rds_scores(reps), tasks, budget, recipe.seed)
-        else:
-            rows = select(method, A, tasks, budget, recipe.seed)
+                raise SelectionError(f"method {method!r} needs the representations artifact (the represent step)")
+            inputs.representations = load_representations(reps)
+        rows = run_selector(method, inputs, budget, recipe.seed)
         comp = composition(A, tasks, train["source"].tolist(), rows)
         table = pd.DataFrame(
             {
@@ -90,9 +94,7 @@ def select_subset(
                 "top_task": comp.pop("top_task"),
             }
         )
-        table.to_parquet(work / SELECTION_PARQUET, index=False)
-        pool = load_split(data, POOL_FILE)
-        write_jsonl([pool[i] for i in rows], work / SUBSET_JSONL)
+        pool = load_split(data, "train")
         summary = {
             "method": method,
             "budget": budget,
@@ -101,17 +103,14 @@ def select_subset(
             "dropped_constant_columns": constant_columns(A),
             **comp,
         }
-        (work / SELECTION_SUMMARY).write_text(json.dumps(summary, indent=1))
-        try:
-            create_table_artifact(
-                [{"source": s, "selected": int(n)} for s, n in summary["by_source"].items()],
-                key=f"selection-{method}".replace("_", "-"),
-                description=f"{method} @ {budget}: composition by source",
-            )
-        except Exception:
-            pass
+        save_selection(work, table, [pool[i] for i in rows], summary)
+        post_table(
+            [{"source": s, "selected": int(n)} for s, n in summary["by_source"].items()],
+            key=f"selection-{method}".replace("_", "-"),
+            description=f"{method} @ {budget}: composition by source",
+        )
         return summary
 
     ref = materialize(plan_select(recipe, data, infl, method, budget, reps), build, force=refresh)
-    inputs = [data, infl] + ([reps] if method == "rds" and reps is not None else [])
+    inputs = [data, infl] + ([reps] if "representations" in needs and reps is not None else [])
     return publish(ref, "select_subset", {"method": method, "budget": budget, "seed": recipe.seed}, inputs, started)

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
 
 from prefect import task
 
-import bidsml.train
 from bidsml.config import Recipe
 from bidsml.data import tokenize_all
 from bidsml.model import load_tokenizer
 from bidsml.train import checkpoint_weights, train_lora
-from storage.names import CHECKPOINTS_FILE, POOL_FILE
+from storage.checkpoints import save_checkpoints
+from storage.datasets import load_split
 from storage.refs import ArtifactRef, Plan, materialize
 from tasks.common import ArtifactCachePolicy, Progress, code_version, model_inputs, publish, ref_inputs, run_root
-from tasks.data import load_split
 
-CODE = code_version(bidsml.train)
+CODE = code_version(__name__)
 
 
 def plan_warmup(recipe: Recipe, data: ArtifactRef) -> Plan:
@@ -49,7 +47,7 @@ def warmup(recipe: Recipe, data: ArtifactRef, refresh: bool = False) -> Artifact
     started = time.time()
 
     def build(work: Path) -> dict:
-        pool = load_split(data, POOL_FILE)
+        pool = load_split(data, "train")
         rows = warmup_subset(len(pool), recipe.warmup.fraction, recipe.seed)
         items, counts = tokenize_all(load_tokenizer(recipe.model), [pool[i] for i in rows], recipe.model.max_seq_length)
         progress = Progress("warmup-progress", "warmup LoRA training steps")
@@ -65,15 +63,10 @@ def warmup(recipe: Recipe, data: ArtifactRef, refresh: bool = False) -> Artifact
         weights = checkpoint_weights([c["mean_lr"] for c in ckpts])
         for c, w in zip(ckpts, weights):
             c["weight"] = w
-        (work / CHECKPOINTS_FILE).write_text(json.dumps(ckpts, indent=1))
+        save_checkpoints(work, ckpts)
         return {"n_train": len(items), "truncated": counts["truncated"], "checkpoints": ckpts}
 
     ref = materialize(plan_warmup(recipe, data), build, force=refresh)
     return publish(
         ref, "warmup", {"lora": recipe.lora.model_dump(), "warmup": recipe.warmup.model_dump()}, [data], started
     )
-
-
-def load_checkpoints(ref: ArtifactRef) -> list[dict]:
-    """Returns the warmup checkpoints (epoch, step, mean_lr, weight, path) in epoch order."""
-    return json.loads((ref.path / CHECKPOINTS_FILE).read_text())

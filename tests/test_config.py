@@ -17,8 +17,11 @@ BASE = {
 
 @pytest.mark.parametrize("name", ["demo.yaml", "smollm2-olmo.yaml", "tiny.yaml"])
 def test_shipped_recipes_are_valid(name):
+    import yaml
+
     r = load_recipe(RECIPES / name)
-    assert r.name
+    raw = yaml.safe_load((RECIPES / name).read_text())
+    assert r.name == raw["name"] and [t.task for t in r.data.targets] == [t["task"] for t in raw["data"]["targets"]]
 
 
 def test_full_recipe_meets_the_gpu_run_spec():
@@ -33,7 +36,7 @@ def test_unknown_key_is_named():
 
 
 def test_bad_value_is_named():
-    with pytest.raises(RecipeError, match=r"selection\.methods = .*unknown method 'bidz'"):
+    with pytest.raises(RecipeError, match=r"selection\.methods = .*unknown selector 'bidz'; registered: .*rds-plus"):
         parse_recipe({**BASE, "selection": {"methods": ["bidz"]}})
     with pytest.raises(RecipeError, match=r"warmup\.fraction = 1\.5"):
         parse_recipe({**BASE, "warmup": {"fraction": 1.5}})
@@ -53,3 +56,30 @@ def test_overrides_apply_and_validate():
     assert r.with_overrides({"selection.budgets": [5]}).selection.budgets == (5,)
     with pytest.raises(RecipeError, match="no such key 'budgetz'"):
         r.with_overrides({"selection.budgetz": [5]})
+
+
+def test_names_are_checked_against_the_registries():
+    with pytest.raises(RecipeError, match=r"data\.targets\.0 = .*unknown benchmark 'mmlux'; registered: .*jsonl"):
+        parse_recipe({**BASE, "data": {**BASE["data"], "targets": [{"task": "mmlux"}]}})
+    with pytest.raises(RecipeError, match=r"data\.pool\.0 = .*unknown source 'sciqq'"):
+        parse_recipe({**BASE, "data": {**BASE["data"], "pool": [{"source": "sciqq"}]}})
+    with pytest.raises(RecipeError, match=r"source 'jsonl' needs a path"):
+        parse_recipe({**BASE, "data": {**BASE["data"], "pool": [{"source": "jsonl"}]}})
+    with pytest.raises(RecipeError, match=r"features\.projector = 'dense': .*unknown projector 'dense'"):
+        parse_recipe({**BASE, "features": {"projector": "dense"}})
+    with pytest.raises(RecipeError, match=r"evaluation\.benchmarks: unknown benchmark 'legal'"):
+        parse_recipe({**BASE, "evaluation": {"benchmarks": {"legal": 5}}})
+
+
+def test_a_jsonl_target_is_evaluated_by_its_task_name():
+    target = {
+        "task": "legal",
+        "kind": "jsonl",
+        "capability": "law",
+        "validation_path": "v.jsonl",
+        "items_path": "i.jsonl",
+    }
+    r = parse_recipe(
+        {**BASE, "data": {**BASE["data"], "targets": [target]}, "evaluation": {"benchmarks": {"legal": 5}}}
+    )
+    assert r.target("legal").kind == "jsonl" and r.target("mmlu").task == "mmlu"

@@ -43,11 +43,16 @@ def test_multi_turn_masks_every_assistant_turn_only(tokenizer):
     assert "AAA" in labelled and "BBB" in labelled and "Say" not in labelled
 
 
-def test_tulu_format_without_chat_template(tokenizer):
+def test_tulu_format_when_the_recipe_asks_for_it(tokenizer):
     import copy
+
+    from bidsml.model import TULU_TEMPLATE
 
     tok = copy.deepcopy(tokenizer)
     tok.chat_template = None
+    with pytest.raises(DataError, match=r"no chat template: set `model.chat_template`"):
+        tokenize_example(tok, _ex(assistant="yes indeed"), 256)
+    tok.chat_template = TULU_TEMPLATE
     t = tokenize_example(tok, _ex(assistant="yes indeed"), 256)
     text = tok.decode(t.input_ids)
     assert text.startswith("<|user|>\nWhat is 2+2?\n<|assistant|>\nyes indeed")

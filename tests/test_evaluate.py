@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from bidsml.benchmarks import (
-    BBH_TASKS,
     BenchItem,
+    builtin_benchmark,
     contamination,
     load_benchmark,
     sample_items,
 )
+from bidsml.benchmarks.bbh import BBH_TASKS
 from bidsml.data import Example
 from bidsml.evaluate import (
     continuation_logprobs,
@@ -21,7 +22,6 @@ from bidsml.evaluate import (
 )
 from bidsml.model import load_base_model
 from bidsml.sandbox import Limits, run_program
-from bidsml.sources import load_target
 from tests.conftest import TINY
 
 LIMITS = Limits(timeout_s=5, cpu_s=5, memory_mb=512)
@@ -29,7 +29,7 @@ LIMITS = Limits(timeout_s=5, cpu_s=5, memory_mb=512)
 
 @pytest.fixture(scope="module")
 def model():
-    return load_base_model(TINY, seed=0)
+    return load_base_model(TINY)
 
 
 def test_batched_scores_equal_single_item_scores(model, tokenizer):
@@ -79,6 +79,8 @@ def _mc_item(i, gold):
         question="",
         choices=[" A", " B", " C"],
         gold=gold,
+        capability="knowledge",
+        metric="accuracy",
     )
 
 
@@ -112,10 +114,10 @@ def test_protocols_and_held_out_material():
     assert {it.task for it in bbh} == set(BBH_TASKS) and bbh[0].prompt.count("\nA:") == 4  # 3 shots + item
     # validation (influence) examples never appear among the scored items
     for task in ("gsm8k", "humaneval", "mbpp", "mmlu", "arc_challenge", "bbh"):
-        val_ids = {e.id for e in load_target(task)[0]}
+        val_ids = {e.id for e in builtin_benchmark(task).validation()}
         scored = {it.id for it in load_benchmark(task)}
         assert val_ids and not (val_ids & scored), task
-    shots = {e.messages[0].content for e in load_target("bbh")[0]}
+    shots = {e.messages[0].content for e in builtin_benchmark("bbh").validation()}
     assert not shots & {it.question for it in bbh}
 
 

@@ -7,13 +7,13 @@ from bidsml.data import tokenize_all
 from bidsml.errors import FeatureError
 from bidsml.features import AdamTransform, compute_features, lora_linears, reference_flat_grads
 from bidsml.model import add_lora, load_base_model
-from bidsml.projection import Projector
+from bidsml.projection import make_projector
 from tests.conftest import TINY, TINY_LORA, make_examples
 
 
 @pytest.fixture(scope="module")
 def lora_model():
-    model = add_lora(load_base_model(TINY, seed=0), TINY_LORA, seed=0)
+    model = add_lora(load_base_model(TINY), TINY_LORA, seed=0)
     # LoRA B starts at zero; give it values so both A and B gradients are non-trivial
     torch.manual_seed(1)
     for name, p in model.named_parameters():
@@ -35,7 +35,7 @@ def _states(model, seed=2):
 
 def _identity_projector(model):
     shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
-    return Projector("rademacher", 16, 0, shapes), shapes
+    return make_projector("rademacher", 16, 0, shapes), shapes
 
 
 def test_features_equal_batch_size_one_autograd_with_adam(lora_model, tokenizer):
@@ -44,7 +44,7 @@ def test_features_equal_batch_size_one_autograd_with_adam(lora_model, tokenizer)
     shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(lora_model)}
     D = sum(torch.Size(s).numel() for s in shapes.values())
     # Project with the identity: a "projector" whose dense matrix is I (k = D)
-    proj = Projector("sjlt", D, 0, shapes)
+    proj = make_projector("sjlt", D, 0, shapes)
     for name in shapes:  # overwrite hashes with the identity map
         off = proj.offsets[name]
         n = torch.Size(shapes[name]).numel()
@@ -69,7 +69,7 @@ def test_features_do_not_depend_on_batch_composition(lora_model, tokenizer):
 
 def test_sjlt_module_by_module_equals_whole_vector():
     shapes = {"a": (3, 5), "b": (7,), "c": (2, 2)}
-    proj = Projector("sjlt", 11, 5, shapes)
+    proj = make_projector("sjlt", 11, 5, shapes)
     g = {n: torch.randn(4, torch.Size(s).numel()) for n, s in shapes.items()}
     whole = torch.cat([g[n] for n in sorted(g)], dim=1)
     # explicit sparse matrix from the hashes
@@ -80,8 +80,8 @@ def test_sjlt_module_by_module_equals_whole_vector():
             mat[proj.offsets[n] + j, bucket[j]] = sign[j]
     assert torch.allclose(proj.project(g), whole @ mat, atol=1e-6)
     # same seed, fresh object -> same features; other seed -> different
-    assert torch.equal(Projector("sjlt", 11, 5, shapes).project(g), proj.project(g))
-    assert not torch.equal(Projector("sjlt", 11, 6, shapes).project(g), proj.project(g))
+    assert torch.equal(make_projector("sjlt", 11, 5, shapes).project(g), proj.project(g))
+    assert not torch.equal(make_projector("sjlt", 11, 6, shapes).project(g), proj.project(g))
 
 
 def test_missing_optimizer_state_names_the_parameter(lora_model, tokenizer):
@@ -152,7 +152,7 @@ def test_autocast_features_stay_close_to_fp32(lora_model, tokenizer, precision):
 
     items, _ = tokenize_all(tokenizer, make_examples(5, seed=9), 64)
     shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(lora_model)}
-    proj = Projector("sjlt", 512, 0, shapes)
+    proj = make_projector("sjlt", 512, 0, shapes)
     tf = AdamTransform(_states(lora_model))
     ref, ref_n = compute_features(lora_model, items, proj, tokenizer.pad_token_id, tf, 10_000, "float32")
     low, low_n = compute_features(lora_model, items, proj, tokenizer.pad_token_id, tf, 10_000, precision)

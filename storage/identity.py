@@ -1,0 +1,132 @@
+"""What an artifact's identity is made of: the code that builds it and the model weights it reads.
+
+- `code_identity(module)`: a hash over the module's source and the source of
+  every project module it imports, transitively (imports inside functions
+  included; importing a package includes all its modules, since registries
+  discover their members by scanning the package). Sources are hashed as
+  their AST without docstrings, so comments, formatting and docs can change
+  without recomputing anything, and any change of code does recompute.
+- `weights_digest(folder)`: a sha256 over the content of a model folder's
+  weight, config and tokenizer files, cached by (path, size, mtime) so it is
+  computed once per file version, not every run.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.util
+from pathlib import Path
+
+from bidsml.filehash import file_digest_cached
+
+# Top-level packages whose code shapes artifacts (flows/ and deployments/ only orchestrate).
+PROJECT_PACKAGES = ("bidsml", "storage", "tasks")
+
+
+def _is_project(name: str) -> bool:
+    return name.split(".")[0] in PROJECT_PACKAGES
+
+
+@functools.lru_cache(maxsize=None)
+def _spec_origin(name: str) -> tuple[str | None, bool]:
+    """Returns (source file, is_package) of a project module, or (None, False) when it is not a module."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None, False
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None, False
+    return spec.origin, spec.submodule_search_locations is not None
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+                if isinstance(body[0].value.value, str):
+                    node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _package_modules(name: str, origin: str) -> list[str]:
+    folder = Path(origin).parent
+    return sorted(f"{name}.{p.stem}" for p in folder.glob("*.py") if p.stem != "__init__")
+
+
+def project_imports(name: str) -> tuple[list[str], str]:
+    """Returns (project modules `name` imports, the canonical dump of its code) without importing it."""
+    origin, is_pkg = _spec_origin(name)
+    if origin is None:
+        raise ImportError(f"no Python source for module {name!r}")
+    tree = _strip_docstrings(ast.parse(Path(origin).read_text(), filename=origin))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if _is_project(a.name)}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import
+                base = name if is_pkg else name.rsplit(".", 1)[0]
+                for _ in range(node.level - 1):
+                    base = base.rsplit(".", 1)[0]
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            if not _is_project(mod):
+                continue
+            found.add(mod)
+            for a in node.names:  # `from pkg import submodule`
+                if _spec_origin(f"{mod}.{a.name}")[0] is not None:
+                    found.add(f"{mod}.{a.name}")
+    if is_pkg:
+        found |= set(_package_modules(name, origin))
+    # a submodule's package __init__ runs first
+    for mod in list(found):
+        parts = mod.split(".")
+        found |= {".".join(parts[:i]) for i in range(1, len(parts))}
+    return sorted(m for m in found if m != name and _spec_origin(m)[0] is not None), ast.dump(tree)
+
+
+@functools.lru_cache(maxsize=None)
+def code_closure(name: str) -> tuple[str, ...]:
+    """Returns the module `name` and every project module it imports, transitively (sorted)."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        todo.extend(project_imports(mod)[0])
+    return tuple(sorted(seen))
+
+
+def code_identity(name: str) -> str:
+    """Returns a hash of the code of module `name` and of every project module it imports (transitively)."""
+    h = hashlib.sha256()
+    for mod in code_closure(name):
+        h.update(mod.encode() + b"\0" + project_imports(mod)[1].encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+# --- model weights -----------------------------------------------------------------------------
+
+# Files whose content defines a model folder (weights, architecture, tokenizer, chat template).
+MODEL_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.json", "*.model", "*.txt", "*.jinja")
+NOT_CONTENT = {"bidsflow_source.json"}  # where a converted folder came from (a path): not the model
+
+
+def weights_digest(folder: Path, cache_file: Path) -> str:
+    """Returns a sha256 over the names and contents of a model folder's defining files."""
+    folder = Path(folder)
+    files = sorted(
+        {p for pat in MODEL_FILE_PATTERNS for p in folder.glob(pat) if p.is_file() and p.name not in NOT_CONTENT}
+    )
+    if not files:
+        raise FileNotFoundError(f"model folder {folder} has no weight, config or tokenizer files")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + file_digest_cached(f, cache_file).encode() + b"\0")
+    return h.hexdigest()

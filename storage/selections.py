@@ -1,0 +1,35 @@
+"""The selection artifact: the ranked table (Parquet), the subset as JSONL and a summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bidsml.data import Example, read_jsonl, write_jsonl
+from storage.names import SELECTION_PARQUET, SELECTION_SUMMARY, SUBSET_JSONL
+from storage.refs import ArtifactRef
+
+
+def subset_path(root: Path) -> Path:
+    return Path(root) / SUBSET_JSONL
+
+
+def save_selection(work: Path, table: pd.DataFrame, subset: list[Example], summary: dict) -> None:
+    table.to_parquet(Path(work) / SELECTION_PARQUET, index=False)
+    write_jsonl(subset, subset_path(work))
+    (Path(work) / SELECTION_SUMMARY).write_text(json.dumps(summary, indent=1, sort_keys=True))
+
+
+def load_subset(ref: ArtifactRef) -> list[Example]:
+    exs, _ = read_jsonl(subset_path(ref.path))
+    return exs
+
+
+def load_selection_table(ref: ArtifactRef) -> pd.DataFrame:
+    return pd.read_parquet(ref.path / SELECTION_PARQUET)
+
+
+def selection_exists(root: Path) -> bool:
+    return (Path(root) / SELECTION_PARQUET).exists() and subset_path(root).exists()
