@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from bidsml.config import LoraConfig, ModelConfig
+from bidsml.config import ModelConfig
 from bidsml.errors import RecipeError
 from bidsml.model_sources import DEFAULT_CACHE, MODEL_SOURCES
 
@@ -103,23 +103,6 @@ def load_base_model(cfg: ModelConfig):
 def model_source_config(cfg: ModelConfig) -> dict:
     """Returns the settings that shape the model besides its files: the tiny model's shape, the chat template."""
     return {"tiny": {**TINY_LLAMA, "seed": TINY_SEED} if cfg.tiny else None, "chat_template": cfg.chat_template}
-
-
-def add_lora(model, cfg: LoraConfig, seed: int):
-    """Returns a peft model with a fresh, seeded LoRA adapter on `cfg.target_modules`."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-
-    torch.manual_seed(seed)
-    peft_cfg = PeftLoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules),
-        layers_to_transform=list(cfg.layers) if cfg.layers else None,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, peft_cfg)
 
 
 def load_lora(model, adapter_dir: Path):

@@ -19,11 +19,28 @@ from tqdm.auto import tqdm
 
 from bidsml.config import LoraConfig, ModelConfig, TrainConfig
 from bidsml.data import Tokenized, collate
-from bidsml.model import add_lora, load_base_model, load_tokenizer
+from bidsml.model import load_base_model, load_tokenizer
 
 OPTIMIZER_FILE = "optimizer_state.pt"  # {param name: {"exp_avg", "exp_avg_sq"}}
 TRAINER_FILE = "trainer_state.pt"  # full optimizer/scheduler/RNG state, for resume
 CHECKPOINT_META = "checkpoint.json"
+
+
+def add_lora(model, cfg: LoraConfig, seed: int):
+    """Returns a peft model with a fresh, seeded LoRA adapter on `cfg.target_modules`."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    torch.manual_seed(seed)
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        layers_to_transform=list(cfg.layers) if cfg.layers else None,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
 
 
 def linear_schedule(step: int, total: int, warmup_ratio: float) -> float:

@@ -19,7 +19,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from bidsml.config import Recipe
-from bidsml.report import composition_frame, evaluation_frame, evaluation_pivot, inline_images, write_report
+from bidsml.markdown import inline_images
+from bidsml.report import composition_frame, evaluation_frame, evaluation_pivot, write_report
 from bidsml.selection import selection_label
 from bidsml.selectors import DEFAULT_METHOD, get_selector
 from flows.steps import (

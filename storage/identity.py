@@ -2,8 +2,8 @@
 
 - `code_identity(module)`: a hash over the module's source and the source of
   every project module it imports, transitively (imports inside functions
-  included; importing a package includes all its modules, since registries
-  discover their members by scanning the package). Sources are hashed as
+  included; importing a registry package, one that scans itself with
+  pkgutil, includes all its modules). Sources are hashed as
   their AST without docstrings, so comments, formatting and docs can change
   without recomputing anything, and any change of code does recompute.
 - `weights_digest(folder)`: a sha256 over the content of a model folder's
@@ -25,20 +25,35 @@ from bidsml.filehash import file_digest_cached
 PROJECT_PACKAGES = ("bidsml", "storage", "tasks")
 
 
+# Functions whose imports only validate names against registries: they shape no artifact, so the code
+# they import is not part of the importer's identity (else adding a benchmark would recompute features).
+VALIDATION_ONLY = {"bidsml.config": {"_registered"}}
+
+
 def _is_project(name: str) -> bool:
     return name.split(".")[0] in PROJECT_PACKAGES
 
 
 @functools.lru_cache(maxsize=None)
 def _spec_origin(name: str) -> tuple[str | None, bool]:
-    """Returns (source file, is_package) of a project module, or (None, False) when it is not a module."""
+    """Returns (source file, is_package) of a project module, or (None, False) when it is not a module.
+
+    Found on the file system from the top package's folder, so nothing but
+    top-level packages is imported (`find_spec` of a submodule would run its parents).
+    """
+    top, *rest = name.split(".")
     try:
-        spec = importlib.util.find_spec(name)
+        spec = importlib.util.find_spec(top)
     except (ImportError, ValueError):
         return None, False
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+    if spec is None or not spec.submodule_search_locations:
         return None, False
-    return spec.origin, spec.submodule_search_locations is not None
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*rest)
+    if (path / "__init__.py").is_file():
+        return str(path / "__init__.py"), True
+    if path.with_suffix(".py").is_file() and rest:
+        return str(path.with_suffix(".py")), False
+    return None, False
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
@@ -63,7 +78,11 @@ def project_imports(name: str) -> tuple[list[str], str]:
         raise ImportError(f"no Python source for module {name!r}")
     tree = _strip_docstrings(ast.parse(Path(origin).read_text(), filename=origin))
     found: set[str] = set()
+    skip = VALIDATION_ONLY.get(name, set())
+    skipped = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name in skip for n in ast.walk(f)}
     for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if _is_project(a.name)}
         elif isinstance(node, ast.ImportFrom):
@@ -80,8 +99,8 @@ def project_imports(name: str) -> tuple[list[str], str]:
             for a in node.names:  # `from pkg import submodule`
                 if _spec_origin(f"{mod}.{a.name}")[0] is not None:
                     found.add(f"{mod}.{a.name}")
-    if is_pkg:
-        found |= set(_package_modules(name, origin))
+    if is_pkg and any(isinstance(n, ast.Import) and any(a.name == "pkgutil" for a in n.names) for n in ast.walk(tree)):
+        found |= set(_package_modules(name, origin))  # a registry package: it imports every module it holds
     # a submodule's package __init__ runs first
     for mod in list(found):
         parts = mod.split(".")

@@ -45,8 +45,42 @@ def stable_hash(obj: Any) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    with path.open("rb") as fh:
+    with Path(path).open("rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def duckdb_content_sha256(path: Path) -> str:
+    """Returns a sha256 over a DuckDB file's tables (sorted rows, as Arrow IPC) and view definitions.
+
+    DuckDB's file bytes differ between two writes of the same tables (block
+    layout, headers), so the bytes are no content digest.
+    """
+    import duckdb
+    import pyarrow as pa
+
+    h = hashlib.sha256()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        q = "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'main' ORDER BY 1"
+        for name, kind in con.execute(q).fetchall():
+            h.update(f"{kind}:{name}\0".encode())
+            if kind == "VIEW":
+                sql = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [name]).fetchall()[0][0]
+                h.update(sql.encode())
+                continue
+            table = con.sql(f'SELECT * FROM "{name}" ORDER BY ALL').to_arrow_table().combine_chunks()
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+            h.update(sink.getvalue().to_pybytes())
+    finally:
+        con.close()
+    return h.hexdigest()
+
+
+def content_sha256(path: Path) -> str:
+    """Returns the sha256 of what a file holds: its bytes, or for a DuckDB file its tables and views."""
+    return duckdb_content_sha256(path) if Path(path).suffix == ".duckdb" else file_sha256(path)
 
 
 def _files(root: Path) -> list[Path]:
@@ -58,7 +92,11 @@ def write_manifest(root: Path) -> str:
     entries = {}
     for p in _files(root):
         st = p.stat()
-        entries[str(p.relative_to(root))] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(p)}
+        entries[str(p.relative_to(root))] = {
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "sha256": content_sha256(p),
+        }
     (root / MANIFEST).write_text(json.dumps(entries, indent=1, sort_keys=True))
     return manifest_digest(entries)
 
@@ -88,7 +126,7 @@ def current_digest(root: Path) -> str | None:
         st = (root / rel).stat()
         if st.st_size != e["size"]:
             return None
-        if st.st_mtime_ns != e["mtime_ns"] and file_sha256(root / rel) != e["sha256"]:
+        if st.st_mtime_ns != e["mtime_ns"] and content_sha256(root / rel) != e["sha256"]:
             return None
     return manifest_digest(entries)
 

@@ -17,9 +17,9 @@ from prefect.logging import get_run_logger
 
 from bidsml.config import Recipe
 from bidsml.errors import ArtifactError
+from bidsml.markdown import png_markdown
 from bidsml.model import model_dir, model_source_config
 from bidsml.model_sources import DEFAULT_CACHE, digest_cache
-from bidsml.report import png_markdown
 from storage.identity import code_identity, weights_digest
 from storage.lineage import record_artifact
 from storage.refs import ArtifactRef, Plan, check_ref, current_digest, stable_hash

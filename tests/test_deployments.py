@@ -38,7 +38,7 @@ def test_serve_builds_pipeline_and_step_deployments():
     schema = parameter_schema(pipeline.fn).model_dump()
     assert set(schema["properties"]) == {"recipe", "refresh"}
     assert "Recipe" in schema["definitions"] and "selection" in schema["definitions"]["Recipe"]["properties"]
-    assert pipe.entrypoint.endswith("flows/pipeline.py:pipeline") or "pipeline" in pipe.entrypoint
+    assert pipe.entrypoint.endswith("flows/pipeline.py:pipeline"), pipe.entrypoint
 
     # the select deployment: one method and budget as form fields next to the recipe
     from flows.pipeline import reselect
@@ -61,8 +61,10 @@ def test_prefect_yaml_entrypoints_are_flows_and_cover_every_step():
 
     spec = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "prefect.yaml").read_text())
     names = {d["name"] for d in spec["deployments"]}
+    expected = {"bids-pipeline": "bids-pipeline", "select": "select-finetune-evaluate"}
+    expected |= {f"step-{s}": f.name for s, f in STEP_FLOWS.items()}
     assert {"bids-pipeline", "select"} | {f"step-{s}" for s in STEP_FLOWS} <= names
     for d in spec["deployments"]:
         fl = load_flow_from_entrypoint(str(Path(__file__).parents[1] / d["entrypoint"]))
-        assert fl.name, d["name"]
+        assert fl.name == expected[d["name"]], (d["name"], fl.name)
         assert d["work_pool"]["name"] in {"bids-cpu", "bids-gpu"}

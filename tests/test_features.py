@@ -6,8 +6,9 @@ import torch
 from bidsml.data import tokenize_all
 from bidsml.errors import FeatureError
 from bidsml.features import AdamTransform, compute_features, lora_linears, reference_flat_grads
-from bidsml.model import add_lora, load_base_model
+from bidsml.model import load_base_model
 from bidsml.projection import make_projector
+from bidsml.train import add_lora
 from tests.conftest import TINY, TINY_LORA, make_examples
 
 

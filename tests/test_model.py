@@ -9,8 +9,9 @@ import torch
 
 from bidsml.config import LoraConfig, ModelConfig
 from bidsml.errors import ArtifactError, RecipeError
-from bidsml.model import add_lora, load_base_model, load_tokenizer, model_dir
+from bidsml.model import load_base_model, load_tokenizer, model_dir
 from bidsml.model_sources import DEFAULT_CACHE, digest_cache, packaged_gguf
+from bidsml.train import add_lora
 from storage.identity import weights_digest
 from tests.conftest import TINY
 

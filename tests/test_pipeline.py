@@ -99,8 +99,18 @@ def test_projection_change_recomputes_from_features_on(first_run, recipe):
         assert states[step] == ["Completed"], (step, states)
     assert states["select_subset"] == ["Completed"] * 3
     assert states["evaluate"][0] == "Cached"
-    # a recomputed selection with the same rows has the same digest, so its fine-tune stays cached
-    assert len(states["finetune"]) == 3
+    # random ignores the features: its recomputed selection has the same rows, hence the same digest, so its
+    # fine-tune and evaluation stay cached; bids and rds recompute only if their rows changed
+    from storage.runs import load_run
+
+    new = load_run(Path(recipe.run_root), "latest")["refs"]["selections"]
+    old = load_run(Path(recipe.run_root), first_run[0]["run_id"])["refs"]["selections"]
+    assert new["random@8"]["digest"] == old["random@8"]["digest"]
+    assert new["rds@8"]["digest"] == old["rds@8"]["digest"]  # representations do not depend on features
+    expected = [
+        "Cached" if new[k]["digest"] == old[k]["digest"] else "Completed" for k in ("random@8", "bids@8", "rds@8")
+    ]
+    assert sorted(states["finetune"]) == sorted(expected), (states["finetune"], expected)
 
 
 def test_deleted_artifact_is_rebuilt_and_downstream_stays_cached(first_run, recipe):
