@@ -133,3 +133,47 @@ def test_hf_disk_loader_validates_records(tmp_path):
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "bad"))
     with pytest.raises(DataError, match=r"bad\[record 1\]: field 'messages': no non-empty assistant message"):
         read_hf_disk(tmp_path / "bad")
+
+
+def _pool_cfg(pool, targets=({"task": "mmlu"},)):
+    from bidsml.config import DataConfig
+
+    return DataConfig.model_validate({"pool": list(pool), "targets": list(targets)})
+
+
+def test_pool_loading_errors_name_the_source_entry(tmp_path):
+    import json
+
+    from bidsml.prepare import load_pool
+
+    f = tmp_path / "pool.jsonl"
+    f.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"p{i}",
+                    "source": "mine",
+                    "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                }
+            )
+            + "\n"
+            for i in range(3)
+        )
+    )
+    pool, counts = load_pool(_pool_cfg([{"source": "jsonl", "path": str(f), "n": 2}]), seed=0)
+    assert len(pool) == 2 and counts[str(f)]["available"] == 3 and counts[str(f)]["taken"] == 2
+    with pytest.raises(DataError, match=r"data\.pool\.0: asked for n=5 from 'jsonl', which has 3"):
+        load_pool(_pool_cfg([{"source": "jsonl", "path": str(f), "n": 5}]), seed=0)
+    with pytest.raises(DataError, match="3 duplicate example ids"):
+        load_pool(_pool_cfg([{"source": "jsonl", "path": str(f)}, {"source": "jsonl", "path": str(f)}]), seed=0)
+    with pytest.raises(DataError, match=r"data\.pool\.1: .*missing\.jsonl"):
+        load_pool(
+            _pool_cfg(
+                [{"source": "jsonl", "path": str(f)}, {"source": "jsonl", "path": str(tmp_path / "missing.jsonl")}]
+            ),
+            seed=0,
+        )
+    with pytest.raises(
+        DataError, match=r"data\.pool\.0: source 'code_multilang' holds the test problems of target 'mbpp'"
+    ):
+        load_pool(_pool_cfg([{"source": "code_multilang"}], targets=[{"task": "mbpp"}]), seed=0)

@@ -20,6 +20,8 @@ from bidsml.config import load_recipe
 import tasks.features as tf
 from flows.steps import data_flow, features_flow, warmup_flow
 
+pytestmark = pytest.mark.e2e  # slow end-to-end: skip with -m "not e2e"
+
 recipe = load_recipe(sys.argv[1]).with_overrides({"run_root": sys.argv[2], "features.chunk_rows": 4})
 real, calls = tf.compute_features_checkpoints, []
 def killing(*args, **kwargs):

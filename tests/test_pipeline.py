@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from bidsml.config import load_recipe
 from tests.conftest import STEP_TASKS, task_run_states
 
+pytestmark = pytest.mark.e2e  # slow end-to-end: skip with -m "not e2e"
+
 RECIPE = Path(__file__).parents[1] / "recipes" / "tiny.yaml"
 
 

@@ -24,6 +24,8 @@ import httpx
 import pytest
 import yaml
 
+pytestmark = pytest.mark.e2e  # slow end-to-end: skip with -m "not e2e"
+
 REPO = Path(__file__).parents[1]
 RECIPE = REPO / "recipes" / "tiny.yaml"
 BIN = Path(sys.executable).parent

@@ -48,6 +48,13 @@ def _records(path: str | None, key: str, task: str) -> list[tuple[str, dict]]:
     return out
 
 
+def _example_fields(rec: object, task: str) -> object:
+    """Returns the message-format part of a record (the optional scoring fields are checked apart)."""
+    if not isinstance(rec, dict):
+        return rec
+    return {"source": task, **{k: rec[k] for k in ("id", "messages") if k in rec}}
+
+
 def _mc_fields(rec: dict, where: str) -> tuple[list[str], int] | None:
     if "choices" not in rec and "gold" not in rec:
         return None
@@ -89,7 +96,7 @@ class JSONLBenchmark(Benchmark):
     def load_validation(self) -> list[Example]:
         out = []
         for where, rec in _records(self.target.validation_path, "validation_path", self.task):
-            ex = check_example({"source": self.task, **rec}, where)
+            ex = check_example(_example_fields(rec, self.task), where)
             extra = {"task": self.task, "subtask": rec.get("task"), "capability": self.capability}
             mc = _mc_fields(rec, where)
             if mc:  # the same rendering as the scored items
@@ -104,7 +111,7 @@ class JSONLBenchmark(Benchmark):
     def load_items(self) -> list[BenchItem]:
         items = []
         for where, rec in _records(self.target.items_path, "items_path", self.task):
-            ex = check_example({"source": self.task, **rec}, where)
+            ex = check_example(_example_fields(rec, self.task), where)
             msgs, gold_text = _split(ex, where)
             question = " ".join(m["content"] for m in msgs if m["role"] == "user")
             item = dict(
