@@ -200,6 +200,25 @@ class EvalConfig(_Stage):
         return v
 
 
+class ExecutionConfig(_Stage):
+    task_runner: Literal["local", "dask"] = Field(
+        "local", description="local: every step in this process; dask: feature shards and method x budget branches "
+        "on a Dask cluster (through prefect-dask)."
+    )
+    address: str | None = Field(
+        None, description="An existing Dask scheduler (tcp://host:8786, e.g. from dask-jobqueue's SLURMCluster); "
+        "unset: a LocalCluster started for the run."
+    )
+    n_workers: int = Field(2, gt=0, description="LocalCluster workers (one per GPU on a GPU node).")
+    threads_per_worker: int = Field(1, gt=0, description="Threads per LocalCluster worker.")
+    gpus_per_worker: int = Field(
+        0, ge=0, description="Dask worker resource GPU per LocalCluster worker (1: one worker per GPU, CUDA device "
+        "pinned per worker); GPU steps then ask for GPU=1."
+    )
+    shard_chunks: int = Field(4, gt=0, description="Zarr chunks per featurization shard (one Dask task each).")
+    retries: int = Field(2, ge=0, description="Retries of a shard or branch task whose worker died.")
+
+
 class Recipe(_Stage):
     name: str = Field(..., description="Run name; outputs go under run_root/<name>.")
     seed: int = Field(0, description="Seed for sampling, training and random selection.")
@@ -214,6 +233,7 @@ class Recipe(_Stage):
     selection: SelectionConfig = SelectionConfig()
     finetune: TrainConfig = TrainConfig()
     evaluation: EvalConfig = EvalConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
     @model_validator(mode="after")
     def _benchmarks_resolve(self) -> Recipe:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
-import typer
-from rich.console import Console
-from rich.table import Table
+# The temporary Prefect server `bidsflow run` starts when no PREFECT_API_URL is set: Prefect's default start
+# timeout (20 s) fails on a loaded 2-core machine; set before Prefect reads its settings.
+EPHEMERAL_TIMEOUT_S = "180"
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_TIMEOUT_S)
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
 
 app = typer.Typer(help="BIDS data selection as cached Prefect flows.", no_args_is_help=True)
 console = Console()
@@ -56,6 +62,17 @@ def run(
         out = pipeline(rec, refresh=refresh or None)
     except BidsError as err:
         _fail(err)
+    except RuntimeError as err:
+        if "ephemeral Prefect API server" not in str(err):
+            raise
+        _fail(
+            RuntimeError(
+                f"the temporary Prefect server did not start within "
+                f"{os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS']} s (a busy machine?). Start one "
+                "server for all runs with `bidsflow ui` and `export PREFECT_API_URL=http://127.0.0.1:4200/api`, "
+                "or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS."
+            )
+        )
     console.print(f"[green]done[/green] in {time.time() - t:.1f}s  run {out['run_id']}")
     console.print(f"report:      {out['report']}")
     console.print(f"evaluation:  {out['evaluation']}")

@@ -73,12 +73,15 @@ def write_chunks_checkpoints(
     chunk_rows: int,
     compute: Callable[[int, int, list[int]], dict[int, tuple[np.ndarray, np.ndarray]]],
     on_chunk: Callable[[int, int, bool], None] | None = None,
+    chunks: range | None = None,
 ) -> int:
     """Fills the groups of several checkpoints of a split, chunk by chunk in one pass; returns chunks computed.
 
     `compute(start, stop, todo)` returns {ckpt: (features, norms)} for rows
     start..stop of the checkpoints in `todo` (those whose chunk is unfinished),
     so a run killed between two checkpoints' writes redoes only the missing one.
+    `chunks` limits the work to a range of chunk indices (a shard: workers
+    fill disjoint ranges of the same pre-sized arrays).
     """
     for c in ckpts:
         create_groups(root, split, c, n, k, chunk_rows)
@@ -86,7 +89,7 @@ def write_chunks_checkpoints(
     groups = {c: store[group_path(split, c)] for c in ckpts}
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     computed = 0
-    for i in range(n_chunks):
+    for i in chunks if chunks is not None else range(n_chunks):
         start, stop = i * chunk_rows, min(n, (i + 1) * chunk_rows)
         todo = [c for c in ckpts if not _marker(root, split, c, i).exists()]
         if todo:
@@ -128,3 +131,9 @@ def save_examples_meta(work: Path, meta: dict) -> None:
 
 def load_examples_meta(root: Path) -> dict:
     return json.loads((Path(root) / EXAMPLES_META).read_text())
+
+
+def read_feature_rows(root: Path, split: str, ckpt: int, start: int, stop: int) -> np.ndarray:
+    """Returns rows start..stop of a (split, checkpoint) feature array (fp16, as stored)."""
+    g = zarr.open_group(str(gradient_store_path(root)), mode="r")[group_path(split, ckpt)]
+    return g[FEATURES_ARRAY][start:stop]

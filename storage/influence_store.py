@@ -1,47 +1,71 @@
-"""DuckDB influence store: one immutable database file per influence run.
+"""Influence store: the N x M matrix in Zarr, its scores as Parquet blocks for SQL, example tables in DuckDB.
 
-Tables: train_examples(idx, id, source, n_tokens), val_examples(idx, id, task,
-subtask, capability), checkpoints(c, step, mean_lr, weight) and
-influence(train_idx, val_idx, score) in long format; view task_influence
-gives per (train row, task) mean scores. The file is written, closed, then
-published (a DuckDB writer's lock blocks even read-only openers); readers
-open it read-only.
+Layout of an influence artifact:
+
+- ``influence.zarr``: A [N, M] float32 in row blocks (the unit of compute,
+  resume and reading); ``blocks_done/block-<i>`` marks a finished block, so a
+  killed run resumes at its first unfinished block;
+- ``scores/block-<i>.parquet``: the same block in long format
+  (train_idx, val_idx, score), written as it is computed: DuckDB reads the
+  files directly, nothing ever builds an N*M-row frame in memory;
+- ``influence.duckdb``: the small tables train_examples(idx, id, source,
+  n_tokens), val_examples(idx, id, task, subtask, capability) and
+  checkpoints(c, step, mean_lr, weight).
+
+`open_influence` returns a DuckDB session with those tables, the view
+`influence` over the Parquet blocks and the views users query (task_stats,
+top_train_for_task, ...). Selection reads the Zarr matrix block by block.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
 
 from bidsml.errors import ArtifactError
 from storage.names import INFLUENCE_DB, T_CKPT, T_INFLUENCE, T_TRAIN, T_VAL
 
+INFLUENCE_ZARR = "influence.zarr"
+SCORES_DIR = "scores"
+BLOCKS_DONE_DIR = "blocks_done"
+BLOCK_ROWS = 16384  # rows per block: ~64 MB of float32 scores at M = 1,000
+
 # Views users query (`bidsflow query RUN "SQL"`); normalised = z-score of a
 # validation column over all training rows (sample std), as BIDS does.
 VIEWS = [
-    f"""CREATE VIEW normalized_influence AS
+    f"""CREATE TEMP VIEW normalized_influence AS
     SELECT train_idx, val_idx, score,
            (score - avg(score) OVER w) / nullif(stddev_samp(score) OVER w, 0) AS z
     FROM {T_INFLUENCE} WINDOW w AS (PARTITION BY val_idx)""",
-    f"""CREATE VIEW task_influence AS
+    f"""CREATE TEMP VIEW task_influence AS
     SELECT n.train_idx, v.task, avg(n.score) AS score, avg(n.z) AS z
     FROM normalized_influence n JOIN {T_VAL} v ON v.idx = n.val_idx
     GROUP BY n.train_idx, v.task""",
-    f"""CREATE VIEW task_stats AS
-    SELECT v.task, count(DISTINCT n.val_idx) AS n_val,
-           avg(n.score) AS raw_mean, stddev_samp(n.score) AS raw_std, min(n.score) AS raw_min, max(n.score) AS raw_max,
-           quantile_cont(n.score, 0.99) AS raw_p99, avg(n.z) AS z_mean, stddev_samp(n.z) AS z_std,
-           max(n.z) AS z_max, quantile_cont(n.z, 0.99) AS z_p99
-    FROM normalized_influence n JOIN {T_VAL} v ON v.idx = n.val_idx
+    f"""CREATE TEMP VIEW task_stats AS
+    WITH col AS (
+        SELECT val_idx, avg(score) AS mu, stddev_samp(score) AS sd FROM {T_INFLUENCE} GROUP BY val_idx
+    ), z AS (
+        SELECT i.val_idx, i.score, (i.score - col.mu) / nullif(col.sd, 0) AS z
+        FROM {T_INFLUENCE} i JOIN col USING (val_idx)
+    )
+    SELECT v.task, count(DISTINCT z.val_idx) AS n_val,
+           avg(z.score) AS raw_mean, stddev_samp(z.score) AS raw_std, min(z.score) AS raw_min, max(z.score) AS raw_max,
+           quantile_cont(z.score, 0.99) AS raw_p99, avg(z.z) AS z_mean, stddev_samp(z.z) AS z_std,
+           max(z.z) AS z_max, quantile_cont(z.z, 0.99) AS z_p99
+    FROM z JOIN {T_VAL} v ON v.idx = z.val_idx
     GROUP BY v.task ORDER BY v.task""",
-    f"""CREATE VIEW top_train_for_val AS
+    f"""CREATE TEMP VIEW top_train_for_val AS
     SELECT i.val_idx, v.id AS val_id, v.task, i.train_idx, t.id AS train_id, t.source, i.score,
            row_number() OVER (PARTITION BY i.val_idx ORDER BY i.score DESC, i.train_idx) AS rank
     FROM {T_INFLUENCE} i JOIN {T_TRAIN} t ON t.idx = i.train_idx JOIN {T_VAL} v ON v.idx = i.val_idx""",
-    f"""CREATE VIEW top_train_for_task AS
+    f"""CREATE TEMP VIEW top_train_for_task AS
     SELECT ti.task, ti.train_idx, t.id AS train_id, t.source, ti.score, ti.z,
            row_number() OVER (PARTITION BY ti.task ORDER BY ti.score DESC, ti.train_idx) AS rank
     FROM task_influence ti JOIN {T_TRAIN} t ON t.idx = ti.train_idx""",
@@ -52,49 +76,170 @@ def influence_db_path(root: Path) -> Path:
     return Path(root) / INFLUENCE_DB
 
 
-def save_influence(root: Path, A: np.ndarray, train: pd.DataFrame, val: pd.DataFrame, ckpts: pd.DataFrame) -> Path:
-    """Writes the influence database into `root` and returns its path."""
+def influence_matrix_path(root: Path) -> Path:
+    return Path(root) / INFLUENCE_ZARR
+
+
+def _block_marker(root: Path, i: int) -> Path:
+    return Path(root) / BLOCKS_DONE_DIR / f"block-{i:06d}"
+
+
+def _block_parquet(root: Path, i: int) -> Path:
+    return Path(root) / SCORES_DIR / f"block-{i:06d}.parquet"
+
+
+def write_influence_blocks(
+    root: Path,
+    n: int,
+    m: int,
+    compute: Callable[[int, int], np.ndarray],
+    block_rows: int = BLOCK_ROWS,
+    on_block: Callable[[int, int, bool], None] | None = None,
+) -> int:
+    """Fills the N x M matrix block by block, skipping finished blocks; returns how many blocks were computed.
+
+    `compute(start, stop)` returns the (stop - start, M) float32 scores of those
+    pool rows. Each block is written to Zarr and Parquet, then marked done.
+    """
+    root = Path(root)
+    path = influence_matrix_path(root)
+    if not path.exists():
+        zarr.create_array(
+            str(path), shape=(n, m), chunks=(block_rows, m), dtype="float32", compressors=None, fill_value=0
+        )
+    arr = zarr.open_array(str(path), mode="r+")
+    if arr.shape != (n, m) or arr.chunks[0] != block_rows:
+        raise ArtifactError(
+            f"{path}: existing matrix {arr.shape} / {arr.chunks} does not match ({n}, {m}) / {block_rows}"
+        )
+    (root / BLOCKS_DONE_DIR).mkdir(exist_ok=True)
+    (root / SCORES_DIR).mkdir(exist_ok=True)
+    n_blocks = (n + block_rows - 1) // block_rows
+    computed = 0
+    for i in range(n_blocks):
+        start, stop = i * block_rows, min(n, (i + 1) * block_rows)
+        done = _block_marker(root, i).exists()
+        if not done:
+            block = np.ascontiguousarray(compute(start, stop), dtype=np.float32)
+            if block.shape != (stop - start, m):
+                raise ArtifactError(f"influence block {i}: shape {block.shape}, expected {(stop - start, m)}")
+            arr[start:stop] = block
+            table = pa.table(
+                {
+                    "train_idx": pa.array(np.repeat(np.arange(start, stop, dtype=np.int32), m)),
+                    "val_idx": pa.array(np.tile(np.arange(m, dtype=np.int32), stop - start)),
+                    "score": pa.array(block.ravel()),
+                }
+            )
+            tmp = _block_parquet(root, i).with_suffix(".tmp")
+            pq.write_table(table, tmp, compression="snappy", row_group_size=1 << 20)
+            tmp.replace(_block_parquet(root, i))
+            _block_marker(root, i).touch()
+            computed += 1
+        if on_block:
+            on_block(i, n_blocks, done)
+    return computed
+
+
+def save_influence_tables(root: Path, train: pd.DataFrame, val: pd.DataFrame, ckpts: pd.DataFrame) -> Path:
+    """Writes the example and checkpoint tables (DuckDB); returns the database path."""
     path = influence_db_path(root)
     if path.exists():
         path.unlink()
-    N, M = A.shape
-    long = pd.DataFrame(
-        {
-            "train_idx": np.repeat(np.arange(N, dtype=np.int32), M),
-            "val_idx": np.tile(np.arange(M, dtype=np.int32), N),
-            "score": A.astype(np.float32).ravel(),
-        }
-    )
     con = duckdb.connect(str(path))
     try:
-        for name, df in ((T_TRAIN, train), (T_VAL, val), (T_CKPT, ckpts), (T_INFLUENCE, long)):
+        for name, df in ((T_TRAIN, train), (T_VAL, val), (T_CKPT, ckpts)):
             con.register("df_view", df)
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM df_view")
             con.unregister("df_view")
-        for sql in VIEWS:
-            con.execute(sql)
     finally:
         con.close()
     return path
 
 
+def save_influence(root: Path, A: np.ndarray, train: pd.DataFrame, val: pd.DataFrame, ckpts: pd.DataFrame) -> Path:
+    """Writes a whole in-memory matrix and its tables (small stores, tests); returns the database path."""
+    write_influence_blocks(
+        root, A.shape[0], A.shape[1], lambda a, b: A[a:b], block_rows=min(BLOCK_ROWS, max(1, len(A)))
+    )
+    return save_influence_tables(root, train, val, ckpts)
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def attach_influence(con: duckdb.DuckDBPyConnection, root: Path) -> duckdb.DuckDBPyConnection:
+    """Adds a store's tables and views to a DuckDB session (temp views, so nothing is written)."""
+    db = influence_db_path(root)
+    if not db.exists():
+        raise ArtifactError(f"influence store not found: {db}")
+    con.execute(f"ATTACH {_quote(str(db))} AS influence_tables (READ_ONLY)")
+    for t in (T_TRAIN, T_VAL, T_CKPT):
+        con.execute(f"CREATE TEMP VIEW {t} AS SELECT * FROM influence_tables.{t}")
+    files = str(Path(root) / SCORES_DIR / "*.parquet")
+    con.execute(f"CREATE TEMP VIEW {T_INFLUENCE} AS SELECT * FROM read_parquet({_quote(files)})")
+    for sql in VIEWS:
+        con.execute(sql)
+    return con
+
+
 def open_influence(root: Path) -> duckdb.DuckDBPyConnection:
-    """Returns a read-only connection to a published influence database."""
-    path = influence_db_path(root)
-    if not path.exists():
-        raise ArtifactError(f"influence store not found: {path}")
-    return duckdb.connect(str(path), read_only=True)
+    """Returns a DuckDB session over a published influence store (read-only)."""
+    return attach_influence(duckdb.connect(), root)
+
+
+def read_influence_matrix(root: Path, rows: slice | None = None) -> np.ndarray:
+    """Returns A (or a row range of it) as float32, read block by block from Zarr."""
+    arr = zarr.open_array(str(influence_matrix_path(root)), mode="r")
+    n = arr.shape[0]
+    start, stop, _ = (rows or slice(0, n)).indices(n)
+    out = np.empty((stop - start, arr.shape[1]), dtype=np.float32)
+    step = arr.chunks[0]
+    s = start
+    while s < stop:  # whole-block reads (the first and last may be partial)
+        e = min(stop, s - s % step + step)
+        out[s - start : e - start] = arr[s:e]
+        s = e
+    return out
+
+
+def read_influence_rows(root: Path, rows: np.ndarray) -> np.ndarray:
+    """Returns A[rows] (in the order given) as float32, reading only the blocks that hold them."""
+    arr = zarr.open_array(str(influence_matrix_path(root)), mode="r")
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows), arr.shape[1]), dtype=np.float32)
+    step = arr.chunks[0]
+    blocks = rows // step
+    for b in np.unique(blocks):
+        where = np.flatnonzero(blocks == b)
+        block = arr[b * step : min(arr.shape[0], (b + 1) * step)]
+        out[where] = block[rows[where] - b * step]
+    return out
+
+
+def influence_matrix_array(root: Path):
+    """Returns the on-disk Zarr matrix (sliceable like an array, read lazily)."""
+    return zarr.open_array(str(influence_matrix_path(root)), mode="r")
+
+
+def load_influence_tables(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Returns (train_examples, val_examples) of a store."""
+    con = duckdb.connect(str(influence_db_path(root)), read_only=True)
+    try:
+        return con.sql(f"SELECT * FROM {T_TRAIN} ORDER BY idx").df(), con.sql(
+            f"SELECT * FROM {T_VAL} ORDER BY idx"
+        ).df()
+    finally:
+        con.close()
 
 
 def load_influence(root: Path) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     """Returns (A (N x M) float32, train_examples, val_examples) from the store."""
-    con = open_influence(root)
+    con = duckdb.connect(str(influence_db_path(root)), read_only=True)
     try:
         train = con.sql(f"SELECT * FROM {T_TRAIN} ORDER BY idx").df()
         val = con.sql(f"SELECT * FROM {T_VAL} ORDER BY idx").df()
-        cols = con.sql(f"SELECT train_idx, val_idx, score FROM {T_INFLUENCE}").fetchnumpy()
     finally:
         con.close()
-    A = np.zeros((len(train), len(val)), dtype=np.float32)
-    A[cols["train_idx"], cols["val_idx"]] = cols["score"]
-    return A, train, val
+    return read_influence_matrix(root), train, val

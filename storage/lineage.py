@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from storage.names import LINEAGE_DIR
 from storage.refs import ArtifactRef
 
@@ -33,6 +35,11 @@ def record_artifact(
     folder = Path(run_root) / LINEAGE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{ref.identity[:24]}.json"  # identity, not digest: equal content may come from other inputs
+    with FileLock(str(path) + ".lock"):  # two runs recording the same artifact at once
+        return _extend_record(path, ref, step, run_id, params, inputs, root_run_id)
+
+
+def _extend_record(path, ref, step, run_id, params, inputs, root_run_id) -> Path:
     rec = (
         json.loads(path.read_text())
         if path.exists()

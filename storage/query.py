@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 
 from bidsml.errors import ArtifactError
-from storage.influence_store import influence_db_path
+from storage.influence_store import attach_influence
 from storage.names import SELECTION_PARQUET
 
 
@@ -25,12 +25,7 @@ def open_run(record: dict) -> duckdb.DuckDBPyConnection:
     infl = record["refs"].get("influence")
     if not infl:
         raise ArtifactError(f"run {record.get('run_id')} has no influence store")
-    db = influence_db_path(Path(infl["uri"]))
-    if not db.exists():
-        raise ArtifactError(f"influence store not found: {db}")
-    con = duckdb.connect()
-    con.execute(f"ATTACH {_quote(str(db))} AS influence (READ_ONLY)")
-    con.execute("USE influence")
+    con = attach_influence(duckdb.connect(), Path(infl["uri"]))
     parts = []
     for ref in record["refs"].get("selections", {}).values():
         meta = ref.get("meta", {})

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from pydantic import BaseModel, ConfigDict
 
 from bidsml.errors import ArtifactError
-from storage.names import ARTIFACTS_DIR, MANIFEST, META, PARTIAL_SUFFIX
+from storage.names import ARTIFACTS_DIR, LOCK_SUFFIX, MANIFEST, META, PARTIAL_SUFFIX
 
 
 class ArtifactRef(BaseModel):
@@ -171,6 +172,11 @@ class Plan(BaseModel):
         return artifact_dir(Path(self.run_root), self.kind, self.identity)
 
 
+def work_dir(plan: Plan) -> Path:
+    """Returns the resumable folder an artifact is built in before publication."""
+    return plan.final_dir.with_name(plan.final_dir.name + PARTIAL_SUFFIX)
+
+
 def materialize(plan: Plan, build: Callable[[Path], dict[str, Any]], force: bool = False) -> ArtifactRef:
     """Returns the artifact `plan` describes, building it only if absent (or if `force`).
 
@@ -178,10 +184,21 @@ def materialize(plan: Plan, build: Callable[[Path], dict[str, Any]], force: bool
     and returns a small summary; the folder is then published atomically. A
     published artifact that was modified or partly deleted is rebuilt.
     """
-    kind, identity_inputs, identity, final = plan.kind, plan.inputs, plan.identity, plan.final_dir
+    final = plan.final_dir
     if current_digest(final) is not None and not force:
         return load_ref(final)
-    work = final.with_name(final.name + PARTIAL_SUFFIX)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # One builder per identity, across processes and machines sharing the run root: a second run or worker
+    # that needs the same artifact waits here, then finds it published and reuses it.
+    with FileLock(str(final.with_name(final.name + LOCK_SUFFIX))):
+        if current_digest(final) is not None and not force:
+            return load_ref(final)
+        return _build_and_publish(plan, build, force)
+
+
+def _build_and_publish(plan: Plan, build: Callable[[Path], dict[str, Any]], force: bool) -> ArtifactRef:
+    kind, identity_inputs, identity, final = plan.kind, plan.inputs, plan.identity, plan.final_dir
+    work = work_dir(plan)
     if force and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)

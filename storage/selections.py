@@ -9,7 +9,7 @@ import pandas as pd
 
 from bidsml.data import Example, read_jsonl, write_jsonl
 from storage.names import SELECTION_PARQUET, SELECTION_SUMMARY, SUBSET_JSONL
-from storage.refs import ArtifactRef
+from storage.refs import ArtifactRef, check_ref, file_sha256
 
 
 def subset_path(root: Path) -> Path:
@@ -20,6 +20,12 @@ def save_selection(work: Path, table: pd.DataFrame, subset: list[Example], summa
     table.to_parquet(Path(work) / SELECTION_PARQUET, index=False)
     write_jsonl(subset, subset_path(work))
     (Path(work) / SELECTION_SUMMARY).write_text(json.dumps(summary, indent=1, sort_keys=True))
+
+
+def subset_digest(ref: ArtifactRef) -> str:
+    """Returns the sha256 of a selection's subset (after checking the selection is intact)."""
+    check_ref(ref)
+    return file_sha256(subset_path(ref.path))
 
 
 def load_subset(ref: ArtifactRef) -> list[Example]:

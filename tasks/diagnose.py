@@ -6,11 +6,14 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from prefect import task
 
 from bidsml.config import Recipe
 from bidsml.report import plot_influence_distributions
-from storage.influence_store import load_influence, open_influence
+from storage.influence_store import load_influence_tables, open_influence, read_influence_rows
+
+PLOT_ROWS = 100_000  # the distribution plot uses a seeded sample of pool rows at most this large
 from storage.names import DIAGNOSTICS_PLOT as PLOT
 from storage.names import DIAGNOSTICS_STATS as STATS
 from storage.refs import ArtifactRef, Plan, materialize
@@ -29,8 +32,10 @@ def diagnose(recipe: Recipe, infl: ArtifactRef, refresh: bool = False) -> Artifa
     started = time.time()
 
     def build(work: Path) -> dict:
-        A, _, val = load_influence(infl.path)
-        plot_influence_distributions(A, val["task"].tolist(), work / PLOT)
+        train, val = load_influence_tables(infl.path)
+        n = len(train)
+        rows = np.arange(n) if n <= PLOT_ROWS else np.sort(np.random.default_rng(0).choice(n, PLOT_ROWS, replace=False))
+        plot_influence_distributions(read_influence_rows(infl.path, rows), val["task"].tolist(), work / PLOT)
         con = open_influence(infl.path)
         try:
             stats = con.sql("SELECT * FROM task_stats").df().round(4).to_dict(orient="records")

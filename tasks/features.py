@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import dask
 import torch
-from prefect import task
+from prefect import flow, task
 from tqdm.auto import tqdm
 
 from bidsml.config import Recipe
@@ -24,9 +27,10 @@ from bidsml.projection import make_projector
 from bidsml.train import OPTIMIZER_FILE
 from storage.checkpoints import load_checkpoints
 from storage.datasets import SPLIT_FILES, load_split
-from storage.gradients import save_examples_meta, write_chunks_checkpoints
-from storage.refs import ArtifactRef, Plan, materialize
+from storage.gradients import create_groups, save_examples_meta, write_chunks_checkpoints
+from storage.refs import ArtifactRef, Plan, materialize, work_dir
 from tasks.common import ArtifactCachePolicy, Progress, code_version, model_inputs, publish, ref_inputs, run_root
+from tasks.execution import cluster, dask_runner, gpu_resources
 
 CODE = code_version(__name__)
 
@@ -76,65 +80,166 @@ def _checkpoint_states(model, warm: ArtifactRef, ckpts: list[dict], eps_inside_s
     return states
 
 
+@dataclass
+class FeatureContext:
+    """What computing features needs, built once per process (a Dask worker keeps it across shards).
+
+    The model, projector and checkpoint states load on first use (`loaded()`):
+    a process that only finalises finished shards never loads the model.
+    """
+
+    recipe: Recipe
+    warm: ArtifactRef
+    tok: object
+    splits: dict[str, list]  # split -> tokenized examples
+    n_checkpoints: int
+    model: object = None
+    projector: object = None
+    states: list[CheckpointState] | None = None
+    precision: str = ""
+
+    def loaded(self) -> FeatureContext:
+        if self.model is None:
+            fc, ckpts = self.recipe.features, load_checkpoints(self.warm)
+            model = load_lora(load_base_model(self.recipe.model), self.warm.path / ckpts[0]["path"])
+            model.eval()
+            for n, p in model.named_parameters():
+                p.requires_grad_("lora_" in n)
+            self.precision = resolve_precision(fc.precision, next(model.parameters()).device)
+            shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
+            self.projector = make_projector(fc.projector, fc.proj_dim, fc.proj_seed, shapes)
+            self.states = _checkpoint_states(model, self.warm, ckpts, fc.eps_inside_sqrt)
+            self.model = model
+        return self
+
+
+def _worker_device(recipe: Recipe) -> Recipe:
+    """Returns the recipe with the CUDA device pinned to this Dask worker (one worker per GPU), if on one."""
+    if recipe.model.device != "auto" or not torch.cuda.is_available():
+        return recipe
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):  # not on a Dask worker
+        return recipe
+    index = int(name) if str(name).isdigit() else sum(map(ord, str(name)))
+    return recipe.with_overrides({"model.device": f"cuda:{index % torch.cuda.device_count()}"})
+
+
+_CONTEXT: dict[str, FeatureContext] = {}  # at most one: {features identity: context}
+
+
+def _context(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) -> FeatureContext:
+    """Returns the feature context of this step, built on first use in this process and kept for its shards."""
+    key = plan_features(recipe, data, warm).identity
+    if key not in _CONTEXT:
+        _CONTEXT.clear()
+        _CONTEXT[key] = _build_context(recipe, data, warm)
+    return _CONTEXT[key]
+
+
+def _build_context(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) -> FeatureContext:
+    recipe = _worker_device(recipe)
+    tok = load_tokenizer(recipe.model)
+    splits = {}
+    for split in SPLIT_FILES:
+        items, _ = tokenize_all(tok, load_split(data, split), recipe.model.max_seq_length)
+        splits[split] = items
+    return FeatureContext(recipe, warm, tok, splits, len(load_checkpoints(warm)))
+
+
+def write_feature_chunks(
+    recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, work: Path, split: str, chunks: range | None, on_chunk=None
+) -> int:
+    """Computes and writes the unfinished chunks of `split` (all, or a shard's range); returns how many."""
+    fc = recipe.features
+    ctx = _context(recipe, data, warm)
+    items = ctx.splits[split]
+
+    def compute(start, stop, todo):
+        ctx.loaded()
+        # validation gradients are plain ("sgd"): no Adam transform
+        run = [CheckpointState(ctx.states[c].weights, ctx.states[c].transform if split == "train" else None) for c in todo]
+        out = compute_features_checkpoints(
+            ctx.model, items[start:stop], ctx.projector, ctx.tok.pad_token_id, run, fc.max_tokens, ctx.precision
+        )
+        return {c: (f.numpy(), n.numpy()) for c, (f, n) in zip(todo, out)}
+
+    return write_chunks_checkpoints(
+        work, split, list(range(ctx.n_checkpoints)), len(items), fc.proj_dim, fc.chunk_rows, compute, on_chunk, chunks
+    )
+
+
+def feature_shards(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, work: Path) -> list[tuple[str, int, int]]:
+    """Pre-sizes the store in the work folder; returns the shards (split, first chunk, end chunk)."""
+    fc, ex = recipe.features, recipe.execution
+    ctx = _context(recipe, data, warm)
+    shards = []
+    for split, items in ctx.splits.items():
+        for c in range(ctx.n_checkpoints):
+            create_groups(work, split, c, len(items), fc.proj_dim, fc.chunk_rows)
+        n_chunks = -(-len(items) // fc.chunk_rows)
+        shards += [(split, a, min(n_chunks, a + ex.shard_chunks)) for a in range(0, n_chunks, ex.shard_chunks)]
+    return shards
+
+
+@flow(name="featurize-shards", log_prints=True)
+def featurize_shards_flow(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) -> int:
+    """Fans the feature shards out to the flow's task runner (Dask workers); returns the chunks computed."""
+    work = work_dir(plan_features(recipe, data, warm))
+    shards = feature_shards(recipe, data, warm, work)
+    shard = featurize_shard.with_options(retries=recipe.execution.retries)
+    with dask.annotate(resources=gpu_resources(recipe)) if gpu_resources(recipe) else contextlib.nullcontext():
+        futures = [shard.submit(recipe, data, warm, split, a, b) for split, a, b in shards]
+    return sum(f.result() for f in futures)
+
+
+@task(retries=2, retry_delay_seconds=1)
+def featurize_shard(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, split: str, first: int, end: int) -> int:
+    """Computes one shard (chunks first..end-1 of a split) into the features work folder; returns chunks written."""
+    work = work_dir(plan_features(recipe, data, warm))
+    return write_feature_chunks(recipe, data, warm, work, split, range(first, end))
+
+
 @task(cache_policy=ArtifactCachePolicy(plan=plan_features), persist_result=True)
 def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: bool = False) -> ArtifactRef:
-    """Computes projected, normalised gradient features; resumes chunk by chunk after a kill."""
+    """Computes projected, normalised gradient features (any chunk a shard left undone); resumes chunk by chunk."""
     started = time.time()
     fc = recipe.features
 
     def build(work: Path) -> dict:
-        tok = load_tokenizer(recipe.model)
-        ckpts = load_checkpoints(warm)
-        splits = {}
-        for split in SPLIT_FILES:
-            items, _ = tokenize_all(tok, load_split(data, split), recipe.model.max_seq_length)
-            splits[split] = items
-        model = load_lora(load_base_model(recipe.model), warm.path / ckpts[0]["path"])
-        model.eval()
-        for n, p in model.named_parameters():
-            p.requires_grad_("lora_" in n)
-        precision = resolve_precision(fc.precision, next(model.parameters()).device)
-        shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
-        projector = make_projector(fc.projector, fc.proj_dim, fc.proj_seed, shapes)
-        states = _checkpoint_states(model, warm, ckpts, fc.eps_inside_sqrt)
-        total = sum((len(v) + fc.chunk_rows - 1) // fc.chunk_rows for v in splits.values())
+        if recipe.execution.task_runner == "dask":  # shards on the cluster; this process writes what is left
+            with cluster(recipe) as address:
+                featurize_shards_flow.with_options(task_runner=dask_runner(address))(recipe, data, warm)
+        ctx = _context(recipe, data, warm)
+        total = sum((len(v) + fc.chunk_rows - 1) // fc.chunk_rows for v in ctx.splits.values())
         progress = Progress("features-progress", "gradient feature chunks")
-        bar = tqdm(total=total, desc=f"feature chunks ({len(ckpts)} checkpoints per pass)")
+        bar = tqdm(total=total, desc=f"feature chunks ({ctx.n_checkpoints} checkpoints per pass)")
         done = 0
-        for split, items in splits.items():
 
-            def compute(start, stop, todo, items=items, split=split):
-                # validation gradients are plain ("sgd"): no Adam transform
-                run = [
-                    CheckpointState(states[c].weights, states[c].transform if split == "train" else None) for c in todo
-                ]
-                out = compute_features_checkpoints(
-                    model, items[start:stop], projector, tok.pad_token_id, run, fc.max_tokens, precision
-                )
-                return {c: (f.numpy(), n.numpy()) for c, (f, n) in zip(todo, out)}
+        def on_chunk(i, n_chunks, skipped):
+            nonlocal done
+            done += 1
+            bar.update(1)
+            progress.update(done, total)
 
-            def on_chunk(i, n_chunks, skipped):
-                nonlocal done
-                done += 1
-                bar.update(1)
-                progress.update(done, total)
-
-            write_chunks_checkpoints(
-                work, split, list(range(len(ckpts))), len(items), fc.proj_dim, fc.chunk_rows, compute, on_chunk
-            )
+        for split in ctx.splits:
+            write_feature_chunks(recipe, data, warm, work, split, None, on_chunk)
         bar.close()
         meta = {
             split: {"ids": [t.id for t in items], "n_tokens": [len(t.input_ids) for t in items]}
-            for split, items in splits.items()
+            for split, items in ctx.splits.items()
         }
         save_examples_meta(work, meta)
         return {
-            "n_train": len(splits["train"]),
-            "n_val": len(splits["val"]),
-            "checkpoints": len(ckpts),
+            "n_train": len(ctx.splits["train"]),
+            "n_val": len(ctx.splits["val"]),
+            "checkpoints": ctx.n_checkpoints,
             "dim": fc.proj_dim,
-            "precision": precision,
+            "precision": resolve_precision(fc.precision, resolve_device(recipe.model)),
         }
 
     ref = materialize(plan_features(recipe, data, warm), build, force=refresh)
+    _CONTEXT.clear()  # the model is not needed after the step
     return publish(ref, "featurize", {"features": fc.model_dump()}, [data, warm], started)

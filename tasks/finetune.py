@@ -14,8 +14,8 @@ from bidsml.model import load_tokenizer
 from bidsml.train import train_lora
 from storage.checkpoints import adapter_path
 from storage.refs import ArtifactRef, Plan, materialize
-from storage.selections import load_subset
-from tasks.common import ArtifactCachePolicy, Progress, code_version, model_inputs, publish, ref_inputs, run_root
+from storage.selections import load_subset, subset_digest
+from tasks.common import ArtifactCachePolicy, Progress, code_version, model_inputs, publish, run_root
 
 CODE = code_version(__name__)
 
@@ -25,7 +25,9 @@ def plan_finetune(recipe: Recipe, selection: ArtifactRef) -> Plan:
         run_root=run_root(recipe),
         kind="finetune",
         inputs={
-            **ref_inputs(selection=selection),
+            # the subset's content, not the selection's digest: a selection recomputed with the same rows (its
+            # composition summary may change with the influence) leaves the fine-tune cached
+            "subset": subset_digest(selection),
             **model_inputs(recipe),
             "lora": recipe.lora.model_dump(mode="json"),
             "finetune": recipe.finetune.model_dump(mode="json"),

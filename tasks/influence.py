@@ -1,4 +1,4 @@
-"""Step 3: influence matrix (checkpoint-weighted cosine) into a DuckDB store."""
+"""Step 3: influence matrix (checkpoint-weighted cosine), streamed in row blocks into the influence store."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import task
+from tqdm.auto import tqdm
 
 from bidsml.config import Recipe
-from bidsml.influence import influence_matrix
+from bidsml.influence import influence_block
 from storage.checkpoints import load_checkpoints
 from storage.datasets import load_split
-from storage.gradients import iter_feature_chunks, load_examples_meta, read_features
-from storage.influence_store import save_influence
+from storage.gradients import load_examples_meta, read_feature_rows, read_features
+from storage.influence_store import BLOCK_ROWS, read_influence_matrix, save_influence_tables, write_influence_blocks
 from storage.refs import ArtifactRef, Plan, materialize
-from tasks.common import ArtifactCachePolicy, code_version, publish, ref_inputs, run_root
+from tasks.common import ArtifactCachePolicy, Progress, code_version, publish, ref_inputs, run_root
 
 CODE = code_version(__name__)
 
@@ -24,7 +25,7 @@ def plan_influence(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, feats: 
     return Plan(
         run_root=run_root(recipe),
         kind="influence",
-        inputs={**ref_inputs(data=data, warmup=warm, features=feats), "code": CODE},
+        inputs={**ref_inputs(data=data, warmup=warm, features=feats), "block_rows": BLOCK_ROWS, "code": CODE},
     )
 
 
@@ -32,7 +33,7 @@ def plan_influence(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, feats: 
 def compute_influence(
     recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, feats: ArtifactRef, refresh: bool = False
 ) -> ArtifactRef:
-    """Streams the checkpoint-weighted cosine A (pool x validation) into an immutable DuckDB file."""
+    """Streams the checkpoint-weighted cosine A (pool x validation) into the store, block by block (resumable)."""
     started = time.time()
 
     def build(work: Path) -> dict:
@@ -42,10 +43,32 @@ def compute_influence(
         meta = load_examples_meta(feats.path)
         pool = load_split(data, "train")
         val = load_split(data, "val")
-        A = influence_matrix(lambda c: iter_feature_chunks(feats.path, "train", c), val_feats, weights, len(pool))
+        n, m = len(pool), len(val)
+        stats = {"sum": 0.0, "sumsq": 0.0}
+
+        def compute(start: int, stop: int):
+            blocks = [read_feature_rows(feats.path, "train", c, start, stop) for c in range(len(ckpts))]
+            return influence_block(blocks, val_feats, weights)
+
+        progress = Progress("influence-progress", "influence row blocks")
+        bar = tqdm(total=-(-n // BLOCK_ROWS), desc="influence blocks")
+
+        def on_block(i, total, skipped):
+            bar.update(1)
+            progress.update(i + 1, total)
+
+        write_influence_blocks(work, n, m, compute, BLOCK_ROWS, on_block)
+        bar.close()
+        for s in range(0, n, BLOCK_ROWS):  # mean / std over all scores, in fp64, block by block
+            block = read_influence_matrix(work, slice(s, min(n, s + BLOCK_ROWS))).astype("float64")
+            stats["sum"] += float(block.sum())
+            stats["sumsq"] += float((block * block).sum())
+        count = max(1, n * m)
+        mean = stats["sum"] / count
+        std = max(0.0, stats["sumsq"] / count - mean * mean) ** 0.5
         train_df = pd.DataFrame(
             {
-                "idx": range(len(pool)),
+                "idx": range(n),
                 "id": [e.id for e in pool],
                 "source": [e.source for e in pool],
                 "n_tokens": meta["train"]["n_tokens"],
@@ -53,7 +76,7 @@ def compute_influence(
         )
         val_df = pd.DataFrame(
             {
-                "idx": range(len(val)),
+                "idx": range(m),
                 "id": [e.id for e in val],
                 "task": [e.task for e in val],
                 "subtask": [e.subtask for e in val],
@@ -63,8 +86,8 @@ def compute_influence(
         ck_df = pd.DataFrame(
             [{"c": i, "step": c["step"], "mean_lr": c["mean_lr"], "weight": c["weight"]} for i, c in enumerate(ckpts)]
         )
-        save_influence(work, A, train_df, val_df, ck_df)
-        return {"n_train": A.shape[0], "n_val": A.shape[1], "mean": float(A.mean()), "std": float(A.std())}
+        save_influence_tables(work, train_df, val_df, ck_df)
+        return {"n_train": n, "n_val": m, "mean": mean, "std": std}
 
     ref = materialize(plan_influence(recipe, data, warm, feats), build, force=refresh)
     return publish(ref, "compute_influence", {}, [data, warm, feats], started)

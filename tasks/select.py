@@ -16,10 +16,10 @@ from prefect import task
 
 from bidsml.config import Recipe
 from bidsml.errors import SelectionError
-from bidsml.selection import constant_columns, normalize_columns, resolve_budget, task_means
+from bidsml.selection import column_stats, resolve_budget, task_means
 from bidsml.selectors import SelectorInputs, get_selector, run_selector
 from storage.datasets import load_split
-from storage.influence_store import load_influence
+from storage.influence_store import load_influence_tables, read_influence_matrix, read_influence_rows
 from storage.refs import ArtifactRef, Plan, materialize
 from storage.representations import load_representations
 from storage.selections import save_selection
@@ -45,14 +45,22 @@ def plan_select(
     )
 
 
-def composition(A: np.ndarray, tasks: list[str], sources: list[str], rows: np.ndarray) -> dict:
-    """Returns counts of the selected rows by source and by the task each most influences (normalised)."""
-    Z, kept = normalize_columns(A)
+def composition(
+    A_rows: np.ndarray, mean: np.ndarray, std: np.ndarray, constant: np.ndarray, tasks: list[str], sources: list[str]
+) -> dict:
+    """Returns counts of selected rows by source and by the task each most influences (z-scored over the pool).
+
+    Args:
+        A_rows: the selected rows' raw influence (K, M); mean, std, constant: per-column stats over the pool.
+        tasks: the M validation task labels; sources: the K selected rows' sources.
+    """
+    kept = np.flatnonzero(~constant)
+    Z = (A_rows[:, kept].astype(np.float64) - mean[kept]) / std[kept]
     means, names = task_means(Z, [tasks[j] for j in kept])
-    top_task = [names[i] for i in means[rows].argmax(axis=1)]
-    by_source = pd.Series([sources[r] for r in rows]).value_counts().sort_index().to_dict()
+    top_task = [names[i] for i in means.argmax(axis=1)]
+    by_source = pd.Series(sources).value_counts().sort_index().to_dict()
     by_task = pd.Series(top_task).value_counts().sort_index().to_dict()
-    per_task_mean = dict(zip(names, means[rows].mean(axis=0).round(4).tolist()))
+    per_task_mean = dict(zip(names, means.mean(axis=0).round(4).tolist()))
     return {
         "by_source": by_source,
         "by_top_task": by_task,
@@ -76,15 +84,21 @@ def select_subset(
     needs = get_selector(method).needs
 
     def build(work: Path) -> dict:
-        A, train, val = load_influence(infl.path)  # composition is always reported by most-influenced task
+        train, val = load_influence_tables(infl.path)
         tasks = val["task"].tolist()
-        inputs = SelectorInputs(tasks=tasks, influence=A if "influence" in needs else None)
+        n = len(train)
+        A = read_influence_matrix(infl.path) if "influence" in needs else None
+        # column statistics first: the selector owns A and may z-score it in place (4 GB, not 8, at 1M x 1k)
+        mean, std, constant = column_stats(A if A is not None else read_influence_matrix(infl.path))
+        inputs = SelectorInputs(tasks=tasks, influence=A, owned=True)
         if "representations" in needs:
             if reps is None:
                 raise SelectionError(f"method {method!r} needs the representations artifact (the represent step)")
             inputs.representations = load_representations(reps)
         rows = run_selector(method, inputs, budget, recipe.seed)
-        comp = composition(A, tasks, train["source"].tolist(), rows)
+        del A, inputs
+        sources = train["source"].to_numpy()
+        comp = composition(read_influence_rows(infl.path, rows), mean, std, constant, tasks, sources[rows].tolist())
         table = pd.DataFrame(
             {
                 "rank": np.arange(len(rows)),
@@ -98,9 +112,9 @@ def select_subset(
         summary = {
             "method": method,
             "budget": budget,
-            "k": int(resolve_budget(budget, A.shape[0])),
-            "n_pool": int(A.shape[0]),
-            "dropped_constant_columns": constant_columns(A),
+            "k": int(resolve_budget(budget, n)),
+            "n_pool": int(n),
+            "dropped_constant_columns": np.flatnonzero(constant).tolist(),
             **comp,
         }
         save_selection(work, table, [pool[i] for i in rows], summary)

@@ -6,12 +6,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 
 from bidsml.config import load_recipe
 from storage.names import CHUNKS_DONE_DIR, FEATURES_STORE
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "tiny.yaml"
+pytestmark = pytest.mark.e2e  # slow end-to-end: skip with -m "not e2e"
+
 KILL_AFTER = 3  # compute calls (chunks of rows, all checkpoints each) before the SIGKILL
 
 CHILD = """
@@ -19,8 +22,6 @@ import os, signal, sys
 from bidsml.config import load_recipe
 import tasks.features as tf
 from flows.steps import data_flow, features_flow, warmup_flow
-
-pytestmark = pytest.mark.e2e  # slow end-to-end: skip with -m "not e2e"
 
 recipe = load_recipe(sys.argv[1]).with_overrides({"run_root": sys.argv[2], "features.chunk_rows": 4})
 real, calls = tf.compute_features_checkpoints, []

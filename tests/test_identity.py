@@ -98,15 +98,17 @@ def test_two_fresh_processes_with_different_hash_seeds_build_identical_artifacts
         }
         env.pop("PREFECT_API_URL", None)
         root = tmp_path / f"runs{seed}"
-        cmd = [sys.executable, "-m", "flows.cli", "run", "--recipe", str(ROOT / "recipes" / "tiny.yaml")]
-        cmd += ["--set", f"run_root={root}", "--set", "selection.methods=[random,bids,rds]"]
-        cmd += ["--set", "evaluation.benchmarks={mmlu: 2, gsm8k: 1}"]
+        # the custom-target recipe: a user's jsonl target and rds-plus, end to end
+        cmd = [sys.executable, "-m", "flows.cli", "run", "--recipe", str(ROOT / "recipes" / "custom-target.yaml")]
+        cmd += ["--set", f"run_root={root}", "--set", "evaluation.benchmarks={mmlu: 2, unit_conversion: 6}"]
         done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         runs[seed] = _artifacts(root)
     a, b = runs["1"], runs["2"]
     kinds = {k for k, _ in a}
-    assert {"data", "warmup", "features", "influence", "selection", "finetune", "evaluation"} <= kinds
+    assert {"data", "warmup", "features", "influence", "representations", "selection", "finetune", "evaluation"} <= kinds
+    sel = [k for k in a if k[0] == "selection"]
+    assert len(sel) == 3  # random, bids, rds-plus
     assert set(a) == set(b)  # the same identity for every step
     assert a == b  # and the same content, file by file
 

@@ -150,3 +150,42 @@ def test_sigkilled_writer_resumes_to_the_same_store(tmp_path):
     clean = tmp_path / "clean"
     write_chunks(clean, "train", 0, 70, 8, 16, lambda a, b: (full[a:b], np.ones(b - a, dtype=np.float32)))
     np.testing.assert_array_equal(read_features(root, "train", 0), read_features(clean, "train", 0))
+
+
+def test_influence_blocks_resume_and_read_back_by_rows(tmp_path):
+    from storage.influence_store import (
+        BLOCKS_DONE_DIR,
+        read_influence_matrix,
+        read_influence_rows,
+        write_influence_blocks,
+    )
+
+    A = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    calls = []
+
+    def compute(a, b):
+        calls.append(a)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # interrupted while computing the third block
+        return A[a:b]
+
+    with pytest.raises(KeyboardInterrupt):
+        write_influence_blocks(tmp_path, 50, 3, compute, block_rows=16)
+    assert sorted(p.name for p in (tmp_path / BLOCKS_DONE_DIR).iterdir()) == ["block-000000", "block-000001"]
+    calls.clear()
+    assert write_influence_blocks(tmp_path, 50, 3, lambda a, b: (calls.append(a), A[a:b])[1], block_rows=16) == 2
+    assert calls == [32, 48]  # only the unfinished blocks
+    np.testing.assert_array_equal(read_influence_matrix(tmp_path), A)
+    np.testing.assert_array_equal(read_influence_matrix(tmp_path, slice(10, 40)), A[10:40])
+    rows = np.array([49, 0, 17, 16, 3])
+    np.testing.assert_array_equal(read_influence_rows(tmp_path, rows), A[rows])
+    # the SQL side reads the same scores from the Parquet blocks
+    import duckdb
+
+    con = duckdb.connect()
+    got = con.execute(
+        f"SELECT train_idx, val_idx, score FROM read_parquet('{tmp_path}/scores/*.parquet') ORDER BY ALL"
+    ).fetchnumpy()
+    B = np.zeros_like(A)
+    B[got["train_idx"], got["val_idx"]] = got["score"]
+    np.testing.assert_array_equal(A, B)

@@ -41,14 +41,14 @@ def select_instance_max(x: SelectorInputs, k: int, seed: int) -> np.ndarray:
 @register_selector("norm-instance-max")
 def select_norm_instance_max(x: SelectorInputs, k: int, seed: int) -> np.ndarray:
     A = x.influence
-    Z, _ = normalize_columns(A)
+    Z, _ = normalize_columns(A, overwrite=x.owned)
     return top_k(Z.max(axis=1), k)
 
 
 @register_selector("bids")
 def select_bids(x: SelectorInputs, k: int, seed: int) -> np.ndarray:
     A = x.influence
-    Z, kept = normalize_columns(A)
+    Z, kept = normalize_columns(A, overwrite=x.owned)
     if Z.shape[1] == 0:
         raise SelectionError("every validation column is constant; BIDS has nothing to normalise")
     return bids_iterate(Z, k)
@@ -63,6 +63,6 @@ def select_bids_no_norm(x: SelectorInputs, k: int, seed: int) -> np.ndarray:
 @register_selector("bids-task")
 def select_bids_task(x: SelectorInputs, k: int, seed: int) -> np.ndarray:
     A, tasks = x.influence, x.tasks
-    Z, kept = normalize_columns(A)
+    Z, kept = normalize_columns(A, overwrite=x.owned)
     means, _ = task_means(Z, [tasks[j] for j in kept])
     return bids_iterate(means, k)

@@ -25,6 +25,7 @@ class SelectorInputs:
     tasks: list[str]
     influence: np.ndarray | None = None
     representations: dict[str, np.ndarray] = field(default_factory=dict)
+    owned: bool = False  # the selector may overwrite `influence` (z-score in place: 4 GB, not 8, at 1M x 1k)
 
     @property
     def n(self) -> int:
