@@ -11,10 +11,12 @@ and its report goes to a subfolder of the run's outputs.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
-from prefect import flow
+import dask
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
@@ -36,8 +38,10 @@ from flows.steps import (
 )
 from storage.lineage import mermaid, run_lineage
 from storage.names import DIAGNOSTICS_PLOT as PLOT
+from storage.refs import ArtifactRef
 from storage.runs import save_run_record
 from storage.selections import subset_path
+from tasks.execution import cluster, dask_runner, gpu_resources
 
 STEPS = ("data", "warmup", "features", "influence", "diagnose", "represent", "select", "finetune", "evaluate")
 
@@ -56,7 +60,15 @@ def _check_refresh(refresh: list[str] | None) -> set[str]:
 
 
 def run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict:
-    """Runs every step for the recipe's methods and budgets, writes the report and run record; returns paths."""
+    """Runs every step for the recipe's methods and budgets, writes the report and run record; returns paths.
+
+    With `execution.task_runner: dask` one cluster serves the whole run (feature shards, branches).
+    """
+    with cluster(recipe):
+        return _run_steps(recipe, refresh, out, title)
+
+
+def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict:
     timings: dict[str, float] = {}
 
     def timed(name, fn, *args, **kw):
@@ -73,15 +85,20 @@ def run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict:
     needs_reps = any("representations" in get_selector(m).needs for m in recipe.selection.methods)
     reps = timed("represent", represent_flow, recipe, data=data) if needs_reps else None
     evals = [timed("evaluate:base", evaluate_flow, recipe, data=data)]
+    pairs = [(m, b) for m in recipe.selection.methods for b in recipe.selection.budgets]
+    if recipe.execution.task_runner == "dask":  # every method x budget branch at once, one per worker
+        with cluster(recipe) as address:
+            results = branches_flow.with_options(task_runner=dask_runner(address))(
+                recipe, pairs, data, infl, reps, sorted(refresh)
+            )
+    else:
+        results = [branch.fn(recipe, m, b, data, infl, reps, sorted(refresh)) for m, b in pairs]
     selections, adapters = [], []
-    for method in recipe.selection.methods:
-        for budget in recipe.selection.budgets:
-            tag = selection_label(method, budget)
-            sel = timed(f"select:{tag}", select_flow, recipe, method, budget, data=data, infl=infl, reps=reps)
-            ft = timed(f"finetune:{tag}", finetune_flow, recipe, selection=sel)
-            evals.append(timed(f"evaluate:{tag}", evaluate_flow, recipe, data=data, adapter=ft))
-            selections.append(sel)
-            adapters.append(ft)
+    for sel, ft, ev, times in results:
+        selections.append(sel)
+        adapters.append(ft)
+        evals.append(ev)
+        timings.update(times)
 
     subsets = {selection_label(s.meta["method"], s.meta["budget"]): str(subset_path(s.path)) for s in selections}
     report = write_report(
@@ -126,6 +143,36 @@ def run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict:
         "evaluation": str(out / "evaluation.csv"),
         "lineage": str(out / "lineage.mmd"),
     }
+
+
+@task(name="branch")
+def branch(
+    recipe: Recipe, method: str, budget: float, data, infl, reps, refresh: list[str]
+) -> tuple[ArtifactRef, ArtifactRef, ArtifactRef, dict[str, float]]:
+    """Runs one method x budget branch: select -> finetune -> evaluate; returns their refs and wall times."""
+    tag = selection_label(method, budget)
+    times: dict[str, float] = {}
+
+    def timed(name, fn, *args, **kw):
+        t = time.time()
+        # parameters are already typed objects; on a Dask worker pydantic cannot rebuild the flows' forward refs
+        out = fn.with_options(validate_parameters=False)(*args, refresh=name in refresh, **kw)
+        times[f"{name}:{tag}"] = time.time() - t
+        return out
+
+    sel = timed("select", select_flow, recipe, method, budget, data=data, infl=infl, reps=reps)
+    ft = timed("finetune", finetune_flow, recipe, selection=sel)
+    ev = timed("evaluate", evaluate_flow, recipe, data=data, adapter=ft)
+    return sel, ft, ev, times
+
+
+@flow(name="branches", log_prints=True)
+def branches_flow(recipe: Recipe, pairs: list[tuple[str, float]], data, infl, reps, refresh: list[str]) -> list:
+    """Submits every method x budget branch to the flow's task runner at once; returns their results in order."""
+    submit = branch.with_options(retries=recipe.execution.retries)
+    with dask.annotate(resources=gpu_resources(recipe)) if gpu_resources(recipe) else contextlib.nullcontext():
+        futures = [submit.submit(recipe, m, b, data, infl, reps, refresh) for m, b in pairs]
+    return [f.result() for f in futures]
 
 
 def _post_run_artifacts(report: Path, evals: list, selections: list, graph: str, run_id: str) -> None:

@@ -9,6 +9,7 @@ PREFECT_KEYS_DIR = "prefect-locks"  # lock files; must differ from results
 MANIFEST = "manifest.json"  # files, sizes, mtimes and sha256 of an artifact
 META = "meta.json"  # step, parameters and input digests of an artifact
 PARTIAL_SUFFIX = ".partial"  # an artifact being built (resumable)
+BUILDS_LOG = "builds.jsonl"  # run_root/artifacts/builds.jsonl: one line per artifact build
 LOCK_SUFFIX = ".lock"  # held by the one process building an artifact
 
 # data artifact

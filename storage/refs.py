@@ -22,7 +22,7 @@ from filelock import FileLock
 from pydantic import BaseModel, ConfigDict
 
 from bidsml.errors import ArtifactError
-from storage.names import ARTIFACTS_DIR, LOCK_SUFFIX, MANIFEST, META, PARTIAL_SUFFIX
+from storage.names import ARTIFACTS_DIR, BUILDS_LOG, LOCK_SUFFIX, MANIFEST, META, PARTIAL_SUFFIX
 
 
 class ArtifactRef(BaseModel):
@@ -172,6 +172,18 @@ class Plan(BaseModel):
         return artifact_dir(Path(self.run_root), self.kind, self.identity)
 
 
+def _log_build(plan: Plan) -> None:
+    """Appends (kind, identity, host, pid, time) to run_root/artifacts/builds.jsonl: who built what, when."""
+    import socket
+    import time
+
+    line = json.dumps(
+        {"kind": plan.kind, "identity": plan.identity, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
+    )
+    with open(Path(plan.run_root) / ARTIFACTS_DIR / BUILDS_LOG, "a") as fh:  # one short append: atomic
+        fh.write(line + "\n")
+
+
 def work_dir(plan: Plan) -> Path:
     """Returns the resumable folder an artifact is built in before publication."""
     return plan.final_dir.with_name(plan.final_dir.name + PARTIAL_SUFFIX)
@@ -199,6 +211,7 @@ def materialize(plan: Plan, build: Callable[[Path], dict[str, Any]], force: bool
 def _build_and_publish(plan: Plan, build: Callable[[Path], dict[str, Any]], force: bool) -> ArtifactRef:
     kind, identity_inputs, identity, final = plan.kind, plan.inputs, plan.identity, plan.final_dir
     work = work_dir(plan)
+    _log_build(plan)
     if force and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)

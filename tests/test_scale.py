@@ -1,6 +1,10 @@
 """Scale-out: sharded featurization on a Dask LocalCluster equals one process; safe concurrent builds."""
 
 import datetime as dt
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +65,97 @@ def test_dask_shards_build_the_same_store_as_one_process(tmp_path, prefect_harne
     assert sharded.identity == local.identity and sharded.digest == local.digest  # execution is not identity
     a, b = _store_arrays(local.path / FEATURES_STORE), _store_arrays(sharded.path / FEATURES_STORE)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _cli_run(run_root: Path, prefect_home: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--recipe", str(RECIPE), "--set", f"run_root={run_root}"]
+    cmd += ["--set", "selection.methods=[random,bids]", "--set", "evaluation.benchmarks={mmlu: 2}", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_runs_started_together_on_one_run_root_build_each_artifact_once(tmp_path):
+
+    root = tmp_path / "runs"
+    procs = [_cli_run(root, tmp_path / "prefect") for _ in range(2)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in outs)
+    builds = [json.loads(x) for x in (root / "artifacts" / "builds.jsonl").read_text().splitlines()]
+    ids = [b["identity"] for b in builds]
+    assert len(ids) == len(set(ids)), "an artifact was built twice"
+    assert len({b["pid"] for b in builds}) >= 1 and {"data", "warmup", "features", "influence"} <= {
+        b["kind"] for b in builds
+    }
+    records = [json.loads(p.read_text()) for p in (root / "run-records").glob("*.json")]
+    assert len(records) == 2
+    strip = lambda refs: json.dumps(refs, sort_keys=True)  # noqa: E731
+    assert strip(records[0]["refs"]) == strip(records[1]["refs"])  # both runs point at the same artifacts
+
+
+KILLED_PIPELINE = """
+import os, signal, sys
+from bidsml.config import load_recipe
+import tasks.influence as ti
+from flows.pipeline import pipeline
+
+ti.BLOCK_ROWS = 8
+recipe = load_recipe(sys.argv[1]).with_overrides({"run_root": sys.argv[2], "selection.methods": ["random", "bids"],
+                                                  "evaluation.benchmarks": {"mmlu": 2}})
+real, calls = ti.influence_block, []
+def killing(*args, **kwargs):
+    calls.append(1)
+    if len(calls) > 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # the whole pipeline, hard, in its third influence block
+    return real(*args, **kwargs)
+ti.influence_block = killing
+pipeline(recipe)
+"""
+
+
+def test_pipeline_sigkilled_during_influence_resumes_at_the_first_unfinished_block(
+    tmp_path, prefect_harness, monkeypatch
+):
+    from prefect.settings import get_current_settings
+
+    import tasks.influence as ti
+    from flows.pipeline import pipeline
+    from storage.influence_store import BLOCKS_DONE_DIR, read_influence_matrix
+
+    root = tmp_path / "runs"
+    env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_PIPELINE, str(RECIPE), str(root)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    partial = [p for p in (root / "artifacts" / "influence").iterdir() if p.name.endswith(".partial")]
+    assert len(partial) == 1
+    markers = {p.name: p.stat().st_mtime_ns for p in (partial[0] / BLOCKS_DONE_DIR).iterdir()}
+    assert sorted(markers) == ["block-000000", "block-000001"]
+
+    monkeypatch.setattr(ti, "BLOCK_ROWS", 8)
+    real, calls = ti.influence_block, []
+    monkeypatch.setattr(ti, "influence_block", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    recipe = load_recipe(RECIPE).with_overrides(
+        {"run_root": str(root), "selection.methods": ["random", "bids"], "evaluation.benchmarks": {"mmlu": 2}}
+    )
+    out = pipeline(recipe)
+    rec = json.loads(Path(out["record"]).read_text())
+    infl = Path(rec["refs"]["influence"]["uri"])
+    n = rec["refs"]["influence"]["meta"]["n_train"]
+    assert len(calls) == -(-n // 8) - 2  # finished blocks were not recomputed
+    for name, mtime in markers.items():
+        assert (infl / BLOCKS_DONE_DIR / name).stat().st_mtime_ns == mtime
+    resumed = read_influence_matrix(infl)
+    digest = rec["refs"]["influence"]["digest"]
+    calls.clear()
+    fresh = pipeline(recipe, refresh=["influence"])  # an uninterrupted computation from scratch
+    assert len(calls) == -(-n // 8)
+    rec2 = json.loads(Path(fresh["record"]).read_text())
+    np.testing.assert_array_equal(read_influence_matrix(Path(rec2["refs"]["influence"]["uri"])), resumed)
+    assert rec2["refs"]["influence"]["digest"] == digest  # identical store, file for file
