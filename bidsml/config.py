@@ -140,6 +140,12 @@ class FeaturesConfig(_Stage):
     eps_inside_sqrt: bool = Field(True, description="Adam transform G = m/sqrt(v+eps) (LESS) or m/(sqrt(v)+eps).")
     max_tokens: int = Field(4096, gt=0, description="Token budget of a feature micro-batch (length-sorted).")
     chunk_rows: int = Field(256, gt=0, description="Rows per Zarr chunk (unit of resume).")
+    threads: int | None = Field(
+        None,
+        gt=0,
+        description="CPU threads of the feature computation. A matmul's last bits depend on the thread count: "
+        "set it (e.g. 1) for stores bit-identical across machines and execution modes; unset: torch's default.",
+    )
     precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Forward autocast dtype; 'auto': bfloat16 on CUDA, float32 on CPU. Gradients stay fp32."
     )
@@ -202,18 +208,22 @@ class EvalConfig(_Stage):
 
 class ExecutionConfig(_Stage):
     task_runner: Literal["local", "dask"] = Field(
-        "local", description="local: every step in this process; dask: feature shards and method x budget branches "
-        "on a Dask cluster (through prefect-dask)."
+        "local",
+        description="local: every step in this process; dask: feature shards and method x budget branches "
+        "on a Dask cluster (through prefect-dask).",
     )
     address: str | None = Field(
-        None, description="An existing Dask scheduler (tcp://host:8786, e.g. from dask-jobqueue's SLURMCluster); "
-        "unset: a LocalCluster started for the run."
+        None,
+        description="An existing Dask scheduler (tcp://host:8786, e.g. from dask-jobqueue's SLURMCluster); "
+        "unset: a LocalCluster started for the run.",
     )
     n_workers: int = Field(2, gt=0, description="LocalCluster workers (one per GPU on a GPU node).")
     threads_per_worker: int = Field(1, gt=0, description="Threads per LocalCluster worker.")
     gpus_per_worker: int = Field(
-        0, ge=0, description="Dask worker resource GPU per LocalCluster worker (1: one worker per GPU, CUDA device "
-        "pinned per worker); GPU steps then ask for GPU=1."
+        0,
+        ge=0,
+        description="Dask worker resource GPU per LocalCluster worker (1: one worker per GPU, CUDA device "
+        "pinned per worker); GPU steps then ask for GPU=1.",
     )
     shard_chunks: int = Field(4, gt=0, description="Zarr chunks per featurization shard (one Dask task each).")
     retries: int = Field(2, ge=0, description="Retries of a shard or branch task whose worker died.")

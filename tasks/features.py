@@ -149,6 +149,20 @@ def _build_context(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) -> Feat
     return FeatureContext(recipe, warm, tok, splits, len(load_checkpoints(warm)))
 
 
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """Runs the block with torch using `n` CPU threads (unchanged when None)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def write_feature_chunks(
     recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, work: Path, split: str, chunks: range | None, on_chunk=None
 ) -> int:
@@ -158,9 +172,15 @@ def write_feature_chunks(
     items = ctx.splits[split]
 
     def compute(start, stop, todo):
+        with _threads(fc.threads):
+            return _compute(start, stop, todo)
+
+    def _compute(start, stop, todo):
         ctx.loaded()
         # validation gradients are plain ("sgd"): no Adam transform
-        run = [CheckpointState(ctx.states[c].weights, ctx.states[c].transform if split == "train" else None) for c in todo]
+        run = [
+            CheckpointState(ctx.states[c].weights, ctx.states[c].transform if split == "train" else None) for c in todo
+        ]
         out = compute_features_checkpoints(
             ctx.model, items[start:stop], ctx.projector, ctx.tok.pad_token_id, run, fc.max_tokens, ctx.precision
         )

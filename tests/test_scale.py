@@ -47,7 +47,8 @@ def _shard_runs(since) -> list[str]:
 
 
 def test_dask_shards_build_the_same_store_as_one_process(tmp_path, prefect_harness):
-    base = load_recipe(RECIPE).with_overrides({"features.chunk_rows": 4})
+    # one thread everywhere: a matmul's last bits depend on the thread count (see features.threads)
+    base = load_recipe(RECIPE).with_overrides({"features.chunk_rows": 4, "features.threads": 1})
     local = _features(base.with_overrides({"run_root": str(tmp_path / "local")}))
     dask_recipe = base.with_overrides(
         {
@@ -159,3 +160,51 @@ def test_pipeline_sigkilled_during_influence_resumes_at_the_first_unfinished_blo
     rec2 = json.loads(Path(fresh["record"]).read_text())
     np.testing.assert_array_equal(read_influence_matrix(Path(rec2["refs"]["influence"]["uri"])), resumed)
     assert rec2["refs"]["influence"]["digest"] == digest  # identical store, file for file
+
+
+def test_a_dask_worker_sigkilled_mid_shard_has_its_shard_rerun_and_the_store_is_identical(tmp_path, prefect_harness):
+    import signal
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from storage.names import CHUNKS_DONE_DIR
+
+    base = load_recipe(RECIPE).with_overrides(
+        {"features.chunk_rows": 2, "features.max_tokens": 64, "features.threads": 1}
+    )
+    local = _features(base.with_overrides({"run_root": str(tmp_path / "local")}))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        client = Client(cluster)
+        pids_before = set(client.run(os.getpid).values())
+        recipe = base.with_overrides(
+            {
+                "run_root": str(tmp_path / "dask"),
+                "execution.task_runner": "dask",
+                "execution.address": cluster.scheduler_address,
+                "execution.shard_chunks": 6,
+            }
+        )
+        from flows.steps import data_flow, features_flow, warmup_flow
+
+        data = data_flow(recipe)
+        warm = warmup_flow(recipe, data)
+        result = {}
+        run = threading.Thread(target=lambda: result.update(ref=features_flow(recipe, data, warm)))
+        run.start()
+        markers = Path(local.path.parents[2].parent / "dask" / "artifacts" / "features")
+        deadline = time.time() + 300
+        while time.time() < deadline and not any(markers.glob(f"*.partial/{CHUNKS_DONE_DIR}/*")):
+            time.sleep(0.05)  # shards are running: the first chunk of some shard is written
+        victim = sorted(pids_before)[0]
+        os.kill(victim, signal.SIGKILL)  # a worker process dies in the middle of its shard
+        run.join(timeout=600)
+        pids_after = set(client.run(os.getpid).values())
+        client.close()
+    assert "ref" in result, "the featurize flow did not finish"
+    assert victim not in pids_after  # the worker really died (its nanny started a new one)
+    sharded = result["ref"]
+    a, b = _store_arrays(local.path / FEATURES_STORE), _store_arrays(sharded.path / FEATURES_STORE)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert sharded.digest == local.digest
