@@ -19,6 +19,7 @@ top_train_for_task, ...). Selection reads the Zarr matrix block by block.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +40,7 @@ BLOCK_ROWS = 16384  # rows per block: ~64 MB of float32 scores at M = 1,000
 
 # Views users query (`bidsflow query RUN "SQL"`); normalised = z-score of a
 # validation column over all training rows (sample std), as BIDS does.
+# Percentiles are approximate (t-digest): exact quantiles hold every score in memory (1e9 at 1M x 1k).
 VIEWS = [
     f"""CREATE TEMP VIEW normalized_influence AS
     SELECT train_idx, val_idx, score,
@@ -57,8 +59,8 @@ VIEWS = [
     )
     SELECT v.task, count(DISTINCT z.val_idx) AS n_val,
            avg(z.score) AS raw_mean, stddev_samp(z.score) AS raw_std, min(z.score) AS raw_min, max(z.score) AS raw_max,
-           quantile_cont(z.score, 0.99) AS raw_p99, avg(z.z) AS z_mean, stddev_samp(z.z) AS z_std,
-           max(z.z) AS z_max, quantile_cont(z.z, 0.99) AS z_p99
+           approx_quantile(z.score, 0.99) AS raw_p99, avg(z.z) AS z_mean, stddev_samp(z.z) AS z_std,
+           max(z.z) AS z_max, approx_quantile(z.z, 0.99) AS z_p99
     FROM z JOIN {T_VAL} v ON v.idx = z.val_idx
     GROUP BY v.task ORDER BY v.task""",
     f"""CREATE TEMP VIEW top_train_for_val AS
@@ -184,9 +186,19 @@ def attach_influence(con: duckdb.DuckDBPyConnection, root: Path) -> duckdb.DuckD
     return con
 
 
+# DuckDB's memory for one session (it spills big joins and aggregates to disk beyond it); its default, 80% of
+# RAM, would let a 1e9-score query crowd out the selection that follows.
+DUCKDB_MEMORY = os.environ.get("BIDSFLOW_DUCKDB_MEMORY", "4GB")
+
+
+def duckdb_session() -> duckdb.DuckDBPyConnection:
+    """Returns an in-memory DuckDB session with bidsflow's memory limit."""
+    return duckdb.connect(config={"memory_limit": DUCKDB_MEMORY})
+
+
 def open_influence(root: Path) -> duckdb.DuckDBPyConnection:
     """Returns a DuckDB session over a published influence store (read-only)."""
-    return attach_influence(duckdb.connect(), root)
+    return attach_influence(duckdb_session(), root)
 
 
 def read_influence_matrix(root: Path, rows: slice | None = None) -> np.ndarray:

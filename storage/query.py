@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 
 from bidsml.errors import ArtifactError
-from storage.influence_store import attach_influence
+from storage.influence_store import attach_influence, duckdb_session
 from storage.names import SELECTION_PARQUET
 
 
@@ -25,7 +25,7 @@ def open_run(record: dict) -> duckdb.DuckDBPyConnection:
     infl = record["refs"].get("influence")
     if not infl:
         raise ArtifactError(f"run {record.get('run_id')} has no influence store")
-    con = attach_influence(duckdb.connect(), Path(infl["uri"]))
+    con = attach_influence(duckdb_session(), Path(infl["uri"]))
     parts = []
     for ref in record["refs"].get("selections", {}).values():
         meta = ref.get("meta", {})

@@ -1,0 +1,301 @@
+"""Benchmark the scale-out paths side by side against today's baselines (not a test).
+
+    python bench/scale.py                 # everything below, < 30 min on a 2-core CPU
+    python bench/scale.py --parts store   # one part: store | featurize | fanout
+
+1. store + select: synthetic features (N pool rows, M validation columns,
+   k=256, 2 checkpoints) in a Zarr gradient store, then, through the
+   functions the steps call, influence streamed in row blocks, the store
+   written (Zarr + Parquet blocks + DuckDB tables), the `task_stats` query,
+   and `bids` at 15%. At N=1,000,000, M=1,000 in a child process (wall time,
+   peak RSS). Baseline: the store path before streaming (dense A in RAM, an
+   N*M-row pandas frame into a DuckDB table, read back row by row into a
+   dense matrix, bids), at the largest N it survives in 8 GB, and ours at the
+   same N for the ratio.
+2. featurization, tiny model, N=20,000: one process (1 thread) vs a 2-worker
+   LocalCluster (1 thread each) through the featurize step; stores compared.
+3. fan-out of 4 method x budget branches (tiny recipe, upstream cached):
+   sequential vs 2 Dask workers.
+
+The last line is JSON with every figure.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this folder is sys.path[0], and its select.py would shadow the stdlib module.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+K_DIM, N_CKPT, BUDGET = 256, 2, 0.15
+
+
+# --- 1. store + select ------------------------------------------------------------------------------
+
+
+def synthetic_features(root: Path, n: int, m: int, seed: int = 0) -> tuple[list[np.ndarray], list[float], list[str]]:
+    """Writes normalised fp16 train features for 2 checkpoints into a Zarr store; returns (val feats, weights, tasks)."""
+    from storage.gradients import write_chunks
+
+    rng = np.random.default_rng(seed)
+    n_tasks = 10
+    tasks = [f"task{j % n_tasks}" for j in range(m)]
+    # tasks differ in how aligned the pool is with them (as in the paper: some tasks get larger raw influence)
+    centers = rng.standard_normal((n_tasks, K_DIM)).astype(np.float32)
+    val = []
+    for c in range(N_CKPT):
+        v = centers[[j % n_tasks for j in range(m)]] + 0.5 * rng.standard_normal((m, K_DIM)).astype(np.float32)
+        val.append((v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16))
+        gen = np.random.default_rng(seed + 1 + c)
+
+        def compute(start, stop, gen=gen):
+            mix = gen.random((stop - start, n_tasks), dtype=np.float32) ** 4
+            x = mix @ centers + gen.standard_normal((stop - start, K_DIM), dtype=np.float32) * 2.0
+            return x / np.linalg.norm(x, axis=1, keepdims=True), np.ones(stop - start, dtype=np.float32)
+
+        write_chunks(root, "train", c, n, K_DIM, 65536, compute)
+    return val, [0.6, 0.4], tasks
+
+
+def _tables(n: int, m: int, tasks: list[str]):
+    import pandas as pd
+
+    train = pd.DataFrame({"idx": range(n), "id": [f"p{i}" for i in range(n)], "source": "s", "n_tokens": 100})
+    val = pd.DataFrame({"idx": range(m), "id": [f"v{j}" for j in range(m)], "task": tasks, "subtask": None,
+                        "capability": "c"})
+    ck = pd.DataFrame({"c": [0, 1], "step": [10, 20], "mean_lr": [2e-5, 1e-5], "weight": [0.6, 0.4]})
+    return train, val, ck
+
+
+def store_select_ours(n: int, m: int, work: Path) -> dict:
+    """The streamed path, as the influence and select steps run it."""
+    from bidsml.influence import influence_block
+    from bidsml.selection import column_stats
+    from bidsml.selectors import SelectorInputs, run_selector
+    from storage.gradients import read_feature_rows
+    from storage.influence_store import (
+        open_influence,
+        read_influence_matrix,
+        read_influence_rows,
+        save_influence_tables,
+        write_influence_blocks,
+    )
+
+    val, w, tasks = synthetic_features(work / "feats", n, m)
+    t0 = time.time()
+    store = work / "influence"
+    store.mkdir()
+    write_influence_blocks(
+        store, n, m, lambda a, b: influence_block([read_feature_rows(work / "feats", "train", c, a, b) for c in range(2)], val, w)
+    )
+    save_influence_tables(store, *_tables(n, m, tasks))
+    t_infl = time.time() - t0
+    con = open_influence(store)
+    stats = con.sql("SELECT * FROM task_stats").fetchall()
+    con.close()
+    t_query = time.time() - t0 - t_infl
+    A = read_influence_matrix(store)
+    mean, std, constant = column_stats(A)
+    rows = run_selector("bids", SelectorInputs(tasks=tasks, influence=A, owned=True), BUDGET)
+    del A
+    read_influence_rows(store, rows[:1000])  # composition reads the selected rows back
+    total = time.time() - t0
+    return {"seconds": total, "influence_store_s": t_infl, "task_stats_s": t_query, "bids_s": total - t_infl - t_query,
+            "n_tasks_in_stats": len(stats), "k": len(rows), "first_rows": rows[:5].tolist()}
+
+
+def store_select_baseline(n: int, m: int, work: Path) -> dict:
+    """The path before streaming: dense A, a long pandas frame into DuckDB, a dense read-back, bids."""
+    import duckdb
+    import pandas as pd
+
+    from bidsml.influence import influence_matrix
+    from bidsml.selectors import select
+    from storage.gradients import iter_feature_chunks
+
+    val, w, tasks = synthetic_features(work / "feats", n, m)
+    t0 = time.time()
+    A = influence_matrix(lambda c: iter_feature_chunks(work / "feats", "train", c), val, w, n)
+    long = pd.DataFrame({"train_idx": np.repeat(np.arange(n, dtype=np.int32), m),
+                         "val_idx": np.tile(np.arange(m, dtype=np.int32), n), "score": A.ravel()})
+    del A
+    con = duckdb.connect(str(work / "influence.duckdb"))
+    con.register("df_view", long)
+    con.execute("CREATE TABLE influence AS SELECT * FROM df_view")
+    con.unregister("df_view")
+    del long
+    train, valdf, _ = _tables(n, m, tasks)
+    con.register("v", valdf)
+    con.execute("CREATE TABLE val_examples AS SELECT * FROM v")
+    con.close()
+    con = duckdb.connect(str(work / "influence.duckdb"), read_only=True)
+    stats = con.sql("""SELECT v.task, avg(i.score), stddev_samp(i.score) FROM influence i
+                       JOIN val_examples v ON v.idx = i.val_idx GROUP BY v.task""").fetchall()
+    cols = con.sql("SELECT train_idx, val_idx, score FROM influence").fetchnumpy()
+    con.close()
+    A = np.zeros((n, m), dtype=np.float32)
+    A[cols["train_idx"], cols["val_idx"]] = cols["score"]
+    del cols
+    rows = select("bids", A, tasks, BUDGET)
+    return {"seconds": time.time() - t0, "n_tasks_in_stats": len(stats), "k": len(rows), "first_rows": rows[:5].tolist()}
+
+
+def child(kind: str, n: int, m: int) -> dict:
+    """Runs one store path in a fresh process; returns its figures and peak RSS (MB)."""
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        out = subprocess.run([sys.executable, __file__, "--child", kind, "--n", str(n), "--m", str(m), "--work", tmp],
+                             capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"failed": True, "returncode": out.returncode, "stderr": out.stderr[-500:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def part_store(n: int, m: int, baseline_ns: list[int]) -> dict:
+    ours = child("ours", n, m)
+    print(json.dumps({"store_select_ours": {"n": n, "m": m, **ours}}), flush=True)
+    base_runs = {}
+    for bn in baseline_ns:
+        r = child("baseline", bn, m)
+        base_runs[bn] = r
+        print(json.dumps({"store_select_baseline": {"n": bn, "m": m, **r}}), flush=True)
+        if r.get("failed") or r["peak_rss_mb"] > 8192:
+            break
+    ok = [bn for bn, r in base_runs.items() if not r.get("failed") and r["peak_rss_mb"] <= 8192]
+    max_n = max(ok) if ok else 0
+    same = child("ours", max_n, m) if max_n else {}
+    if max_n:
+        print(json.dumps({"store_select_ours_at_baseline_n": {"n": max_n, **same}}), flush=True)
+    return {
+        "store_select_s": round(ours["seconds"], 1),
+        "store_select_peak_rss_mb": round(ours["peak_rss_mb"]),
+        "n": n,
+        "m": m,
+        "baseline_max_n": max_n,
+        "baseline_s_at_max_n": round(base_runs[max_n]["seconds"], 1) if max_n else None,
+        "baseline_peak_rss_mb_at_max_n": round(base_runs[max_n]["peak_rss_mb"]) if max_n else None,
+        "ours_s_at_baseline_n": round(same["seconds"], 1) if max_n else None,
+        "ours_peak_rss_mb_at_baseline_n": round(same["peak_rss_mb"]) if max_n else None,
+        "speedup_at_equal_n": round(base_runs[max_n]["seconds"] / same["seconds"], 2) if max_n else None,
+        "same_first_selected_rows_at_equal_n": same.get("first_rows") == base_runs.get(max_n, {}).get("first_rows"),
+        "memory_ratio_at_equal_n": round(base_runs[max_n]["peak_rss_mb"] / same["peak_rss_mb"], 2) if max_n else None,
+    }
+
+
+# --- 2. featurization: one process vs a 2-worker LocalCluster ----------------------------------------
+
+
+def _bench_recipe(run_root: Path, n_pool: int):
+    from bidsml.config import load_recipe
+
+    per = n_pool // 4
+    return load_recipe(ROOT / "recipes" / "tiny.yaml").with_overrides(
+        {
+            "run_root": str(run_root),
+            "data.pool": [{"source": s, "n": per} for s in ("trivia_qa", "math", "squad", "hellaswag")],
+            "warmup.fraction": 0.005,
+            "warmup.epochs": 1,
+            "features.chunk_rows": 512,
+            "features.threads": 1,  # one thread per process in both modes: identical stores, a fair ratio
+            "execution.n_workers": 2,
+            "execution.threads_per_worker": 1,
+            "execution.shard_chunks": 2,
+        }
+    )
+
+
+def part_featurize(n_pool: int) -> dict:
+    from flows.steps import data_flow, features_flow, warmup_flow
+    from storage.names import FEATURES_STORE
+    from tests.test_scale import _store_arrays
+
+    out, refs = {}, {}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        for mode in ("local", "dask"):
+            recipe = _bench_recipe(Path(tmp) / mode, n_pool).with_overrides({"execution.task_runner": mode})
+            data = data_flow(recipe)
+            warm = warmup_flow(recipe, data)
+            t = time.time()
+            refs[mode] = features_flow(recipe, data, warm)
+            out[mode] = time.time() - t
+            n = refs[mode].meta["n_train"] + refs[mode].meta["n_val"]
+            print(json.dumps({"featurize": mode, "seconds": round(out[mode], 1), "examples": n}), flush=True)
+        a = _store_arrays(refs["local"].path / FEATURES_STORE)
+        b = _store_arrays(refs["dask"].path / FEATURES_STORE)
+        identical = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    return {
+        "featurize_n": n,
+        "featurize_examples_per_s_local": round(n / out["local"], 1),
+        "featurize_examples_per_s_dask": round(n / out["dask"], 1),
+        "featurize_dask_speedup": round(out["local"] / out["dask"], 2),
+        "featurize_identical": bool(identical),
+    }
+
+
+# --- 3. fan-out of 4 branches -----------------------------------------------------------------------
+
+
+def part_fanout() -> dict:
+    from bidsml.config import load_recipe
+    from flows.pipeline import pipeline
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        recipe = load_recipe(ROOT / "recipes" / "tiny.yaml").with_overrides(
+            {"run_root": tmp, "selection.methods": ["random", "less", "bids", "sum"], "selection.budgets": [8],
+             "execution.n_workers": 2, "execution.threads_per_worker": 1}
+        )
+        pipeline(recipe)  # upstream steps (and a first pass of the branches) into the cache
+        times = {}
+        for mode in ("local", "dask"):
+            t = time.time()
+            pipeline(recipe.with_overrides({"execution.task_runner": mode}), refresh=["select", "finetune", "evaluate"])
+            times[mode] = time.time() - t
+            print(json.dumps({"fanout": mode, "seconds": round(times[mode], 1)}), flush=True)
+    return {"fanout_branches": 4, "fanout_sequential_s": round(times["local"], 1), "fanout_dask_s": round(times["dask"], 1),
+            "fanout_speedup": round(times["local"] / times["dask"], 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", default="store,featurize,fanout")
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--m", type=int, default=1_000)
+    ap.add_argument("--baseline-n", default="100000,200000,300000", help="baseline sizes, up to the first over 8 GB")
+    ap.add_argument("--featurize-n", type=int, default=20_000)
+    ap.add_argument("--child", choices=["ours", "baseline"])
+    ap.add_argument("--work")
+    args = ap.parse_args()
+    if args.child:
+        fn = store_select_ours if args.child == "ours" else store_select_baseline
+        res = fn(args.n, args.m, Path(args.work))
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(res))
+        return
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    t0 = time.time()
+    result = {"device": f"cpu ({os.cpu_count()} cores)"}
+    parts = args.parts.split(",")
+    if "store" in parts:
+        result |= part_store(args.n, args.m, [int(x) for x in args.baseline_n.split(",")])
+    if "featurize" in parts:
+        result |= part_featurize(args.featurize_n)
+    if "fanout" in parts:
+        result |= part_fanout()
+    result["total_s"] = round(time.time() - t0, 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
