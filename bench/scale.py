@@ -73,8 +73,9 @@ def _tables(n: int, m: int, tasks: list[str]):
     import pandas as pd
 
     train = pd.DataFrame({"idx": range(n), "id": [f"p{i}" for i in range(n)], "source": "s", "n_tokens": 100})
-    val = pd.DataFrame({"idx": range(m), "id": [f"v{j}" for j in range(m)], "task": tasks, "subtask": None,
-                        "capability": "c"})
+    val = pd.DataFrame(
+        {"idx": range(m), "id": [f"v{j}" for j in range(m)], "task": tasks, "subtask": None, "capability": "c"}
+    )
     ck = pd.DataFrame({"c": [0, 1], "step": [10, 20], "mean_lr": [2e-5, 1e-5], "weight": [0.6, 0.4]})
     return train, val, ck
 
@@ -98,7 +99,10 @@ def store_select_ours(n: int, m: int, work: Path) -> dict:
     store = work / "influence"
     store.mkdir()
     write_influence_blocks(
-        store, n, m, lambda a, b: influence_block([read_feature_rows(work / "feats", "train", c, a, b) for c in range(2)], val, w)
+        store,
+        n,
+        m,
+        lambda a, b: influence_block([read_feature_rows(work / "feats", "train", c, a, b) for c in range(2)], val, w),
     )
     save_influence_tables(store, *_tables(n, m, tasks))
     t_infl = time.time() - t0
@@ -112,8 +116,28 @@ def store_select_ours(n: int, m: int, work: Path) -> dict:
     del A
     read_influence_rows(store, rows[:1000])  # composition reads the selected rows back
     total = time.time() - t0
-    return {"seconds": total, "influence_store_s": t_infl, "task_stats_s": t_query, "bids_s": total - t_infl - t_query,
-            "n_tasks_in_stats": len(stats), "k": len(rows), "first_rows": rows[:5].tolist()}
+    return {
+        "seconds": total,
+        "influence_store_s": t_infl,
+        "task_stats_s": t_query,
+        "bids_s": total - t_infl - t_query,
+        "n_tasks_in_stats": len(stats),
+        "k": len(rows),
+        "first_rows": rows[:5].tolist(),
+    }
+
+
+# The task_stats view as the store defined it before streaming (window z-scores, exact quantiles).
+BASELINE_TASK_STATS = """
+    WITH n AS (SELECT train_idx, val_idx, score,
+                      (score - avg(score) OVER w) / nullif(stddev_samp(score) OVER w, 0) AS z
+               FROM influence WINDOW w AS (PARTITION BY val_idx))
+    SELECT v.task, count(DISTINCT n.val_idx) AS n_val,
+           avg(n.score) AS raw_mean, stddev_samp(n.score) AS raw_std, min(n.score) AS raw_min, max(n.score) AS raw_max,
+           quantile_cont(n.score, 0.99) AS raw_p99, avg(n.z) AS z_mean, stddev_samp(n.z) AS z_std,
+           max(n.z) AS z_max, quantile_cont(n.z, 0.99) AS z_p99
+    FROM n JOIN val_examples v ON v.idx = n.val_idx
+    GROUP BY v.task ORDER BY v.task"""
 
 
 def store_select_baseline(n: int, m: int, work: Path) -> dict:
@@ -128,8 +152,13 @@ def store_select_baseline(n: int, m: int, work: Path) -> dict:
     val, w, tasks = synthetic_features(work / "feats", n, m)
     t0 = time.time()
     A = influence_matrix(lambda c: iter_feature_chunks(work / "feats", "train", c), val, w, n)
-    long = pd.DataFrame({"train_idx": np.repeat(np.arange(n, dtype=np.int32), m),
-                         "val_idx": np.tile(np.arange(m, dtype=np.int32), n), "score": A.ravel()})
+    long = pd.DataFrame(
+        {
+            "train_idx": np.repeat(np.arange(n, dtype=np.int32), m),
+            "val_idx": np.tile(np.arange(m, dtype=np.int32), n),
+            "score": A.ravel(),
+        }
+    )
     del A
     con = duckdb.connect(str(work / "influence.duckdb"))
     con.register("df_view", long)
@@ -141,22 +170,29 @@ def store_select_baseline(n: int, m: int, work: Path) -> dict:
     con.execute("CREATE TABLE val_examples AS SELECT * FROM v")
     con.close()
     con = duckdb.connect(str(work / "influence.duckdb"), read_only=True)
-    stats = con.sql("""SELECT v.task, avg(i.score), stddev_samp(i.score) FROM influence i
-                       JOIN val_examples v ON v.idx = i.val_idx GROUP BY v.task""").fetchall()
+    stats = con.sql(BASELINE_TASK_STATS).fetchall()
     cols = con.sql("SELECT train_idx, val_idx, score FROM influence").fetchnumpy()
     con.close()
     A = np.zeros((n, m), dtype=np.float32)
     A[cols["train_idx"], cols["val_idx"]] = cols["score"]
     del cols
     rows = select("bids", A, tasks, BUDGET)
-    return {"seconds": time.time() - t0, "n_tasks_in_stats": len(stats), "k": len(rows), "first_rows": rows[:5].tolist()}
+    return {
+        "seconds": time.time() - t0,
+        "n_tasks_in_stats": len(stats),
+        "k": len(rows),
+        "first_rows": rows[:5].tolist(),
+    }
 
 
 def child(kind: str, n: int, m: int) -> dict:
     """Runs one store path in a fresh process; returns its figures and peak RSS (MB)."""
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
-        out = subprocess.run([sys.executable, __file__, "--child", kind, "--n", str(n), "--m", str(m), "--work", tmp],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", kind, "--n", str(n), "--m", str(m), "--work", tmp],
+            capture_output=True,
+            text=True,
+        )
     if out.returncode != 0:
         return {"failed": True, "returncode": out.returncode, "stderr": out.stderr[-500:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -199,11 +235,11 @@ def part_store(n: int, m: int, baseline_ns: list[int]) -> dict:
 def _bench_recipe(run_root: Path, n_pool: int):
     from bidsml.config import load_recipe
 
-    per = n_pool // 4
+    shares = {"trivia_qa": 0.3, "math": 0.2, "hellaswag": 0.35, "boolq": 0.15}  # each within its source's size
     return load_recipe(ROOT / "recipes" / "tiny.yaml").with_overrides(
         {
             "run_root": str(run_root),
-            "data.pool": [{"source": s, "n": per} for s in ("trivia_qa", "math", "squad", "hellaswag")],
+            "data.pool": [{"source": s, "n": round(n_pool * f)} for s, f in shares.items()],
             "warmup.fraction": 0.005,
             "warmup.epochs": 1,
             "features.chunk_rows": 512,
@@ -252,8 +288,13 @@ def part_fanout() -> dict:
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         recipe = load_recipe(ROOT / "recipes" / "tiny.yaml").with_overrides(
-            {"run_root": tmp, "selection.methods": ["random", "less", "bids", "sum"], "selection.budgets": [8],
-             "execution.n_workers": 2, "execution.threads_per_worker": 1}
+            {
+                "run_root": tmp,
+                "selection.methods": ["random", "less", "bids", "sum"],
+                "selection.budgets": [8],
+                "execution.n_workers": 2,
+                "execution.threads_per_worker": 1,
+            }
         )
         pipeline(recipe)  # upstream steps (and a first pass of the branches) into the cache
         times = {}
@@ -262,8 +303,12 @@ def part_fanout() -> dict:
             pipeline(recipe.with_overrides({"execution.task_runner": mode}), refresh=["select", "finetune", "evaluate"])
             times[mode] = time.time() - t
             print(json.dumps({"fanout": mode, "seconds": round(times[mode], 1)}), flush=True)
-    return {"fanout_branches": 4, "fanout_sequential_s": round(times["local"], 1), "fanout_dask_s": round(times["dask"], 1),
-            "fanout_speedup": round(times["local"] / times["dask"], 2)}
+    return {
+        "fanout_branches": 4,
+        "fanout_sequential_s": round(times["local"], 1),
+        "fanout_dask_s": round(times["dask"], 1),
+        "fanout_speedup": round(times["local"] / times["dask"], 2),
+    }
 
 
 def main() -> None:
@@ -283,6 +328,8 @@ def main() -> None:
         print(json.dumps(res))
         return
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-prefect-"))  # a fresh server database
     os.environ.setdefault("DO_NOT_TRACK", "1")
     t0 = time.time()
     result = {"device": f"cpu ({os.cpu_count()} cores)"}

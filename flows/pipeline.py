@@ -41,7 +41,7 @@ from storage.names import DIAGNOSTICS_PLOT as PLOT
 from storage.refs import ArtifactRef
 from storage.runs import save_run_record
 from storage.selections import subset_path
-from tasks.execution import cluster, dask_runner, gpu_resources
+from tasks.execution import cluster, dask_runner, gpu_resources, pin_worker_gpu
 
 STEPS = ("data", "warmup", "features", "influence", "diagnose", "represent", "select", "finetune", "evaluate")
 
@@ -152,6 +152,7 @@ def branch(
     """Runs one method x budget branch: select -> finetune -> evaluate; returns their refs and wall times."""
     tag = selection_label(method, budget)
     times: dict[str, float] = {}
+    pin_worker_gpu()  # on a Dask worker: its own GPU
 
     def timed(name, fn, *args, **kw):
         t = time.time()

@@ -38,6 +38,7 @@ T_TRAIN = "train_examples"
 T_VAL = "val_examples"
 T_CKPT = "checkpoints"
 T_INFLUENCE = "influence"
+T_COLSTATS = "column_stats"  # val_idx, mean, std (sample), constant: each validation column over the pool
 
 # selection artifact
 SELECTION_PARQUET = "selection.parquet"

@@ -178,7 +178,13 @@ def _log_build(plan: Plan) -> None:
     import time
 
     line = json.dumps(
-        {"kind": plan.kind, "identity": plan.identity, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
+        {
+            "kind": plan.kind,
+            "identity": plan.identity,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "at": time.time(),
+        }
     )
     with open(Path(plan.run_root) / ARTIFACTS_DIR / BUILDS_LOG, "a") as fh:  # one short append: atomic
         fh.write(line + "\n")

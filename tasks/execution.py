@@ -62,3 +62,25 @@ def dask_runner(address: str):
 def gpu_resources(recipe: Recipe) -> dict:
     """Returns the Dask resources a GPU task asks for (one GPU) when workers declare GPUs, else none."""
     return {"GPU": 1} if recipe.execution.gpus_per_worker else {}
+
+
+def pin_worker_gpu() -> int | None:
+    """On a Dask worker with CUDA, makes GPU (worker index mod GPUs) the current device; returns it (else None).
+
+    A LocalCluster's workers all see every GPU: this gives each its own, so
+    `cuda` in a step means that worker's GPU. Workers started with their own
+    CUDA_VISIBLE_DEVICES (dask-cuda, the README's commands) see one GPU: 0.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except ValueError:  # not on a Dask worker
+        return None
+    index = (int(name) if str(name).isdigit() else sum(map(ord, str(name)))) % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return index

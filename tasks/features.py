@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from storage.datasets import SPLIT_FILES, load_split
 from storage.gradients import create_groups, save_examples_meta, write_chunks_checkpoints
 from storage.refs import ArtifactRef, Plan, materialize, work_dir
 from tasks.common import ArtifactCachePolicy, Progress, code_version, model_inputs, publish, ref_inputs, run_root
-from tasks.execution import cluster, dask_runner, gpu_resources
+from tasks.execution import cluster, dask_runner, gpu_resources, pin_worker_gpu
 
 CODE = code_version(__name__)
 
@@ -91,7 +93,7 @@ class FeatureContext:
     recipe: Recipe
     warm: ArtifactRef
     tok: object
-    splits: dict[str, list]  # split -> tokenized examples
+    splits: dict[str, list]  # split -> examples (tokenized chunk by chunk, only where a chunk is computed)
     n_checkpoints: int
     model: object = None
     projector: object = None
@@ -113,20 +115,6 @@ class FeatureContext:
         return self
 
 
-def _worker_device(recipe: Recipe) -> Recipe:
-    """Returns the recipe with the CUDA device pinned to this Dask worker (one worker per GPU), if on one."""
-    if recipe.model.device != "auto" or not torch.cuda.is_available():
-        return recipe
-    try:
-        from distributed import get_worker
-
-        name = get_worker().name
-    except (ImportError, ValueError):  # not on a Dask worker
-        return recipe
-    index = int(name) if str(name).isdigit() else sum(map(ord, str(name)))
-    return recipe.with_overrides({"model.device": f"cuda:{index % torch.cuda.device_count()}"})
-
-
 _CONTEXT: dict[str, FeatureContext] = {}  # at most one: {features identity: context}
 
 
@@ -140,13 +128,30 @@ def _context(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) -> FeatureCon
 
 
 def _build_context(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) -> FeatureContext:
-    recipe = _worker_device(recipe)
+    pin_worker_gpu()  # one GPU per Dask worker
     tok = load_tokenizer(recipe.model)
-    splits = {}
-    for split in SPLIT_FILES:
-        items, _ = tokenize_all(tok, load_split(data, split), recipe.model.max_seq_length)
-        splits[split] = items
+    splits = {split: load_split(data, split) for split in SPLIT_FILES}
     return FeatureContext(recipe, warm, tok, splits, len(load_checkpoints(warm)))
+
+
+def _chunk_meta_path(work: Path, split: str, chunk: int) -> Path:
+    return Path(work) / "chunk_meta" / f"{split}-{chunk:06d}.json"
+
+
+def chunk_meta(ctx: FeatureContext, work: Path, split: str, chunk: int, items=None) -> dict:
+    """Returns {"ids", "n_tokens"} of a chunk's rows: saved by whoever computed it, else by tokenizing them."""
+    path = _chunk_meta_path(work, split, chunk)
+    if path.exists():
+        return json.loads(path.read_text())
+    if items is None:
+        rows = ctx.splits[split][chunk * ctx.recipe.features.chunk_rows : (chunk + 1) * ctx.recipe.features.chunk_rows]
+        items, _ = tokenize_all(ctx.tok, rows, ctx.recipe.model.max_seq_length)
+    meta = {"ids": [t.id for t in items], "n_tokens": [len(t.input_ids) for t in items]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta))
+    tmp.replace(path)
+    return meta
 
 
 @contextlib.contextmanager
@@ -169,7 +174,7 @@ def write_feature_chunks(
     """Computes and writes the unfinished chunks of `split` (all, or a shard's range); returns how many."""
     fc = recipe.features
     ctx = _context(recipe, data, warm)
-    items = ctx.splits[split]
+    rows = ctx.splits[split]
 
     def compute(start, stop, todo):
         with _threads(fc.threads):
@@ -177,17 +182,19 @@ def write_feature_chunks(
 
     def _compute(start, stop, todo):
         ctx.loaded()
+        items, _ = tokenize_all(ctx.tok, rows[start:stop], recipe.model.max_seq_length)
+        chunk_meta(ctx, work, split, start // fc.chunk_rows, items)  # before the chunk's markers
         # validation gradients are plain ("sgd"): no Adam transform
         run = [
             CheckpointState(ctx.states[c].weights, ctx.states[c].transform if split == "train" else None) for c in todo
         ]
         out = compute_features_checkpoints(
-            ctx.model, items[start:stop], ctx.projector, ctx.tok.pad_token_id, run, fc.max_tokens, ctx.precision
+            ctx.model, items, ctx.projector, ctx.tok.pad_token_id, run, fc.max_tokens, ctx.precision
         )
         return {c: (f.numpy(), n.numpy()) for c, (f, n) in zip(todo, out)}
 
     return write_chunks_checkpoints(
-        work, split, list(range(ctx.n_checkpoints)), len(items), fc.proj_dim, fc.chunk_rows, compute, on_chunk, chunks
+        work, split, list(range(ctx.n_checkpoints)), len(rows), fc.proj_dim, fc.chunk_rows, compute, on_chunk, chunks
     )
 
 
@@ -247,10 +254,14 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
         for split in ctx.splits:
             write_feature_chunks(recipe, data, warm, work, split, None, on_chunk)
         bar.close()
-        meta = {
-            split: {"ids": [t.id for t in items], "n_tokens": [len(t.input_ids) for t in items]}
-            for split, items in ctx.splits.items()
-        }
+        meta = {}
+        for split, rows in ctx.splits.items():
+            parts = [chunk_meta(ctx, work, split, i) for i in range(-(-len(rows) // fc.chunk_rows))]
+            meta[split] = {
+                "ids": sum((p["ids"] for p in parts), []),
+                "n_tokens": sum((p["n_tokens"] for p in parts), []),
+            }
+        shutil.rmtree(work / "chunk_meta", ignore_errors=True)  # merged into examples.json
         save_examples_meta(work, meta)
         return {
             "n_train": len(ctx.splits["train"]),

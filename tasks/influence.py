@@ -14,7 +14,7 @@ from bidsml.influence import influence_block
 from storage.checkpoints import load_checkpoints
 from storage.datasets import load_split
 from storage.gradients import load_examples_meta, read_feature_rows, read_features
-from storage.influence_store import BLOCK_ROWS, read_influence_matrix, save_influence_tables, write_influence_blocks
+from storage.influence_store import BLOCK_ROWS, open_influence, save_influence_tables, write_influence_blocks
 from storage.refs import ArtifactRef, Plan, materialize
 from tasks.common import ArtifactCachePolicy, Progress, code_version, publish, ref_inputs, run_root
 
@@ -44,7 +44,6 @@ def compute_influence(
         pool = load_split(data, "train")
         val = load_split(data, "val")
         n, m = len(pool), len(val)
-        stats = {"sum": 0.0, "sumsq": 0.0}
 
         def compute(start: int, stop: int):
             blocks = [read_feature_rows(feats.path, "train", c, start, stop) for c in range(len(ckpts))]
@@ -59,13 +58,6 @@ def compute_influence(
 
         write_influence_blocks(work, n, m, compute, BLOCK_ROWS, on_block)
         bar.close()
-        for s in range(0, n, BLOCK_ROWS):  # mean / std over all scores, in fp64, block by block
-            block = read_influence_matrix(work, slice(s, min(n, s + BLOCK_ROWS))).astype("float64")
-            stats["sum"] += float(block.sum())
-            stats["sumsq"] += float((block * block).sum())
-        count = max(1, n * m)
-        mean = stats["sum"] / count
-        std = max(0.0, stats["sumsq"] / count - mean * mean) ** 0.5
         train_df = pd.DataFrame(
             {
                 "idx": range(n),
@@ -87,7 +79,12 @@ def compute_influence(
             [{"c": i, "step": c["step"], "mean_lr": c["mean_lr"], "weight": c["weight"]} for i, c in enumerate(ckpts)]
         )
         save_influence_tables(work, train_df, val_df, ck_df)
-        return {"n_train": n, "n_val": m, "mean": mean, "std": std}
+        con = open_influence(work)
+        try:
+            mean, std = con.execute("SELECT avg(mean), sqrt(avg(std * std)) FROM column_stats").fetchone()
+        finally:
+            con.close()
+        return {"n_train": n, "n_val": m, "mean": float(mean), "column_std": float(std)}
 
     ref = materialize(plan_influence(recipe, data, warm, feats), build, force=refresh)
     return publish(ref, "compute_influence", {}, [data, warm, feats], started)
