@@ -49,7 +49,7 @@ def test_editing_a_task_function_body_recomputes_that_step_only(code_copy):
     before = _identities(code_copy)
     assert before == _identities(code_copy)  # stable across processes
     # the composition rule of the selection step
-    _edit(code_copy / "tasks" / "select.py", "means[rows].mean(axis=0).round(4)", "means[rows].mean(axis=0).round(3)")
+    _edit(code_copy / "tasks" / "select.py", "means.mean(axis=0).round(4)", "means.mean(axis=0).round(3)")
     after = _identities(code_copy)
     assert after["tasks.select"] != before["tasks.select"]
     assert {m for m in STEP_MODULES if after[m] != before[m]} == {"tasks.select"}
