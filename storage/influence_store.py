@@ -242,6 +242,16 @@ def influence_matrix_array(root: Path):
     return zarr.open_array(str(influence_matrix_path(root)), mode="r")
 
 
+def load_column_stats(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns per-column (mean, sample std, is-constant) over the pool, as `save_influence_tables` stored them."""
+    con = duckdb.connect(str(influence_db_path(root)), read_only=True)
+    try:
+        cols = con.sql(f"SELECT mean, std, constant FROM {T_COLSTATS} ORDER BY val_idx").fetchnumpy()
+    finally:
+        con.close()
+    return cols["mean"].astype(np.float64), cols["std"].astype(np.float64), cols["constant"].astype(bool)
+
+
 def load_influence_tables(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Returns (train_examples, val_examples) of a store."""
     con = duckdb.connect(str(influence_db_path(root)), read_only=True)

@@ -16,10 +16,15 @@ from prefect import task
 
 from bidsml.config import Recipe
 from bidsml.errors import SelectionError
-from bidsml.selection import column_stats, resolve_budget, task_means
+from bidsml.selection import resolve_budget, task_means
 from bidsml.selectors import SelectorInputs, get_selector, run_selector
 from storage.datasets import load_split
-from storage.influence_store import load_influence_tables, read_influence_matrix, read_influence_rows
+from storage.influence_store import (
+    load_column_stats,
+    load_influence_tables,
+    read_influence_matrix,
+    read_influence_rows,
+)
 from storage.refs import ArtifactRef, Plan, materialize
 from storage.representations import load_representations
 from storage.selections import save_selection
@@ -88,8 +93,8 @@ def select_subset(
         tasks = val["task"].tolist()
         n = len(train)
         A = read_influence_matrix(infl.path) if "influence" in needs else None
-        # column statistics first: the selector owns A and may z-score it in place (4 GB, not 8, at 1M x 1k)
-        mean, std, constant = column_stats(A if A is not None else read_influence_matrix(infl.path))
+        # the store's column statistics: the selector owns A and may z-score it in place (4 GB, not 8, at 1M x 1k)
+        mean, std, constant = load_column_stats(infl.path)
         inputs = SelectorInputs(tasks=tasks, influence=A, owned=True)
         if "representations" in needs:
             if reps is None:

@@ -86,3 +86,31 @@ def task_run_states(since) -> dict[str, list[str]]:
         if r.created >= since and name in STEP_TASKS:
             out.setdefault(name, []).append(r.state.name)
     return out
+
+
+def store_arrays(path) -> dict:
+    """Returns {"<split>/<ckpt>/<array>": values} of a Zarr gradient store (to compare two stores)."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    return {
+        f"{split}/{ckpt}/{name}": root[split][ckpt][name][:]
+        for split in root.group_keys()
+        for ckpt in root[split].group_keys()
+        for name in root[split][ckpt].array_keys()
+    }
+
+
+def make_lora_model():
+    """Returns the tiny model with a seeded LoRA whose B is non-zero (so A and B gradients are non-trivial)."""
+    import torch
+
+    from bidsml.model import load_base_model
+    from bidsml.train import add_lora
+
+    model = add_lora(load_base_model(TINY), TINY_LORA, seed=0)
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    return model.eval()

@@ -6,21 +6,13 @@ import torch
 from bidsml.data import tokenize_all
 from bidsml.errors import FeatureError
 from bidsml.features import AdamTransform, compute_features, lora_linears, reference_flat_grads
-from bidsml.model import load_base_model
 from bidsml.projection import make_projector
-from bidsml.train import add_lora
-from tests.conftest import TINY, TINY_LORA, make_examples
+from tests.conftest import make_examples, make_lora_model
 
 
 @pytest.fixture(scope="module")
 def lora_model():
-    model = add_lora(load_base_model(TINY), TINY_LORA, seed=0)
-    # LoRA B starts at zero; give it values so both A and B gradients are non-trivial
-    torch.manual_seed(1)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.05)
-    return model.eval()
+    return make_lora_model()
 
 
 def _states(model, seed=2):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
 from bidsml.config import load_recipe
 from storage.names import CHUNKS_DONE_DIR, FEATURES_STORE
+from tests.conftest import store_arrays
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "tiny.yaml"
 pytestmark = pytest.mark.e2e  # slow end-to-end: skip with -m "not e2e"
@@ -35,16 +35,6 @@ data = data_flow(recipe)
 warm = warmup_flow(recipe, data)
 features_flow(recipe, data, warm)
 """
-
-
-def _store_arrays(path: Path) -> dict[str, np.ndarray]:
-    root = zarr.open_group(str(path), mode="r")
-    return {
-        f"{split}/{ckpt}/{name}": root[split][ckpt][name][:]
-        for split in root.group_keys()
-        for ckpt in root[split].group_keys()
-        for name in root[split][ckpt].array_keys()
-    }
 
 
 def test_sigkilled_featurize_step_resumes_without_recomputing_finished_chunks(tmp_path, prefect_harness, monkeypatch):
@@ -86,12 +76,12 @@ def test_sigkilled_featurize_step_resumes_without_recomputing_finished_chunks(tm
     assert len(calls) == expected_chunks - KILL_AFTER  # finished chunks were not recomputed
     for name, mtime in markers.items():
         assert (feats.path / CHUNKS_DONE_DIR / name).stat().st_mtime_ns == mtime
-    resumed = _store_arrays(feats.path / FEATURES_STORE)
+    resumed = store_arrays(feats.path / FEATURES_STORE)
 
     calls.clear()
     fresh = features_flow(recipe, data, warm, refresh=True)  # an uninterrupted run from scratch
     assert len(calls) == expected_chunks
-    clean = _store_arrays(fresh.path / FEATURES_STORE)
+    clean = store_arrays(fresh.path / FEATURES_STORE)
     assert resumed.keys() == clean.keys() and len(clean) == 2 * 2 * 2  # 2 splits x 2 checkpoints x (features, norms)
     for key in clean:
         np.testing.assert_array_equal(resumed[key], clean[key], err_msg=key)

@@ -106,7 +106,16 @@ def test_two_fresh_processes_with_different_hash_seeds_build_identical_artifacts
         runs[seed] = _artifacts(root)
     a, b = runs["1"], runs["2"]
     kinds = {k for k, _ in a}
-    assert {"data", "warmup", "features", "influence", "representations", "selection", "finetune", "evaluation"} <= kinds
+    assert {
+        "data",
+        "warmup",
+        "features",
+        "influence",
+        "representations",
+        "selection",
+        "finetune",
+        "evaluation",
+    } <= kinds
     sel = [k for k in a if k[0] == "selection"]
     assert len(sel) == 3  # random, bids, rds-plus
     assert set(a) == set(b)  # the same identity for every step

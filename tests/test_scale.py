@@ -9,25 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
 from bidsml.config import load_recipe
 from storage.names import FEATURES_STORE
+from tests.conftest import store_arrays
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).parents[1]
 RECIPE = ROOT / "recipes" / "tiny.yaml"
-
-
-def _store_arrays(path: Path) -> dict[str, np.ndarray]:
-    root = zarr.open_group(str(path), mode="r")
-    return {
-        f"{split}/{ckpt}/{name}": root[split][ckpt][name][:]
-        for split in root.group_keys()
-        for ckpt in root[split].group_keys()
-        for name in root[split][ckpt].array_keys()
-    }
 
 
 def _features(recipe):
@@ -64,7 +54,7 @@ def test_dask_shards_build_the_same_store_as_one_process(tmp_path, prefect_harne
     n_chunks = -(-local.meta["n_train"] // 4) + -(-local.meta["n_val"] // 4)
     assert len(shards) >= n_chunks // 2 and set(shards) == {"Completed"}, shards  # one task per 2 chunks
     assert sharded.identity == local.identity and sharded.digest == local.digest  # execution is not identity
-    a, b = _store_arrays(local.path / FEATURES_STORE), _store_arrays(sharded.path / FEATURES_STORE)
+    a, b = store_arrays(local.path / FEATURES_STORE), store_arrays(sharded.path / FEATURES_STORE)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -205,6 +195,6 @@ def test_a_dask_worker_sigkilled_mid_shard_has_its_shard_rerun_and_the_store_is_
     assert "ref" in result, "the featurize flow did not finish"
     assert victim not in pids_after  # the worker really died (its nanny started a new one)
     sharded = result["ref"]
-    a, b = _store_arrays(local.path / FEATURES_STORE), _store_arrays(sharded.path / FEATURES_STORE)
+    a, b = store_arrays(local.path / FEATURES_STORE), store_arrays(sharded.path / FEATURES_STORE)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert sharded.digest == local.digest

@@ -10,8 +10,7 @@ from bidsml.evaluate import continuation_logprobs
 from bidsml.features import compute_features, lora_linears
 from bidsml.model import load_base_model
 from bidsml.projection import make_projector
-from bidsml.train import add_lora
-from tests.conftest import TINY, TINY_LORA, make_examples
+from tests.conftest import TINY, make_examples, make_lora_model
 
 pytestmark = [
     pytest.mark.gpu,
@@ -19,19 +18,10 @@ pytestmark = [
 ]
 
 
-def _lora_model():
-    model = add_lora(load_base_model(TINY), TINY_LORA, seed=0)
-    torch.manual_seed(1)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.05)
-    return model.eval()
-
-
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_cuda_features_match_cpu(tokenizer, precision):
     items, _ = tokenize_all(tokenizer, make_examples(8), 64)
-    cpu = _lora_model()
+    cpu = make_lora_model()
     gpu = copy.deepcopy(cpu).cuda()
     shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(cpu)}
     proj = make_projector("sjlt", 256, 0, shapes)
