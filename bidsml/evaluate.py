@@ -11,6 +11,7 @@ code runs in `bidsml.sandbox`. See `bidsml.benchmarks` for the protocols.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections import defaultdict
 from dataclasses import replace
@@ -25,6 +26,9 @@ from bidsml.data import chat_prompt, length_batches
 from bidsml.sandbox import Limits, run_programs
 
 
+PREFIX_MIN_TOKENS = 64  # items sharing at least this many prompt tokens reuse one key/value cache of them
+
+
 @torch.no_grad()
 def continuation_logprobs(
     model,
@@ -34,6 +38,7 @@ def continuation_logprobs(
     max_len: int,
     first_token_candidates: list[list[int] | None] | None = None,
     desc: str = "score",
+    share_prefix: bool = True,
 ) -> list[tuple[float, int, list[float] | None]]:
     """Returns, per (prompt, continuation): (sum log-prob, token count, candidate log-probs).
 
@@ -41,6 +46,13 @@ def continuation_logprobs(
     the FIRST token after the prompt (one forward pass scores a multiple-
     choice item: the options' letters). Prompts are truncated from the left so
     the continuation fits in `max_len`; batches are length-sorted with padding bounded to ~20%.
+
+    With `share_prefix`, prompts that start with the same tokens (an MMLU
+    subject's 5 shots, a BBH subtask's 3, GSM8K's 8 exemplars) are grouped;
+    each group's common prefix goes through the model once and its key/value
+    cache serves every item of the group, which then only computes its own
+    suffix (the question and continuation). Scores equal the full passes up
+    to float rounding.
     """
     device = next(model.parameters()).device
     encoded = []
@@ -50,34 +62,111 @@ def continuation_logprobs(
         p = p[-(max_len - len(c)) :]
         encoded.append((p, c))
     cands = first_token_candidates or [None] * len(pairs)
-    lengths = [len(p) + len(c) for p, c in encoded]
-    batches = list(length_batches(lengths, batch_size * max_len, batch_size))
+    groups = prefix_groups([p for p, _ in encoded]) if share_prefix else [(0, list(range(len(encoded))))]
     out: list = [None] * len(encoded)
-    for idx in tqdm(batches, desc=desc, leave=False):
-        L = max(len(encoded[i][0]) + len(encoded[i][1]) for i in idx)
-        ids = torch.full((len(idx), L), tokenizer.pad_token_id, dtype=torch.long)
-        for b, i in enumerate(idx):
-            seq = encoded[i][0] + encoded[i][1]
-            ids[b, : len(seq)] = torch.tensor(seq)
-        # Right padding under causal attention: no real token ever attends to a pad, so no attention mask is
-        # needed, and without one SDPA takes its fused causal path (a padded mask forces the slow O(L^2) one).
-        hidden = _hidden_states(model, ids.to(device))  # (B, L, H): logits only where scored
-        for b, i in enumerate(idx):
-            p, c = encoded[i]
-            logits = _lm_head(model)(hidden[b, len(p) - 1 : len(p) + len(c) - 1])
-            logp = torch.log_softmax(logits.float(), dim=-1)  # (len(c), V)
-            total = logp[torch.arange(len(c)), torch.tensor(c, device=device)].sum().item()
-            first = logp[0, cands[i]].tolist() if cands[i] else None
-            out[i] = (total, len(c), first)
+    bar = tqdm(total=len(encoded), desc=desc, leave=False)
+    for shared, members in groups:
+        cache = _prefix_cache(model, encoded[members[0]][0][:shared], device) if shared else None
+        lengths = [len(encoded[i][0]) + len(encoded[i][1]) - shared for i in members]
+        for sub in length_batches(lengths, batch_size * max_len, batch_size):
+            idx = [members[j] for j in sub]
+            L = max(lengths[j] for j in sub)
+            ids = torch.full((len(idx), L), tokenizer.pad_token_id, dtype=torch.long)
+            for b, i in enumerate(idx):
+                seq = (encoded[i][0] + encoded[i][1])[shared:]
+                ids[b, : len(seq)] = torch.tensor(seq)
+            # Right padding under causal attention: no real token ever attends to a pad, so no attention mask is
+            # needed, and without one SDPA takes its fused causal path (a padded mask forces the slow O(L^2) one).
+            past = _expand_cache(cache, len(idx)) if cache is not None else None
+            hidden = _hidden_states(model, ids.to(device), past)  # (B, L, H): logits only where scored
+            for b, i in enumerate(idx):
+                p, c = encoded[i]
+                start = len(p) - shared  # suffix position of the first continuation token
+                logits = _lm_head(model)(hidden[b, start - 1 : start + len(c) - 1])
+                logp = torch.log_softmax(logits.float(), dim=-1)  # (len(c), V)
+                total = logp[torch.arange(len(c)), torch.tensor(c, device=device)].sum().item()
+                first = logp[0, cands[i]].tolist() if cands[i] else None
+                out[i] = (total, len(c), first)
+            bar.update(len(idx))
+    bar.close()
     return out
+
+
+def prefix_groups(prompts: list[list[int]], min_shared: int = PREFIX_MIN_TOKENS) -> list[tuple[int, list[int]]]:
+    """Returns (shared prefix length, item indices) groups covering every prompt once.
+
+    Prompts are sorted by their tokens, so prompts with a long common start
+    are neighbours; a run of neighbours sharing >= `min_shared` tokens is one
+    group, its prefix the run's common start, cut so that every item keeps at
+    least its last prompt token (whose logits score the continuation).
+    Prompts with nothing long in common form groups with prefix length 0.
+    """
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    groups: list[tuple[int, list[int]]] = []
+    loose: list[int] = []
+
+    def close(run: list[int], shared: int) -> None:
+        shared = min([shared] + [len(prompts[i]) - 1 for i in run])
+        if len(run) > 1 and shared >= min_shared:
+            groups.append((shared, sorted(run)))
+        else:
+            loose.extend(run)
+
+    run, shared = [order[0]] if order else [], 0
+    for i in order[1:]:
+        common = _common_length(prompts[run[-1]], prompts[i])
+        new_shared = common if len(run) == 1 else min(shared, common)
+        if new_shared >= min_shared:
+            run.append(i)
+            shared = new_shared
+        else:
+            close(run, shared)
+            run, shared = [i], 0
+    if run:
+        close(run, shared if len(run) > 1 else 0)
+    if loose:
+        groups.append((0, sorted(loose)))
+    return groups
+
+
+def _common_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for k in range(n):
+        if a[k] != b[k]:
+            return k
+    return n
+
+
+def _prefix_cache(model, prefix: list[int], device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Returns the per-layer (key, value) tensors (1, heads, P, d) of a prefix."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    _causal_lm(model).model(input_ids=torch.tensor([prefix], device=device), **_cache_kw(model, cache), use_cache=True)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _expand_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], batch: int):
+    """Returns a fresh cache holding the prefix for `batch` rows (views: the forward appends, never writes in place)."""
+    from transformers import DynamicCache
+
+    return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv])
 
 
 def _causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _hidden_states(model, ids):
-    return _causal_lm(model).model(input_ids=ids).last_hidden_state
+def _hidden_states(model, ids, past=None):
+    if past is None:
+        return _causal_lm(model).model(input_ids=ids).last_hidden_state
+    return _causal_lm(model).model(input_ids=ids, **_cache_kw(model, past), use_cache=True).last_hidden_state
+
+
+def _cache_kw(model, cache) -> dict:
+    """Returns the forward's cache keyword: `cache` (transformers >= 5.2x) or `past_key_values` (before)."""
+    params = inspect.signature(_causal_lm(model).model.forward).parameters
+    return {"cache" if "cache" in params else "past_key_values": cache}
 
 
 def _lm_head(model):

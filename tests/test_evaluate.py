@@ -15,6 +15,7 @@ from bidsml.data import Example
 from bidsml.evaluate import (
     continuation_logprobs,
     evaluate_benchmark_items,
+    prefix_groups,
     final_number,
     generate,
     program,
@@ -48,6 +49,32 @@ def test_batched_scores_equal_single_item_scores(model, tokenizer):
         logp = torch.log_softmax(model(input_ids=torch.tensor([p + c])).logits[0].float(), -1)
     ref = sum(logp[len(p) - 1 + t, c[t]].item() for t in range(len(c)))
     assert batched[1][0] == pytest.approx(ref, abs=1e-4)
+
+
+def test_prefix_groups_cover_every_item_once_and_keep_a_prompt_token():
+    shots = list(range(100, 180))  # an 80-token few-shot prefix
+    prompts = [shots + [1, 2], shots + [1, 3, 4], shots[:70] + [9], [5, 6, 7], shots + [1], [5, 6, 8]]
+    groups = prefix_groups(prompts, min_shared=64)
+    assert sorted(i for _, g in groups for i in g) == list(range(len(prompts)))
+    assert (70, [0, 1, 2, 4]) in groups  # common start of all four is 70 tokens; each keeps >= 1 own token
+    assert (0, [3, 5]) in groups  # they share 2 tokens only: no cache
+    for shared, g in groups:
+        assert all(shared <= len(prompts[i]) - 1 for i in g)
+
+
+def test_prefix_cached_scores_equal_full_passes(model, tokenizer):
+    """Items sharing a long few-shot prefix: same log-probs and candidate log-probs with and without its cache."""
+    shots = "".join(f"Question {i}: what is {i} plus {i}?\nAnswer: {2 * i}\n\n" for i in range(12))
+    pairs = [(shots + f"Question: what is {q}?\nAnswer:", f" {a}") for q, a in [("3+4", 7), ("10-2", 8), ("1", 1)]]
+    pairs += [("An unrelated prompt", " with its own continuation"), (shots + "Question: last?\nAnswer:", " x")]
+    letters = [tokenizer(x, add_special_tokens=False)["input_ids"][0] for x in (" 7", " 8", " 1")]
+    cands = [letters] * len(pairs)
+    assert any(s > 0 for s, _ in prefix_groups([tokenizer(p, add_special_tokens=False)["input_ids"] for p, _ in pairs]))
+    fast = continuation_logprobs(model, tokenizer, pairs, 2, 512, cands, share_prefix=True)
+    full = continuation_logprobs(model, tokenizer, pairs, 2, 512, cands, share_prefix=False)
+    for (a, n, fa), (b, m, fb) in zip(fast, full):
+        assert n == m and a == pytest.approx(b, abs=1e-4)
+        assert fa == pytest.approx(fb, abs=1e-4)
 
 
 def test_batched_left_padded_generation_equals_one_at_a_time(model, tokenizer):
