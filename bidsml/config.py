@@ -137,6 +137,12 @@ class FeaturesConfig(_Stage):
     proj_dim: int = Field(8192, gt=0, description="Projection dimension k.")
     projector: str = Field("sjlt", description="A registered projector: sjlt (any D) or rademacher (dense, small D).")
     proj_seed: int = Field(0, description="Seed of the projection (shared by all checkpoints and splits).")
+    fidelity_rows: int = Field(
+        256,
+        ge=0,
+        description="Pool rows (seeded sample) on which the diagnose step compares the projected influence with "
+        "the exact, unprojected one (Spearman per task); 0 skips the check.",
+    )
     eps_inside_sqrt: bool = Field(True, description="Adam transform G = m/sqrt(v+eps) (LESS) or m/(sqrt(v)+eps).")
     max_tokens: int = Field(4096, gt=0, description="Token budget of a feature micro-batch (length-sorted).")
     chunk_rows: int = Field(256, gt=0, description="Rows per Zarr chunk (unit of resume).")
@@ -191,6 +197,12 @@ class EvalConfig(_Stage):
     gen_batch_size: int = Field(8, gt=0, description="Sequences per generation batch.")
     max_length: int = Field(2048, gt=16, description="Context length for evaluation prompts (left-truncated).")
     max_new_tokens: int = Field(384, gt=0, description="Cap on generated tokens (each benchmark has its own).")
+    generate: dict[str, int] | None = Field(
+        None,
+        description="Benchmark -> how many of its scored items are also decoded (a seeded subset: GSM8K exact "
+        "match, pass@1, BBH exact match); the others get the gold NLL only. Unset: every item of a generation "
+        "benchmark is decoded.",
+    )
     sandbox_timeout_s: float = Field(10.0, gt=0, description="Wall-clock limit per generated program.")
     sandbox_memory_mb: int = Field(1024, gt=64, description="Address-space limit per generated program.")
     decontamination_ngram: int = Field(13, gt=3, description="Word n-gram size of the pool/test overlap check.")
@@ -204,6 +216,15 @@ class EvalConfig(_Stage):
         if not v:
             raise ValueError("evaluate at least one benchmark")
         return v
+
+    @model_validator(mode="after")
+    def _generate_names_benchmarks(self) -> EvalConfig:
+        for name, n in (self.generate or {}).items():
+            if name not in self.benchmarks:
+                raise ValueError(f"evaluation.generate: {name!r} is not in evaluation.benchmarks")
+            if n < 0:
+                raise ValueError(f"evaluation.generate: {name!r} must be >= 0")
+        return self
 
 
 class ExecutionConfig(_Stage):
@@ -232,6 +253,17 @@ class ExecutionConfig(_Stage):
 class Recipe(_Stage):
     name: str = Field(..., description="Run name; outputs go under run_root/<name>.")
     seed: int = Field(0, description="Seed for sampling, training and random selection.")
+    data_seed: int | None = Field(
+        None,
+        description="Seed of pool, validation and evaluation-item sampling; unset: `seed`. Set it to repeat a run "
+        "over seeds on the same data and the same scored items.",
+    )
+    seeds: tuple[int, ...] | None = Field(
+        None,
+        description="Repeats: the pipeline runs once per seed (warmup data order, random selection, fine-tuning) on "
+        "the same data (`data_seed`, default the first seed) and the report compares methods with paired-bootstrap "
+        "95% intervals. Each seed's artifacts are content-addressed like any run.",
+    )
     run_root: str = Field(
         "runs", description="Folder for artifacts, caches and run records (relative to the recipe's cwd)."
     )
@@ -257,6 +289,17 @@ class Recipe(_Stage):
                 if name == "jsonl":
                     raise ValueError("evaluation.benchmarks: name the jsonl target by its task, not 'jsonl'")
         return self
+
+    @property
+    def sampling_seed(self) -> int:
+        """Returns the seed of data and evaluation-item sampling: `data_seed`, else the first of `seeds`, else `seed`."""
+        if self.data_seed is not None:
+            return self.data_seed
+        return self.seeds[0] if self.seeds else self.seed
+
+    def for_seed(self, seed: int) -> Recipe:
+        """Returns the single-seed recipe of one repeat (same data seed; `seeds` cleared)."""
+        return self.model_copy(update={"seed": seed, "data_seed": self.sampling_seed, "seeds": None})
 
     def target(self, name: str) -> TargetTask:
         """Returns the data target of that task name, or a default target of the built-in benchmark `name`."""

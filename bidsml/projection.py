@@ -131,3 +131,17 @@ class RademacherProjector(Projector):
 
     def add_into(self, sketch: torch.Tensor, name: str, g: torch.Tensor) -> None:
         sketch += g @ self._dense(name, g.device)
+
+
+class ExactProjector(Projector):
+    """The identity: the whole concatenated gradient, unprojected (for fidelity checks; D columns)."""
+
+    kind = "exact"
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]):
+        super().__init__(0, 0, shapes)
+        self.dim = self.total
+
+    def add_into(self, sketch: torch.Tensor, name: str, g: torch.Tensor) -> None:
+        off = self.offsets[name]
+        sketch[:, off : off + g.shape[1]] += g

@@ -177,6 +177,7 @@ def write_report(
             if diagnostics
             else []
         ),
+        *(_fidelity_lines(diagnostics) if diagnostics and diagnostics.get("fidelity") else []),
         "## Subsets (JSONL, input format)",
         "",
         *[f"- {name}: `{path}`" for name, path in subsets.items()],
@@ -189,6 +190,24 @@ def write_report(
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _fidelity_lines(diagnostics: dict) -> list[str]:
+    table = pd.DataFrame(diagnostics["fidelity"])
+    n = int(table["n_rows"].iloc[0])
+    return [
+        "## Influence fidelity (projected vs exact)",
+        "",
+        f"Spearman correlation, per task, of the projected influence (k={diagnostics.get('proj_dim')}) with the "
+        f"exact unprojected checkpoint-weighted cosine, on {n} sampled pool rows (the task's mean over its "
+        "validation columns; `column_spearman_median`: per column). Below 0.9, rankings are partly projection "
+        "noise; `exact_std` is the spread the ranking has to resolve.",
+        "",
+        markdown_table(table.round(4)),
+        "",
+        *[f"> **Warning:** {w}" for w in diagnostics.get("fidelity_warnings", [])],
+        "",
+    ]
 
 
 def _evaluation_notes(eval_tables: list[dict]) -> list[str]:

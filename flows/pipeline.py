@@ -25,6 +25,7 @@ from bidsml.markdown import inline_images
 from bidsml.report import composition_frame, evaluation_frame, evaluation_pivot, write_report
 from bidsml.selection import selection_label
 from bidsml.selectors import DEFAULT_METHOD, get_selector
+from flows.experiment import run_experiment
 from flows.steps import (
     data_flow,
     diagnose_flow,
@@ -81,7 +82,7 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict
     warm = timed("warmup", warmup_flow, recipe, data=data)
     feats = timed("features", features_flow, recipe, data=data, warm=warm)
     infl = timed("influence", influence_flow, recipe, data=data, warm=warm, feats=feats)
-    diag = timed("diagnose", diagnose_flow, recipe, infl=infl)
+    diag = timed("diagnose", diagnose_flow, recipe, infl=infl, data=data, warm=warm)
     needs_reps = any("representations" in get_selector(m).needs for m in recipe.selection.methods)
     reps = timed("represent", represent_flow, recipe, data=data) if needs_reps else None
     evals = [timed("evaluate:base", evaluate_flow, recipe, data=data)]
@@ -109,7 +110,13 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict
         [s.meta for s in selections],
         subsets,
         timings,
-        {"task_stats": diag.meta["task_stats"], "plot": diag.path / PLOT},
+        {
+            "task_stats": diag.meta["task_stats"],
+            "plot": diag.path / PLOT,
+            "fidelity": diag.meta.get("fidelity"),
+            "fidelity_warnings": diag.meta.get("fidelity_warnings", []),
+            "proj_dim": recipe.features.proj_dim,
+        },
     )
     run_id = str(flow_run.get_id() or f"local-{int(time.time())}")
     refs = {
@@ -135,6 +142,7 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict
     (out / "lineage.mmd").write_text(graph + "\n")
     _post_run_artifacts(report, evals, selections, graph, run_id)
     return {
+        "refs": refs,
         "run_id": run_id,
         "report": str(report),
         "outputs": str(out),
@@ -213,7 +221,11 @@ def pipeline(recipe: Recipe, refresh: list[str] | None = None) -> dict:
         recipe: the run's settings.
         refresh: step names to recompute even when cached (see STEPS).
     """
-    return run_steps(recipe, _check_refresh(refresh), output_dir(recipe), f"BIDS run: {recipe.name}")
+    if recipe.seeds:  # repeats over seeds, then the paired comparison
+        return run_experiment(recipe, _check_refresh(refresh), output_dir(recipe), run_steps)
+    out = run_steps(recipe, _check_refresh(refresh), output_dir(recipe), f"BIDS run: {recipe.name}")
+    out.pop("refs")
+    return out
 
 
 @flow(name="select-finetune-evaluate", log_prints=True)
@@ -230,4 +242,6 @@ def reselect(
     """
     one = recipe.with_overrides({"selection.methods": [method], "selection.budgets": [budget]})
     label = selection_label(method, budget)
-    return run_steps(one, _check_refresh(refresh), output_dir(recipe) / label, f"BIDS {label}: {recipe.name}")
+    out = run_steps(one, _check_refresh(refresh), output_dir(recipe) / label, f"BIDS {label}: {recipe.name}")
+    out.pop("refs")
+    return out

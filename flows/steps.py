@@ -175,11 +175,18 @@ def represent_flow(
 
 @flow(name="diagnose", log_prints=True)
 def diagnose_flow(
-    recipe: Recipe, infl: ArtifactRef | None = None, from_run: str = "latest", refresh: bool = False
+    recipe: Recipe,
+    infl: ArtifactRef | None = None,
+    data: ArtifactRef | None = None,
+    warm: ArtifactRef | None = None,
+    from_run: str = "latest",
+    refresh: bool = False,
 ) -> ArtifactRef:
-    """Per-task influence statistics and distribution plots."""
+    """Per-task influence statistics, distribution plots and fidelity (projected vs exact influence)."""
     infl = infl or ref_from_run(recipe, from_run, "influence")
-    return _run(diagnose, recipe, infl, refresh=refresh)
+    data = data or ref_from_run(recipe, from_run, "data")
+    warm = warm or ref_from_run(recipe, from_run, "warmup")
+    return _run(diagnose, recipe, infl, data, warm, refresh=refresh)
 
 
 @flow(name="finetune", log_prints=True)

@@ -31,6 +31,7 @@ EXAMPLES_META = "examples.json"  # ids and token counts per split
 # diagnostics artifact
 DIAGNOSTICS_PLOT = "influence_distributions.png"
 DIAGNOSTICS_STATS = "task_stats.json"
+DIAGNOSTICS_FIDELITY = "fidelity.parquet"  # per task: Spearman of projected vs exact influence
 
 # influence artifact (DuckDB)
 INFLUENCE_DB = "influence.duckdb"

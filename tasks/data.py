@@ -24,7 +24,7 @@ def plan_data(recipe: Recipe) -> Plan:
         kind="data",
         inputs={
             "data": recipe.data.model_dump(mode="json"),
-            "seed": recipe.seed,
+            "seed": recipe.sampling_seed,
             "tokenizer": model_identity(recipe),
             "max_seq_length": recipe.model.max_seq_length,
             "user_files": user_files,
@@ -40,9 +40,9 @@ def prepare_data(recipe: Recipe, refresh: bool = False) -> ArtifactRef:
 
     def build(work: Path) -> dict:
         tok = load_tokenizer(recipe.model)
-        pool, pool_counts = bidsml.prepare.load_pool(recipe.data, recipe.seed)
+        pool, pool_counts = bidsml.prepare.load_pool(recipe.data, recipe.sampling_seed)
         fits = bidsml.prepare.fits_in(tok, recipe.model.max_seq_length)
-        val, target_counts = bidsml.prepare.load_targets(recipe.data, recipe.seed, fits)
+        val, target_counts = bidsml.prepare.load_targets(recipe.data, recipe.sampling_seed, fits)
         kept, rejected, truncated = bidsml.prepare.drop_untrainable(tok, pool, recipe.model)
         report = {
             "pool_in": len(pool),
@@ -57,4 +57,4 @@ def prepare_data(recipe: Recipe, refresh: bool = False) -> ArtifactRef:
         return {k: v for k, v in report.items() if k != "pool_rejected"} | {"n_rejected": len(rejected)}
 
     ref = materialize(plan_data(recipe), build, force=refresh)
-    return publish(ref, "prepare_data", {"seed": recipe.seed}, [], started)
+    return publish(ref, "prepare_data", {"seed": recipe.sampling_seed}, [], started)

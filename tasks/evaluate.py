@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import task
@@ -54,7 +55,7 @@ def plan_evaluate(recipe: Recipe, data: ArtifactRef, adapter: ArtifactRef | None
             **model_inputs(recipe),
             "evaluation": recipe.evaluation.model_dump(mode="json", exclude={"benchmarks"}),
             "benchmarks": benchmark_inputs(recipe),
-            "seed": recipe.seed,  # samples the limited items
+            "seed": recipe.sampling_seed,  # samples the limited items
             "code": CODE,
         },
     )
@@ -67,10 +68,18 @@ def model_label(adapter: ArtifactRef | None) -> str:
 
 
 def evaluation_items(recipe: Recipe) -> list[BenchItem]:
-    """Returns the scored items: each benchmark of the recipe, limited and spread over its subjects (seeded)."""
+    """Returns the scored items: each benchmark of the recipe, limited and spread over its subjects (seeded).
+
+    With `evaluation.generate`, only a seeded subset of a benchmark's items keeps its generation budget.
+    """
     items = []
+    generate = recipe.evaluation.generate or {}
     for name, limit in recipe.evaluation.benchmarks.items():
-        items += sample_items(benchmark_for(recipe.target(name)).items(), limit, recipe.seed)
+        chosen = sample_items(benchmark_for(recipe.target(name)).items(), limit, recipe.sampling_seed)
+        if name in generate:  # a seeded subset is decoded; the rest are scored by their gold NLL
+            decoded = {it.id for it in sample_items(chosen, generate[name], recipe.sampling_seed + 1)}
+            chosen = [it if it.id in decoded else replace(it, max_new_tokens=0) for it in chosen]
+        items += chosen
     return items
 
 

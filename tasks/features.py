@@ -16,22 +16,23 @@ from tqdm.auto import tqdm
 
 from bidsml.config import Recipe
 from bidsml.data import tokenize_all
-from bidsml.errors import FeatureError
-from bidsml.features import (
-    AdamTransform,
-    CheckpointState,
-    compute_features_checkpoints,
-    lora_linears,
-    resolve_precision,
-)
-from bidsml.model import load_base_model, load_lora, load_tokenizer, resolve_device
+from bidsml.features import CheckpointState, compute_features_checkpoints, lora_linears, resolve_precision
+from bidsml.model import load_tokenizer, resolve_device
 from bidsml.projection import make_projector
-from bidsml.train import OPTIMIZER_FILE
+from storage.checkpoint_states import feature_model
 from storage.checkpoints import load_checkpoints
 from storage.datasets import SPLIT_FILES, load_split
 from storage.gradients import create_groups, save_examples_meta, write_chunks_checkpoints
 from storage.refs import ArtifactRef, Plan, materialize, work_dir
-from tasks.common import ArtifactCachePolicy, Progress, code_version, model_inputs, publish, ref_inputs, run_root
+from tasks.common import (
+    ArtifactCachePolicy,
+    Progress,
+    code_version,
+    model_inputs,
+    publish,
+    ref_inputs,
+    run_root,
+)
 from tasks.execution import cluster, dask_runner, gpu_resources, pin_worker_gpu
 
 CODE = code_version(__name__)
@@ -46,40 +47,12 @@ def plan_features(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) -> Plan:
             **model_inputs(recipe),
             # batching does not change features; the forward precision does (resolved for the device)
             "features": {
-                **recipe.features.model_dump(mode="json", exclude={"max_tokens"}),
+                **recipe.features.model_dump(mode="json", exclude={"max_tokens", "fidelity_rows"}),
                 "precision": resolve_precision(recipe.features.precision, resolve_device(recipe.model)),
             },
             "code": CODE,
         },
     )
-
-
-def _checkpoint_states(model, warm: ArtifactRef, ckpts: list[dict], eps_inside_sqrt: bool) -> list[CheckpointState]:
-    """Returns every checkpoint's LoRA weights (on the model's device, keyed like the model) and Adam transform."""
-    from safetensors.torch import load_file
-
-    device = next(model.parameters()).device
-    params = dict(lora_linears(model))
-    states = []
-    for ck in ckpts:
-        adapter = warm.path / ck["path"]
-        saved = load_file(str(adapter / "adapter_model.safetensors"))
-        weights = {}
-        for name in params:
-            # peft saves "...lora_A.weight" for the adapter the model calls "...lora_A.default.weight"
-            key = name.replace(".default.", ".")
-            if key not in saved:
-                raise FeatureError(f"{adapter}: no weights for LoRA parameter {key!r}")
-            weights[name] = saved[key].to(device=device, dtype=params[name].weight.dtype)
-        opt = torch.load(adapter / OPTIMIZER_FILE, weights_only=True)
-        hp = ck.get("optimizer")
-        if not hp or hp.get("name") != "adamw":
-            raise FeatureError(f"{adapter}: the checkpoint records no AdamW hyperparameters; rerun the warmup step")
-        transform = AdamTransform(
-            opt, beta1=hp["betas"][0], beta2=hp["betas"][1], eps=hp["eps"], eps_inside_sqrt=eps_inside_sqrt
-        )
-        states.append(CheckpointState(weights, transform))
-    return states
 
 
 @dataclass
@@ -102,15 +75,10 @@ class FeatureContext:
 
     def loaded(self) -> FeatureContext:
         if self.model is None:
-            fc, ckpts = self.recipe.features, load_checkpoints(self.warm)
-            model = load_lora(load_base_model(self.recipe.model), self.warm.path / ckpts[0]["path"])
-            model.eval()
-            for n, p in model.named_parameters():
-                p.requires_grad_("lora_" in n)
-            self.precision = resolve_precision(fc.precision, next(model.parameters()).device)
+            fc = self.recipe.features
+            model, self.states, self.precision = feature_model(self.recipe, self.warm)
             shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
             self.projector = make_projector(fc.projector, fc.proj_dim, fc.proj_seed, shapes)
-            self.states = _checkpoint_states(model, self.warm, ckpts, fc.eps_inside_sqrt)
             self.model = model
         return self
 

@@ -53,6 +53,7 @@ def test_pipeline_produces_subsets_evaluation_and_report(first_run, recipe):
     report = Path(out["report"]).read_text()
     assert "bids@8" in report and (Path(out["outputs"]) / "evaluation.png").stat().st_size > 1000
     assert "Influence per task" in report and (Path(out["outputs"]) / "influence_distributions.png").exists()
+    assert "Influence fidelity (projected vs exact)" in report
     # the influence store answers SQL
     from storage.influence_store import open_influence
     from storage.runs import load_run
@@ -62,6 +63,9 @@ def test_pipeline_produces_subsets_evaluation_and_report(first_run, recipe):
     n_train, n_val = con.execute("SELECT count(DISTINCT train_idx), count(DISTINCT val_idx) FROM influence").fetchone()
     con.close()
     assert n_val == 4 and n_train == rec["refs"]["data"]["meta"]["pool_out"]
+    fidelity = pd.read_parquet(Path(rec["refs"]["diagnostics"]["uri"]) / "fidelity.parquet")
+    assert set(fidelity["task"]) == {t.task for t in recipe.data.targets} | {"all"}
+    assert fidelity["spearman"].between(-1, 1).all() and (fidelity["n_rows"] == n_train).all()
 
 
 def test_unchanged_rerun_hits_the_cache_for_every_step(first_run, recipe):

@@ -1,0 +1,47 @@
+"""Paired-bootstrap comparison of methods over seeds and items."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bidsml.experiment import MACRO, WORST, compare_methods, verdict
+
+
+def _rows(effects: dict[str, float], n_items=60, seeds=(0, 1, 2), noise=0.0, rng_seed=0) -> pd.DataFrame:
+    rng = np.random.default_rng(rng_seed)
+    difficulty = {b: rng.normal(0, 1, n_items) for b in ("arc", "mmlu")}
+    rows = []
+    for m, eff in effects.items():
+        for s in (seeds if m != "base" else [None]):
+            for b, d in difficulty.items():
+                nll = 2 + d + eff + (b == "arc") * 0.5 + noise * rng.normal(0, 1, n_items)
+                for i in range(n_items):
+                    rows.append({"method": m, "seed": s, "benchmark": b, "id": f"{b}/{i}", "nll": nll[i],
+                                 "score": float(nll[i] < 2)})
+    return pd.DataFrame(rows)
+
+
+def test_a_constant_shift_is_found_exactly_with_a_zero_width_interval():
+    rows = _rows({"base": 0.3, "random": 0.0, "bids": -0.1})
+    t = compare_methods(rows, ["base", "random", "bids"], ["random"], metrics=("nll",))
+    r = t[(t["benchmark"] == "mmlu") & (t["method"] == "bids")].iloc[0]
+    assert r["diff_vs_random"] == pytest.approx(-0.1)
+    assert r["lo_vs_random"] == pytest.approx(-0.1) and r["hi_vs_random"] == pytest.approx(-0.1)
+    assert verdict(r, "random", higher_is_better=False) == "better"
+    macro = t[(t["benchmark"] == MACRO) & (t["method"] == "base")].iloc[0]
+    assert macro["diff_vs_random"] == pytest.approx(0.3)
+    # the worst task by NLL is the highest: arc (+0.5)
+    worst = t[(t["benchmark"] == WORST) & (t["method"] == "random")].iloc[0]
+    arc = t[(t["benchmark"] == "arc") & (t["method"] == "random")].iloc[0]
+    assert worst["mean"] == pytest.approx(arc["mean"]) and worst["n_seeds"] == 3
+    assert np.isnan(t[(t["method"] == "random") & (t["benchmark"] == "mmlu")]["diff_vs_random"].iloc[0])
+
+
+def test_pure_noise_gives_an_interval_around_zero_and_pairing_narrows_it():
+    rows = _rows({"random": 0.0, "less": 0.0}, noise=0.3, rng_seed=1)
+    t = compare_methods(rows, ["random", "less"], ["random"], metrics=("nll",))
+    r = t[(t["benchmark"] == MACRO) & (t["method"] == "less")].iloc[0]
+    assert r["lo_vs_random"] < 0 < r["hi_vs_random"]
+    assert verdict(r, "random", higher_is_better=False) == "no difference"
+    # item difficulty (sd 1) is shared by both methods: the paired interval is far narrower than it
+    assert r["hi_vs_random"] - r["lo_vs_random"] < 0.3
