@@ -70,9 +70,7 @@ def main() -> None:
 
     fast, t_mc = timed(lambda: score(True), device)
     slow, t_mc1 = timed(lambda: score(False), device)
-    mc_diff = max(
-        max(abs(a[0] - b[0]), *(abs(x - y) for x, y in zip(a[2], b[2]))) for a, b in zip(fast, slow)
-    )
+    mc_diff = max(max(abs(a[0] - b[0]), *(abs(x - y) for x, y in zip(a[2], b[2]))) for a, b in zip(fast, slow))
     mc_same_pred = sum(
         max(range(len(a[2])), key=a[2].__getitem__) == max(range(len(b[2])), key=b[2].__getitem__)
         for a, b in zip(fast, slow)

@@ -117,7 +117,7 @@ class LoraConfig(_Stage):
 
 
 class TrainConfig(_Stage):
-    epochs: int = Field(4, gt=0, description="Epochs; warmup keeps one checkpoint per epoch.")
+    epochs: int = Field(4, gt=0, description="Epochs over the training examples.")
     lr: float = Field(2e-5, gt=0, description="Peak learning rate (AdamW, linear decay).")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps with linear LR warmup.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -130,6 +130,7 @@ class TrainConfig(_Stage):
 
 
 class WarmupConfig(TrainConfig):
+    epochs: int = Field(4, gt=0, description="Warmup epochs; one checkpoint (adapter + Adam state) per epoch.")
     fraction: float = Field(0.05, gt=0, le=1, description="Random fraction of the pool used for warmup.")
 
 

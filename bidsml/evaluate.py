@@ -25,7 +25,6 @@ from bidsml.benchmarks.base import BenchItem
 from bidsml.data import chat_prompt, length_batches
 from bidsml.sandbox import Limits, run_programs
 
-
 PREFIX_MIN_TOKENS = 64  # items sharing at least this many prompt tokens reuse one key/value cache of them
 
 

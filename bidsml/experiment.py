@@ -41,7 +41,11 @@ def item_matrix(rows: pd.DataFrame, metric: str, methods: Sequence[str]) -> dict
         out[bench] = {}
         for m in methods:
             gm = g[g["method"] == m]
-            table = gm.pivot_table(index="seed", columns="id", values=metric, dropna=False) if gm["seed"].notna().any() else None
+            table = (
+                gm.pivot_table(index="seed", columns="id", values=metric, dropna=False)
+                if gm["seed"].notna().any()
+                else None
+            )
             if table is None:  # evaluated once: the same values for every seed
                 one = gm.drop_duplicates("id").set_index("id").loc[ids, metric].to_numpy(float)
                 out[bench][m] = np.tile(one, (len(seeds), 1))
@@ -113,7 +117,9 @@ def compare_methods(
         means, reps = point_means(mats, methods, metric), bootstrap_means(mats, methods, metric, n_boot, seed)
         for bench in [*sorted(mats), MACRO, WORST]:
             for m in methods:
-                n_items = sum(v[m].shape[1] for v in mats.values()) if bench in (MACRO, WORST) else mats[bench][m].shape[1]
+                n_items = (
+                    sum(v[m].shape[1] for v in mats.values()) if bench in (MACRO, WORST) else mats[bench][m].shape[1]
+                )
                 row = {
                     "metric": metric,
                     "benchmark": bench,
@@ -156,8 +162,11 @@ def plot_differences(table: pd.DataFrame, baselines: Sequence[str], path) -> Non
     import matplotlib.pyplot as plt
 
     metrics = list(dict.fromkeys(table["metric"]))
+    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(table["method"]))}  # one colour per method
     fig, axes = plt.subplots(
-        len(metrics), len(baselines), figsize=(5.5 * len(baselines), 0.35 * table["benchmark"].nunique() * 3 + 1.5),
+        len(metrics),
+        len(baselines),
+        figsize=(5.5 * len(baselines), 0.35 * table["benchmark"].nunique() * 3 + 1.5),
         squeeze=False,
     )
     for r, metric in enumerate(metrics):
@@ -171,7 +180,7 @@ def plot_differences(table: pd.DataFrame, baselines: Sequence[str], path) -> Non
                 y = np.arange(len(benches)) + (j - (len(methods) - 1) / 2) * 0.8 / max(len(methods), 1)
                 d = tm[f"diff_vs_{base}"].to_numpy()
                 err = np.vstack([d - tm[f"lo_vs_{base}"].to_numpy(), tm[f"hi_vs_{base}"].to_numpy() - d])
-                ax.errorbar(d, y, xerr=err, fmt="o", capsize=3, label=m)
+                ax.errorbar(d, y, xerr=err, fmt="o", capsize=3, label=m, color=colors[m])
             ax.axvline(0, color="grey", lw=1)
             ax.set_yticks(np.arange(len(benches)), benches)
             ax.invert_yaxis()

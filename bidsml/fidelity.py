@@ -44,7 +44,9 @@ def exact_influence(
     """
     exact = ExactProjector({n: tuple(m.weight.shape) for n, m in lora_linears(model)})
     plain = [CheckpointState(c.weights, None) for c in checkpoints]
-    vfeats = [f.double() for f, _ in compute_features_checkpoints(model, val, exact, pad_id, plain, max_tokens, precision)]
+    vfeats = [
+        f.double() for f, _ in compute_features_checkpoints(model, val, exact, pad_id, plain, max_tokens, precision)
+    ]
     out = np.zeros((len(train), len(val)))
     for start in range(0, len(train), block_rows):
         block = train[start : start + block_rows]

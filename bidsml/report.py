@@ -129,7 +129,7 @@ def write_report(
     eval_tables: list[dict],
     selections: list[dict],
     subsets: dict[str, str],
-    timings: dict[str, float],
+    steps: list[dict],
     diagnostics: dict | None = None,
 ) -> Path:
     """Writes report.md, evaluation.csv and PNG charts into `out`; returns the report path."""
@@ -182,9 +182,12 @@ def write_report(
         "",
         *[f"- {name}: `{path}`" for name, path in subsets.items()],
         "",
-        "## Step wall times (s)",
+        "## Steps: computed or cached",
         "",
-        *[f"- {k}: {v:.1f}" for k, v in timings.items()],
+        "A cached step took only its lookup in this run; `build (s)` is the time its artifact took when it was "
+        "computed.",
+        "",
+        markdown_table(pd.DataFrame(steps)) if steps else "",
         "",
     ]
     path = out / "report.md"
@@ -251,3 +254,67 @@ def plot_influence_distributions(A, tasks: list[str], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_lineage(records: list[dict], path: Path) -> None:
+    """Draws lineage records (artifacts, inputs -> outputs) left to right in topological layers, as a PNG.
+
+    Each node is one artifact: its step, method@budget or model where it has
+    one, and the first digits of its content digest.
+    """
+    import networkx as nx
+
+    g = nx.DiGraph()
+    for r in records:
+        p = r.get("params") or {}
+        what = f"{p['method']}@{float(p.get('budget')):g}" if "method" in p else p.get("model", "")
+        g.add_node(r["identity"], label=f"{r['step']}\n{what}\n{r['kind']} {r['digest'][:8]}".replace("\n\n", "\n"))
+    for r in records:
+        for i in r["inputs"]:
+            if i["identity"] in g:
+                g.add_edge(i["identity"], r["identity"])
+    for layer, nodes in enumerate(nx.topological_generations(g)):
+        for n in sorted(nodes, key=lambda n: g.nodes[n]["label"]):
+            g.nodes[n]["layer"] = layer
+    pos = nx.multipartite_layout(g, subset_key="layer", align="vertical", scale=1.0)
+    n_layers = 1 + max((d["layer"] for _, d in g.nodes(data=True)), default=0)
+    tallest = max((sum(1 for _, d in g.nodes(data=True) if d["layer"] == k) for k in range(n_layers)), default=1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.3 * n_layers), max(3.0, 1.0 * tallest + 1)))
+    nx.draw_networkx_edges(
+        g,
+        pos,
+        ax=ax,
+        arrows=True,
+        arrowstyle="-|>",
+        arrowsize=12,
+        edge_color="#888",
+        node_size=3000,
+        min_source_margin=30,
+        min_target_margin=30,
+    )
+    colors = {
+        "data": "#dbeafe",
+        "warmup": "#fde68a",
+        "features": "#fde68a",
+        "influence": "#fecaca",
+        "diagnostics": "#fecaca",
+        "selection": "#bbf7d0",
+        "finetune": "#ddd6fe",
+        "evaluation": "#e5e7eb",
+        "representations": "#fde68a",
+    }
+    for n, d in g.nodes(data=True):
+        kind = d["label"].rsplit("\n", 1)[-1].split(" ")[0]
+        ax.text(
+            *pos[n],
+            d["label"],
+            ha="center",
+            va="center",
+            fontsize=7,
+            bbox={"boxstyle": "round,pad=0.4", "fc": colors.get(kind, "#f3f4f6"), "ec": "#555"},
+        )
+    ax.set_axis_off()
+    ax.set_title("Artifact lineage (inputs -> outputs; kind and content digest)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

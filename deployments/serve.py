@@ -20,7 +20,7 @@ from prefect import serve
 
 from bidsml.config import load_recipe
 from flows.pipeline import pipeline, reselect
-from flows.steps import STEP_FLOWS
+from flows.steps import UI_STEP_FLOWS
 
 NIGHTLY = "0 2 * * *"  # example schedule: 02:00 every night
 
@@ -43,8 +43,15 @@ def deployments(recipe_path: str, with_schedule: bool = True) -> list:
             description="One method at one budget: selection, fine-tuning and evaluation on the cached upstream.",
         ),
     ]
-    for name, fl in STEP_FLOWS.items():
-        out.append(fl.to_deployment(name=f"step-{name}", parameters={"recipe": recipe}, tags=["bids", "step"]))
+    for name, fl in UI_STEP_FLOWS.items():
+        out.append(
+            fl.to_deployment(
+                name=f"step-{name}",
+                parameters={"recipe": recipe},
+                tags=["bids", "step"],
+                description=(fl.fn.__doc__ or "").strip().splitlines()[0],
+            )
+        )
     return out
 
 

@@ -73,6 +73,14 @@ def run(
                 "or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS."
             )
         )
+    if "seeds" in out:  # a repeated experiment: its comparison, then each seed's report
+        console.print(f"[green]done[/green] in {time.time() - t:.1f}s  experiment over seeds {', '.join(out['seeds'])}")
+        console.print(f"report:      {out['report']}")
+        console.print(f"table:       {out['table']}")
+        console.print(f"plot:        {out['plot']}")
+        for seed, path in out["seeds"].items():
+            console.print(f"seed {seed}:      {path}")
+        return
     console.print(f"[green]done[/green] in {time.time() - t:.1f}s  run {out['run_id']}")
     console.print(f"report:      {out['report']}")
     console.print(f"evaluation:  {out['evaluation']}")

@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from bidsml.config import Recipe
 from bidsml.experiment import MACRO, WORST, compare_methods, plot_differences, verdict
-from bidsml.markdown import inline_images
+from bidsml.markdown import artifact_key, inline_images
 from bidsml.report import composition_frame, markdown_table
 from bidsml.selection import selection_label
 from storage.evaluations import load_evaluation_items
@@ -58,7 +58,9 @@ def run_experiment(recipe: Recipe, refresh: set[str], out: Path, run_steps: Call
     report = out / "experiment.md"
     report.write_text(experiment_report(recipe, table, comp, baselines, seed_runs, items, time.time() - started))
     create_markdown_artifact(
-        inline_images(report.read_text(), out), key="experiment-report", description="BIDS vs baselines over seeds"
+        inline_images(report.read_text(), out),
+        key=artifact_key(recipe.name, "experiment-report"),
+        description="BIDS vs baselines over seeds",
     )
     return {
         "report": str(report),

@@ -16,16 +16,18 @@ import time
 from pathlib import Path
 
 import dask
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from bidsml.config import Recipe
-from bidsml.markdown import inline_images
-from bidsml.report import composition_frame, evaluation_frame, evaluation_pivot, write_report
+from bidsml.markdown import artifact_key, inline_images, png_markdown, round_sig, run_tag
+from bidsml.report import composition_frame, evaluation_frame, evaluation_pivot, plot_lineage, write_report
 from bidsml.selection import selection_label
 from bidsml.selectors import DEFAULT_METHOD, get_selector
 from flows.experiment import run_experiment
+from flows.naming import flow_run_name, task_run_name
+from flows.params import STEP_NAMES, MethodName, StepName
 from flows.steps import (
     data_flow,
     diagnose_flow,
@@ -38,13 +40,14 @@ from flows.steps import (
     warmup_flow,
 )
 from storage.lineage import mermaid, run_lineage
+from storage.names import BUILD_INFO
 from storage.names import DIAGNOSTICS_PLOT as PLOT
 from storage.refs import ArtifactRef
 from storage.runs import save_run_record
 from storage.selections import subset_path
 from tasks.execution import cluster, dask_runner, gpu_resources, pin_worker_gpu
 
-STEPS = ("data", "warmup", "features", "influence", "diagnose", "represent", "select", "finetune", "evaluate")
+STEPS = STEP_NAMES
 
 
 def output_dir(recipe: Recipe) -> Path:
@@ -60,22 +63,58 @@ def _check_refresh(refresh: list[str] | None) -> set[str]:
     return out
 
 
-def run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict:
+def run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: str = "pipeline") -> dict:
     """Runs every step for the recipe's methods and budgets, writes the report and run record; returns paths.
 
     With `execution.task_runner: dask` one cluster serves the whole run (feature shards, branches).
     """
     with cluster(recipe):
-        return _run_steps(recipe, refresh, out, title)
+        return _run_steps(recipe, refresh, out, title, kind)
 
 
-def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict:
+def log_step(name: str, ref: ArtifactRef, seconds: float, since: float) -> None:
+    """Logs a step's one-line summary to the run log (the UI's Logs tab): computed or cached, time, key figures."""
+    built = ref.meta.get(BUILD_INFO) or {}
+    status = (
+        f"cached (built in {built.get('seconds', 0):.1f} s)"
+        if built.get("finished_at", since) < since
+        else f"computed in {seconds:.1f} s"
+    )
+    figures = {k: v for k, v in ref.meta.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    macro = next((r for r in ref.meta.get("tasks", []) if r.get("name") == "macro-average"), None)
+    if macro:
+        figures |= {"macro score": macro["score"], "macro nll": macro["nll"]}
+    text = ", ".join(f"{k} {round_sig(v)}" for k, v in list(figures.items())[:6])
+    get_run_logger().info(f"{name}: {ref.kind} {ref.digest[:10]} {status}" + (f"; {text}" if text else ""))
+
+
+def step_table(refs: dict[str, ArtifactRef], timings: dict[str, float], since: float) -> list[dict]:
+    """Returns one row per step of a run: cached or computed, its time in this run and its original build time."""
+    rows = []
+    for label, ref in refs.items():
+        built = ref.meta.get(BUILD_INFO) or {}
+        cached = built.get("finished_at", since) < since
+        rows.append(
+            {
+                "step": label,
+                "status": "cached" if cached else "computed",
+                "this run (s)": round(timings.get(label, 0.0), 1),
+                "build (s)": round(built.get("seconds", timings.get(label, 0.0)), 1),
+                "built at": time.strftime("%Y-%m-%d %H:%M", time.localtime(built.get("finished_at", since))),
+            }
+        )
+    return rows
+
+
+def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: str) -> dict:
     timings: dict[str, float] = {}
+    since = time.time()
 
     def timed(name, fn, *args, **kw):
         t = time.time()
         result = fn(*args, refresh=name.split(":")[0] in refresh, **kw)
         timings[name] = time.time() - t
+        log_step(name, result, timings[name], t)
         return result
 
     data = timed("data", data_flow, recipe)
@@ -102,6 +141,13 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict
         timings.update(times)
 
     subsets = {selection_label(s.meta["method"], s.meta["budget"]): str(subset_path(s.path)) for s in selections}
+    by_step = {"data": data, "warmup": warm, "features": feats, "influence": infl, "diagnose": diag}
+    by_step |= {"represent": reps} if reps is not None else {}
+    by_step["evaluate:base"] = evals[0]
+    for sel, ft, ev in zip(selections, adapters, evals[1:]):
+        tag = selection_label(sel.meta["method"], sel.meta["budget"])
+        by_step |= {f"select:{tag}": sel, f"finetune:{tag}": ft, f"evaluate:{tag}": ev}
+    steps = step_table(by_step, timings, since)
     report = write_report(
         out,
         title,
@@ -109,7 +155,7 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict
         [e.meta for e in evals],
         [s.meta for s in selections],
         subsets,
-        timings,
+        steps,
         {
             "task_stats": diag.meta["task_stats"],
             "plot": diag.path / PLOT,
@@ -136,11 +182,15 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict
         run_id,
         recipe.model_dump(mode="json"),
         refs,
-        {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "report": str(report), "timings": timings},
+        {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "report": str(report), "timings": timings, "steps": steps},
     )
-    graph = mermaid(run_lineage(run_root, [diag, *evals]))
+    records = run_lineage(run_root, [diag, *evals])
+    graph = mermaid(records)
     (out / "lineage.mmd").write_text(graph + "\n")
-    _post_run_artifacts(report, evals, selections, graph, run_id)
+    plot_lineage(records, out / "lineage.png")
+    # keys: one card per thing and per run kind (a `select` run's report is not the pipeline's)
+    prefix = artifact_key(recipe.name, kind, run_tag(recipe))
+    _post_run_artifacts(report, evals, selections, graph, out / "lineage.png", run_id, prefix)
     return {
         "refs": refs,
         "run_id": run_id,
@@ -153,7 +203,7 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str) -> dict
     }
 
 
-@task(name="branch")
+@task(name="branch", task_run_name=task_run_name("branch"))
 def branch(
     recipe: Recipe, method: str, budget: float, data, infl, reps, refresh: list[str]
 ) -> tuple[ArtifactRef, ArtifactRef, ArtifactRef, dict[str, float]]:
@@ -167,6 +217,7 @@ def branch(
         # parameters are already typed objects; on a Dask worker pydantic cannot rebuild the flows' forward refs
         out = fn.with_options(validate_parameters=False)(*args, refresh=name in refresh, **kw)
         times[f"{name}:{tag}"] = time.time() - t
+        log_step(f"{name}:{tag}", out, times[f"{name}:{tag}"], t)
         return out
 
     sel = timed("select", select_flow, recipe, method, budget, data=data, infl=infl, reps=reps)
@@ -175,7 +226,7 @@ def branch(
     return sel, ft, ev, times
 
 
-@flow(name="branches", log_prints=True)
+@flow(name="branches", flow_run_name="branches", log_prints=True)
 def branches_flow(recipe: Recipe, pairs: list[tuple[str, float]], data, infl, reps, refresh: list[str]) -> list:
     """Submits every method x budget branch to the flow's task runner at once; returns their results in order."""
     submit = branch.with_options(retries=recipe.execution.retries)
@@ -184,17 +235,17 @@ def branches_flow(recipe: Recipe, pairs: list[tuple[str, float]], data, infl, re
     return [f.result() for f in futures]
 
 
-def _post_run_artifacts(report: Path, evals: list, selections: list, graph: str, run_id: str) -> None:
+def _post_run_artifacts(
+    report: Path, evals: list, selections: list, graph: str, lineage_png: Path, run_id: str, prefix: str
+) -> None:
     """Posts the run's report (plots inline), evaluation and composition tables and lineage graph to the UI."""
     create_markdown_artifact(
-        inline_images(report.read_text(), report.parent), key="run-report", description="run report"
+        inline_images(report.read_text(), report.parent), key=f"{prefix}-report", description=f"run report ({prefix})"
     )
     ev = evaluation_pivot(evaluation_frame([e.meta for e in evals]))
-    create_table_artifact(ev.astype(str).to_dict(orient="records"), key="evaluation", description="evaluation")
-    comp = composition_frame([s.meta for s in selections]).reset_index()
-    create_table_artifact(
-        comp.astype(str).to_dict(orient="records"), key="selection-composition", description="selection composition"
-    )
+    create_table_artifact(_readable(ev), key=f"{prefix}-evaluation", description="evaluation: score / gold NLL")
+    comp = composition_frame([s.meta for s in selections])
+    create_table_artifact(_readable(comp), key=f"{prefix}-composition", description="selection composition")
     create_markdown_artifact(
         "\n".join(
             [
@@ -203,23 +254,33 @@ def _post_run_artifacts(report: Path, evals: list, selections: list, graph: str,
                 f"Every node is an artifact (step, kind, content digest); `bidsflow lineage {run_id[:8]}` prints "
                 "the same graph with parameters and paths.",
                 "",
+                png_markdown(lineage_png, "lineage"),
+                "",
+                "Mermaid source (drawn by Prefect's V2 UI and by markdown viewers that render mermaid):",
+                "",
                 "```mermaid",
                 graph,
                 "```",
             ]
         ),
-        key="lineage",
-        description="artifact lineage (mermaid)",
+        key=f"{prefix}-lineage",
+        description="artifact lineage (image and mermaid)",
     )
 
 
-@flow(name="bids-pipeline", log_prints=True)
-def pipeline(recipe: Recipe, refresh: list[str] | None = None) -> dict:
+def _readable(df) -> list[dict]:
+    """Returns table rows for the UI: floats to 4 significant digits, no index column."""
+    return [{k: round_sig(v) if isinstance(v, float) else v for k, v in row.items()} for row in df.to_dict("records")]
+
+
+@flow(name="bids-pipeline", flow_run_name=flow_run_name("pipeline"), log_prints=True)
+def pipeline(recipe: Recipe, refresh: list[StepName] | None = None) -> dict:
     """Runs every step (cached) and writes the report; returns the run's refs and output paths.
 
     Args:
-        recipe: the run's settings.
-        refresh: step names to recompute even when cached (see STEPS).
+        recipe: The run's settings: model, data, LoRA, warmup, features, methods and budgets, fine-tuning,
+            evaluation, execution. A recipe with `seeds` runs once per seed and compares the methods.
+        refresh: Steps to recompute even when their artifacts are cached (normally none).
     """
     if recipe.seeds:  # repeats over seeds, then the paired comparison
         return run_experiment(recipe, _check_refresh(refresh), output_dir(recipe), run_steps)
@@ -228,20 +289,21 @@ def pipeline(recipe: Recipe, refresh: list[str] | None = None) -> dict:
     return out
 
 
-@flow(name="select-finetune-evaluate", log_prints=True)
+@flow(name="select-finetune-evaluate", flow_run_name=flow_run_name("select-finetune-evaluate"), log_prints=True)
 def reselect(
-    recipe: Recipe, method: str = DEFAULT_METHOD, budget: float = 0.1, refresh: list[str] | None = None
+    recipe: Recipe, method: MethodName = DEFAULT_METHOD, budget: float = 0.1, refresh: list[StepName] | None = None
 ) -> dict:
     """Selects with one method at one budget, fine-tunes and evaluates; upstream steps come from the cache.
 
     Args:
-        recipe: the run's settings (data, model, features: the cached upstream).
-        method: selection method (random, less, bids, ...).
-        budget: a count (>= 1) or a fraction of the pool (< 1).
-        refresh: step names to recompute even when cached.
+        recipe: The run's settings (data, model, features: the cached upstream); its own methods and budgets
+            are replaced by the two fields below.
+        method: Selection method (a registered selector: random, less, bids, ...).
+        budget: How much to select: a count (>= 1) or a fraction of the pool (< 1).
+        refresh: Steps to recompute even when their artifacts are cached (normally none).
     """
     one = recipe.with_overrides({"selection.methods": [method], "selection.budgets": [budget]})
     label = selection_label(method, budget)
-    out = run_steps(one, _check_refresh(refresh), output_dir(recipe) / label, f"BIDS {label}: {recipe.name}")
+    out = run_steps(one, _check_refresh(refresh), output_dir(recipe) / label, f"BIDS {label}: {recipe.name}", f"select {label}")
     out.pop("refs")
     return out

@@ -13,6 +13,7 @@ upstream assets, so Prefect records materialization events with lineage.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from prefect.tasks import MaterializingTask
 from bidsml.config import Recipe
 from bidsml.errors import ArtifactError
 from bidsml.selectors import DEFAULT_METHOD, get_selector
-from storage.names import PREFECT_RESULTS_DIR
+from flows.naming import flow_run_name, task_run_name
+from flows.params import MethodName
+from storage.names import BUILD_INFO, PREFECT_RESULTS_DIR
 from storage.refs import ArtifactRef
 from storage.runs import load_run
 from tasks.data import prepare_data
@@ -35,6 +38,8 @@ from tasks.influence import compute_influence
 from tasks.represent import represent
 from tasks.select import select_subset
 from tasks.warmup import warmup
+
+CACHED_SUFFIX = " · cached"
 
 
 def asset_key(path: Path | str) -> str:
@@ -71,14 +76,34 @@ def _run(task, recipe: Recipe, *args, refresh: bool = False) -> ArtifactRef:
     """Runs a step task with its cache under the run root; returns its ref.
 
     A cached result whose artifact was deleted or modified is not trusted:
-    the cache is refreshed and the step rebuilds it.
+    the cache is refreshed and the step rebuilds it. A step whose artifact
+    was built before this call says so: its flow run's name gets ` · cached`
+    and the log gives when it was built and how long that took.
     """
     stale = task.cache_policy.output_is_stale(recipe, *args)
     runnable = _asset_task(task, recipe, args) or task
-    return runnable.with_options(
+    started = time.time()
+    ref = runnable.with_options(
         result_storage=Path(recipe.run_root).resolve() / PREFECT_RESULTS_DIR,
         refresh_cache=True if (refresh or stale) else None,
+        task_run_name=task_run_name(task.name),
     )(recipe, *args, refresh=refresh)
+    built = ref.meta.get(BUILD_INFO) or {}
+    if built.get("finished_at", started) < started:
+        mark_cached(built)
+    return ref
+
+
+def mark_cached(built: dict) -> None:
+    """Renames the current flow run `<name> · cached` and logs when and in how long its artifact was built."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(built["finished_at"]))
+    get_run_logger().info(f"cached: artifact built {when} in {built.get('seconds', 0):.1f} s; nothing recomputed")
+    if flow_run.id and not str(flow_run.name).endswith(CACHED_SUFFIX):
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, name=f"{flow_run.name}{CACHED_SUFFIX}")
 
 
 def ref_from_run(recipe: Recipe, from_run: str, key: str, label: str | None = None) -> ArtifactRef:
@@ -100,13 +125,13 @@ def ref_from_run(recipe: Recipe, from_run: str, key: str, label: str | None = No
     return ArtifactRef.model_validate(found)
 
 
-@flow(name="prepare-data", log_prints=True)
+@flow(name="prepare-data", flow_run_name=flow_run_name("data"), log_prints=True)
 def data_flow(recipe: Recipe, refresh: bool = False) -> ArtifactRef:
     """Assembles the pool, validation examples and test items."""
     return _run(prepare_data, recipe, refresh=refresh)
 
 
-@flow(name="warmup", log_prints=True)
+@flow(name="warmup", flow_run_name=flow_run_name("warmup"), log_prints=True)
 def warmup_flow(
     recipe: Recipe, data: ArtifactRef | None = None, from_run: str = "latest", refresh: bool = False
 ) -> ArtifactRef:
@@ -115,7 +140,7 @@ def warmup_flow(
     return _run(warmup, recipe, data, refresh=refresh)
 
 
-@flow(name="featurize", log_prints=True)
+@flow(name="featurize", flow_run_name=flow_run_name("features"), log_prints=True)
 def features_flow(
     recipe: Recipe,
     data: ArtifactRef | None = None,
@@ -129,7 +154,7 @@ def features_flow(
     return _run(featurize, recipe, data, warm, refresh=refresh)
 
 
-@flow(name="influence", log_prints=True)
+@flow(name="influence", flow_run_name=flow_run_name("influence"), log_prints=True)
 def influence_flow(
     recipe: Recipe,
     data: ArtifactRef | None = None,
@@ -145,7 +170,7 @@ def influence_flow(
     return _run(compute_influence, recipe, data, warm, feats, refresh=refresh)
 
 
-@flow(name="select", log_prints=True)
+@flow(name="select", flow_run_name=flow_run_name("select"), log_prints=True)
 def select_flow(
     recipe: Recipe,
     method: str = DEFAULT_METHOD,
@@ -164,7 +189,7 @@ def select_flow(
     return _run(select_subset, recipe, data, infl, method, budget, reps, refresh=refresh)
 
 
-@flow(name="represent", log_prints=True)
+@flow(name="represent", flow_run_name=flow_run_name("represent"), log_prints=True)
 def represent_flow(
     recipe: Recipe, data: ArtifactRef | None = None, from_run: str = "latest", refresh: bool = False
 ) -> ArtifactRef:
@@ -173,7 +198,7 @@ def represent_flow(
     return _run(represent, recipe, data, refresh=refresh)
 
 
-@flow(name="diagnose", log_prints=True)
+@flow(name="diagnose", flow_run_name=flow_run_name("diagnose"), log_prints=True)
 def diagnose_flow(
     recipe: Recipe,
     infl: ArtifactRef | None = None,
@@ -189,7 +214,7 @@ def diagnose_flow(
     return _run(diagnose, recipe, infl, data, warm, refresh=refresh)
 
 
-@flow(name="finetune", log_prints=True)
+@flow(name="finetune", flow_run_name=flow_run_name("finetune"), log_prints=True)
 def finetune_flow(
     recipe: Recipe,
     selection: ArtifactRef | None = None,
@@ -202,7 +227,7 @@ def finetune_flow(
     return _run(finetune, recipe, selection, refresh=refresh)
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", flow_run_name=flow_run_name("evaluate"), log_prints=True)
 def evaluate_flow(
     recipe: Recipe,
     data: ArtifactRef | None = None,
@@ -228,4 +253,145 @@ STEP_FLOWS = {
     "select": select_flow,
     "finetune": finetune_flow,
     "evaluate": evaluate_flow,
+}
+
+
+# ---- The step flows as deployed: only what a person chooses (inputs come from a run record) ----------------------
+
+
+def _ui_flow(step: str, fn):
+    """Returns `fn` as the deployed flow `step-<step>` (its docstring gives the form's field descriptions)."""
+    return flow(name=f"step-{step}", flow_run_name=flow_run_name(step), log_prints=True)(fn)
+
+
+def _data_step(recipe: Recipe, refresh: bool = False) -> ArtifactRef:
+    """Loads the pool and validation sets (step 0).
+
+    Args:
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        refresh: Recompute even if the artifact is cached.
+    """
+    return data_flow(recipe, refresh=refresh)
+
+
+def _warmup_step(recipe: Recipe, from_run: str = "latest", refresh: bool = False) -> ArtifactRef:
+    """Trains the warmup LoRA on a random slice of the pool (step 1).
+
+    Args:
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
+        refresh: Recompute even if the artifact is cached.
+    """
+    return warmup_flow(recipe, from_run=from_run, refresh=refresh)
+
+
+def _features_step(recipe: Recipe, from_run: str = "latest", refresh: bool = False) -> ArtifactRef:
+    """Computes the projected gradient features of pool and validation examples (step 2).
+
+    Args:
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
+        refresh: Recompute even if the artifact is cached.
+    """
+    return features_flow(recipe, from_run=from_run, refresh=refresh)
+
+
+def _influence_step(recipe: Recipe, from_run: str = "latest", refresh: bool = False) -> ArtifactRef:
+    """Computes the influence matrix (pool x validation) into the DuckDB store (step 3).
+
+    Args:
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
+        refresh: Recompute even if the artifact is cached.
+    """
+    return influence_flow(recipe, from_run=from_run, refresh=refresh)
+
+
+def _diagnose_step(recipe: Recipe, from_run: str = "latest", refresh: bool = False) -> ArtifactRef:
+    """Per-task influence statistics, distribution plot and fidelity (projected vs exact).
+
+    Args:
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
+        refresh: Recompute even if the artifact is cached.
+    """
+    return diagnose_flow(recipe, from_run=from_run, refresh=refresh)
+
+
+def _represent_step(recipe: Recipe, from_run: str = "latest", refresh: bool = False) -> ArtifactRef:
+    """Pooled hidden states of pool and validation examples, for the rds and rds-plus selectors.
+
+    Args:
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
+        refresh: Recompute even if the artifact is cached.
+    """
+    return represent_flow(recipe, from_run=from_run, refresh=refresh)
+
+
+def _select_step(
+    recipe: Recipe,
+    method: MethodName = DEFAULT_METHOD,
+    budget: float = 0.1,
+    from_run: str = "latest",
+    refresh: bool = False,
+) -> ArtifactRef:
+    """Selects a subset with one method at one budget (step 4).
+
+    Args:
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        method: Selection method (a registered selector: random, less, bids, ...).
+        budget: How much to select: a count (>= 1) or a fraction of the pool (< 1).
+        from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
+        refresh: Recompute even if the artifact is cached.
+    """
+    return select_flow(recipe, method, budget, from_run=from_run, refresh=refresh)
+
+
+def _finetune_step(recipe: Recipe, label: str, from_run: str = "latest", refresh: bool = False) -> ArtifactRef:
+    """Fine-tunes a LoRA on one of a run's selections (step 5).
+
+    Args:
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        label: The selection to train on, as 'method@budget' (e.g. bids@0.1), from the run record.
+        from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
+        refresh: Recompute even if the artifact is cached.
+    """
+    return finetune_flow(recipe, label=label, from_run=from_run, refresh=refresh)
+
+
+def _evaluate_step(
+    recipe: Recipe, label: str | None = None, from_run: str = "latest", refresh: bool = False
+) -> ArtifactRef:
+    """Evaluates the base model or one of a run's fine-tuned adapters on the benchmarks (step 6).
+
+    Args:
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        label: The fine-tune to evaluate, as 'method@budget' (e.g. bids@0.1); empty: the base model.
+        from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
+        refresh: Recompute even if the artifact is cached.
+    """
+    return evaluate_flow(recipe, label=label, from_run=from_run, refresh=refresh)
+
+
+data_step = _ui_flow("data", _data_step)
+warmup_step = _ui_flow("warmup", _warmup_step)
+features_step = _ui_flow("features", _features_step)
+influence_step = _ui_flow("influence", _influence_step)
+represent_step = _ui_flow("represent", _represent_step)
+diagnose_step = _ui_flow("diagnose", _diagnose_step)
+select_step = _ui_flow("select", _select_step)
+finetune_step = _ui_flow("finetune", _finetune_step)
+evaluate_step = _ui_flow("evaluate", _evaluate_step)
+
+UI_STEP_FLOWS = {
+    "data": data_step,
+    "warmup": warmup_step,
+    "features": features_step,
+    "influence": influence_step,
+    "represent": represent_step,
+    "diagnose": diagnose_step,
+    "select": select_step,
+    "finetune": finetune_step,
+    "evaluate": evaluate_step,
 }

@@ -8,6 +8,7 @@ PREFECT_KEYS_DIR = "prefect-locks"  # lock files; must differ from results
 
 MANIFEST = "manifest.json"  # files, sizes, mtimes and sha256 of an artifact
 META = "meta.json"  # step, parameters and input digests of an artifact
+BUILD_INFO = "built"  # summary key in meta.json: {finished_at, seconds} of the build (not in the digest)
 PARTIAL_SUFFIX = ".partial"  # an artifact being built (resumable)
 BUILDS_LOG = "builds.jsonl"  # run_root/artifacts/builds.jsonl: one line per artifact build
 LOCK_SUFFIX = ".lock"  # held by the one process building an artifact

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import os
 import shutil
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from filelock import FileLock
 from pydantic import BaseModel, ConfigDict
 
 from bidsml.errors import ArtifactError
-from storage.names import ARTIFACTS_DIR, BUILDS_LOG, LOCK_SUFFIX, MANIFEST, META, PARTIAL_SUFFIX
+from storage.names import ARTIFACTS_DIR, BUILD_INFO, BUILDS_LOG, LOCK_SUFFIX, MANIFEST, META, PARTIAL_SUFFIX
 
 
 class ArtifactRef(BaseModel):
@@ -221,7 +222,10 @@ def _build_and_publish(plan: Plan, build: Callable[[Path], dict[str, Any]], forc
     if force and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
     summary = build(work)
+    # when and how long: meta.json is outside the digest, so timings never change an artifact's content
+    summary = {**summary, BUILD_INFO: {"finished_at": time.time(), "seconds": round(time.time() - started, 2)}}
     meta = {"kind": kind, "identity": identity, "inputs": identity_inputs, "summary": summary}
     (work / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
     write_manifest(work)

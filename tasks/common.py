@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,11 +16,12 @@ from prefect.logging import get_run_logger
 
 from bidsml.config import Recipe
 from bidsml.errors import ArtifactError
-from bidsml.markdown import png_markdown
+from bidsml.markdown import artifact_key, png_markdown, round_sig, run_tag  # noqa: F401  (re-exported to tasks)
 from bidsml.model import model_dir, model_source_config
 from bidsml.model_sources import DEFAULT_CACHE, digest_cache
 from storage.identity import code_identity, weights_digest
 from storage.lineage import record_artifact
+from storage.names import BUILD_INFO
 from storage.refs import ArtifactRef, Plan, check_ref, current_digest, stable_hash
 
 _log = logging.getLogger("bidsflow")
@@ -130,6 +130,21 @@ def post_table(rows: list[dict], key: str, description: str) -> None:
     create_table_artifact(rows, key=key, description=description)
 
 
+def summary_rows(values: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Returns (dotted key, short text) rows of a nested summary: floats to 4 significant digits, long lists cut."""
+    rows: list[tuple[str, str]] = []
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and len(rows) < 60:
+            rows += summary_rows(v, key + ".")
+        elif isinstance(v, list | tuple):
+            shown = ", ".join(str(round_sig(x)) for x in list(v)[:8])
+            rows.append((key, f"[{shown}{', ...' if len(v) > 8 else ''}] ({len(v)})" if len(v) > 8 else f"[{shown}]"))
+        else:
+            rows.append((key, str(round_sig(v))))
+    return rows
+
+
 def publish(
     ref: ArtifactRef,
     step: str,
@@ -137,42 +152,64 @@ def publish(
     inputs: list[ArtifactRef],
     started: float,
     images: dict[str, Path] | None = None,
+    tag: str | None = None,
 ) -> ArtifactRef:
     """Records lineage and posts a markdown summary artifact for a step's output; returns the ref.
 
-    The summary gives the inputs, parameters, counts, wall time, output
-    location and `images` (title -> PNG) inline.
+    The summary gives the inputs, parameters and counts as short tables, the
+    wall time, output location and `images` (title -> PNG) inline. Its key is
+    the step plus `tag` (see `run_tag`), so each selection, fine-tune and
+    evaluation keeps its own card and history in the UI.
     """
     record_artifact(Path(ref.uri).parents[2], ref, step, flow_run_id(), params, inputs, root_flow_run_id())
+    built = ref.meta.get(BUILD_INFO) or {}
+    cached = built.get("finished_at", started) < started
+    rows = summary_rows({k: v for k, v in ref.meta.items() if k not in (BUILD_INFO, "tasks", "task_stats", "fidelity")})
     lines = [
-        f"### {step}: `{ref.kind}` artifact",
+        f"### {step}{f' {tag}' if tag else ''}: `{ref.kind}` artifact" + (" (cached)" if cached else ""),
         f"- location: `{ref.uri}`",
         f"- digest: `{ref.digest[:16]}`",
-        f"- seconds: {time.time() - started:.1f}",
+        f"- {'cached: built' if cached else 'computed in'} {built.get('seconds', time.time() - started):.1f} s"
+        + (f", {time.strftime('%Y-%m-%d %H:%M', time.localtime(built['finished_at']))}" if cached else ""),
         "- inputs: " + (", ".join(f"{i.kind} `{i.digest[:12]}`" for i in inputs) or "none"),
         "",
-        "```json",
-        json.dumps({"params": params, "summary": ref.meta}, indent=1, default=str)[:4000],
-        "```",
+        "| parameter | value |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in summary_rows(params)],
+        "",
+        "| summary | value |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in rows[:60]],
+        "",
         *[png_markdown(path, title) for title, path in (images or {}).items()],
     ]
-    logger().info(f"{step}: {ref.kind} {ref.digest[:12]} at {ref.uri}")
+    logger().info(f"{step}{f' {tag}' if tag else ''}: {ref.kind} {ref.digest[:12]} at {ref.uri}")
     if in_run_context():
         create_markdown_artifact(
-            "\n".join(lines), key=f"{step.replace('_', '-')}-summary", description=f"{step} output"
+            "\n".join(lines), key=artifact_key(step, tag, "summary"), description=f"{step} {tag or ''} output".strip()
         )
     return ref
 
 
 class Progress:
-    """A Prefect progress artifact (the UI's progress bar of a long step); silent outside a run."""
+    """A Prefect progress artifact (the UI's progress bar of a long step) that also logs every ~10% to the run log.
 
-    def __init__(self, key: str, description: str):
+    `update(done, total, **info)`: `info` (e.g. loss=2.31) goes into the log
+    line, so the run's Logs tab tells how training and long steps went.
+    """
+
+    def __init__(self, key: str, description: str, log_every_pct: float = 10.0):
+        self.description = description
         self.id = create_progress_artifact(progress=0.0, key=key, description=description) if in_run_context() else None
         self.last = 0.0
+        self.log_every, self.last_logged = log_every_pct, -1.0
 
-    def update(self, done: float, total: float) -> None:
+    def update(self, done: float, total: float, **info: Any) -> None:
         pct = 100.0 * done / max(total, 1)
         if self.id is not None and (pct - self.last >= 2.0 or done >= total):  # at most ~50 updates
             update_progress_artifact(self.id, progress=pct)
             self.last = pct
+        if pct - self.last_logged >= self.log_every or (done >= total and self.last_logged < 100):
+            extra = "".join(f", {k} {round_sig(v)}" for k, v in info.items())
+            logger().info(f"{self.description}: {int(done)}/{int(total)} ({pct:.0f}%){extra}")
+            self.last_logged = pct

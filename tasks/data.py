@@ -12,7 +12,14 @@ from bidsml.config import Recipe
 from bidsml.model import load_tokenizer
 from storage.datasets import save_data
 from storage.refs import ArtifactRef, Plan, file_sha256, materialize
-from tasks.common import ArtifactCachePolicy, code_version, model_identity, publish, run_root
+from tasks.common import (
+    ArtifactCachePolicy,
+    code_version,
+    model_identity,
+    publish,
+    run_root,
+    run_tag,
+)
 
 CODE = code_version(__name__)
 
@@ -57,4 +64,4 @@ def prepare_data(recipe: Recipe, refresh: bool = False) -> ArtifactRef:
         return {k: v for k, v in report.items() if k != "pool_rejected"} | {"n_rejected": len(rejected)}
 
     ref = materialize(plan_data(recipe), build, force=refresh)
-    return publish(ref, "prepare_data", {"seed": recipe.sampling_seed}, [], started)
+    return publish(ref, "prepare_data", {"seed": recipe.sampling_seed}, [], started, tag=run_tag(recipe))

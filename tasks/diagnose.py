@@ -23,8 +23,18 @@ from storage.names import DIAGNOSTICS_FIDELITY as FIDELITY
 from storage.names import DIAGNOSTICS_PLOT as PLOT
 from storage.names import DIAGNOSTICS_STATS as STATS
 from storage.refs import ArtifactRef, Plan, materialize
-from tasks.common import ArtifactCachePolicy, code_version, logger, model_inputs, post_table, publish, ref_inputs
-from tasks.common import run_root
+from tasks.common import (
+    ArtifactCachePolicy,
+    artifact_key,
+    code_version,
+    logger,
+    model_inputs,
+    post_table,
+    publish,
+    ref_inputs,
+    run_root,
+    run_tag,
+)
 
 CODE = code_version(__name__)
 PLOT_ROWS = 100_000  # the distribution plot uses a seeded sample of pool rows at most this large
@@ -92,7 +102,11 @@ def diagnose(
         finally:
             con.close()
         (work / STATS).write_text(json.dumps(stats, indent=1, sort_keys=True))
-        post_table(stats, key="influence-task-stats", description="influence per task, raw and normalised")
+        post_table(
+            stats,
+            key=artifact_key("influence-task-stats", run_tag(recipe)),
+            description="influence per task, raw and normalised",
+        )
         out = {"task_stats": stats}
         if plan_diagnose(recipe, infl, data, warm).inputs["fidelity"]:
             fidelity = influence_fidelity(recipe, infl, data, warm)
@@ -102,7 +116,7 @@ def diagnose(
                 logger().warning(w)
             post_table(
                 [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in fidelity],
-                key="influence-fidelity",
+                key=artifact_key("influence-fidelity", run_tag(recipe)),
                 description="Spearman of projected vs exact influence per task (>= 0.9: rankings are not noise)",
             )
             out |= {"fidelity": fidelity, "fidelity_warnings": warnings}
@@ -110,4 +124,6 @@ def diagnose(
 
     ref = materialize(plan_diagnose(recipe, infl, data, warm), build, force=refresh)
     inputs = [infl] + ([data, warm] if data is not None and warm is not None else [])
-    return publish(ref, "diagnose", {}, inputs, started, images={"influence distributions": ref.path / PLOT})
+    return publish(
+        ref, "diagnose", {}, inputs, started, images={"influence distributions": ref.path / PLOT}, tag=run_tag(recipe)
+    )

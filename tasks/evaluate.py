@@ -21,12 +21,14 @@ from storage.refs import ArtifactRef, Plan, check_ref, file_sha256, materialize
 from tasks.common import (
     ArtifactCachePolicy,
     Progress,
+    artifact_key,
     code_version,
     model_inputs,
     post_table,
     publish,
     ref_inputs,
     run_root,
+    run_tag,
 )
 
 CODE = code_version(__name__)
@@ -103,9 +105,7 @@ def evaluate(
         model.eval()
         items = evaluation_items(recipe)
         t = time.time()
-        progress = Progress(
-            f"evaluate-{label}".replace("@", "-").replace(".", "-").replace("_", "-").lower(), "evaluation"
-        )
+        progress = Progress(artifact_key("evaluate-progress", run_tag(recipe, label)), f"evaluate {label} phases")
         rows = evaluate_benchmark_items(
             model,
             tok,
@@ -133,10 +133,11 @@ def evaluate(
         save_evaluation(work, rows, summary)  # the files hold no timings: equal scores, equal digest
         post_table(
             [r for r in table if r["level"] != "task"],
-            key=f"eval-{label}".replace("@", "-").replace(".", "-").replace("_", "-").lower(),
+            key=artifact_key("evaluation", run_tag(recipe, label)),
             description=f"evaluation of {label}",
         )
         return {**summary, "seconds": round(seconds, 1)}
 
     ref = materialize(plan_evaluate(recipe, data, adapter), build, force=refresh)
-    return publish(ref, "evaluate", {"model": label}, [data] + ([adapter] if adapter else []), started)
+    inputs = [data] + ([adapter] if adapter else [])
+    return publish(ref, "evaluate", {"model": label}, inputs, started, tag=run_tag(recipe, label))

@@ -27,11 +27,13 @@ from storage.refs import ArtifactRef, Plan, materialize, work_dir
 from tasks.common import (
     ArtifactCachePolicy,
     Progress,
+    artifact_key,
     code_version,
     model_inputs,
     publish,
     ref_inputs,
     run_root,
+    run_tag,
 )
 from tasks.execution import cluster, dask_runner, gpu_resources, pin_worker_gpu
 
@@ -209,7 +211,7 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
                 featurize_shards_flow.with_options(task_runner=dask_runner(address))(recipe, data, warm)
         ctx = _context(recipe, data, warm)
         total = sum((len(v) + fc.chunk_rows - 1) // fc.chunk_rows for v in ctx.splits.values())
-        progress = Progress("features-progress", "gradient feature chunks")
+        progress = Progress(artifact_key("features-progress", run_tag(recipe)), "gradient feature chunks")
         bar = tqdm(total=total, desc=f"feature chunks ({ctx.n_checkpoints} checkpoints per pass)")
         done = 0
 
@@ -241,4 +243,4 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
 
     ref = materialize(plan_features(recipe, data, warm), build, force=refresh)
     _CONTEXT.clear()  # the model is not needed after the step
-    return publish(ref, "featurize", {"features": fc.model_dump()}, [data, warm], started)
+    return publish(ref, "featurize", {"features": fc.model_dump()}, [data, warm], started, tag=run_tag(recipe))

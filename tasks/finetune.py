@@ -11,11 +11,21 @@ from prefect import task
 from bidsml.config import Recipe
 from bidsml.data import tokenize_all
 from bidsml.model import load_tokenizer
+from bidsml.selection import selection_label
 from bidsml.train import train_lora
 from storage.checkpoints import adapter_path
 from storage.refs import ArtifactRef, Plan, materialize
 from storage.selections import load_subset, subset_digest
-from tasks.common import ArtifactCachePolicy, Progress, code_version, model_inputs, publish, run_root
+from tasks.common import (
+    ArtifactCachePolicy,
+    Progress,
+    artifact_key,
+    code_version,
+    model_inputs,
+    publish,
+    run_root,
+    run_tag,
+)
 
 CODE = code_version(__name__)
 
@@ -45,7 +55,8 @@ def finetune(recipe: Recipe, selection: ArtifactRef, refresh: bool = False) -> A
     def build(work: Path) -> dict:
         subset = load_subset(selection)
         items, counts = tokenize_all(load_tokenizer(recipe.model), subset, recipe.model.max_seq_length)
-        progress = Progress("finetune-progress", f"fine-tuning on {selection.meta.get('method')} subset")
+        tag = run_tag(recipe, selection_label(selection.meta["method"], selection.meta["budget"]))
+        progress = Progress(artifact_key("finetune-progress", tag), f"finetune {tag} training steps")
         ckpts = train_lora(
             recipe.model,
             recipe.lora,
@@ -54,7 +65,7 @@ def finetune(recipe: Recipe, selection: ArtifactRef, refresh: bool = False) -> A
             work / "train",
             recipe.seed,
             save_every_epoch=False,
-            on_step=lambda s, t, _: progress.update(s, t),
+            on_step=lambda s, t, loss: progress.update(s, t, loss=loss),
         )
         last = work / "train" / ckpts[-1]["path"]
         last.rename(adapter_path(work))
@@ -68,4 +79,5 @@ def finetune(recipe: Recipe, selection: ArtifactRef, refresh: bool = False) -> A
 
     ref = materialize(plan_finetune(recipe, selection), build, force=refresh)
     params = {"method": selection.meta.get("method"), "budget": selection.meta.get("budget")}
-    return publish(ref, "finetune", {**params, "finetune": recipe.finetune.model_dump()}, [selection], started)
+    tag = run_tag(recipe, selection_label(params["method"], params["budget"]))
+    return publish(ref, "finetune", {**params, "finetune": recipe.finetune.model_dump()}, [selection], started, tag=tag)

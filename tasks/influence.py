@@ -16,7 +16,16 @@ from storage.datasets import load_split
 from storage.gradients import load_examples_meta, read_feature_rows, read_features
 from storage.influence_store import BLOCK_ROWS, open_influence, save_influence_tables, write_influence_blocks
 from storage.refs import ArtifactRef, Plan, materialize
-from tasks.common import ArtifactCachePolicy, Progress, code_version, publish, ref_inputs, run_root
+from tasks.common import (
+    ArtifactCachePolicy,
+    Progress,
+    artifact_key,
+    code_version,
+    publish,
+    ref_inputs,
+    run_root,
+    run_tag,
+)
 
 CODE = code_version(__name__)
 
@@ -49,7 +58,7 @@ def compute_influence(
             blocks = [read_feature_rows(feats.path, "train", c, start, stop) for c in range(len(ckpts))]
             return influence_block(blocks, val_feats, weights)
 
-        progress = Progress("influence-progress", "influence row blocks")
+        progress = Progress(artifact_key("influence-progress", run_tag(recipe)), "influence row blocks")
         bar = tqdm(total=-(-n // BLOCK_ROWS), desc="influence blocks")
 
         def on_block(i, total, skipped):
@@ -87,4 +96,4 @@ def compute_influence(
         return {"n_train": n, "n_val": m, "mean": float(mean), "column_std": float(std)}
 
     ref = materialize(plan_influence(recipe, data, warm, feats), build, force=refresh)
-    return publish(ref, "compute_influence", {}, [data, warm, feats], started)
+    return publish(ref, "compute_influence", {}, [data, warm, feats], started, tag=run_tag(recipe))

@@ -14,7 +14,15 @@ from bidsml.represent import pooled_states
 from storage.datasets import SPLIT_FILES, load_split
 from storage.refs import ArtifactRef, Plan, materialize
 from storage.representations import save_representations
-from tasks.common import ArtifactCachePolicy, code_version, model_inputs, publish, ref_inputs, run_root
+from tasks.common import (
+    ArtifactCachePolicy,
+    code_version,
+    model_inputs,
+    publish,
+    ref_inputs,
+    run_root,
+    run_tag,
+)
 
 CODE = code_version(__name__)
 
@@ -46,4 +54,4 @@ def represent(recipe: Recipe, data: ArtifactRef, refresh: bool = False) -> Artif
         return {"hidden_size": int(next(iter(pooled.values())).shape[1]), "poolings": sorted(pooled)}
 
     ref = materialize(plan_represent(recipe, data), build, force=refresh)
-    return publish(ref, "represent", {}, [data], started)
+    return publish(ref, "represent", {}, [data], started, tag=run_tag(recipe))

@@ -16,7 +16,7 @@ from prefect import task
 
 from bidsml.config import Recipe
 from bidsml.errors import SelectionError
-from bidsml.selection import resolve_budget, task_means
+from bidsml.selection import resolve_budget, selection_label, task_means
 from bidsml.selectors import SelectorInputs, get_selector, run_selector
 from storage.datasets import load_split
 from storage.influence_store import (
@@ -28,7 +28,16 @@ from storage.influence_store import (
 from storage.refs import ArtifactRef, Plan, materialize
 from storage.representations import load_representations
 from storage.selections import save_selection
-from tasks.common import ArtifactCachePolicy, code_version, post_table, publish, ref_inputs, run_root
+from tasks.common import (
+    ArtifactCachePolicy,
+    artifact_key,
+    code_version,
+    post_table,
+    publish,
+    ref_inputs,
+    run_root,
+    run_tag,
+)
 
 CODE = code_version(__name__)
 
@@ -125,11 +134,12 @@ def select_subset(
         save_selection(work, table, [pool[i] for i in rows], summary)
         post_table(
             [{"source": s, "selected": int(n)} for s, n in summary["by_source"].items()],
-            key=f"selection-{method}".replace("_", "-"),
+            key=artifact_key("selection", run_tag(recipe, selection_label(method, budget))),
             description=f"{method} @ {budget}: composition by source",
         )
         return summary
 
     ref = materialize(plan_select(recipe, data, infl, method, budget, reps), build, force=refresh)
     inputs = [data, infl] + ([reps] if "representations" in needs and reps is not None else [])
-    return publish(ref, "select_subset", {"method": method, "budget": budget, "seed": recipe.seed}, inputs, started)
+    params = {"method": method, "budget": budget, "seed": recipe.seed}
+    return publish(ref, "select_subset", params, inputs, started, tag=run_tag(recipe, selection_label(method, budget)))

@@ -15,7 +15,17 @@ from bidsml.train import checkpoint_weights, train_lora
 from storage.checkpoints import save_checkpoints
 from storage.datasets import load_split
 from storage.refs import ArtifactRef, Plan, materialize
-from tasks.common import ArtifactCachePolicy, Progress, code_version, model_inputs, publish, ref_inputs, run_root
+from tasks.common import (
+    ArtifactCachePolicy,
+    Progress,
+    artifact_key,
+    code_version,
+    model_inputs,
+    publish,
+    ref_inputs,
+    run_root,
+    run_tag,
+)
 
 CODE = code_version(__name__)
 
@@ -50,7 +60,10 @@ def warmup(recipe: Recipe, data: ArtifactRef, refresh: bool = False) -> Artifact
         pool = load_split(data, "train")
         rows = warmup_subset(len(pool), recipe.warmup.fraction, recipe.seed)
         items, counts = tokenize_all(load_tokenizer(recipe.model), [pool[i] for i in rows], recipe.model.max_seq_length)
-        progress = Progress("warmup-progress", "warmup LoRA training steps")
+        progress = Progress(
+            artifact_key("warmup-progress", run_tag(recipe)),
+            f"warmup {run_tag(recipe)} training steps".replace("  ", " "),
+        )
         ckpts = train_lora(
             recipe.model,
             recipe.lora,
@@ -58,7 +71,7 @@ def warmup(recipe: Recipe, data: ArtifactRef, refresh: bool = False) -> Artifact
             items,
             work,
             recipe.seed,
-            on_step=lambda s, t, _: progress.update(s, t),
+            on_step=lambda s, t, loss: progress.update(s, t, loss=loss),
         )
         weights = checkpoint_weights([c["mean_lr"] for c in ckpts])
         for c, w in zip(ckpts, weights):
@@ -68,5 +81,10 @@ def warmup(recipe: Recipe, data: ArtifactRef, refresh: bool = False) -> Artifact
 
     ref = materialize(plan_warmup(recipe, data), build, force=refresh)
     return publish(
-        ref, "warmup", {"lora": recipe.lora.model_dump(), "warmup": recipe.warmup.model_dump()}, [data], started
+        ref,
+        "warmup",
+        {"lora": recipe.lora.model_dump(), "warmup": recipe.warmup.model_dump()},
+        [data],
+        started,
+        tag=run_tag(recipe),
     )

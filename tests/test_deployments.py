@@ -53,11 +53,38 @@ def test_serve_builds_pipeline_and_step_deployments():
     assert step["required"] == ["recipe"]
 
 
+def test_forms_offer_dropdowns_descriptions_and_no_internal_refs():
+    """What the UI's run form shows: methods and steps as choices, every field described, no ArtifactRef inputs."""
+    from prefect.utilities.callables import parameter_schema
+
+    from bidsml.selectors import SELECTORS
+    from flows.pipeline import pipeline, reselect
+    from flows.steps import UI_STEP_FLOWS
+
+    schema = parameter_schema(reselect.fn).model_dump()
+    method = schema["properties"]["method"]
+    enum = method.get("enum") or schema["definitions"].get(method.get("$ref", "").split("/")[-1], {}).get("enum")
+    assert enum is not None and set(enum) == set(SELECTORS), method
+    refresh = parameter_schema(pipeline.fn).model_dump()["properties"]["refresh"]
+    assert "features" in str(refresh) and "enum" in str(refresh), refresh
+    for name, fl in {"pipeline": pipeline, "select": reselect, **UI_STEP_FLOWS}.items():
+        props = parameter_schema(fl.fn).model_dump()["properties"]
+        for field, spec in props.items():
+            assert spec.get("description"), (name, field)
+        assert not {"data", "warm", "feats", "infl", "reps", "selection", "adapter"} & set(props), (name, props)
+    # the fine-tune form says fine-tune things, not the warmup's
+    from bidsml.config import Recipe
+
+    recipe_schema = Recipe.model_json_schema()["$defs"]
+    assert "checkpoint" not in recipe_schema["TrainConfig"]["properties"]["epochs"]["description"]
+    assert "checkpoint" in recipe_schema["WarmupConfig"]["properties"]["epochs"]["description"]
+
+
 def test_prefect_yaml_entrypoints_are_flows_and_cover_every_step():
     import yaml
     from prefect.flows import load_flow_from_entrypoint
 
-    from flows.steps import STEP_FLOWS
+    from flows.steps import UI_STEP_FLOWS as STEP_FLOWS
 
     spec = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "prefect.yaml").read_text())
     names = {d["name"] for d in spec["deployments"]}

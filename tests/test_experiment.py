@@ -12,12 +12,20 @@ def _rows(effects: dict[str, float], n_items=60, seeds=(0, 1, 2), noise=0.0, rng
     difficulty = {b: rng.normal(0, 1, n_items) for b in ("arc", "mmlu")}
     rows = []
     for m, eff in effects.items():
-        for s in (seeds if m != "base" else [None]):
+        for s in seeds if m != "base" else [None]:
             for b, d in difficulty.items():
                 nll = 2 + d + eff + (b == "arc") * 0.5 + noise * rng.normal(0, 1, n_items)
                 for i in range(n_items):
-                    rows.append({"method": m, "seed": s, "benchmark": b, "id": f"{b}/{i}", "nll": nll[i],
-                                 "score": float(nll[i] < 2)})
+                    rows.append(
+                        {
+                            "method": m,
+                            "seed": s,
+                            "benchmark": b,
+                            "id": f"{b}/{i}",
+                            "nll": nll[i],
+                            "score": float(nll[i] < 2),
+                        }
+                    )
     return pd.DataFrame(rows)
 
 

@@ -19,7 +19,10 @@ def lora_model():
 def _states(model):
     g = torch.Generator().manual_seed(3)
     return {
-        n: {"exp_avg": torch.randn(m.weight.shape, generator=g) * 1e-3, "exp_avg_sq": torch.rand(m.weight.shape, generator=g) * 1e-6}
+        n: {
+            "exp_avg": torch.randn(m.weight.shape, generator=g) * 1e-3,
+            "exp_avg_sq": torch.rand(m.weight.shape, generator=g) * 1e-6,
+        }
         for n, m in lora_linears(model)
     }
 
@@ -45,7 +48,9 @@ def test_large_sketch_ranks_like_the_exact_influence_and_a_small_one_does_not(lo
     items, _ = tokenize_all(tokenizer, make_examples(40), 64)
     train, val = items[:36], items[36:]
     transform = AdamTransform(_states(lora_model))
-    exact = exact_influence(lora_model, train, val, [CheckpointState(None, transform)], [1.0], tokenizer.pad_token_id, 4096)
+    exact = exact_influence(
+        lora_model, train, val, [CheckpointState(None, transform)], [1.0], tokenizer.pad_token_id, 4096
+    )
     shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(lora_model)}
 
     def projected(k):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,6 +100,90 @@ def _task_runs(api: str, flow_run_ids: set[str]) -> dict[str, list[str]]:
     return out
 
 
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",  # this machine's network is closed: no update or sync traffic
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _browser_checks(base: str, api: str, pipeline_run: str, select_run: str, shots: Path) -> None:
+    """Loads the flow-run and artifact pages in headless Chromium and asserts what a person would see there.
+
+    Screenshots of every page go to `shots` (kept on failure: pytest's tmp_path).
+    """
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
+    browser_path = _chromium()
+    if browser_path is None:
+        pytest.skip("no Chromium on this machine (CI installs Debian's `chromium`): the browser checks need one")
+    shots.mkdir(parents=True, exist_ok=True)
+
+    def latest(key: str) -> str:
+        found = httpx.post(
+            f"{api}/artifacts/filter",
+            json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1},
+            timeout=10,
+        ).json()
+        assert found, key
+        return found[0]["id"]
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        try:
+            # the pipeline's run page: subflows named by what they do
+            page.goto(f"{base}/runs/flow-run/{pipeline_run}")
+            page.get_by_text("Subflow Runs").first.click()
+            page.get_by_text("select bids@8").first.wait_for(timeout=30_000)
+            text = page.inner_text("body")
+            page.screenshot(path=str(shots / "pipeline-run.png"))
+            for name in ("evaluate base", "finetune random@8", "select rds@8", "evaluate bids@8"):
+                assert name in text, name
+            # the select run's page: its upstream came from the cache, and says so
+            page.goto(f"{base}/runs/flow-run/{select_run}")
+            page.get_by_text("Subflow Runs").first.click()
+            page.get_by_text("features · cached").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(shots / "select-run.png"))
+            # the artifacts page: one card per key
+            page.goto(f"{base}/artifacts")
+            page.get_by_text("tiny-pipeline-report").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(shots / "artifacts.png"), full_page=True)
+            lines = [ln.strip() for ln in page.inner_text("body").splitlines()]
+            for key in (
+                "tiny-pipeline-report",
+                "tiny-select-bids-6-report",
+                "finetune-bids-6-summary",
+                "finetune-bids-8-summary",
+                "evaluation-base",
+                "tiny-pipeline-lineage",
+            ):
+                assert lines.count(key) == 1, (key, lines.count(key))
+            # the reports' images and the lineage image load
+            for key, n_images in (("tiny-pipeline-report", 3), ("tiny-select-bids-6-lineage", 1)):
+                page.goto(f"{base}/artifacts/artifact/{latest(key)}")
+                page.locator("img[src^='data:image/png']").first.wait_for(timeout=30_000)
+                widths = page.evaluate(
+                    "Promise.all(Array.from(document.images).filter(i => i.src.startsWith('data:image/png'))"
+                    ".map(i => i.decode().then(() => i.naturalWidth)))"
+                )
+                page.screenshot(path=str(shots / f"{key}.png"), full_page=True)
+                assert len(widths) >= n_images and all(w > 0 for w in widths), (key, widths)
+        finally:
+            browser.close()
+
+
 @pytest.mark.timeout(900)
 def test_ui_serve_deployment_runs_cached_select_and_lineage(tmp_path):
     port = _free_port()
@@ -113,7 +198,7 @@ def test_ui_serve_deployment_runs_cached_select_and_lineage(tmp_path):
         "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-        "PREFECT_UI_ENABLED": "false",  # the UI's static files are not needed for the API checks
+        "PREFECT_UI_ENABLED": "true",  # the browser checks load the real UI
     }
     logs = [tmp_path / "ui.log", tmp_path / "serve.log"]
     procs = []
@@ -156,15 +241,26 @@ def test_ui_serve_deployment_runs_cached_select_and_lineage(tmp_path):
             f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [second]}}}, timeout=10
         ).json()
         keys = {a["key"] for a in arts}
-        assert {"run-report", "lineage", "evaluation", "selection-composition"} <= keys, keys
-        report = next(a for a in arts if a["key"] == "run-report")["data"]
+        # the select run's report, tables and lineage are its own, not the pipeline's
+        select_keys = {f"tiny-select-bids-6-{k}" for k in ("report", "lineage", "evaluation", "composition")}
+        assert select_keys <= keys, keys
+        report = next(a for a in arts if a["key"] == "tiny-select-bids-6-report")["data"]
         assert "data:image/png;base64," in report  # plots are inline: the UI shows them
-        lineage_md = next(a for a in arts if a["key"] == "lineage")["data"]
-        assert "```mermaid" in lineage_md and "featurize" in lineage_md
+        assert "| cached |" in report and "| computed |" in report  # which steps came from the cache
+        lineage_md = next(a for a in arts if a["key"] == "tiny-select-bids-6-lineage")["data"]
+        assert "```mermaid" in lineage_md and "featurize" in lineage_md and "data:image/png;base64," in lineage_md
         all_arts = httpx.post(f"{api}/artifacts/filter", json={"limit": 200}, timeout=10).json()
-        assert {"featurize-summary", "warmup-summary", "features-progress", "warmup-progress", "finetune-progress"} <= {
-            a["key"] for a in all_arts
-        }
+        all_keys = {a["key"] for a in all_arts}
+        per_thing = {"select-subset-bids-6-summary", "select-subset-bids-8-summary", "finetune-bids-6-summary"}
+        per_thing |= {"finetune-progress-bids-6", "evaluate-base-summary", "evaluation-bids-6", "tiny-pipeline-report"}
+        assert {"featurize-summary", "warmup-summary", "features-progress", "warmup-progress"} | per_thing <= all_keys
+        # rerun steps say so in their names: the select run's cached upstream subflows
+        sub = {r["name"] for r in httpx.post(f"{api}/flow_runs/filter", json={"limit": 200}, timeout=10).json()}
+        assert {"data · cached", "features · cached", "evaluate base · cached", "select bids@6"} <= sub, sub
+
+        t = time.time()
+        _browser_checks(f"http://127.0.0.1:{port}", api, first, second, tmp_path / "screenshots")
+        timings["browser_s"] = time.time() - t
 
         # lineage: from the new subset back to its checkpoints, projection and influence matrix
         rec = json.loads(next((tmp_path / "runs" / "run-records").glob(f"{second}.json")).read_text())

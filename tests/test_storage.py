@@ -1,5 +1,6 @@
 """Artifact digests and publication, Zarr chunk resume, DuckDB influence store."""
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ def test_materialize_builds_once_and_publishes_atomically(tmp_path):
         return {"n": 1}
 
     ref = materialize(_plan(tmp_path), build)
-    assert ref.meta == {"n": 1} and (ref.path / "a.txt").read_text() == "hello"
+    assert ref.meta["n"] == 1 and (ref.path / "a.txt").read_text() == "hello"
+    # when and how long it took: outside the digest (meta.json), for "cached: built ... in ... s"
+    assert set(ref.meta["built"]) == {"finished_at", "seconds"} and ref.meta["built"]["finished_at"] <= time.time()
     assert not ref.path.with_name(ref.path.name + ".partial").exists()
     again = materialize(_plan(tmp_path), build)
     assert again == ref and len(calls) == 1

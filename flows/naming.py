@@ -1,0 +1,72 @@
+"""Run names that say what a run is: `select bids@0.1`, `finetune less@0.05`, `evaluate base`.
+
+Prefect calls these with no arguments when a flow or task run starts; they
+read the run's parameters from `prefect.runtime`. A recipe repeated over
+seeds (`seeds`, or an explicit `data_seed`) adds ` · seed N` to its runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bidsml.selection import selection_label
+
+
+def _get(obj: Any, key: str) -> Any:
+    if obj is None:
+        return None
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+def _ref_label(ref: Any) -> str | None:
+    meta = _get(ref, "meta") or {}
+    if meta.get("method") is None:
+        return None
+    return selection_label(meta["method"], meta["budget"])
+
+
+def _seed_suffix(recipe: Any) -> str:
+    if _get(recipe, "data_seed") is None and not _get(recipe, "seeds"):
+        return ""
+    return f" · seed {_get(recipe, 'seed')}"
+
+
+def describe(step: str, params: dict[str, Any]) -> str:
+    """Returns the readable name of a step run from its parameters."""
+    recipe = params.get("recipe")
+    if step in ("select", "select_subset", "select-finetune-evaluate"):
+        what = f"{step} {selection_label(params.get('method') or '?', params.get('budget') or 0)}"
+    elif step == "finetune":
+        what = f"finetune {_ref_label(params.get('selection')) or params.get('label') or 'latest selection'}"
+    elif step == "evaluate":
+        what = f"evaluate {_ref_label(params.get('adapter')) or params.get('label') or 'base'}"
+    elif step == "branch":
+        what = f"branch {selection_label(params.get('method') or '?', params.get('budget') or 0)}"
+    elif step == "pipeline":
+        what = f"pipeline {_get(recipe, 'name') or ''}".strip()
+    else:
+        what = step
+    return what + _seed_suffix(recipe)
+
+
+def flow_run_name(step: str) -> Callable[[], str]:
+    """Returns a `flow_run_name` callable for a step flow."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        return describe(step, dict(flow_run.parameters or {}))
+
+    return name
+
+
+def task_run_name(step: str) -> Callable[[], str]:
+    """Returns a `task_run_name` callable for a step task."""
+
+    def name() -> str:
+        from prefect.runtime import task_run
+
+        return describe(step, dict(task_run.parameters or {}))
+
+    return name
