@@ -43,6 +43,8 @@ def describe(step: str, params: dict[str, Any]) -> str:
         what = f"evaluate {_ref_label(params.get('adapter')) or params.get('label') or 'base'}"
     elif step == "branch":
         what = f"branch {selection_label(params.get('method') or '?', params.get('budget') or 0)}"
+    elif step == "pipeline" and _get(recipe, "seeds"):
+        return f"experiment {_get(recipe, 'name')} · seeds {', '.join(str(s) for s in _get(recipe, 'seeds'))}"
     elif step == "pipeline":
         what = f"pipeline {_get(recipe, 'name') or ''}".strip()
     else:

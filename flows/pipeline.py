@@ -165,6 +165,8 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
         },
     )
     run_id = str(flow_run.get_id() or f"local-{int(time.time())}")
+    if run_tag(recipe):  # one record per seed of a repeated run (they share the flow run)
+        run_id += "-" + artifact_key(run_tag(recipe))
     refs = {
         "data": data,
         "warmup": warm,

@@ -53,3 +53,43 @@ def test_pure_noise_gives_an_interval_around_zero_and_pairing_narrows_it():
     assert verdict(r, "random", higher_is_better=False) == "no difference"
     # item difficulty (sd 1) is shared by both methods: the paired interval is far narrower than it
     assert r["hi_vs_random"] - r["lo_vs_random"] < 0.3
+
+
+@pytest.mark.e2e
+def test_a_recipe_with_seeds_runs_each_seed_and_compares_methods(tmp_path, prefect_harness):
+    """Seeds share the data and the base model's evaluation; warmup, selection and fine-tuning follow the seed."""
+    import json
+    from pathlib import Path
+
+    from bidsml.config import load_recipe
+    from flows.pipeline import pipeline
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "tiny.yaml").with_overrides(
+        {
+            "run_root": str(tmp_path / "runs"),
+            "seeds": [0, 1],
+            "selection.methods": ["random", "less", "bids"],
+            "evaluation.generate": {"gsm8k": 0, "humaneval": 0, "mbpp": 0, "bbh": 1},
+        }
+    )
+    out = pipeline(recipe)
+    table = pd.read_csv(out["table"])
+    assert set(table["method"]) == {"base", "random@8", "less@8", "bids@8"}
+    assert {MACRO, WORST, "mmlu", "bbh"} <= set(table["benchmark"]) and set(table["metric"]) == {"score", "nll"}
+    assert (table["n_seeds"] == 2).all()
+    nll = table[(table["metric"] == "nll") & (table["method"] == "bids@8")]
+    assert (nll["lo_vs_random@8"] <= nll["diff_vs_random@8"]).all() and (
+        nll["diff_vs_random@8"] <= nll["hi_vs_random@8"]
+    ).all()
+    # undecoded generation items have no standard metric, only their gold NLL
+    score = table[(table["metric"] == "score") & (table["benchmark"] == "gsm8k")]
+    assert score.empty
+    report = Path(out["report"]).read_text()
+    assert "Headline: macro-average and worst task" in report and Path(out["plot"]).stat().st_size > 10_000
+    records = sorted((Path(recipe.run_root) / "run-records").glob("*.json"))
+    refs = [json.loads(p.read_text())["refs"] for p in records]
+    assert len(refs) == 2
+    assert refs[0]["data"]["digest"] == refs[1]["data"]["digest"]  # one pool, one validation set
+    assert refs[0]["evaluations"]["base"]["digest"] == refs[1]["evaluations"]["base"]["digest"]
+    assert refs[0]["warmup"]["identity"] != refs[1]["warmup"]["identity"]  # the warmup order follows the seed
+    assert refs[0]["selections"]["random@8"]["digest"] != refs[1]["selections"]["random@8"]["digest"]
