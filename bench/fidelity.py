@@ -34,7 +34,7 @@ from bidsml.projection import ExactProjector, make_projector  # noqa: E402
 from storage.checkpoint_states import feature_model  # noqa: E402
 from storage.checkpoints import load_checkpoints  # noqa: E402
 from storage.datasets import load_split  # noqa: E402
-from storage.refs import ArtifactRef  # noqa: E402
+from storage.refs import ArtifactRef, load_ref  # noqa: E402
 from storage.runs import load_run  # noqa: E402
 
 
@@ -42,12 +42,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", required=True)
     ap.add_argument("--run", default="latest", help="run record (id prefix) whose data and warmup to use")
+    ap.add_argument("--data-dir", help="a data artifact folder (instead of a run record)")
+    ap.add_argument("--warmup-dir", help="a warmup artifact folder (instead of a run record)")
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--ks", type=int, nargs="+", default=[1024, 8192, 32768, 131072])
     args = ap.parse_args()
     recipe = load_recipe(args.recipe)
-    record = load_run(Path(recipe.run_root).resolve(), args.run)
-    data, warm = (ArtifactRef(**record["refs"][k]) for k in ("data", "warmup"))
+    if args.data_dir and args.warmup_dir:
+        data, warm = load_ref(Path(args.data_dir)), load_ref(Path(args.warmup_dir))
+    else:
+        record = load_run(Path(recipe.run_root).resolve(), args.run)
+        data, warm = (ArtifactRef(**record["refs"][k]) for k in ("data", "warmup"))
     t0 = time.time()
     pool, val = load_split(data, "train"), load_split(data, "val")
     rows = np.sort(np.random.default_rng(0).choice(len(pool), min(args.rows, len(pool)), replace=False))
