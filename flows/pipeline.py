@@ -42,7 +42,7 @@ from flows.steps import (
 from storage.lineage import mermaid, run_lineage
 from storage.names import BUILD_INFO
 from storage.names import DIAGNOSTICS_PLOT as PLOT
-from storage.refs import ArtifactRef
+from storage.refs import ArtifactRef, built_before
 from storage.runs import save_run_record
 from storage.selections import subset_path
 from tasks.execution import cluster, dask_runner, gpu_resources, pin_worker_gpu
@@ -77,7 +77,7 @@ def log_step(name: str, ref: ArtifactRef, seconds: float, since: float) -> None:
     built = ref.meta.get(BUILD_INFO) or {}
     status = (
         f"cached (built in {built.get('seconds', 0):.1f} s)"
-        if built.get("finished_at", since) < since
+        if built_before(ref, since)
         else f"computed in {seconds:.1f} s"
     )
     figures = {k: v for k, v in ref.meta.items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -93,7 +93,7 @@ def step_table(refs: dict[str, ArtifactRef], timings: dict[str, float], since: f
     rows = []
     for label, ref in refs.items():
         built = ref.meta.get(BUILD_INFO) or {}
-        cached = built.get("finished_at", since) < since
+        cached = built_before(ref, since)
         rows.append(
             {
                 "step": label,

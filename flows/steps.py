@@ -27,7 +27,7 @@ from bidsml.selectors import DEFAULT_METHOD, get_selector
 from flows.naming import flow_run_name, task_run_name
 from flows.params import MethodName
 from storage.names import BUILD_INFO, PREFECT_RESULTS_DIR
-from storage.refs import ArtifactRef
+from storage.refs import ArtifactRef, built_before
 from storage.runs import load_run
 from tasks.data import prepare_data
 from tasks.diagnose import diagnose
@@ -89,7 +89,7 @@ def _run(task, recipe: Recipe, *args, refresh: bool = False) -> ArtifactRef:
         task_run_name=task_run_name(task.name),
     )(recipe, *args, refresh=refresh)
     built = ref.meta.get(BUILD_INFO) or {}
-    if built.get("finished_at", started) < started:
+    if built_before(ref, started):
         mark_cached(built)
     return ref
 

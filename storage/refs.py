@@ -148,6 +148,11 @@ def load_ref(root: Path) -> ArtifactRef:
     )
 
 
+def built_before(ref: ArtifactRef, since: float) -> bool:
+    """Returns True when the artifact was built before `since` (a cache hit for a call that started then)."""
+    return (ref.meta.get(BUILD_INFO) or {}).get("finished_at", since) < since
+
+
 def check_ref(ref: ArtifactRef) -> Path:
     """Returns the artifact's folder after checking it still has the digest the ref names."""
     digest = current_digest(ref.path)

@@ -22,7 +22,7 @@ from bidsml.model_sources import DEFAULT_CACHE, digest_cache
 from storage.identity import code_identity, weights_digest
 from storage.lineage import record_artifact
 from storage.names import BUILD_INFO
-from storage.refs import ArtifactRef, Plan, check_ref, current_digest, stable_hash
+from storage.refs import ArtifactRef, Plan, built_before, check_ref, current_digest, stable_hash
 
 _log = logging.getLogger("bidsflow")
 
@@ -163,7 +163,7 @@ def publish(
     """
     record_artifact(Path(ref.uri).parents[2], ref, step, flow_run_id(), params, inputs, root_flow_run_id())
     built = ref.meta.get(BUILD_INFO) or {}
-    cached = built.get("finished_at", started) < started
+    cached = built_before(ref, started)
     rows = summary_rows({k: v for k, v in ref.meta.items() if k not in (BUILD_INFO, "tasks", "task_stats", "fidelity")})
     lines = [
         f"### {step}{f' {tag}' if tag else ''}: `{ref.kind}` artifact" + (" (cached)" if cached else ""),
