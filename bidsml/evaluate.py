@@ -7,14 +7,22 @@ NLL (mean per-token negative log-likelihood, a smooth metric that small
 models still move). Generation items (GSM8K, HumanEval, MBPP, BBH) are
 decoded greedily in left-padded batches with a KV cache and stop sequences;
 code runs in `bidsml.sandbox`. See `bidsml.benchmarks` for the protocols.
+
+Two ways scoring avoids recomputing what it already knows: prompts sharing a
+few-shot prefix encode it once (`prefix_groups`), and, with `TrunkStates`, the
+hidden states entering the first LoRA-adapted layer (the "trunk", identical
+for the base model and every fine-tune of adapters above it) are computed
+once and reused, so each fine-tuned model only runs its adapted top layers.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from collections import defaultdict
-from dataclasses import replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import pandas as pd
@@ -26,6 +34,28 @@ from bidsml.data import chat_prompt, length_batches
 from bidsml.sandbox import Limits, run_programs
 
 PREFIX_MIN_TOKENS = 64  # items sharing at least this many prompt tokens reuse one key/value cache of them
+TRUNK_TOLERANCE = 1e-3  # max log-prob difference of the trunk path from a full pass on the first batch
+
+
+@dataclass
+class TrunkStates:
+    """Hidden states entering decoder layer `layer` for every scored sequence (the shared "trunk").
+
+    Layers below `layer` are the base model's in the base model and in every
+    fine-tune whose LoRA adapts only `layer` and above, so these states are the
+    same for all of them: computed once (`recorded`), saved, and reused. Scores
+    always run the top layers from these states, whether just recorded or
+    reused, so an evaluation's scores do not depend on which model recorded them.
+    `prefixes[g]` is group g's shared prefix (P, H); `items[i]` item i's own
+    tokens after the prefix (S_i, H). `valid` turns False when the trunk path
+    disagreed with a full pass (then scoring fell back to full passes).
+    """
+
+    layer: int
+    prefixes: dict[int, torch.Tensor] = field(default_factory=dict)
+    items: dict[int, torch.Tensor] = field(default_factory=dict)
+    recorded: bool = False
+    valid: bool = True
 
 
 @torch.no_grad()
@@ -38,6 +68,7 @@ def continuation_logprobs(
     first_token_candidates: list[list[int] | None] | None = None,
     desc: str = "score",
     share_prefix: bool = True,
+    trunk: TrunkStates | None = None,
 ) -> list[tuple[float, int, list[float] | None]]:
     """Returns, per (prompt, continuation): (sum log-prob, token count, candidate log-probs).
 
@@ -52,6 +83,13 @@ def continuation_logprobs(
     cache serves every item of the group, which then only computes its own
     suffix (the question and continuation). Scores equal the full passes up
     to float rounding.
+
+    With `trunk` (see `TrunkStates`), the layers below `trunk.layer` run only
+    when its states are empty (they are recorded then); every score comes from
+    the top layers run on those states. The first batch is also scored with a
+    full pass: if they differ by more than TRUNK_TOLERANCE (a model whose
+    forward the trunk path does not reproduce), a warning says so, `trunk.valid`
+    turns False and every item is scored with full passes.
     """
     device = next(model.parameters()).device
     encoded = []
@@ -62,33 +100,84 @@ def continuation_logprobs(
         encoded.append((p, c))
     cands = first_token_candidates or [None] * len(pairs)
     groups = prefix_groups([p for p, _ in encoded]) if share_prefix else [(0, list(range(len(encoded))))]
+    pad = tokenizer.pad_token_id
+    if trunk is not None:
+        if not trunk.items:
+            _record_trunk(model, trunk, encoded, groups, batch_size, max_len, pad, device)
+        elif sorted(trunk.items) != list(range(len(encoded))) or sorted(trunk.prefixes) != [
+            g for g, (shared, _) in enumerate(groups) if shared
+        ]:
+            raise ValueError("trunk states do not match these items (another item set or prefix grouping)")
     out: list = [None] * len(encoded)
+    checked = trunk is None
     bar = tqdm(total=len(encoded), desc=desc, leave=False)
-    for shared, members in groups:
-        cache = _prefix_cache(model, encoded[members[0]][0][:shared], device) if shared else None
+    for g, (shared, members) in enumerate(groups):
+        if trunk is None:
+            cache = _prefix_cache(model, encoded[members[0]][0][:shared], device) if shared else None
+        else:
+            cache = _top_prefix_cache(model, trunk.layer, trunk.prefixes[g].to(device)) if shared else None
         lengths = [len(encoded[i][0]) + len(encoded[i][1]) - shared for i in members]
         for sub in length_batches(lengths, batch_size * max_len, batch_size):
             idx = [members[j] for j in sub]
-            L = max(lengths[j] for j in sub)
-            ids = torch.full((len(idx), L), tokenizer.pad_token_id, dtype=torch.long)
-            for b, i in enumerate(idx):
-                seq = (encoded[i][0] + encoded[i][1])[shared:]
-                ids[b, : len(seq)] = torch.tensor(seq)
-            # Right padding under causal attention: no real token ever attends to a pad, so no attention mask is
-            # needed, and without one SDPA takes its fused causal path (a padded mask forces the slow O(L^2) one).
-            past = _expand_cache(cache, len(idx)) if cache is not None else None
-            hidden = _hidden_states(model, ids.to(device), past)  # (B, L, H): logits only where scored
-            for b, i in enumerate(idx):
-                p, c = encoded[i]
-                start = len(p) - shared  # suffix position of the first continuation token
-                logits = _lm_head(model)(hidden[b, start - 1 : start + len(c) - 1])
-                logp = torch.log_softmax(logits.float(), dim=-1)  # (len(c), V)
-                total = logp[torch.arange(len(c)), torch.tensor(c, device=device)].sum().item()
-                first = logp[0, cands[i]].tolist() if cands[i] else None
-                out[i] = (total, len(c), first)
+            if trunk is None:
+                hidden = _full_hidden_states(model, encoded, idx, shared, cache, pad, device)
+            else:
+                hidden = _top_hidden_states(model, trunk.layer, [trunk.items[i] for i in idx], shared, cache, device)
+            _score_rows(model, hidden, idx, encoded, shared, cands, out, device)
+            if not checked:  # the trunk path against a full pass, once per call
+                checked = True
+                ref: list = [None] * len(encoded)
+                full_cache = _prefix_cache(model, encoded[members[0]][0][:shared], device) if shared else None
+                hidden = _full_hidden_states(model, encoded, idx, shared, full_cache, pad, device)
+                _score_rows(model, hidden, idx, encoded, shared, cands, ref, device)
+                diff = max(_score_difference(out[i], ref[i]) for i in idx)
+                if diff > TRUNK_TOLERANCE:
+                    warnings.warn(
+                        f"shared-trunk scoring differs from a full pass by {diff:.2g} (> {TRUNK_TOLERANCE}) on this "
+                        "model: scoring every item with full passes instead (slower; the trunk is not reused)",
+                        stacklevel=2,
+                    )
+                    trunk.valid = False
+                    bar.close()
+                    return continuation_logprobs(
+                        model, tokenizer, pairs, batch_size, max_len, first_token_candidates, desc, share_prefix
+                    )
             bar.update(len(idx))
     bar.close()
     return out
+
+
+def _score_rows(model, hidden, idx, encoded, shared, cands, out, device) -> None:
+    """Fills out[i] = (sum log-prob, token count, candidate log-probs) for the batch rows of items `idx`."""
+    for b, i in enumerate(idx):
+        p, c = encoded[i]
+        start = len(p) - shared  # suffix position of the first continuation token
+        logits = _lm_head(model)(hidden[b, start - 1 : start + len(c) - 1])
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (len(c), V)
+        total = logp[torch.arange(len(c)), torch.tensor(c, device=device)].sum().item()
+        first = logp[0, cands[i]].tolist() if cands[i] else None
+        out[i] = (total, len(c), first)
+
+
+def _score_difference(a, b) -> float:
+    return max([abs(a[0] - b[0])] + [abs(x - y) for x, y in zip(a[2] or [], b[2] or [])])
+
+
+def _suffix_ids(encoded, idx, shared, pad) -> torch.Tensor:
+    """Returns the right-padded (B, L) token ids of the items' tokens after the shared prefix."""
+    seqs = [(encoded[i][0] + encoded[i][1])[shared:] for i in idx]
+    ids = torch.full((len(idx), max(map(len, seqs))), pad, dtype=torch.long)
+    for b, seq in enumerate(seqs):
+        ids[b, : len(seq)] = torch.tensor(seq)
+    return ids
+
+
+def _full_hidden_states(model, encoded, idx, shared, cache, pad, device):
+    """Returns the last hidden states (B, L, H) of a batch's suffixes, every layer run (prefix from `cache`)."""
+    # Right padding under causal attention: no real token ever attends to a pad, so no attention mask is
+    # needed, and without one SDPA takes its fused causal path (a padded mask forces the slow O(L^2) one).
+    past = _expand_cache(cache, len(idx)) if cache is not None else None
+    return _hidden_states(model, _suffix_ids(encoded, idx, shared, pad).to(device), past)
 
 
 def prefix_groups(prompts: list[list[int]], min_shared: int = PREFIX_MIN_TOKENS) -> list[tuple[int, list[int]]]:
@@ -150,6 +239,133 @@ def _expand_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], batch: int):
     from transformers import DynamicCache
 
     return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv])
+
+
+class _StopForward(Exception):
+    """Raised by a forward pre-hook to stop a forward pass at the trunk layer."""
+
+
+class _Passthrough(torch.nn.Module):
+    """A decoder layer that returns its input: stands in for the trunk's layers on the top path."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+def trunk_layer(model, wanted: int | None) -> int | None:
+    """Returns the decoder layer whose input states the model shares with the base model, or None.
+
+    `wanted` (the recipe's lowest LoRA layer), lowered to the lowest layer the
+    model's own LoRA adapts; None when that is layer 0, when an adapter
+    touches anything outside the decoder layers, or when the model's decoder
+    is not a `layers` list the top path can run.
+    """
+    inner = getattr(_causal_lm(model), "model", None)
+    if not wanted or inner is None or not isinstance(getattr(inner, "layers", None), torch.nn.ModuleList):
+        return None
+    if wanted >= len(inner.layers):
+        return None
+    low = wanted
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and isinstance(module.lora_A, torch.nn.ModuleDict):
+            m = re.search(r"\.layers\.(\d+)\.", name)
+            if m is None:
+                return None
+            low = min(low, int(m.group(1)))
+    return low or None
+
+
+def _lower_hidden_states(model, layer: int, ids, cache=None):
+    """Returns the hidden states entering decoder `layer` (B, L, H); only the layers below it run (into `cache`)."""
+    inner = _causal_lm(model).model
+    captured = {}
+
+    def stop(module, args, kwargs):
+        captured["h"] = args[0] if args else kwargs["hidden_states"]
+        raise _StopForward
+
+    handle = inner.layers[layer].register_forward_pre_hook(stop, with_kwargs=True)
+    kw = {**_cache_kw(model, cache), "use_cache": True} if cache is not None else {"use_cache": False}
+    try:
+        inner(input_ids=ids, **kw)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured["h"]
+
+
+@contextmanager
+def _top_layers_only(inner, layer: int):
+    """Runs the decoder with its layers below `layer` replaced by passthroughs (restored on exit)."""
+    layers = inner.layers
+    inner.layers = torch.nn.ModuleList([_Passthrough() for _ in range(layer)] + list(layers)[layer:])
+    try:
+        yield
+    finally:
+        inner.layers = layers
+
+
+def _top_forward(model, layer: int, h, cache, start: int):
+    """Returns the last hidden states of `h` (states entering `layer`, positions from `start`) and fills `cache`."""
+    inner = _causal_lm(model).model
+    pos = torch.arange(start, start + h.shape[1], device=h.device).unsqueeze(0)
+    kw = {**_cache_kw(model, cache), "use_cache": True} if cache is not None else {"use_cache": False}
+    with _top_layers_only(inner, layer):
+        return inner(inputs_embeds=h, position_ids=pos, **kw).last_hidden_state
+
+
+def _top_prefix_cache(model, layer: int, prefix_states) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Returns the top layers' (key, value) tensors of a prefix from its trunk states (P, H)."""
+    from transformers import DynamicCache
+
+    n = len(_causal_lm(model).model.layers)
+    cache = DynamicCache([(None, None)] * n)
+    _top_forward(model, layer, prefix_states[None], cache, 0)
+    return [(lay.keys, lay.values) for lay in cache.layers[layer:]]
+
+
+def _top_hidden_states(model, layer: int, states: list[torch.Tensor], shared: int, top_kv, device):
+    """Returns the last hidden states (B, L, H) of a batch from its rows' trunk states, prefix from `top_kv`."""
+    from transformers import DynamicCache
+
+    h = torch.zeros(len(states), max(len(s) for s in states), states[0].shape[-1], dtype=states[0].dtype)
+    for b, s in enumerate(states):
+        h[b, : len(s)] = s  # right padding: no real token attends to a pad row
+    h = h.to(device)
+    if top_kv is None:
+        cache = None
+    else:  # layers below the trunk never read their cache: a (B, 1, P, 1) stand-in only sizes the attention mask
+        stand_in = torch.zeros(1, 1, 1, 1, dtype=h.dtype, device=device).expand(len(states), 1, shared, 1)
+        cache = DynamicCache(
+            [(stand_in, stand_in)] * layer
+            + [(k.expand(len(states), -1, -1, -1), v.expand(len(states), -1, -1, -1)) for k, v in top_kv]
+        )
+    return _top_forward(model, layer, h, cache, shared)
+
+
+def _record_trunk(model, trunk: TrunkStates, encoded, groups, batch_size, max_len, pad, device) -> None:
+    """Fills `trunk` with every group's prefix states and every item's suffix states (layers below it only)."""
+    from transformers import DynamicCache
+
+    bar = tqdm(total=len(encoded), desc=f"trunk (layers 0-{trunk.layer - 1})", leave=False)
+    for g, (shared, members) in enumerate(groups):
+        lower = None
+        if shared:
+            cache = DynamicCache()
+            prefix = torch.tensor([encoded[members[0]][0][:shared]], device=device)
+            trunk.prefixes[g] = _lower_hidden_states(model, trunk.layer, prefix, cache)[0].cpu()
+            lower = [(lay.keys, lay.values) for lay in cache.layers[: trunk.layer]]
+        lengths = [len(encoded[i][0]) + len(encoded[i][1]) - shared for i in members]
+        for sub in length_batches(lengths, batch_size * max_len, batch_size):
+            idx = [members[j] for j in sub]
+            past = _expand_cache(lower, len(idx)) if lower is not None else None
+            h = _lower_hidden_states(model, trunk.layer, _suffix_ids(encoded, idx, shared, pad).to(device), past)
+            for b, (j, i) in enumerate(zip(sub, idx)):
+                trunk.items[i] = h[b, : lengths[j]].cpu().clone()
+            bar.update(len(idx))
+    bar.close()
+    trunk.recorded = True
 
 
 def _causal_lm(model):
@@ -270,20 +486,21 @@ def evaluate_benchmark_items(
     limits: Limits = Limits(),
     workers: int = 2,
     on_progress: Callable[[int, int], None] | None = None,
+    trunk: TrunkStates | None = None,
 ) -> list[dict]:
     """Returns one row per item: ids, benchmark, task, capability, metric, score (0/1), gold NLL, output.
 
     MC items: the highest-scoring option letter after the prompt (one forward
     pass, which also gives the gold NLL). Generation items: greedy decoding,
     exact match (GSM8K's final number, BBH's answer) or pass@1 by running the
-    benchmark's tests in the sandbox.
+    benchmark's tests in the sandbox. `trunk`: see `continuation_logprobs`.
     """
     items = [replace(it, prompt=chat_prompt(tokenizer, it.messages)) if it.messages else it for it in items]
     pairs = [(it.prompt, it.gold_text) for it in items]
     n_phases = 2 + len({it.benchmark for it in items if it.max_new_tokens})
     report = on_progress or (lambda done, total: None)
     cands = [[_tokens(tokenizer, c)[0] for c in it.choices] if it.choices else None for it in items]
-    scored = continuation_logprobs(model, tokenizer, pairs, batch_size, max_len, cands, desc="score")
+    scored = continuation_logprobs(model, tokenizer, pairs, batch_size, max_len, cands, desc="score", trunk=trunk)
     report(1, n_phases)
     outputs: dict[int, str] = {}
     by_bench: dict[str, list[int]] = defaultdict(list)

@@ -209,3 +209,92 @@ def test_contamination_finds_shared_ngrams():
     assert rep["n_overlapping"] == 0
     rep = contamination([clean, leaked], [item], n=13)["benchmarks"]["gsm8k"]
     assert rep["n_overlapping"] == 1 and rep["pairs"] == [{"item": "t/1", "pool": "p/2"}]
+
+
+def _lora_model(layers):
+    from bidsml.config import LoraConfig
+    from bidsml.train import add_lora
+
+    lm = add_lora(load_base_model(TINY), LoraConfig(r=4, alpha=8, dropout=0.0, layers=layers), seed=0)
+    torch.manual_seed(1)
+    for name, p in lm.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)  # a fine-tune that moves the scores
+    return lm.eval()
+
+
+def _few_shot_pairs(tokenizer):
+    shots = "".join(f"Question {i}: what is {i} plus {i}?\nAnswer: {2 * i}\n\n" for i in range(12))
+    pairs = [(shots + f"Question: what is {q}?\nAnswer:", f" {a}") for q, a in [("3+4", 7), ("10-2", 8), ("1", 1)]]
+    pairs += [("An unrelated prompt", " with its own continuation"), ("Short", " one two three four")]
+    pairs += [(shots + "Question: last?\nAnswer:", " x")]
+    letters = [tokenizer(x, add_special_tokens=False)["input_ids"][0] for x in (" 7", " 8", " 1")]
+    return pairs, [letters] * len(pairs)
+
+
+def test_shared_trunk_scores_equal_full_passes_whoever_recorded_the_states(model, tokenizer):
+    """The base model records layer 0's output once; a LoRA fine-tune of layer 1 reuses it: same scores as full."""
+    from bidsml.evaluate import TrunkStates
+
+    pairs, cands = _few_shot_pairs(tokenizer)
+    tuned = _lora_model((1,))
+    trunk = TrunkStates(layer=1)
+    base_trunk = continuation_logprobs(model, tokenizer, pairs, 2, 512, cands, trunk=trunk)
+    assert trunk.recorded and trunk.valid and len(trunk.items) == len(pairs) and len(trunk.prefixes) == 1
+    base_full = continuation_logprobs(model, tokenizer, pairs, 2, 512, cands, share_prefix=False)
+    reused = TrunkStates(layer=1, prefixes=dict(trunk.prefixes), items=dict(trunk.items))
+    tuned_reused = continuation_logprobs(tuned, tokenizer, pairs, 2, 512, cands, trunk=reused)
+    assert not reused.recorded and reused.valid
+    tuned_full = continuation_logprobs(tuned, tokenizer, pairs, 2, 512, cands, share_prefix=False)
+    for scores, full in [(base_trunk, base_full), (tuned_reused, tuned_full)]:
+        for (a, n, fa), (b, m, fb) in zip(scores, full):
+            assert n == m and a == pytest.approx(b, abs=1e-4)
+            assert fa == pytest.approx(fb, abs=1e-4) if fa else fb is None
+    assert max(abs(a[0] - b[0]) for a, b in zip(tuned_full, base_full)) > 1e-3  # the fine-tune does move them
+    # The fine-tune recording its own trunk gets the base's states and bit-identical scores to reusing them.
+    own = TrunkStates(layer=1)
+    assert continuation_logprobs(tuned, tokenizer, pairs, 2, 512, cands, trunk=own) == tuned_reused
+    assert all(torch.equal(own.items[i], trunk.items[i]) for i in trunk.items)
+
+
+def test_trunk_layer_is_the_lowest_layer_the_model_shares_with_the_base(model):
+    from bidsml.evaluate import trunk_layer
+
+    assert trunk_layer(model, 1) == 1  # the base model shares every layer
+    assert trunk_layer(_lora_model((1,)), 1) == 1
+    assert trunk_layer(_lora_model(None), 1) is None  # LoRA on layer 0 too: nothing below it is shared
+    assert trunk_layer(model, None) is None and trunk_layer(model, 0) is None and trunk_layer(model, 9) is None
+
+
+def test_a_trunk_that_does_not_reproduce_a_full_pass_falls_back_with_a_warning(model, tokenizer):
+    from bidsml.evaluate import TrunkStates
+
+    pairs, cands = _few_shot_pairs(tokenizer)
+    trunk = TrunkStates(layer=1)
+    continuation_logprobs(model, tokenizer, pairs, 2, 512, cands, trunk=trunk)
+    wrong = TrunkStates(layer=1, prefixes=dict(trunk.prefixes), items={i: t + 1.0 for i, t in trunk.items.items()})
+    with pytest.warns(UserWarning, match="differs from a full pass"):
+        scores = continuation_logprobs(model, tokenizer, pairs, 2, 512, cands, trunk=wrong)
+    assert not wrong.valid
+    full = continuation_logprobs(model, tokenizer, pairs, 2, 512, cands, share_prefix=False)
+    assert [s[0] for s in scores] == pytest.approx([f[0] for f in full], abs=1e-4)
+    with pytest.raises(ValueError, match="do not match these items"):
+        continuation_logprobs(model, tokenizer, pairs[:3], 2, 512, cands[:3], trunk=trunk)
+
+
+def test_trunk_states_round_trip_and_their_file_is_named_by_what_determines_them(model, tokenizer, tmp_path):
+    from bidsml.evaluate import TrunkStates
+    from storage.trunk_states import load_trunk, save_trunk, trunk_path
+
+    pairs, cands = _few_shot_pairs(tokenizer)
+    trunk = TrunkStates(layer=1)
+    continuation_logprobs(model, tokenizer, pairs, 2, 512, cands, trunk=trunk)
+    path = trunk_path(tmp_path, {"items": "a", "layer": 1})
+    assert path != trunk_path(tmp_path, {"items": "b", "layer": 1}) != trunk_path(tmp_path, {"items": "a", "layer": 2})
+    assert load_trunk(path, 1) is None
+    save_trunk(path, trunk)
+    back = load_trunk(path, 1)
+    assert sorted(back.items) == sorted(trunk.items) and sorted(back.prefixes) == sorted(trunk.prefixes)
+    assert all(torch.equal(back.items[i], trunk.items[i]) for i in trunk.items)
+    path.write_bytes(b"torn")
+    assert load_trunk(path, 1) is None  # a torn file is recomputed, never trusted

@@ -68,6 +68,7 @@ def test_a_recipe_with_seeds_runs_each_seed_and_compares_methods(tmp_path, prefe
         {
             "run_root": str(tmp_path / "runs"),
             "seeds": [0, 1],
+            "lora.layers": [1],  # the fine-tunes share layer 0 with the base model: its states are scored once
             "selection.methods": ["random", "less", "bids"],
             "evaluation.generate": {"gsm8k": 0, "humaneval": 0, "mbpp": 0, "bbh": 1},
         }
@@ -93,3 +94,7 @@ def test_a_recipe_with_seeds_runs_each_seed_and_compares_methods(tmp_path, prefe
     assert refs[0]["evaluations"]["base"]["digest"] == refs[1]["evaluations"]["base"]["digest"]
     assert refs[0]["warmup"]["identity"] != refs[1]["warmup"]["identity"]  # the warmup order follows the seed
     assert refs[0]["selections"]["random@8"]["digest"] != refs[1]["selections"]["random@8"]["digest"]
+    # shared trunk: the first evaluation recorded layer 0's states once; every other model reused them
+    notes = {e["digest"]: e["meta"]["trunk"] for r in refs for e in r["evaluations"].values()}.values()
+    assert sum(n.startswith("recorded") for n in notes) == 1 and sum(n.startswith("reused") for n in notes) == 6
+    assert len(list((Path(recipe.run_root) / "trunk").glob("*.safetensors"))) == 1
