@@ -15,7 +15,9 @@ BASE = {
 }
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "smollm2-olmo.yaml", "tiny.yaml"])
+@pytest.mark.parametrize(
+    "name", ["demo.yaml", "smollm2-olmo.yaml", "tiny.yaml", "experiment-cpu.yaml", "experiment-gpu.yaml"]
+)
 def test_shipped_recipes_are_valid(name):
     import yaml
 
