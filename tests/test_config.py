@@ -32,6 +32,21 @@ def test_full_recipe_meets_the_gpu_run_spec():
     assert r.warmup.epochs == 4 and r.features.proj_dim == 8192
 
 
+def test_experiment_recipe_meets_the_experiment_spec():
+    """>= 2,000 examples from >= 10 sources, every target with >= 8 validation examples, >= 3 seeds, the methods,
+    one 10% budget, >= 200 scored items per benchmark (HumanEval: every item not used for validation)."""
+    from bidsml.benchmarks import benchmark_for
+
+    r = load_recipe(RECIPES / "experiment-cpu.yaml")
+    assert sum(s.n for s in r.data.pool) >= 2000 and len({s.source for s in r.data.pool}) >= 10
+    assert {t.task for t in r.data.targets} == {"mmlu", "arc_challenge", "gsm8k", "humaneval", "mbpp", "bbh"}
+    assert all(t.n_val >= 8 for t in r.data.targets)
+    assert len(r.seeds) >= 3 and {"random", "less", "bids", "sum", "bids-no-norm"} <= set(r.selection.methods)
+    assert list(r.selection.budgets) == [0.1]
+    for name, limit in r.evaluation.benchmarks.items():
+        assert limit >= min(200, len(benchmark_for(r.target(name)).items())), name
+
+
 def test_unknown_key_is_named():
     with pytest.raises(RecipeError, match=r"lora\.rank = 8: Extra inputs are not permitted"):
         parse_recipe({**BASE, "lora": {"rank": 8}})
