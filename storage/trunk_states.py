@@ -62,6 +62,9 @@ def save_trunk(path: Path, trunk: TrunkStates) -> None:
     tensors.update({f"item.{i}": t.contiguous() for i, t in trunk.items.items()})
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata={"layer": str(trunk.layer), "format": str(FORMAT)})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # readable like the run root's other files (workers on a shared root)
     os.replace(tmp, path)
 
 
