@@ -20,6 +20,14 @@ app = typer.Typer(help="BIDS data selection as cached Prefect flows.", no_args_i
 console = Console()
 
 
+@app.callback()
+def _main() -> None:
+    """BIDS data selection as cached Prefect flows."""
+    from flows.processes import graceful_sigterm
+
+    graceful_sigterm()  # SIGTERM unwinds like Ctrl-C: clusters, temporary servers and runners are stopped
+
+
 def _recipe(path: Path, overrides: list[str]):
     from bidsml.config import load_recipe
 
@@ -135,11 +143,18 @@ def ui(
     port: int = typer.Option(4200, help="Port of the Prefect server."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind (keep 127.0.0.1 unless you mean to share it)."),
 ):
-    """Start a Prefect server (UI + API) with analytics off; prints the URL and the PREFECT_API_URL to export."""
+    """Start a Prefect server (UI + API) with analytics off; prints the URL and the PREFECT_API_URL to export.
+
+    SIGTERM or SIGINT (Ctrl-C) stop the server and everything it started; the exit status is the server's.
+    """
     import os
-    import subprocess
     import sys
 
+    from flows.processes import child_server, exit_status, port_in_use
+
+    busy = port_in_use(host, port)
+    if busy:
+        _fail(RuntimeError(busy))
     env = {
         **os.environ,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -148,18 +163,14 @@ def ui(
         "PREFECT_SERVER_API_PORT": str(port),
     }
     url = f"http://{host}:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)], env=env
-    )
-    try:
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+    with child_server(cmd, env) as proc:
         if _wait_healthy(f"{url}/api/health", proc):
             console.print(f"[green]Prefect UI[/green]  {url}")
             console.print(f"in other shells:  export PREFECT_API_URL={url}/api")
             console.print("then:             bidsflow serve --recipe recipes/demo.yaml")
-        raise typer.Exit(proc.wait())
-    except KeyboardInterrupt:
-        proc.terminate()
-        raise typer.Exit(proc.wait())
+        status = exit_status(proc.wait())
+    raise typer.Exit(status)
 
 
 def _wait_healthy(url: str, proc, timeout: float = 180.0) -> bool:

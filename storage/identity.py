@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import importlib.util
 from pathlib import Path
 
 from bidsml.filehash import file_digest_cached
@@ -34,24 +33,27 @@ def _is_project(name: str) -> bool:
     return name.split(".")[0] in PROJECT_PACKAGES
 
 
+# The folder holding the project's top-level packages (this file is <root>/storage/identity.py). Project modules
+# are found from here, never through sys.path: a `dask worker` puts its scratch folder first on sys.path, and
+# Dask's spill folder there is named `storage`; any folder named like a project package in the working directory
+# would shadow the project the same way, and the code identity would silently change.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
 @functools.lru_cache(maxsize=None)
 def _spec_origin(name: str) -> tuple[str | None, bool]:
-    """Returns (source file, is_package) of a project module, or (None, False) when it is not a module.
+    """Returns (source file, is_package) of a project module, or (None, False) when it is not one.
 
-    Found on the file system from the top package's folder, so nothing but
-    top-level packages is imported (`find_spec` of a submodule would run its parents).
+    Resolved from `PROJECT_ROOT` on the file system: nothing is imported and
+    neither sys.path nor the working directory can change the answer.
     """
     top, *rest = name.split(".")
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
+    if top not in PROJECT_PACKAGES:
         return None, False
-    if spec is None or not spec.submodule_search_locations:
-        return None, False
-    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*rest)
+    path = PROJECT_ROOT.joinpath(top, *rest)
     if (path / "__init__.py").is_file():
         return str(path / "__init__.py"), True
-    if path.with_suffix(".py").is_file() and rest:
+    if rest and path.with_suffix(".py").is_file():
         return str(path.with_suffix(".py")), False
     return None, False
 
