@@ -247,6 +247,20 @@ class ExecutionConfig(_Stage):
         description="Dask worker resource GPU per LocalCluster worker (1: one worker per GPU, CUDA device "
         "pinned per worker); GPU steps then ask for GPU=1.",
     )
+    threads: int | None = Field(
+        None,
+        gt=0,
+        description="CPU threads of every torch step (warmup, features unless `features.threads`, fine-tuning, "
+        "evaluation), in this process and on Dask workers. A CPU matmul's last bits depend on the thread count, and "
+        "`dask worker` runs torch with 1 thread: set 1 for artifacts bit-identical between a cluster run and a "
+        "one-process run. Unset: torch's default (not part of any identity).",
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for the Dask scheduler at `address` before the run fails."
+    )
+    wait_for_workers_s: float = Field(
+        60.0, ge=0, description="Seconds to wait for a worker to join a scheduler that has none, then fail."
+    )
     shard_chunks: int = Field(4, gt=0, description="Zarr chunks per featurization shard (one Dask task each).")
     retries: int = Field(2, ge=0, description="Retries of a shard or branch task whose worker died.")
 

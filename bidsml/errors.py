@@ -23,3 +23,7 @@ class FeatureError(BidsError):
 
 class SelectionError(BidsError):
     """Selection inputs are invalid (scores, budget, task labels)."""
+
+
+class ClusterError(BidsError):
+    """The Dask cluster of `execution.address` is unreachable, not a scheduler, has no workers, or went away."""

@@ -100,6 +100,30 @@ def load_base_model(cfg: ModelConfig):
     return model.to(resolve_device(cfg)).eval()
 
 
+def num_layers(cfg: ModelConfig) -> int:
+    """Returns the model's number of decoder layers (read from its config; nothing loaded)."""
+    if cfg.tiny:
+        return TINY_LLAMA["num_hidden_layers"]
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir(cfg))
+    return int(getattr(config.get_text_config(), "num_hidden_layers"))
+
+
+def check_lora_layers(cfg: ModelConfig, layers: tuple[int, ...] | None) -> None:
+    """Fails (RecipeError) when `lora.layers` names a layer the model does not have."""
+    if not layers:
+        return
+    n = num_layers(cfg)
+    bad = [i for i in layers if not 0 <= i < n]
+    if bad:
+        raise RecipeError(
+            f"lora.layers = {list(layers)}: the model has {n} decoder layers (0..{n - 1}); "
+            f"{bad} {'is' if len(bad) == 1 else 'are'} out of range. The top {min(len(layers), n)} layers are "
+            f"{list(range(max(0, n - len(layers)), n))}."
+        )
+
+
 def model_source_config(cfg: ModelConfig) -> dict:
     """Returns the settings that shape the model besides its files: the tiny model's shape, the chat template."""
     return {"tiny": {**TINY_LLAMA, "seed": TINY_SEED} if cfg.tiny else None, "chat_template": cfg.chat_template}

@@ -20,11 +20,15 @@ app = typer.Typer(help="BIDS data selection as cached Prefect flows.", no_args_i
 console = Console()
 
 
+_DEBUG = {"on": False}
+
+
 @app.callback()
-def _main() -> None:
+def _main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error.")) -> None:
     """BIDS data selection as cached Prefect flows."""
     from flows.processes import graceful_sigterm
 
+    _DEBUG["on"] = debug
     graceful_sigterm()  # SIGTERM unwinds like Ctrl-C: clusters, temporary servers and runners are stopped
 
 
@@ -46,8 +50,21 @@ def _recipe(path: Path, overrides: list[str]):
 
 
 def _fail(err: Exception) -> None:
+    if _DEBUG["on"]:
+        raise err
     console.print(f"[red]error:[/red] {err}")
     raise typer.Exit(2)
+
+
+def _preflight(rec) -> None:
+    """Checks what can fail before the first step (`lora.layers`, the Dask scheduler of `execution.address`)."""
+    from bidsml.errors import BidsError
+    from flows.preflight import preflight
+
+    try:
+        preflight(rec)
+    except BidsError as err:
+        _fail(err)
 
 
 @app.command()
@@ -63,6 +80,7 @@ def run(
         rec = _recipe(recipe, set_)
     except BidsError as err:
         _fail(err)
+    _preflight(rec)
     from flows.pipeline import pipeline
 
     t = time.time()
@@ -119,6 +137,7 @@ def step(
         rec = _recipe(recipe, set_)
     except BidsError as err:
         _fail(err)
+    _preflight(rec)
     from flows.steps import STEP_FLOWS
 
     flow = STEP_FLOWS.get(name)

@@ -28,6 +28,7 @@ from bidsml.selectors import DEFAULT_METHOD, get_selector
 from flows.experiment import run_experiment
 from flows.naming import flow_run_name, task_run_name
 from flows.params import STEP_NAMES, MethodName, StepName
+from flows.preflight import preflight
 from flows.steps import (
     data_flow,
     diagnose_flow,
@@ -45,7 +46,7 @@ from storage.names import DIAGNOSTICS_PLOT as PLOT
 from storage.refs import ArtifactRef, built_before
 from storage.runs import save_run_record
 from storage.selections import subset_path
-from tasks.execution import cluster, dask_runner, gpu_resources, pin_worker_gpu
+from tasks.execution import cluster, dask_runner, gpu_resources, pin_worker_gpu, scheduler_lost
 
 STEPS = STEP_NAMES
 
@@ -68,6 +69,7 @@ def run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: st
 
     With `execution.task_runner: dask` one cluster serves the whole run (feature shards, branches).
     """
+    preflight(recipe)
     with cluster(recipe):
         return _run_steps(recipe, refresh, out, title, kind)
 
@@ -101,6 +103,8 @@ def step_table(refs: dict[str, ArtifactRef], timings: dict[str, float], since: f
                 "this run (s)": round(timings.get(label, 0.0), 1),
                 "build (s)": round(built.get("seconds", timings.get(label, 0.0)), 1),
                 "built at": time.strftime("%Y-%m-%d %H:%M", time.localtime(built.get("finished_at", since))),
+                # featurization on a cluster: chunks per worker, and the driver's (0 when the cluster did its job)
+                "computed by": ", ".join(f"{k}: {v}" for k, v in (ref.meta.get("chunks_by") or {}).items()),
             }
         )
     return rows
@@ -128,9 +132,15 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
     pairs = [(m, b) for m in recipe.selection.methods for b in recipe.selection.budgets]
     if recipe.execution.task_runner == "dask":  # every method x budget branch at once, one per worker
         with cluster(recipe) as address:
-            results = branches_flow.with_options(task_runner=dask_runner(address))(
-                recipe, pairs, data, infl, reps, sorted(refresh)
-            )
+            try:
+                results = branches_flow.with_options(task_runner=dask_runner(address))(
+                    recipe, pairs, data, infl, reps, sorted(refresh)
+                )
+            except Exception as err:
+                lost = scheduler_lost(recipe, err, "the method x budget branches")
+                if lost is None:
+                    raise
+                raise lost from None
     else:
         results = [branch.fn(recipe, m, b, data, infl, reps, sorted(refresh)) for m, b in pairs]
     selections, adapters = [], []
@@ -228,7 +238,7 @@ def branch(
     return sel, ft, ev, times
 
 
-@flow(name="branches", flow_run_name="branches", log_prints=True)
+@flow(name="branches", flow_run_name="method x budget branches on Dask", log_prints=True)
 def branches_flow(recipe: Recipe, pairs: list[tuple[str, float]], data, infl, reps, refresh: list[str]) -> list:
     """Submits every method x budget branch to the flow's task runner at once; returns their results in order."""
     submit = branch.with_options(retries=recipe.execution.retries)

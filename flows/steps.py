@@ -26,12 +26,14 @@ from bidsml.errors import ArtifactError
 from bidsml.selectors import DEFAULT_METHOD, get_selector
 from flows.naming import flow_run_name, task_run_name
 from flows.params import MethodName
+from flows.preflight import preflight
 from storage.names import BUILD_INFO, PREFECT_RESULTS_DIR
 from storage.refs import ArtifactRef, built_before
 from storage.runs import load_run
 from tasks.data import prepare_data
 from tasks.diagnose import diagnose
 from tasks.evaluate import evaluate
+from tasks.execution import torch_threads_context
 from tasks.features import featurize
 from tasks.finetune import finetune
 from tasks.influence import compute_influence
@@ -80,14 +82,16 @@ def _run(task, recipe: Recipe, *args, refresh: bool = False) -> ArtifactRef:
     was built before this call says so: its flow run's name gets ` · cached`
     and the log gives when it was built and how long that took.
     """
+    preflight(recipe)  # bad lora.layers or an unreachable execution.address fail here, before any work
     stale = task.cache_policy.output_is_stale(recipe, *args)
     runnable = _asset_task(task, recipe, args) or task
     started = time.time()
-    ref = runnable.with_options(
-        result_storage=Path(recipe.run_root).resolve() / PREFECT_RESULTS_DIR,
-        refresh_cache=True if (refresh or stale) else None,
-        task_run_name=task_run_name(task.name),
-    )(recipe, *args, refresh=refresh)
+    with torch_threads_context(recipe.execution.threads):  # same bits in any process (see execution.threads)
+        ref = runnable.with_options(
+            result_storage=Path(recipe.run_root).resolve() / PREFECT_RESULTS_DIR,
+            refresh_cache=True if (refresh or stale) else None,
+            task_run_name=task_run_name(task.name),
+        )(recipe, *args, refresh=refresh)
     built = ref.meta.get(BUILD_INFO) or {}
     if built_before(ref, started):
         mark_cached(built)

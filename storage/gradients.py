@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from storage.names import CHUNKS_DONE_DIR, EXAMPLES_META, FEATURES_ARRAY, FEATURES_STORE, NORMS_ARRAY
+from storage.names import CHUNK_BUILDERS_DIR, CHUNKS_DONE_DIR, EXAMPLES_META, FEATURES_ARRAY, FEATURES_STORE, NORMS_ARRAY
 
 
 def group_path(split: str, ckpt: int) -> str:
@@ -29,6 +29,18 @@ def gradient_store_path(root: Path) -> Path:
 
 def _marker(root: Path, split: str, ckpt: int, chunk: int) -> Path:
     return Path(root) / CHUNKS_DONE_DIR / f"{split}-{ckpt}-{chunk:06d}"
+
+
+def _builder(root: Path, split: str, chunk: int) -> Path:
+    path = Path(root) / CHUNK_BUILDERS_DIR / f"{split}-{chunk:06d}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def chunk_builders(root: Path) -> list[dict]:
+    """Returns who computed each (split, chunk) of a store being built: [{host, pid, worker}, ...]."""
+    folder = Path(root) / CHUNK_BUILDERS_DIR
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 def create_groups(root: Path, split: str, ckpt: int, n: int, k: int, chunk_rows: int) -> None:
@@ -74,6 +86,7 @@ def write_chunks_checkpoints(
     compute: Callable[[int, int, list[int]], dict[int, tuple[np.ndarray, np.ndarray]]],
     on_chunk: Callable[[int, int, bool], None] | None = None,
     chunks: range | None = None,
+    by: dict | None = None,
 ) -> int:
     """Fills the groups of several checkpoints of a split, chunk by chunk in one pass; returns chunks computed.
 
@@ -81,7 +94,9 @@ def write_chunks_checkpoints(
     start..stop of the checkpoints in `todo` (those whose chunk is unfinished),
     so a run killed between two checkpoints' writes redoes only the missing one.
     `chunks` limits the work to a range of chunk indices (a shard: workers
-    fill disjoint ranges of the same pre-sized arrays).
+    fill disjoint ranges of the same pre-sized arrays). `by` (who computes:
+    host, pid, worker) is recorded per chunk beside the markers, outside the
+    store's content (`chunk_builders`).
     """
     for c in ckpts:
         create_groups(root, split, c, n, k, chunk_rows)
@@ -94,6 +109,8 @@ def write_chunks_checkpoints(
         todo = [c for c in ckpts if not _marker(root, split, c, i).exists()]
         if todo:
             out = compute(start, stop, todo)
+            if by is not None:  # before the markers: a finished chunk always has its record
+                _builder(root, split, i).write_text(json.dumps(by, sort_keys=True))
             for c in todo:
                 feats, norms = out[c]
                 groups[c][FEATURES_ARRAY][start:stop] = feats.astype(np.float16)

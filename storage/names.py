@@ -27,6 +27,7 @@ FEATURES_STORE = "features.zarr"
 FEATURES_ARRAY = "features"
 NORMS_ARRAY = "norms"
 CHUNKS_DONE_DIR = "chunks_done"
+CHUNK_BUILDERS_DIR = "chunk_builders"  # who computed each chunk (host, pid, Dask worker); merged into meta.json
 EXAMPLES_META = "examples.json"  # ids and token counts per split
 
 # diagnostics artifact

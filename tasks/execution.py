@@ -6,14 +6,26 @@ dask-jobqueue's SLURMCluster or dask-kubernetes), else a LocalCluster
 started for the run (and closed after it), or None for local execution.
 Nested uses reuse the active cluster, so the pipeline starts one and every
 step's fan-out (feature shards, method x budget branches) submits to it.
+
+`check_scheduler(recipe)` is the preflight: before the first step, an
+`execution.address` that does not answer, is no Dask scheduler, or has no
+workers fails with a `ClusterError` that names the setting and what to check.
+`executor()` says who computes (host, pid, Dask worker or driver) for the
+record of which process built which chunk.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from bidsml.config import Recipe
+from bidsml.errors import ClusterError
+
+WORKER_COMMAND = "dask worker {address} --nworkers 1 --nthreads 1"  # the README's command, one per GPU
 
 _ACTIVE: list[str] = []  # the address of the cluster the current run uses
 
@@ -29,6 +41,7 @@ def cluster(recipe: Recipe) -> Iterator[str | None]:
         yield _ACTIVE[-1]
         return
     if ex.address:
+        check_scheduler(recipe)
         _ACTIVE.append(ex.address)
         try:
             yield ex.address
@@ -64,12 +77,150 @@ def gpu_resources(recipe: Recipe) -> dict:
     return {"GPU": 1} if recipe.execution.gpus_per_worker else {}
 
 
-def pin_worker_gpu() -> int | None:
-    """On a Dask worker with CUDA, makes GPU (worker index mod GPUs) the current device; returns it (else None).
+def torch_threads_context(n: int | None):
+    """Returns a context manager running its block with torch on `n` CPU threads (unchanged when None)."""
+    import contextlib
 
-    A LocalCluster's workers all see every GPU: this gives each its own, so
-    `cuda` in a step means that worker's GPU. Workers started with their own
-    CUDA_VISIBLE_DEVICES (dask-cuda, the README's commands) see one GPU: 0.
+    import torch
+
+    @contextlib.contextmanager
+    def threads():
+        if n is None:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    return threads()
+
+
+_CHECKED: set[str] = set()  # scheduler addresses this process has already checked
+
+
+def check_scheduler(recipe: Recipe) -> None:
+    """Fails (ClusterError) unless `execution.address` is a Dask scheduler with at least one worker.
+
+    Connects with `execution.connect_timeout_s`; a scheduler without workers
+    is waited on for `execution.wait_for_workers_s` (a warning says so), then
+    the error gives the worker command. No-op for local runs and LocalClusters.
+    """
+    ex = recipe.execution
+    if ex.task_runner != "dask" or not ex.address or ex.address in _CHECKED:
+        return
+    import logging
+
+    from distributed import Client
+
+    where = f"execution.address = {ex.address!r}"
+    hint = (
+        "Check that `dask scheduler` runs there, that host and port are right (a Prefect or web server's port is "
+        "not a Dask scheduler), and that no firewall blocks the port; `execution.connect_timeout_s` sets the wait."
+    )
+    # The handshake with a server that is not Dask (an HTTP port) never ends: connect in a thread, with a deadline.
+    box: dict = {}
+
+    def connect():
+        try:
+            box["client"] = Client(ex.address, timeout=ex.connect_timeout_s, set_as_default=False)
+        except Exception as err:  # OSError, TimeoutError, CommClosedError: all mean "no scheduler answered"
+            box["error"] = err
+
+    thread = threading.Thread(target=connect, daemon=True, name="dask-preflight")
+    thread.start()
+    thread.join(ex.connect_timeout_s + 5)
+    if "client" not in box:
+        err = box.get("error")
+        why = f"{type(err).__name__}: {str(err)[:200]}" if err else "something answered but does not speak Dask"
+        raise ClusterError(
+            f"{where}: no Dask scheduler answered within {ex.connect_timeout_s:g} s ({why}). {hint}"
+        ) from None
+    client = box["client"]
+    try:
+        if not client.scheduler_info().get("workers"):
+            logging.getLogger("bidsflow").warning(
+                f"{where}: the scheduler has no workers; waiting up to {ex.wait_for_workers_s:g} s for one"
+            )
+            try:
+                client.wait_for_workers(1, timeout=ex.wait_for_workers_s)
+            except (TimeoutError, OSError):
+                raise ClusterError(
+                    f"{where}: the scheduler has no workers after {ex.wait_for_workers_s:g} s. Start them on each "
+                    f"machine: `{WORKER_COMMAND.format(address=ex.address)}` (one per GPU, with "
+                    "CUDA_VISIBLE_DEVICES); `execution.wait_for_workers_s` sets the wait. (`execution.n_workers` "
+                    "only sizes a LocalCluster, when no address is set.)"
+                ) from None
+    finally:
+        client.close()
+    _CHECKED.add(ex.address)
+
+
+def scheduler_lost(recipe: Recipe, err: BaseException, what: str) -> ClusterError | None:
+    """Returns a ClusterError saying the scheduler went away during `what`, when that is why `err` happened."""
+    ex = recipe.execution
+    if ex.task_runner != "dask" or not ex.address:
+        return None
+    try:
+        with socket.create_connection(_host_port(ex.address), timeout=min(ex.connect_timeout_s, 5)):
+            return None  # the scheduler answers: `err` is something else
+    except OSError:
+        pass
+    _CHECKED.discard(ex.address)
+    return ClusterError(
+        f"execution.address = {ex.address!r}: the Dask scheduler stopped answering during {what} "
+        f"({type(err).__name__}). Finished work is kept: restart the scheduler and its workers, then rerun the same "
+        "command; finished chunks and steps are not recomputed."
+    )
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def executor() -> dict:
+    """Returns who is computing here: host, pid and the Dask worker's name (None in the driver)."""
+    try:
+        from distributed import get_worker
+
+        worker = str(get_worker().name)
+    except (ImportError, ValueError):  # not on a Dask worker
+        worker = None
+    return {"host": socket.gethostname(), "pid": os.getpid(), "worker": worker}
+
+
+def gpu_index(own: str, same_host: list[str], n_devices: int, visible: str | None) -> int:
+    """Returns the CUDA device a worker uses: its rank among the workers of its host (never shared).
+
+    `same_host`: the names of every worker on this host (own included);
+    `visible`: CUDA_VISIBLE_DEVICES. A worker started with one visible GPU
+    uses it (device 0); more workers on a host than GPUs fail with the fix.
+    """
+    if visible is not None and len([d for d in visible.split(",") if d.strip()]) == 1:
+        return 0
+    order = sorted(same_host, key=lambda n: (0, int(n), "") if str(n).isdigit() else (1, 0, str(n)))
+    rank = order.index(own)
+    if len(order) > n_devices:
+        raise ClusterError(
+            f"{len(order)} Dask workers on host {socket.gethostname()} share {n_devices} GPU(s): two would use the "
+            "same device. Start one worker per GPU: `CUDA_VISIBLE_DEVICES=<i> "
+            f"{WORKER_COMMAND.format(address='<scheduler>')} --resources GPU=1`, or a LocalCluster with "
+            "`execution.n_workers` = GPUs."
+        )
+    return rank
+
+
+def pin_worker_gpu() -> int | None:
+    """On a Dask worker with CUDA, makes this worker's own GPU the current device; returns it (else None).
+
+    Workers on one host are ranked by name (a LocalCluster's 0..n-1, or
+    `dask worker --nworkers N`'s names), each rank one device, so no two
+    workers share a GPU. Workers started with their own CUDA_VISIBLE_DEVICES
+    (dask-cuda, the README's commands) see one GPU: 0.
     """
     import torch
 
@@ -78,9 +229,16 @@ def pin_worker_gpu() -> int | None:
     try:
         from distributed import get_worker
 
-        name = get_worker().name
+        worker = get_worker()
     except ValueError:  # not on a Dask worker
         return None
-    index = (int(name) if str(name).isdigit() else sum(map(ord, str(name)))) % torch.cuda.device_count()
+    own = str(worker.name)
+    host = worker.address.split("://", 1)[-1].rsplit(":", 1)[0]
+    try:
+        info = worker.client.scheduler_info(n_workers=-1)["workers"].values()
+        same_host = [str(w["name"]) for w in info if w["host"] == host] or [own]
+    except Exception:  # no client to the scheduler: this worker alone
+        same_host = [own]
+    index = gpu_index(own, same_host, torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
     torch.cuda.set_device(index)
     return index

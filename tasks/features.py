@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dask
 import torch
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from tqdm.auto import tqdm
 
 from bidsml.config import Recipe
@@ -22,7 +22,8 @@ from bidsml.projection import make_projector
 from storage.checkpoint_states import feature_model
 from storage.checkpoints import load_checkpoints
 from storage.datasets import SPLIT_FILES, load_split
-from storage.gradients import create_groups, save_examples_meta, write_chunks_checkpoints
+from storage.gradients import chunk_builders, create_groups, save_examples_meta, write_chunks_checkpoints
+from storage.names import CHUNK_BUILDERS_DIR
 from storage.refs import ArtifactRef, Plan, materialize, work_dir
 from tasks.common import (
     ArtifactCachePolicy,
@@ -35,7 +36,15 @@ from tasks.common import (
     run_root,
     run_tag,
 )
-from tasks.execution import cluster, dask_runner, gpu_resources, pin_worker_gpu
+from tasks.execution import (
+    cluster,
+    dask_runner,
+    executor,
+    gpu_resources,
+    pin_worker_gpu,
+    scheduler_lost,
+    torch_threads_context,
+)
 
 CODE = code_version(__name__)
 
@@ -124,20 +133,6 @@ def chunk_meta(ctx: FeatureContext, work: Path, split: str, chunk: int, items=No
     return meta
 
 
-@contextlib.contextmanager
-def _threads(n: int | None):
-    """Runs the block with torch using `n` CPU threads (unchanged when None)."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def write_feature_chunks(
     recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, work: Path, split: str, chunks: range | None, on_chunk=None
 ) -> int:
@@ -147,7 +142,7 @@ def write_feature_chunks(
     rows = ctx.splits[split]
 
     def compute(start, stop, todo):
-        with _threads(fc.threads):
+        with torch_threads_context(fc.threads if fc.threads is not None else recipe.execution.threads):
             return _compute(start, stop, todo)
 
     def _compute(start, stop, todo):
@@ -164,7 +159,16 @@ def write_feature_chunks(
         return {c: (f.numpy(), n.numpy()) for c, (f, n) in zip(todo, out)}
 
     return write_chunks_checkpoints(
-        work, split, list(range(ctx.n_checkpoints)), len(rows), fc.proj_dim, fc.chunk_rows, compute, on_chunk, chunks
+        work,
+        split,
+        list(range(ctx.n_checkpoints)),
+        len(rows),
+        fc.proj_dim,
+        fc.chunk_rows,
+        compute,
+        on_chunk,
+        chunks,
+        by=executor(),
     )
 
 
@@ -181,7 +185,16 @@ def feature_shards(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, work: P
     return shards
 
 
-@flow(name="featurize-shards", log_prints=True)
+def chunks_by_executor(builders: list[dict]) -> dict[str, int]:
+    """Returns {"driver" or "worker <name> (<host>)": chunks computed} from the per-chunk records."""
+    out: dict[str, int] = {}
+    for b in builders:
+        who = "driver" if b.get("worker") is None else f"worker {b['worker']} ({b['host']})"
+        out[who] = out.get(who, 0) + 1
+    return dict(sorted(out.items()))
+
+
+@flow(name="featurize-shards", flow_run_name="feature shards on Dask", log_prints=True)
 def featurize_shards_flow(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) -> int:
     """Fans the feature shards out to the flow's task runner (Dask workers); returns the chunks computed."""
     work = work_dir(plan_features(recipe, data, warm))
@@ -192,7 +205,7 @@ def featurize_shards_flow(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) 
     return sum(f.result() for f in futures)
 
 
-@task(retries=2, retry_delay_seconds=1)
+@task(retries=2, retry_delay_seconds=1, task_run_name="feature shard {split} chunks {first}-{end}")
 def featurize_shard(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, split: str, first: int, end: int) -> int:
     """Computes one shard (chunks first..end-1 of a split) into the features work folder; returns chunks written."""
     work = work_dir(plan_features(recipe, data, warm))
@@ -208,7 +221,13 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
     def build(work: Path) -> dict:
         if recipe.execution.task_runner == "dask":  # shards on the cluster; this process writes what is left
             with cluster(recipe) as address:
-                featurize_shards_flow.with_options(task_runner=dask_runner(address))(recipe, data, warm)
+                try:
+                    featurize_shards_flow.with_options(task_runner=dask_runner(address))(recipe, data, warm)
+                except Exception as err:
+                    lost = scheduler_lost(recipe, err, "featurization")
+                    if lost is None:
+                        raise
+                    raise lost from None
         ctx = _context(recipe, data, warm)
         total = sum((len(v) + fc.chunk_rows - 1) // fc.chunk_rows for v in ctx.splits.values())
         progress = Progress(artifact_key("features-progress", run_tag(recipe)), "gradient feature chunks")
@@ -233,7 +252,14 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
             }
         shutil.rmtree(work / "chunk_meta", ignore_errors=True)  # merged into examples.json
         save_examples_meta(work, meta)
+        by = chunks_by_executor(chunk_builders(work))  # who computed what: meta.json only, not the content
+        shutil.rmtree(work / CHUNK_BUILDERS_DIR, ignore_errors=True)
+        get_run_logger().info(
+            "feature chunks computed by: " + (", ".join(f"{k}: {v}" for k, v in by.items()) or "none (all resumed)")
+        )
         return {
+            "chunks_by": by,
+            "driver_chunks": by.get("driver", 0),
             "n_train": len(ctx.splits["train"]),
             "n_val": len(ctx.splits["val"]),
             "checkpoints": ctx.n_checkpoints,

@@ -114,3 +114,28 @@ def make_lora_model():
         if "lora_B" in name:
             p.data.normal_(0, 0.05)
     return model.eval()
+
+
+def run_names(since) -> tuple[list[str], list[str]]:
+    """Returns (flow run names, task run names) of runs created after `since`.
+
+    The task runs Prefect creates to stand for subflow calls (the UI shows the flow run instead) are left out.
+    """
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        flows = [r for r in client.read_flow_runs(limit=200) if r.created >= since]
+        tasks = [r for r in client.read_task_runs(limit=200) if r.created >= since]
+    parents = {r.parent_task_run_id for r in flows}
+    return [r.name for r in flows], [r.name for r in tasks if r.id not in parents]
+
+
+def unreadable(names: list[str]) -> list[str]:
+    """Returns the names Prefect made up (a random `adjective-animal` slug, or `<task>-<hex>`): none should be."""
+    import re
+
+    def readable(name: str) -> bool:
+        base = name.removesuffix(" · cached")
+        return not re.fullmatch(r"[a-z]+-[a-z]+", base) and not re.search(r"-[0-9a-f]{3}$", base)
+
+    return [n for n in names if not readable(n)]

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bidsml.config import load_recipe
-from tests.conftest import STEP_TASKS, task_run_states
+from tests.conftest import STEP_TASKS, run_names, task_run_states, unreadable
 
 pytestmark = pytest.mark.e2e  # slow end-to-end: skip with -m "not e2e"
 
@@ -33,7 +33,18 @@ def first_run(recipe):
 
     since = _now()
     out = pipeline(recipe)
+    first_run_names.extend(run_names(since))
     return out, task_run_states(since)
+
+
+first_run_names: list[list[str]] = []
+
+
+def test_every_flow_and_task_run_of_the_pipeline_has_a_readable_name(first_run):
+    flows, tasks = first_run_names
+    assert {"pipeline tiny", "data", "features", "evaluate base", "select bids@8", "finetune bids@8"} <= set(flows)
+    assert {"select_subset bids@8", "evaluate base"} <= set(tasks), tasks
+    assert not unreadable(flows) and not unreadable(tasks), (unreadable(flows), unreadable(tasks))
 
 
 def test_pipeline_produces_subsets_evaluation_and_report(first_run, recipe):

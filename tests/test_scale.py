@@ -12,7 +12,7 @@ import pytest
 
 from bidsml.config import load_recipe
 from storage.names import FEATURES_STORE
-from tests.conftest import store_arrays
+from tests.conftest import run_names, store_arrays, unreadable
 
 pytestmark = pytest.mark.e2e
 
@@ -51,6 +51,9 @@ def test_dask_shards_build_the_same_store_as_one_process(tmp_path, prefect_harne
     since = dt.datetime.now(dt.timezone.utc)
     sharded = _features(dask_recipe)
     shards = _shard_runs(since)
+    flows, tasks = run_names(since)
+    assert "feature shards on Dask" in flows and "feature shard train chunks 0-2" in tasks, (flows, tasks)
+    assert not unreadable(flows) and not unreadable(tasks), (unreadable(flows), unreadable(tasks))
     n_chunks = -(-local.meta["n_train"] // 4) + -(-local.meta["n_val"] // 4)
     assert len(shards) >= n_chunks // 2 and set(shards) == {"Completed"}, shards  # one task per 2 chunks
     assert sharded.identity == local.identity and sharded.digest == local.digest  # execution is not identity
