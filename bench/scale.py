@@ -13,9 +13,11 @@
    dense matrix, bids), at the largest N it survives in 8 GB, and ours at the
    same N for the ratio.
 2. featurization, tiny model, N=20,000: one process (1 thread) vs a 2-worker
-   LocalCluster (1 thread each) through the featurize step; stores compared.
+   LocalCluster (1 thread each) vs a real cluster (`dask scheduler` + 2
+   `dask worker --nthreads 1` processes, the README's commands) through the
+   featurize step; stores compared, chunks the driver computed (want 0).
 3. fan-out of 4 method x budget branches (tiny recipe, upstream cached):
-   sequential vs 2 Dask workers.
+   sequential vs a 2-worker LocalCluster vs the real 2-worker cluster.
 
 The last line is JSON with every figure.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -251,6 +254,27 @@ def _bench_recipe(run_root: Path, n_pool: int):
     )
 
 
+@contextlib.contextmanager
+def _execution(mode: str, tmp: Path):
+    """Yields the recipe overrides of an execution mode; `cluster` starts real `dask scheduler` + 2 `dask worker`
+    processes (the README's commands, one thread each) and stops them after."""
+    if mode != "cluster":
+        yield {"execution.task_runner": mode}
+        return
+    from tests.conftest import Cluster
+
+    c = Cluster(tmp / "node")
+    try:
+        c.start_scheduler()
+        c.start_workers(2)
+        yield {"execution.task_runner": "dask", "execution.address": c.address}
+    finally:
+        c.stop()
+
+
+MODES = ("local", "dask", "cluster")  # one process; a 2-worker LocalCluster; real scheduler + 2 worker processes
+
+
 def part_featurize(n_pool: int) -> dict:
     from flows.steps import data_flow, features_flow, warmup_flow
     from storage.names import FEATURES_STORE
@@ -258,24 +282,33 @@ def part_featurize(n_pool: int) -> dict:
 
     out, refs = {}, {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
-        for mode in ("local", "dask"):
-            recipe = _bench_recipe(Path(tmp) / mode, n_pool).with_overrides({"execution.task_runner": mode})
-            data = data_flow(recipe)
-            warm = warmup_flow(recipe, data)
-            t = time.time()
-            refs[mode] = features_flow(recipe, data, warm)
-            out[mode] = time.time() - t
+        for mode in MODES:
+            with _execution(mode, Path(tmp) / mode) as overrides:
+                recipe = _bench_recipe(Path(tmp) / mode, n_pool).with_overrides(overrides)
+                data = data_flow(recipe)
+                warm = warmup_flow(recipe, data)
+                t = time.time()
+                refs[mode] = features_flow(recipe, data, warm)
+                out[mode] = time.time() - t
             n = refs[mode].meta["n_train"] + refs[mode].meta["n_val"]
-            print(json.dumps({"featurize": mode, "seconds": round(out[mode], 1), "examples": n}), flush=True)
+            by = refs[mode].meta.get("chunks_by")
+            print(json.dumps({"featurize": mode, "seconds": round(out[mode], 1), "examples": n, "by": by}), flush=True)
         a = store_arrays(refs["local"].path / FEATURES_STORE)
-        b = store_arrays(refs["dask"].path / FEATURES_STORE)
-        identical = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+        identical = True
+        for mode in MODES[1:]:
+            b = store_arrays(refs[mode].path / FEATURES_STORE)
+            identical &= a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     return {
         "featurize_n": n,
         "featurize_examples_per_s_local": round(n / out["local"], 1),
         "featurize_examples_per_s_dask": round(n / out["dask"], 1),
+        "featurize_examples_per_s_cluster": round(n / out["cluster"], 1),
         "featurize_dask_speedup": round(out["local"] / out["dask"], 2),
+        "featurize_cluster_speedup": round(out["local"] / out["cluster"], 2),
         "featurize_identical": bool(identical),
+        "driver_chunks_dask": refs["dask"].meta["driver_chunks"],
+        "driver_chunks_cluster": refs["cluster"].meta["driver_chunks"],
+        "chunks_by_cluster": refs["cluster"].meta["chunks_by"],
     }
 
 
@@ -294,20 +327,24 @@ def part_fanout() -> dict:
                 "selection.budgets": [8],
                 "execution.n_workers": 2,
                 "execution.threads_per_worker": 1,
+                "execution.threads": 1,
             }
         )
         pipeline(recipe)  # upstream steps (and a first pass of the branches) into the cache
         times = {}
-        for mode in ("local", "dask"):
-            t = time.time()
-            pipeline(recipe.with_overrides({"execution.task_runner": mode}), refresh=["select", "finetune", "evaluate"])
-            times[mode] = time.time() - t
+        for mode in MODES:
+            with _execution(mode, Path(tmp) / f"fanout-{mode}") as overrides:
+                t = time.time()
+                pipeline(recipe.with_overrides(overrides), refresh=["select", "finetune", "evaluate"])
+                times[mode] = time.time() - t
             print(json.dumps({"fanout": mode, "seconds": round(times[mode], 1)}), flush=True)
     return {
         "fanout_branches": 4,
         "fanout_sequential_s": round(times["local"], 1),
         "fanout_dask_s": round(times["dask"], 1),
+        "fanout_cluster_s": round(times["cluster"], 1),
         "fanout_speedup": round(times["local"] / times["dask"], 2),
+        "fanout_cluster_speedup": round(times["local"] / times["cluster"], 2),
     }
 
 

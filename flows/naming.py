@@ -8,6 +8,7 @@ seeds (`seeds`, or an explicit `data_seed`) adds ` · seed N` to its runs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bidsml.selection import selection_label
@@ -35,6 +36,8 @@ def _seed_suffix(recipe: Any) -> str:
 def describe(step: str, params: dict[str, Any]) -> str:
     """Returns the readable name of a step run from its parameters."""
     recipe = params.get("recipe")
+    if recipe is None and params.get("recipe_path"):  # a deployment run from a recipe file: its stem names it
+        recipe = {"name": Path(str(params["recipe_path"])).stem}
     if step in ("select", "select_subset", "select-finetune-evaluate"):
         what = f"{step} {selection_label(params.get('method') or '?', params.get('budget') or 0)}"
     elif step == "finetune":

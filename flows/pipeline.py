@@ -27,7 +27,7 @@ from bidsml.selection import selection_label
 from bidsml.selectors import DEFAULT_METHOD, get_selector
 from flows.experiment import run_experiment
 from flows.naming import flow_run_name, task_run_name
-from flows.params import STEP_NAMES, MethodName, StepName
+from flows.params import DEFAULT_RECIPE_PATH, STEP_NAMES, MethodName, StepName, resolve_recipe
 from flows.preflight import preflight
 from flows.steps import (
     data_flow,
@@ -286,14 +286,20 @@ def _readable(df) -> list[dict]:
 
 
 @flow(name="bids-pipeline", flow_run_name=flow_run_name("pipeline"), log_prints=True)
-def pipeline(recipe: Recipe, refresh: list[StepName] | None = None) -> dict:
+def pipeline(
+    recipe: Recipe | None = None, refresh: list[StepName] | None = None, recipe_path: str = DEFAULT_RECIPE_PATH
+) -> dict:
     """Runs every step (cached) and writes the report; returns the run's refs and output paths.
 
     Args:
         recipe: The run's settings: model, data, LoRA, warmup, features, methods and budgets, fine-tuning,
-            evaluation, execution. A recipe with `seeds` runs once per seed and compares the methods.
+            evaluation, execution. A recipe with `seeds` runs once per seed and compares the methods. Empty: the
+            file `recipe_path` names.
         refresh: Steps to recompute even when their artifacts are cached (normally none).
+        recipe_path: A recipe file (relative to the project root), used when `recipe` is empty: what a
+            scheduled run of a deployment runs.
     """
+    recipe = resolve_recipe(recipe, recipe_path)
     if recipe.seeds:  # repeats over seeds, then the paired comparison
         return run_experiment(recipe, _check_refresh(refresh), output_dir(recipe), run_steps)
     out = run_steps(recipe, _check_refresh(refresh), output_dir(recipe), f"BIDS run: {recipe.name}")
@@ -303,19 +309,27 @@ def pipeline(recipe: Recipe, refresh: list[StepName] | None = None) -> dict:
 
 @flow(name="select-finetune-evaluate", flow_run_name=flow_run_name("select-finetune-evaluate"), log_prints=True)
 def reselect(
-    recipe: Recipe, method: MethodName = DEFAULT_METHOD, budget: float = 0.1, refresh: list[StepName] | None = None
+    recipe: Recipe | None = None,
+    method: MethodName = DEFAULT_METHOD,
+    budget: float = 0.1,
+    refresh: list[StepName] | None = None,
+    recipe_path: str = DEFAULT_RECIPE_PATH,
 ) -> dict:
     """Selects with one method at one budget, fine-tunes and evaluates; upstream steps come from the cache.
 
     Args:
         recipe: The run's settings (data, model, features: the cached upstream); its own methods and budgets
-            are replaced by the two fields below.
+            are replaced by the two fields below. Empty: the file `recipe_path` names.
         method: Selection method (a registered selector: random, less, bids, ...).
         budget: How much to select: a count (>= 1) or a fraction of the pool (< 1).
         refresh: Steps to recompute even when their artifacts are cached (normally none).
+        recipe_path: A recipe file (relative to the project root), used when `recipe` is empty.
     """
+    recipe = resolve_recipe(recipe, recipe_path)
     one = recipe.with_overrides({"selection.methods": [method], "selection.budgets": [budget]})
     label = selection_label(method, budget)
-    out = run_steps(one, _check_refresh(refresh), output_dir(recipe) / label, f"BIDS {label}: {recipe.name}", f"select {label}")
+    out = run_steps(
+        one, _check_refresh(refresh), output_dir(recipe) / label, f"BIDS {label}: {recipe.name}", f"select {label}"
+    )
     out.pop("refs")
     return out

@@ -25,7 +25,7 @@ from bidsml.config import Recipe
 from bidsml.errors import ArtifactError
 from bidsml.selectors import DEFAULT_METHOD, get_selector
 from flows.naming import flow_run_name, task_run_name
-from flows.params import MethodName
+from flows.params import DEFAULT_RECIPE_PATH, MethodName, resolve_recipe
 from flows.preflight import preflight
 from storage.names import BUILD_INFO, PREFECT_RESULTS_DIR
 from storage.refs import ArtifactRef, built_before
@@ -268,73 +268,119 @@ def _ui_flow(step: str, fn):
     return flow(name=f"step-{step}", flow_run_name=flow_run_name(step), log_prints=True)(fn)
 
 
-def _data_step(recipe: Recipe, refresh: bool = False) -> ArtifactRef:
+def _data_step(
+    recipe: Recipe | None = None, recipe_path: str = DEFAULT_RECIPE_PATH, refresh: bool = False
+) -> ArtifactRef:
     """Loads the pool and validation sets (step 0).
 
     Args:
-        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes. Empty: the
+            file `recipe_path` names.
+        recipe_path: A recipe file (relative to the project root), used when `recipe` is empty.
         refresh: Recompute even if the artifact is cached.
     """
+    recipe = resolve_recipe(recipe, recipe_path)
     return data_flow(recipe, refresh=refresh)
 
 
-def _warmup_step(recipe: Recipe, from_run: str = "latest", refresh: bool = False) -> ArtifactRef:
+def _warmup_step(
+    recipe: Recipe | None = None,
+    recipe_path: str = DEFAULT_RECIPE_PATH,
+    from_run: str = "latest",
+    refresh: bool = False,
+) -> ArtifactRef:
     """Trains the warmup LoRA on a random slice of the pool (step 1).
 
     Args:
-        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes. Empty: the
+            file `recipe_path` names.
+        recipe_path: A recipe file (relative to the project root), used when `recipe` is empty.
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
+    recipe = resolve_recipe(recipe, recipe_path)
     return warmup_flow(recipe, from_run=from_run, refresh=refresh)
 
 
-def _features_step(recipe: Recipe, from_run: str = "latest", refresh: bool = False) -> ArtifactRef:
+def _features_step(
+    recipe: Recipe | None = None,
+    recipe_path: str = DEFAULT_RECIPE_PATH,
+    from_run: str = "latest",
+    refresh: bool = False,
+) -> ArtifactRef:
     """Computes the projected gradient features of pool and validation examples (step 2).
 
     Args:
-        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes. Empty: the
+            file `recipe_path` names.
+        recipe_path: A recipe file (relative to the project root), used when `recipe` is empty.
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
+    recipe = resolve_recipe(recipe, recipe_path)
     return features_flow(recipe, from_run=from_run, refresh=refresh)
 
 
-def _influence_step(recipe: Recipe, from_run: str = "latest", refresh: bool = False) -> ArtifactRef:
+def _influence_step(
+    recipe: Recipe | None = None,
+    recipe_path: str = DEFAULT_RECIPE_PATH,
+    from_run: str = "latest",
+    refresh: bool = False,
+) -> ArtifactRef:
     """Computes the influence matrix (pool x validation) into the DuckDB store (step 3).
 
     Args:
-        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes. Empty: the
+            file `recipe_path` names.
+        recipe_path: A recipe file (relative to the project root), used when `recipe` is empty.
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
+    recipe = resolve_recipe(recipe, recipe_path)
     return influence_flow(recipe, from_run=from_run, refresh=refresh)
 
 
-def _diagnose_step(recipe: Recipe, from_run: str = "latest", refresh: bool = False) -> ArtifactRef:
+def _diagnose_step(
+    recipe: Recipe | None = None,
+    recipe_path: str = DEFAULT_RECIPE_PATH,
+    from_run: str = "latest",
+    refresh: bool = False,
+) -> ArtifactRef:
     """Per-task influence statistics, distribution plot and fidelity (projected vs exact).
 
     Args:
-        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes. Empty: the
+            file `recipe_path` names.
+        recipe_path: A recipe file (relative to the project root), used when `recipe` is empty.
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
+    recipe = resolve_recipe(recipe, recipe_path)
     return diagnose_flow(recipe, from_run=from_run, refresh=refresh)
 
 
-def _represent_step(recipe: Recipe, from_run: str = "latest", refresh: bool = False) -> ArtifactRef:
+def _represent_step(
+    recipe: Recipe | None = None,
+    recipe_path: str = DEFAULT_RECIPE_PATH,
+    from_run: str = "latest",
+    refresh: bool = False,
+) -> ArtifactRef:
     """Pooled hidden states of pool and validation examples, for the rds and rds-plus selectors.
 
     Args:
-        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes. Empty: the
+            file `recipe_path` names.
+        recipe_path: A recipe file (relative to the project root), used when `recipe` is empty.
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
+    recipe = resolve_recipe(recipe, recipe_path)
     return represent_flow(recipe, from_run=from_run, refresh=refresh)
 
 
 def _select_step(
-    recipe: Recipe,
+    recipe: Recipe | None = None,
+    recipe_path: str = DEFAULT_RECIPE_PATH,
     method: MethodName = DEFAULT_METHOD,
     budget: float = 0.1,
     from_run: str = "latest",
@@ -343,38 +389,57 @@ def _select_step(
     """Selects a subset with one method at one budget (step 4).
 
     Args:
-        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes. Empty: the
+            file `recipe_path` names.
+        recipe_path: A recipe file (relative to the project root), used when `recipe` is empty.
         method: Selection method (a registered selector: random, less, bids, ...).
         budget: How much to select: a count (>= 1) or a fraction of the pool (< 1).
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
+    recipe = resolve_recipe(recipe, recipe_path)
     return select_flow(recipe, method, budget, from_run=from_run, refresh=refresh)
 
 
-def _finetune_step(recipe: Recipe, label: str, from_run: str = "latest", refresh: bool = False) -> ArtifactRef:
+def _finetune_step(
+    recipe: Recipe | None = None,
+    recipe_path: str = DEFAULT_RECIPE_PATH,
+    label: str = "",
+    from_run: str = "latest",
+    refresh: bool = False,
+) -> ArtifactRef:
     """Fine-tunes a LoRA on one of a run's selections (step 5).
 
     Args:
-        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
-        label: The selection to train on, as 'method@budget' (e.g. bids@0.1), from the run record.
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes. Empty: the
+            file `recipe_path` names.
+        recipe_path: A recipe file (relative to the project root), used when `recipe` is empty.
+        label: The selection to train on, as 'method@budget' (e.g. bids@0.1), from the run record; empty: its first.
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
-    return finetune_flow(recipe, label=label, from_run=from_run, refresh=refresh)
+    recipe = resolve_recipe(recipe, recipe_path)
+    return finetune_flow(recipe, label=label or None, from_run=from_run, refresh=refresh)
 
 
 def _evaluate_step(
-    recipe: Recipe, label: str | None = None, from_run: str = "latest", refresh: bool = False
+    recipe: Recipe | None = None,
+    recipe_path: str = DEFAULT_RECIPE_PATH,
+    label: str | None = None,
+    from_run: str = "latest",
+    refresh: bool = False,
 ) -> ArtifactRef:
     """Evaluates the base model or one of a run's fine-tuned adapters on the benchmarks (step 6).
 
     Args:
-        recipe: The run's settings; its run root holds the artifacts the step reads and writes.
+        recipe: The run's settings; its run root holds the artifacts the step reads and writes. Empty: the
+            file `recipe_path` names.
+        recipe_path: A recipe file (relative to the project root), used when `recipe` is empty.
         label: The fine-tune to evaluate, as 'method@budget' (e.g. bids@0.1); empty: the base model.
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
+    recipe = resolve_recipe(recipe, recipe_path)
     return evaluate_flow(recipe, label=label, from_run=from_run, refresh=refresh)
 
 

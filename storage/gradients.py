@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from storage.names import CHUNK_BUILDERS_DIR, CHUNKS_DONE_DIR, EXAMPLES_META, FEATURES_ARRAY, FEATURES_STORE, NORMS_ARRAY
+from storage.names import (
+    CHUNK_BUILDERS_DIR,
+    CHUNKS_DONE_DIR,
+    EXAMPLES_META,
+    FEATURES_ARRAY,
+    FEATURES_STORE,
+    NORMS_ARRAY,
+)
 
 
 def group_path(split: str, ckpt: int) -> str:

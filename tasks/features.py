@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dask
-import torch
 from prefect import flow, get_run_logger, task
 from tqdm.auto import tqdm
 

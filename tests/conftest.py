@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +145,70 @@ def unreadable(names: list[str]) -> list[str]:
         return not re.fullmatch(r"[a-z]+-[a-z]+", base) and not re.search(r"-[0-9a-f]{3}$", base)
 
     return [n for n in names if not readable(n)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """`dask scheduler --port P` and `dask worker tcp://127.0.0.1:P --nworkers 1 --nthreads 1` processes.
+
+    Started as the README starts them, as separate processes from `node`, a
+    working directory holding folders named like the project's packages.
+    """
+
+    def __init__(self, node: Path, port: int | None = None):
+        self.node, self.port = node, port or free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen] = []
+        for name in ("storage", "tasks", "bidsml"):  # decoys: folders named like the project's packages
+            (node / name).mkdir(parents=True, exist_ok=True)
+
+    def _start(self, args: list[str], log: str) -> subprocess.Popen:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        dask = str(Path(sys.executable).parent / "dask")
+        p = subprocess.Popen(
+            [dask, *args],
+            cwd=self.node,
+            env=env,
+            start_new_session=True,
+            stdout=(self.node / log).open("a"),
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(p)
+        return p
+
+    def start_scheduler(self) -> subprocess.Popen:
+        self.scheduler = self._start(["scheduler", "--port", str(self.port), "--no-dashboard"], "scheduler.log")
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self.scheduler
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"scheduler did not start:\n{(self.node / 'scheduler.log').read_text()[-2000:]}")
+
+    def start_workers(self, n: int = 2) -> None:
+        for i in range(n):
+            self._start(
+                ["worker", self.address, "--nworkers", "1", "--nthreads", "1", "--name", f"w{i}", "--no-dashboard"],
+                f"worker{i}.log",
+            )
+        from distributed import Client
+
+        with Client(self.address, timeout=60) as c:
+            c.wait_for_workers(n, timeout=120)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+        self.procs.clear()

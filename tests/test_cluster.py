@@ -13,7 +13,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Cluster, free_port as _free_port
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).parents[1]
@@ -29,61 +30,9 @@ BIN = Path(sys.executable).parent
 RECIPE = REPO / "recipes" / "tiny.yaml"
 # the README's worker command (without --resources GPU=1: no GPU here); threads=1 on both sides (see execution.threads)
 SAME = ["--set", "execution.threads=1", "--set", "features.chunk_rows=4", "--set", "selection.methods=[random,bids]"]
-STEP_MODULES = sorted(f"tasks.{p.stem}" for p in (REPO / "tasks").glob("*.py") if p.stem not in ("__init__", "common", "execution"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Cluster:
-    """`dask scheduler --port P` and `dask worker tcp://127.0.0.1:P --nworkers 1 --nthreads 1` processes."""
-
-    def __init__(self, node: Path, port: int | None = None):
-        self.node, self.port = node, port or _free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        self.procs: list[subprocess.Popen] = []
-        for name in ("storage", "tasks", "bidsml"):  # decoys: folders named like the project's packages
-            (node / name).mkdir(parents=True, exist_ok=True)
-
-    def _start(self, args: list[str], log: str) -> subprocess.Popen:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        p = subprocess.Popen([str(BIN / "dask"), *args], cwd=self.node, env=env, start_new_session=True,
-                             stdout=(self.node / log).open("a"), stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        return p
-
-    def start_scheduler(self) -> subprocess.Popen:
-        self.scheduler = self._start(["scheduler", "--port", str(self.port), "--no-dashboard"], "scheduler.log")
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self.scheduler
-            except OSError:
-                time.sleep(0.3)
-        raise AssertionError(f"scheduler did not start:\n{(self.node / 'scheduler.log').read_text()[-2000:]}")
-
-    def start_workers(self, n: int = 2) -> None:
-        for i in range(n):
-            self._start(["worker", self.address, "--nworkers", "1", "--nthreads", "1", "--name", f"w{i}",
-                         "--no-dashboard"], f"worker{i}.log")
-        from distributed import Client
-
-        with Client(self.address, timeout=60) as c:
-            c.wait_for_workers(n, timeout=120)
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait()
-        self.procs.clear()
+STEP_MODULES = sorted(
+    f"tasks.{p.stem}" for p in (REPO / "tasks").glob("*.py") if p.stem not in ("__init__", "common", "execution")
+)
 
 
 @pytest.fixture()
@@ -135,8 +84,9 @@ def test_step_identities_do_not_depend_on_cwd_sys_path_or_process(cluster, tmp_p
     here = {m: code_identity(m) for m in STEP_MODULES}
     probe = "import json, sys; from storage.identity import code_identity; print(json.dumps({m: code_identity(m) for m in sys.argv[1:]}))"
     for cwd in (REPO, cluster.node):  # a fresh process; one whose cwd (first on sys.path) holds decoy packages
-        out = subprocess.run([sys.executable, "-c", probe, *STEP_MODULES], cwd=cwd, capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", probe, *STEP_MODULES], cwd=cwd, capture_output=True, text=True, check=True
+        )
         assert json.loads(out.stdout) == here, f"cwd {cwd}"
     cluster.start_scheduler()
     cluster.start_workers(1)
@@ -153,8 +103,10 @@ def test_pipeline_on_a_real_cluster_builds_what_one_process_builds(cluster, one_
     cluster.start_scheduler()
     cluster.start_workers(2)
     root = tmp_path / "runs"
-    out = _bidsflow(_run_args(root, "--set", "execution.task_runner=dask", "--set",
-                              f"execution.address={cluster.address}"), tmp_path)
+    out = _bidsflow(
+        _run_args(root, "--set", "execution.task_runner=dask", "--set", f"execution.address={cluster.address}"),
+        tmp_path,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert _artifacts(root) == _artifacts(one_process)  # every identity and every file's content
     assert not list((root / "artifacts").glob("*/*.partial")), "a work folder was left behind"
@@ -170,9 +122,24 @@ def test_pipeline_on_a_real_cluster_builds_what_one_process_builds(cluster, one_
 
 def _fails_fast(tmp_path, address: str, *extra: str) -> str:
     t = time.time()
-    out = _bidsflow(["run", "--recipe", str(RECIPE), "--set", f"run_root={tmp_path / 'runs'}", "--set",
-                     "execution.task_runner=dask", "--set", f"execution.address={address}", "--set",
-                     "execution.connect_timeout_s=3", *extra], tmp_path, timeout=120)
+    out = _bidsflow(
+        [
+            "run",
+            "--recipe",
+            str(RECIPE),
+            "--set",
+            f"run_root={tmp_path / 'runs'}",
+            "--set",
+            "execution.task_runner=dask",
+            "--set",
+            f"execution.address={address}",
+            "--set",
+            "execution.connect_timeout_s=3",
+            *extra,
+        ],
+        tmp_path,
+        timeout=120,
+    )
     text = " ".join((out.stdout + out.stderr).split())
     assert out.returncode == 2, text[-3000:]
     assert "execution.address" in text and address in text and "Traceback" not in text, text[-3000:]
@@ -206,8 +173,15 @@ def test_scheduler_killed_during_featurization_then_rerun_resumes_to_the_same_st
     cluster.start_scheduler()
     cluster.start_workers(2)
     root = tmp_path / "runs"
-    args = _run_args(root, "--set", "execution.task_runner=dask", "--set", f"execution.address={cluster.address}",
-                     "--set", "execution.shard_chunks=1")
+    args = _run_args(
+        root,
+        "--set",
+        "execution.task_runner=dask",
+        "--set",
+        f"execution.address={cluster.address}",
+        "--set",
+        "execution.shard_chunks=1",
+    )
     run = _bidsflow(args, tmp_path, background=True)
     try:
         deadline = time.time() + 600

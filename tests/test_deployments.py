@@ -36,7 +36,8 @@ def test_serve_builds_pipeline_and_step_deployments():
     from flows.pipeline import pipeline
 
     schema = parameter_schema(pipeline.fn).model_dump()
-    assert set(schema["properties"]) == {"recipe", "refresh"}
+    assert set(schema["properties"]) == {"recipe", "refresh", "recipe_path"}
+    assert schema["properties"]["recipe_path"]["default"] == "recipes/demo.yaml" and not schema.get("required")
     assert "Recipe" in schema["definitions"] and "selection" in schema["definitions"]["Recipe"]["properties"]
     assert pipe.entrypoint.endswith("flows/pipeline.py:pipeline"), pipe.entrypoint
 
@@ -44,7 +45,7 @@ def test_serve_builds_pipeline_and_step_deployments():
     from flows.pipeline import reselect
 
     schema = parameter_schema(reselect.fn).model_dump()
-    assert set(schema["properties"]) == {"recipe", "method", "budget", "refresh"}
+    assert set(schema["properties"]) == {"recipe", "method", "budget", "refresh", "recipe_path"}
     assert deps["select"].parameters["recipe"]["name"] == "tiny" and not deps["select"].schedules
     # step flows need only the recipe: their inputs default to the latest run's artifacts
     from flows.steps import select_flow
@@ -95,3 +96,46 @@ def test_prefect_yaml_entrypoints_are_flows_and_cover_every_step():
         fl = load_flow_from_entrypoint(str(Path(__file__).parents[1] / d["entrypoint"]))
         assert fl.name == expected[d["name"]], (d["name"], fl.name)
         assert d["work_pool"]["name"] in {"bids-cpu", "bids-gpu"}
+
+
+def test_prefect_yaml_gives_every_deployment_something_to_run():
+    """No `null` parameters (the server refuses them); the pipeline's cron runs the demo recipe file."""
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "prefect.yaml").read_text())
+    for d in spec["deployments"]:
+        assert None not in (d.get("parameters") or {}).values(), d
+    pipe = next(d for d in spec["deployments"] if d["name"] == "bids-pipeline")
+    assert pipe["schedules"] and pipe["parameters"]["recipe_path"] == "recipes/demo.yaml"
+    assert (Path(__file__).parents[1] / pipe["parameters"]["recipe_path"]).is_file()
+    assert spec["pull"] == [{"deployments.pull.set_project_root": {}}]
+
+
+def test_recipe_path_resolves_from_the_project_root_and_bad_files_name_field_and_file(tmp_path, monkeypatch):
+    import pytest
+
+    from bidsml.errors import RecipeError
+    from flows.params import resolve_recipe
+
+    monkeypatch.chdir(tmp_path)  # not the project: the project root is the fallback
+    assert resolve_recipe(None, "recipes/tiny.yaml").name == "tiny"
+    with pytest.raises(RecipeError, match=r"recipe_path = 'recipes/nope.yaml': no such recipe file"):
+        resolve_recipe(None, "recipes/nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nselection: {budgets: [-3]}\n")
+    with pytest.raises(RecipeError, match=r"(?s)recipe_path = '.*bad.yaml'.*selection.budgets = \[-3\]"):
+        resolve_recipe(None, str(bad))
+
+
+def test_pull_step_moves_a_run_to_the_project_root(tmp_path, monkeypatch):
+    import pytest
+
+    from bidsml.errors import RecipeError
+    from deployments.pull import set_project_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BIDSFLOW_REPO", raising=False)
+    assert set_project_root() == {"directory": str(Path(__file__).parents[1].resolve())}
+    monkeypatch.setenv("BIDSFLOW_REPO", str(tmp_path))
+    with pytest.raises(RecipeError, match="BIDSFLOW_REPO = .* holds no bidsflow project"):
+        set_project_root()

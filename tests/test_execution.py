@@ -47,8 +47,9 @@ def test_cli_refuses_bad_lora_layers_before_any_step(tmp_path):
 
     from flows.cli import app
 
-    out = CliRunner().invoke(app, ["run", "--recipe", "recipes/tiny.yaml", "--set", f"run_root={tmp_path}",
-                                   "--set", "lora.layers=[0,5]"])
+    out = CliRunner().invoke(
+        app, ["run", "--recipe", "recipes/tiny.yaml", "--set", f"run_root={tmp_path}", "--set", "lora.layers=[0,5]"]
+    )
     assert out.exit_code == 2, out.output
     assert "lora.layers" in out.output and "2 decoder layers" in out.output
     assert not (tmp_path / "artifacts").exists()  # nothing ran

@@ -64,8 +64,9 @@ def _kill_all(procs: list[psutil.Process]) -> None:
 def test_signal_to_bidsflow_ui_stops_its_server(tmp_path, sig):
     port = _free_port()
     log = (tmp_path / "ui.log").open("w")
-    ui = subprocess.Popen([BIDSFLOW, "ui", "--port", str(port)], cwd=tmp_path, env=_env(tmp_path), stdout=log,
-                          stderr=subprocess.STDOUT)
+    ui = subprocess.Popen(
+        [BIDSFLOW, "ui", "--port", str(port)], cwd=tmp_path, env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT
+    )
     tree: list[psutil.Process] = []
     try:
         deadline = time.time() + 180
@@ -98,8 +99,14 @@ def test_bidsflow_ui_on_a_busy_port_fails_at_once_naming_the_port_and_holder(tmp
         held.listen()
         port = held.getsockname()[1]
         t = time.time()
-        out = subprocess.run([BIDSFLOW, "ui", "--port", str(port)], cwd=tmp_path, env=_env(tmp_path),
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [BIDSFLOW, "ui", "--port", str(port)],
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert out.returncode == 2, out.stdout + out.stderr
     text = " ".join((out.stdout + out.stderr).split())
     assert f"port {port}" in text and f"pid {os.getpid()}" in text, text
@@ -108,8 +115,18 @@ def test_bidsflow_ui_on_a_busy_port_fails_at_once_naming_the_port_and_holder(tmp
 
 def test_sigterm_to_bidsflow_run_stops_its_cluster_and_temporary_server(tmp_path):
     """`bidsflow run` with a LocalCluster: SIGTERM mid-run leaves no Dask worker and no Prefect server behind."""
-    cmd = [BIDSFLOW, "run", "--recipe", str(REPO / "recipes" / "tiny.yaml"), "--set", f"run_root={tmp_path / 'runs'}",
-           "--set", "execution.task_runner=dask", "--set", "execution.n_workers=1"]
+    cmd = [
+        BIDSFLOW,
+        "run",
+        "--recipe",
+        str(REPO / "recipes" / "tiny.yaml"),
+        "--set",
+        f"run_root={tmp_path / 'runs'}",
+        "--set",
+        "execution.task_runner=dask",
+        "--set",
+        "execution.n_workers=1",
+    ]
     log = (tmp_path / "run.log").open("w")
     run = subprocess.Popen(cmd, cwd=REPO, env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
     seen: dict[int, psutil.Process] = {}
