@@ -212,3 +212,33 @@ class Cluster:
                     pass
                 p.wait()
         self.procs.clear()
+
+
+def start_process(cmd: list[str], env: dict, log: Path, cwd: Path) -> subprocess.Popen:
+    """Starts `cmd` in its own process group (so `stop_process` stops all it starts), output to `log`."""
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Stops a process group started by `start_process`: SIGTERM, then SIGKILL after 20 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_for(predicate, timeout: float, what: str, logs: list[Path]):
+    """Returns `predicate()` once truthy (polled each second); on timeout fails with the tails of `logs`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = predicate()
+        if out:
+            return out
+        time.sleep(1)
+    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tails}")

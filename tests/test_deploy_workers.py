@@ -14,49 +14,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import free_port, start_process, stop_process, wait_for
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _start(cmd: list[str], env: dict, log: Path, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _wait(predicate, timeout: float, what: str, logs: list[Path]):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        out = predicate()
-        if out:
-            return out
-        time.sleep(1)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tails}")
 
 
 def _prefect(env: dict, *args: str, timeout: float = 180) -> str:
@@ -97,7 +68,7 @@ def test_prefect_deploy_all_with_a_worker_per_pool(tmp_path):
     logs = {n: tmp_path / f"{n}.log" for n in ("ui", "worker-cpu", "worker-gpu")}
     procs = []
     try:
-        procs.append(_start([str(BIN / "bidsflow"), "ui", "--port", str(port)], env, logs["ui"], REPO))
+        procs.append(start_process([str(BIN / "bidsflow"), "ui", "--port", str(port)], env, logs["ui"], REPO))
 
         def healthy():
             try:
@@ -105,7 +76,7 @@ def test_prefect_deploy_all_with_a_worker_per_pool(tmp_path):
             except httpx.HTTPError:
                 return False
 
-        _wait(healthy, 180, "the server", list(logs.values()))
+        wait_for(healthy, 180, "the server", list(logs.values()))
         # the README's commands, in order
         _prefect(env, "work-pool", "create", "bids-cpu", "--type", "process")
         _prefect(env, "work-pool", "create", "bids-gpu", "--type", "process")
@@ -114,7 +85,7 @@ def test_prefect_deploy_all_with_a_worker_per_pool(tmp_path):
         workers.mkdir()
         for pool in ("cpu", "gpu"):
             procs.append(
-                _start(
+                start_process(
                     [str(BIN / "prefect"), "worker", "start", "-p", f"bids-{pool}"],
                     env,
                     logs[f"worker-{pool}"],
@@ -137,7 +108,7 @@ def test_prefect_deploy_all_with_a_worker_per_pool(tmp_path):
             }
             return httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
 
-        upcoming = _wait(scheduled, 120, "the nightly run to be scheduled", list(logs.values()))
+        upcoming = wait_for(scheduled, 120, "the nightly run to be scheduled", list(logs.values()))
         assert upcoming[0]["parameters"].get("recipe_path", "recipes/demo.yaml") == "recipes/demo.yaml"
         assert upcoming[0]["expected_start_time"][11:16] == "02:00", upcoming[0]["expected_start_time"]
 
@@ -146,22 +117,22 @@ def test_prefect_deploy_all_with_a_worker_per_pool(tmp_path):
         recipe["selection"] = {"methods": ["random", "bids"], "budgets": [8]}
         recipe["evaluation"]["benchmarks"] = {"mmlu": 2, "gsm8k": 1}
         pipe_run = _run(env, "bids-pipeline/bids-pipeline", {"recipe": recipe})
-        done = _wait(lambda: _final(api, pipe_run), 900, "the pipeline run", list(logs.values()))
+        done = wait_for(lambda: _final(api, pipe_run), 900, "the pipeline run", list(logs.values()))
         assert done["state"]["type"] == "COMPLETED", done["state"]
         assert done["work_pool_name"] == pools["bids-pipeline"] == "bids-gpu"
         assert list((tmp_path / "runs" / "run-records").glob("*.json"))
 
         step_run = _run(env, "step-select/step-select", {"recipe": recipe, "method": "random", "budget": 6})
-        done = _wait(lambda: _final(api, step_run), 300, "the step-select run", list(logs.values()))
+        done = wait_for(lambda: _final(api, step_run), 300, "the step-select run", list(logs.values()))
         assert done["state"]["type"] == "COMPLETED", done["state"]
         assert done["work_pool_name"] == pools["step-select"] == "bids-cpu"
 
         # a recipe file that does not exist: the run fails at once, naming the field and the file
         bad = _run(env, "step-data/step-data", {"recipe_path": "recipes/no-such-recipe.yaml"})
-        done = _wait(lambda: _final(api, bad), 300, "the bad run", list(logs.values()))
+        done = wait_for(lambda: _final(api, bad), 300, "the bad run", list(logs.values()))
         assert done["state"]["type"] == "FAILED", done["state"]
         message = done["state"]["message"]
         assert "recipe_path" in message and "no-such-recipe.yaml" in message, message
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop_process(p)

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+
+from tests.conftest import start_process, stop_process, wait_for
 
 pytestmark = pytest.mark.e2e  # slow end-to-end: skip with -m "not e2e"
 
@@ -39,30 +40,7 @@ def _free_port() -> int:
 
 
 def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _wait(predicate, timeout: float, what: str, logs: list[Path]):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        out = predicate()
-        if out:
-            return out
-        time.sleep(1)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tails}")
+    return start_process(cmd, env, log, REPO)
 
 
 def _flow_run_state(api: str, run_id: str) -> str | None:
@@ -206,7 +184,7 @@ def test_ui_serve_deployment_runs_cached_select_and_lineage(tmp_path):
     try:
         t = time.time()
         procs.append(_start([str(BIN / "bidsflow"), "ui", "--port", str(port)], env, logs[0]))
-        _wait(lambda: "Prefect UI" in logs[0].read_text(), 180, "the server", logs)
+        wait_for(lambda: "Prefect UI" in logs[0].read_text(), 180, "the server", logs)
         timings["server_start_s"] = time.time() - t
         assert f"http://127.0.0.1:{port}" in logs[0].read_text()
 
@@ -218,17 +196,17 @@ def test_ui_serve_deployment_runs_cached_select_and_lineage(tmp_path):
             deps = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
             return len(deps) >= 11 and {d["name"] for d in deps}
 
-        names = _wait(served, 180, "the deployments", logs)
+        names = wait_for(served, 180, "the deployments", logs)
         assert {"bids-pipeline", "select", "step-select", "step-features"} <= names
 
         t = time.time()
         first = _deployment_run(env, "bids-pipeline/bids-pipeline", {})
-        assert _wait(lambda: _flow_run_state(api, first), 600, "the pipeline run", logs) == "COMPLETED"
+        assert wait_for(lambda: _flow_run_state(api, first), 600, "the pipeline run", logs) == "COMPLETED"
         timings["pipeline_run_s"] = time.time() - t
 
         t = time.time()
         second = _deployment_run(env, "select-finetune-evaluate/select", {"method": "bids", "budget": 6})
-        assert _wait(lambda: _flow_run_state(api, second), 600, "the select run", logs) == "COMPLETED"
+        assert wait_for(lambda: _flow_run_state(api, second), 600, "the select run", logs) == "COMPLETED"
         timings["select_run_s"] = time.time() - t
 
         states = _task_runs(api, {second})
@@ -291,6 +269,6 @@ def test_ui_serve_deployment_runs_cached_select_and_lineage(tmp_path):
         assert "file://" + rec["refs"]["influence"]["uri"] in related, related
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop_process(p)
     assert all(p.poll() is not None for p in procs)
     print(json.dumps({k: round(v, 1) for k, v in timings.items()}))
