@@ -33,7 +33,7 @@ from storage.runs import load_run
 from tasks.data import prepare_data
 from tasks.diagnose import diagnose
 from tasks.evaluate import evaluate
-from tasks.execution import torch_threads_context
+from tasks.execution import torch_threads
 from tasks.features import featurize
 from tasks.finetune import finetune
 from tasks.influence import compute_influence
@@ -86,7 +86,7 @@ def _run(task, recipe: Recipe, *args, refresh: bool = False) -> ArtifactRef:
     stale = task.cache_policy.output_is_stale(recipe, *args)
     runnable = _asset_task(task, recipe, args) or task
     started = time.time()
-    with torch_threads_context(recipe.execution.threads):  # same bits in any process (see execution.threads)
+    with torch_threads(recipe.execution.threads):  # same bits in any process (see execution.threads)
         ref = runnable.with_options(
             result_storage=Path(recipe.run_root).resolve() / PREFECT_RESULTS_DIR,
             refresh_cache=True if (refresh or stale) else None,

@@ -77,25 +77,20 @@ def gpu_resources(recipe: Recipe) -> dict:
     return {"GPU": 1} if recipe.execution.gpus_per_worker else {}
 
 
-def torch_threads_context(n: int | None):
-    """Returns a context manager running its block with torch on `n` CPU threads (unchanged when None)."""
-    import contextlib
-
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Runs the block with torch on `n` CPU threads (unchanged when None), then restores the count."""
+    if n is None:
+        yield
+        return
     import torch
 
-    @contextlib.contextmanager
-    def threads():
-        if n is None:
-            yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-
-    return threads()
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 _CHECKED: set[str] = set()  # scheduler addresses this process has already checked

@@ -42,7 +42,7 @@ from tasks.execution import (
     gpu_resources,
     pin_worker_gpu,
     scheduler_lost,
-    torch_threads_context,
+    torch_threads,
 )
 
 CODE = code_version(__name__)
@@ -141,7 +141,7 @@ def write_feature_chunks(
     rows = ctx.splits[split]
 
     def compute(start, stop, todo):
-        with torch_threads_context(fc.threads if fc.threads is not None else recipe.execution.threads):
+        with torch_threads(fc.threads if fc.threads is not None else recipe.execution.threads):
             return _compute(start, stop, todo)
 
     def _compute(start, stop, todo):

@@ -53,3 +53,16 @@ def test_cli_refuses_bad_lora_layers_before_any_step(tmp_path):
     assert out.exit_code == 2, out.output
     assert "lora.layers" in out.output and "2 decoder layers" in out.output
     assert not (tmp_path / "artifacts").exists()  # nothing ran
+
+
+def test_torch_threads_sets_the_count_for_the_block_and_restores_it():
+    import torch
+
+    from tasks.execution import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
