@@ -46,7 +46,14 @@ from storage.names import DIAGNOSTICS_PLOT as PLOT
 from storage.refs import ArtifactRef, built_before
 from storage.runs import save_run_record
 from storage.selections import subset_path
-from tasks.execution import cluster, dask_runner, gpu_resources, pin_worker_gpu, scheduler_lost
+from tasks.execution import (
+    cluster,
+    dask_runner,
+    gpu_resources,
+    note_code_at_start,
+    pin_worker_gpu,
+    scheduler_lost,
+)
 
 STEPS = STEP_NAMES
 
@@ -223,6 +230,7 @@ def branch(
     tag = selection_label(method, budget)
     times: dict[str, float] = {}
     pin_worker_gpu()  # on a Dask worker: its own GPU
+    note_code_at_start()  # a later run's preflight can tell this worker runs stale code
 
     def timed(name, fn, *args, **kw):
         t = time.time()

@@ -148,9 +148,49 @@ def check_scheduler(recipe: Recipe) -> None:
                     "CUDA_VISIBLE_DEVICES); `execution.wait_for_workers_s` sets the wait. (`execution.n_workers` "
                     "only sizes a LocalCluster, when no address is set.)"
                 ) from None
+        _check_worker_code(client, where)
     finally:
         client.close()
     _CHECKED.add(ex.address)
+
+
+_CODE_AT_START: list[str] = []  # on a worker: the project's code when its first task ran (its modules loaded then)
+
+
+def project_code() -> str:
+    """Returns one hash over the code identity of every step module (tasks/*), as the files are now."""
+    import hashlib
+
+    from storage.identity import PROJECT_ROOT, code_identity
+
+    mods = sorted(f"tasks.{p.stem}" for p in (PROJECT_ROOT / "tasks").glob("*.py") if p.stem != "__init__")
+    return hashlib.sha256("".join(f"{m}={code_identity(m)};" for m in mods).encode()).hexdigest()[:16]
+
+
+def note_code_at_start() -> None:
+    """Remembers, on a process's first task, the project code it runs (a worker keeps the modules it imported)."""
+    if not _CODE_AT_START:
+        _CODE_AT_START.append(project_code())
+
+
+def code_at_start() -> str | None:
+    """Returns the project code this process noted at its first task (None before any)."""
+    return _CODE_AT_START[0] if _CODE_AT_START else None
+
+
+def _check_worker_code(client, where: str) -> None:
+    """Fails when a worker runs project code older than the files: it would build artifacts under new identities."""
+    now = project_code()
+    names = {a: w.get("name", a) for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+    stale = sorted(
+        f"{names.get(a, a)} ({a})" for a, code in client.run(code_at_start).items() if code is not None and code != now
+    )
+    if stale:
+        raise ClusterError(
+            f"{where}: worker(s) {', '.join(stale)} run the project's code as it was when they started, not as it "
+            "is now (a Dask worker keeps the modules it imported): their artifacts would be built by old code under "
+            "new identities. Restart the workers (`dask worker ...`), then rerun."
+        )
 
 
 def scheduler_lost(recipe: Recipe, err: BaseException, what: str) -> ClusterError | None:

@@ -40,6 +40,7 @@ from tasks.execution import (
     dask_runner,
     executor,
     gpu_resources,
+    note_code_at_start,
     pin_worker_gpu,
     scheduler_lost,
     torch_threads,
@@ -207,6 +208,7 @@ def featurize_shards_flow(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef) 
 @task(retries=2, retry_delay_seconds=1, task_run_name="feature shard {split} chunks {first}-{end}")
 def featurize_shard(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, split: str, first: int, end: int) -> int:
     """Computes one shard (chunks first..end-1 of a split) into the features work folder; returns chunks written."""
+    note_code_at_start()  # a later run's preflight can tell this worker runs stale code
     work = work_dir(plan_features(recipe, data, warm))
     return write_feature_chunks(recipe, data, warm, work, split, range(first, end))
 

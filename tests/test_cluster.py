@@ -118,6 +118,12 @@ def test_pipeline_on_a_real_cluster_builds_what_one_process_builds(cluster, one_
     assert sum(features["chunks_by"].values()) == n_chunks  # each chunk once, all on the workers
     assert "feature chunks computed by: worker w" in out.stdout + out.stderr  # the log line
     assert "worker w" in Path(record["report"]).read_text()  # the report's step table
+    from distributed import Client
+
+    from tasks.execution import code_at_start, project_code
+
+    with Client(cluster.address, timeout=30) as c:  # each worker noted the code it ran (for the stale-code check)
+        assert set(c.run(code_at_start).values()) == {project_code()}
 
 
 def _fails_fast(tmp_path, address: str, *extra: str) -> str:
@@ -210,3 +216,20 @@ def test_scheduler_killed_during_featurization_then_rerun_resumes_to_the_same_st
     assert all(after[name] == mtime for name, mtime in done.items()), "a finished chunk was computed again"
     record = json.loads(next((root / "run-records").glob("*.json")).read_text())
     assert record["refs"]["features"]["meta"]["driver_chunks"] == 0
+
+
+def test_a_worker_running_code_older_than_the_files_is_refused_before_any_step(cluster, tmp_path):
+    cluster.start_scheduler()
+    cluster.start_workers(1)
+    from distributed import Client
+
+    def ran_old_code():  # as if the worker had imported the project before an edit
+        import tasks.execution
+
+        tasks.execution._CODE_AT_START[:] = ["0" * 16]
+
+    with Client(cluster.address, timeout=30) as c:
+        c.run(ran_old_code)
+    text = _fails_fast(tmp_path, cluster.address)
+    assert "worker(s) w0 (tcp://127.0.0.1:" in text and "run the project's code as it was when they started" in text
+    assert "Restart the workers" in text
