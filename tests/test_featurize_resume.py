@@ -23,7 +23,10 @@ from bidsml.config import load_recipe
 import tasks.features as tf
 from flows.steps import data_flow, features_flow, warmup_flow
 
-recipe = load_recipe(sys.argv[1]).with_overrides({"run_root": sys.argv[2], "features.chunk_rows": 4})
+# one thread: a matmul's last bits depend on the thread count and, on a loaded machine, its scheduling
+recipe = load_recipe(sys.argv[1]).with_overrides(
+    {"run_root": sys.argv[2], "features.chunk_rows": 4, "features.threads": 1}
+)
 real, calls = tf.compute_features_checkpoints, []
 def killing(*args, **kwargs):
     calls.append(1)
@@ -60,7 +63,9 @@ def test_sigkilled_featurize_step_resumes_without_recomputing_finished_chunks(tm
     # tiny recipe: 2 checkpoints; pool rows in chunks of 4, so 3 finished chunks = 6 markers
     assert len(markers) == 2 * KILL_AFTER, sorted(markers)
 
-    recipe = load_recipe(RECIPE).with_overrides({"run_root": str(run_root), "features.chunk_rows": 4})
+    recipe = load_recipe(RECIPE).with_overrides(
+        {"run_root": str(run_root), "features.chunk_rows": 4, "features.threads": 1}
+    )
     real, calls = tf.compute_features_checkpoints, []
 
     def counting(model, items, *args, **kwargs):
