@@ -52,7 +52,7 @@ from tasks.execution import (
     gpu_resources,
     note_code_at_start,
     pin_worker_gpu,
-    scheduler_lost,
+    reporting_lost_scheduler,
 )
 
 STEPS = STEP_NAMES
@@ -138,16 +138,10 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
     evals = [timed("evaluate:base", evaluate_flow, recipe, data=data)]
     pairs = [(m, b) for m in recipe.selection.methods for b in recipe.selection.budgets]
     if recipe.execution.task_runner == "dask":  # every method x budget branch at once, one per worker
-        with cluster(recipe) as address:
-            try:
-                results = branches_flow.with_options(task_runner=dask_runner(address))(
-                    recipe, pairs, data, infl, reps, sorted(refresh)
-                )
-            except Exception as err:
-                lost = scheduler_lost(recipe, err, "the method x budget branches")
-                if lost is None:
-                    raise
-                raise lost from None
+        with cluster(recipe) as address, reporting_lost_scheduler(recipe, "the method x budget branches"):
+            results = branches_flow.with_options(task_runner=dask_runner(address))(
+                recipe, pairs, data, infl, reps, sorted(refresh)
+            )
     else:
         results = [branch.fn(recipe, m, b, data, infl, reps, sorted(refresh)) for m, b in pairs]
     selections, adapters = [], []

@@ -76,11 +76,8 @@ def child_server(cmd: list[str], env: dict, grace: float = GRACE_S) -> Iterator[
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        if proc.poll() is None:
-            stop_group(pgid, grace)
-            proc.wait()
-        else:  # the leader is gone; its children (if any) must not outlive it
-            stop_group(pgid, grace)
+        stop_group(pgid, grace)  # whatever is left of the group, the leader included if it still runs
+        proc.wait()
 
 
 def exit_status(returncode: int) -> int:

@@ -82,7 +82,6 @@ def _run(task, recipe: Recipe, *args, refresh: bool = False) -> ArtifactRef:
     was built before this call says so: its flow run's name gets ` · cached`
     and the log gives when it was built and how long that took.
     """
-    preflight(recipe)  # bad lora.layers or an unreachable execution.address fail here, before any work
     stale = task.cache_policy.output_is_stale(recipe, *args)
     runnable = _asset_task(task, recipe, args) or task
     started = time.time()
@@ -263,6 +262,13 @@ STEP_FLOWS = {
 # ---- The step flows as deployed: only what a person chooses (inputs come from a run record) ----------------------
 
 
+def _checked_recipe(recipe: Recipe | None, recipe_path: str) -> Recipe:
+    """Returns the deployed step's recipe (inline or from its file) once the preflight has passed."""
+    recipe = resolve_recipe(recipe, recipe_path)
+    preflight(recipe)  # bad lora.layers or an unreachable execution.address fail here, before any work
+    return recipe
+
+
 def _ui_flow(step: str, fn):
     """Returns `fn` as the deployed flow `step-<step>` (its docstring gives the form's field descriptions)."""
     return flow(name=f"step-{step}", flow_run_name=flow_run_name(step), log_prints=True)(fn)
@@ -279,7 +285,7 @@ def _data_step(
         recipe_path: A recipe file (relative to the project root), used when `recipe` is empty.
         refresh: Recompute even if the artifact is cached.
     """
-    recipe = resolve_recipe(recipe, recipe_path)
+    recipe = _checked_recipe(recipe, recipe_path)
     return data_flow(recipe, refresh=refresh)
 
 
@@ -298,7 +304,7 @@ def _warmup_step(
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
-    recipe = resolve_recipe(recipe, recipe_path)
+    recipe = _checked_recipe(recipe, recipe_path)
     return warmup_flow(recipe, from_run=from_run, refresh=refresh)
 
 
@@ -317,7 +323,7 @@ def _features_step(
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
-    recipe = resolve_recipe(recipe, recipe_path)
+    recipe = _checked_recipe(recipe, recipe_path)
     return features_flow(recipe, from_run=from_run, refresh=refresh)
 
 
@@ -336,7 +342,7 @@ def _influence_step(
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
-    recipe = resolve_recipe(recipe, recipe_path)
+    recipe = _checked_recipe(recipe, recipe_path)
     return influence_flow(recipe, from_run=from_run, refresh=refresh)
 
 
@@ -355,7 +361,7 @@ def _diagnose_step(
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
-    recipe = resolve_recipe(recipe, recipe_path)
+    recipe = _checked_recipe(recipe, recipe_path)
     return diagnose_flow(recipe, from_run=from_run, refresh=refresh)
 
 
@@ -374,7 +380,7 @@ def _represent_step(
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
-    recipe = resolve_recipe(recipe, recipe_path)
+    recipe = _checked_recipe(recipe, recipe_path)
     return represent_flow(recipe, from_run=from_run, refresh=refresh)
 
 
@@ -397,7 +403,7 @@ def _select_step(
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
-    recipe = resolve_recipe(recipe, recipe_path)
+    recipe = _checked_recipe(recipe, recipe_path)
     return select_flow(recipe, method, budget, from_run=from_run, refresh=refresh)
 
 
@@ -418,7 +424,7 @@ def _finetune_step(
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
-    recipe = resolve_recipe(recipe, recipe_path)
+    recipe = _checked_recipe(recipe, recipe_path)
     return finetune_flow(recipe, label=label or None, from_run=from_run, refresh=refresh)
 
 
@@ -439,7 +445,7 @@ def _evaluate_step(
         from_run: Run record whose artifacts feed this step: 'latest' or a run id (prefix).
         refresh: Recompute even if the artifact is cached.
     """
-    recipe = resolve_recipe(recipe, recipe_path)
+    recipe = _checked_recipe(recipe, recipe_path)
     return evaluate_flow(recipe, label=label, from_run=from_run, refresh=refresh)
 
 

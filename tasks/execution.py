@@ -193,22 +193,27 @@ def _check_worker_code(client, where: str) -> None:
         )
 
 
-def scheduler_lost(recipe: Recipe, err: BaseException, what: str) -> ClusterError | None:
-    """Returns a ClusterError saying the scheduler went away during `what`, when that is why `err` happened."""
-    ex = recipe.execution
-    if ex.task_runner != "dask" or not ex.address:
-        return None
+@contextmanager
+def reporting_lost_scheduler(recipe: Recipe, what: str) -> Iterator[None]:
+    """Runs the block; an error raised because the scheduler of `execution.address` went away becomes a
+    ClusterError that says so (and that a rerun resumes); any other error passes unchanged."""
     try:
-        with socket.create_connection(_host_port(ex.address), timeout=min(ex.connect_timeout_s, 5)):
-            return None  # the scheduler answers: `err` is something else
-    except OSError:
-        pass
-    _CHECKED.discard(ex.address)
-    return ClusterError(
-        f"execution.address = {ex.address!r}: the Dask scheduler stopped answering during {what} "
-        f"({type(err).__name__}). Finished work is kept: restart the scheduler and its workers, then rerun the same "
-        "command; finished chunks and steps are not recomputed."
-    )
+        yield
+    except Exception as err:
+        ex = recipe.execution
+        if ex.task_runner != "dask" or not ex.address:
+            raise
+        try:
+            with socket.create_connection(_host_port(ex.address), timeout=min(ex.connect_timeout_s, 5)):
+                pass
+        except OSError:
+            _CHECKED.discard(ex.address)
+            raise ClusterError(
+                f"execution.address = {ex.address!r}: the Dask scheduler stopped answering during {what} "
+                f"({type(err).__name__}). Finished work is kept: restart the scheduler and its workers, then rerun "
+                "the same command; finished chunks and steps are not recomputed."
+            ) from None
+        raise  # the scheduler answers: the error is something else
 
 
 def _host_port(address: str) -> tuple[str, int]:

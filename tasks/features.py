@@ -42,7 +42,7 @@ from tasks.execution import (
     gpu_resources,
     note_code_at_start,
     pin_worker_gpu,
-    scheduler_lost,
+    reporting_lost_scheduler,
     torch_threads,
 )
 
@@ -221,14 +221,8 @@ def featurize(recipe: Recipe, data: ArtifactRef, warm: ArtifactRef, refresh: boo
 
     def build(work: Path) -> dict:
         if recipe.execution.task_runner == "dask":  # shards on the cluster; this process writes what is left
-            with cluster(recipe) as address:
-                try:
-                    featurize_shards_flow.with_options(task_runner=dask_runner(address))(recipe, data, warm)
-                except Exception as err:
-                    lost = scheduler_lost(recipe, err, "featurization")
-                    if lost is None:
-                        raise
-                    raise lost from None
+            with cluster(recipe) as address, reporting_lost_scheduler(recipe, "featurization"):
+                featurize_shards_flow.with_options(task_runner=dask_runner(address))(recipe, data, warm)
         ctx = _context(recipe, data, warm)
         total = sum((len(v) + fc.chunk_rows - 1) // fc.chunk_rows for v in ctx.splits.values())
         progress = Progress(artifact_key("features-progress", run_tag(recipe)), "gradient feature chunks")
