@@ -34,8 +34,8 @@ from bidsml.projection import ExactProjector, make_projector  # noqa: E402
 from storage.checkpoint_states import feature_model  # noqa: E402
 from storage.checkpoints import load_checkpoints  # noqa: E402
 from storage.datasets import load_split  # noqa: E402
-from storage.refs import ArtifactRef, load_ref  # noqa: E402
-from storage.runs import load_run  # noqa: E402
+from storage.refs import load_ref  # noqa: E402
+from storage.runs import load_run, run_ref  # noqa: E402
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
         data, warm = load_ref(Path(args.data_dir)), load_ref(Path(args.warmup_dir))
     else:
         record = load_run(Path(recipe.run_root).resolve(), args.run)
-        data, warm = (ArtifactRef(**record["refs"][k]) for k in ("data", "warmup"))
+        data, warm = (run_ref(record, k) for k in ("data", "warmup"))
     t0 = time.time()
     pool, val = load_split(data, "train"), load_split(data, "val")
     rows = np.sort(np.random.default_rng(0).choice(len(pool), min(args.rows, len(pool)), replace=False))
@@ -66,7 +66,9 @@ def main() -> None:
     mt = recipe.features.max_tokens
     # full gradients once, per checkpoint (normalised: a linear projection of a unit vector, renormalised,
     # gives the same cosine as projecting the raw gradient)
-    tr = [f for f, _ in compute_features_checkpoints(model, train_items, exact, tok.pad_token_id, states, mt, precision)]
+    tr = [
+        f for f, _ in compute_features_checkpoints(model, train_items, exact, tok.pad_token_id, states, mt, precision)
+    ]
     plain = [CheckpointState(s.weights, None) for s in states]
     va = [f for f, _ in compute_features_checkpoints(model, val_items, exact, tok.pad_token_id, plain, mt, precision)]
     grad_s = time.time() - t0

@@ -276,7 +276,7 @@ MODES = ("local", "dask", "cluster")  # one process; a 2-worker LocalCluster; re
 
 
 def part_featurize(n_pool: int) -> dict:
-    from flows.steps import data_flow, features_flow, warmup_flow
+    from flows.steps import STEP_FLOWS as F
     from storage.names import FEATURES_STORE
     from tests.conftest import store_arrays
 
@@ -285,10 +285,10 @@ def part_featurize(n_pool: int) -> dict:
         for mode in MODES:
             with _execution(mode, Path(tmp) / mode) as overrides:
                 recipe = _bench_recipe(Path(tmp) / mode, n_pool).with_overrides(overrides)
-                data = data_flow(recipe)
-                warm = warmup_flow(recipe, data)
+                data = F["data"](recipe)
+                warm = F["warmup"](recipe, inputs={"data": data})
                 t = time.time()
-                refs[mode] = features_flow(recipe, data, warm)
+                refs[mode] = F["features"](recipe, inputs={"data": data, "warmup": warm})
                 out[mode] = time.time() - t
             n = refs[mode].meta["n_train"] + refs[mode].meta["n_val"]
             by = refs[mode].meta.get("chunks_by")

@@ -265,6 +265,14 @@ class ExecutionConfig(_Stage):
     retries: int = Field(2, ge=0, description="Retries of a shard or branch task whose worker died.")
 
 
+def target_for(data: DataConfig, name: str) -> TargetTask:
+    """Returns the data target of that task name, or a default target of the built-in benchmark `name`."""
+    for t in data.targets:
+        if t.task == name:
+            return t
+    return TargetTask(task=name)
+
+
 class Recipe(_Stage):
     name: str = Field(..., description="Run name; outputs go under run_root/<name>.")
     seed: int = Field(0, description="Seed for sampling, training and random selection.")
@@ -318,10 +326,7 @@ class Recipe(_Stage):
 
     def target(self, name: str) -> TargetTask:
         """Returns the data target of that task name, or a default target of the built-in benchmark `name`."""
-        for t in self.data.targets:
-            if t.task == name:
-                return t
-        return TargetTask(task=name)
+        return target_for(self.data, name)
 
     def with_overrides(self, overrides: dict[str, object]) -> Recipe:
         """Returns a copy with dotted-key overrides applied (``selection.budgets=[20]``)."""

@@ -8,6 +8,8 @@ config with the real tokenizer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -134,3 +136,17 @@ def load_lora(model, adapter_dir: Path):
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Runs the block with torch on `n` CPU threads (unchanged when None), then restores the count."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

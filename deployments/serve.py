@@ -20,7 +20,7 @@ from prefect import serve
 
 from bidsml.config import load_recipe
 from flows.pipeline import pipeline, reselect
-from flows.steps import UI_STEP_FLOWS
+from flows.steps import DEPLOYED
 
 NIGHTLY = "0 2 * * *"  # example schedule: 02:00 every night
 
@@ -43,7 +43,7 @@ def deployments(recipe_path: str, with_schedule: bool = True) -> list:
             description="One method at one budget: selection, fine-tuning and evaluation on the cached upstream.",
         ),
     ]
-    for name, fl in UI_STEP_FLOWS.items():
+    for name, fl in DEPLOYED.items():
         out.append(
             fl.to_deployment(
                 name=f"step-{name}",

@@ -116,45 +116,77 @@ def run(
 
 @app.command()
 def step(
-    name: str = typer.Argument(
-        ..., help="data | warmup | features | influence | diagnose | represent | select | finetune | evaluate"
-    ),
+    name: str = typer.Argument(..., help="A step (see `bidsflow steps`): data, warmup, features, ..., evaluation."),
     recipe: Path = typer.Option(..., "--recipe", "-r", help="Recipe YAML file (the run root and settings)."),
     from_run: str = typer.Option("latest", "--from-run", help="Run record whose artifacts feed this step."),
-    method: str | None = typer.Option(None, help="select: the method."),
-    budget: float | None = typer.Option(None, help="select: a count (>=1) or fraction (<1)."),
-    selection: str | None = typer.Option(None, help="finetune: 'method@budget' of a selection in the run."),
-    adapter: str | None = typer.Option(
-        None, help="evaluate: 'method@budget' of a fine-tune in the run; base model if unset."
+    param: list[str] = typer.Option(
+        [], "--param", "-p", help="A step parameter: KEY=VALUE (selection: method, budget)."
+    ),
+    label: str | None = typer.Option(
+        None,
+        help="Which of the run's artifacts to use: 'method@budget' (finetune: a selection; evaluation: a fine-tune, "
+        "else the base model).",
     ),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value: KEY=VALUE."),
     refresh: bool = typer.Option(False, help="Recompute even if cached."),
 ):
     """Run one step on its own, from the artifacts of an existing run."""
     from bidsml.errors import BidsError
+    from steps import get_step
 
     try:
+        the_step = get_step(name)
         rec = _recipe(recipe, set_)
-    except BidsError as err:
+        params = _step_params(the_step, param, rec)
+    except (BidsError, ValueError) as err:
         _fail(err)
     _preflight(rec)
     from flows.steps import STEP_FLOWS
 
-    flow = STEP_FLOWS.get(name)
-    if flow is None:
-        _fail(ValueError(f"unknown step {name!r}; steps: {', '.join(STEP_FLOWS)}"))
-    kwargs = {} if name == "data" else {"from_run": from_run}
-    if name == "select":
-        kwargs |= {"method": method or rec.selection.methods[0], "budget": budget or rec.selection.budgets[0]}
-    elif name == "finetune":
-        kwargs["label"] = selection
-    elif name == "evaluate":
-        kwargs["label"] = adapter
     try:
-        out = flow(rec, refresh=refresh, **kwargs)
+        out = STEP_FLOWS[name](rec, params=params, label=label, from_run=from_run, refresh=refresh)
     except BidsError as err:
         _fail(err)
     console.print_json(json.dumps(out.model_dump()))
+
+
+def _step_params(step, pairs: list[str], recipe) -> dict | None:
+    """Returns the step's parameters from KEY=VALUE pairs (selection: defaults to the recipe's first method and
+    budget); unknown keys raise naming the step's parameters."""
+    import yaml
+
+    if step.params is None:
+        if pairs:
+            raise ValueError(f"step {step.name!r} takes no parameters (got {', '.join(pairs)})")
+        return None
+    fields = step.params.model_fields
+    out = {}
+    if "method" in fields and "budget" in fields:
+        out = {"method": recipe.selection.methods[0], "budget": recipe.selection.budgets[0]}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--param {pair!r}: step {step.name!r} takes {', '.join(f'{k}=...' for k in fields)}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def steps():
+    """List the steps: what each builds, from which inputs and recipe sections, on which pool."""
+    from steps import STEPS
+
+    table = Table("step", "inputs", "recipe sections", "parameters", "pool", "what it builds")
+    for s in STEPS.values():
+        table.add_row(
+            s.name,
+            ", ".join(i.key + ("?" if i.optional else "") for i in s.inputs) or "-",
+            ", ".join(s.sections) or "-",
+            ", ".join(s.params.model_fields) if s.params else "-",
+            s.pool,
+            s.doc,
+        )
+    console.print(table)
 
 
 @app.command()
@@ -225,7 +257,7 @@ def serve(
 @app.command()
 def runs(run_root: Path = typer.Option(Path("runs"), help="Run root to list.")):
     """List runs and their artifacts."""
-    from storage.runs import list_runs
+    from storage.runs import MAIN, list_runs
 
     recs = list_runs(run_root.resolve())
     if not recs:
@@ -233,13 +265,9 @@ def runs(run_root: Path = typer.Option(Path("runs"), help="Run root to list.")):
         return
     table = Table("run", "recipe", "finished", "artifacts", "report")
     for r in recs:
-        refs = r["refs"]
-        flat = []
-        for k, v in refs.items():
-            if isinstance(v, dict) and "digest" not in v:
-                flat += [f"{k}/{n}:{x['digest'][:8]}" for n, x in v.items()]
-            else:
-                flat.append(f"{k}:{v['digest'][:8]}")
+        flat = [
+            f"{k}{'' if n == MAIN else '/' + n}:{x['digest'][:8]}" for k, by in r["refs"].items() for n, x in by.items()
+        ]
         table.add_row(
             r["run_id"][:8], r["recipe"]["name"], r.get("finished_at", ""), "\n".join(flat), r.get("report", "")
         )
@@ -315,10 +343,10 @@ def select_cmd(
             ids = None
         else:
             from storage.influence_store import load_influence
-            from storage.runs import load_run
+            from storage.runs import load_run, run_ref
 
             rec = load_run(run_root.resolve(), run)
-            A, train, val = load_influence(Path(rec["refs"]["influence"]["uri"]))
+            A, train, val = load_influence(run_ref(rec, "influence").path)
             labels, ids = val["task"].tolist(), train["id"].tolist()
         rows = select(method, A, labels, budget, seed)
     except (BidsError, FileNotFoundError, ValueError) as err:
@@ -346,10 +374,7 @@ def lineage(
     root = run_root.resolve()
     recs = upstream(root, artifact)
     if not recs and (artifact == "latest" or any(r["run_id"].startswith(artifact) for r in list_runs(root))):
-        refs = load_run(root, artifact)["refs"]
-        flat = [v for v in refs.values() if "digest" in v] + [
-            x for v in refs.values() if "digest" not in v for x in v.values()
-        ]
+        flat = [x for by in load_run(root, artifact)["refs"].values() for x in by.values()]
         recs = run_lineage(root, [ArtifactRef.model_validate(r) for r in flat])
     if not recs:
         _fail(FileNotFoundError(f"no artifact or run {artifact!r} in {run_root}"))

@@ -36,10 +36,10 @@ def run_experiment(recipe: Recipe, refresh: set[str], out: Path, run_steps: Call
         res = run_steps(one, refresh, out / f"seed-{s}", f"BIDS run: {recipe.name}, seed {s}")
         refs = res.pop("refs")
         seed_runs[s] = res
-        for label, ref in refs["evaluations"].items():
+        for label, ref in refs["evaluation"].items():
             items = load_evaluation_items(ref)
             rows.append(items.assign(method=label, seed=None if label == "base" else s))
-        selections += [{**sel.meta, "seed": s} for sel in refs["selections"].values()]
+        selections += [{**sel.meta, "seed": s} for sel in refs["selection"].values()]
     items = pd.concat(rows, ignore_index=True).drop_duplicates(["method", "seed", "id"])
     budgets = recipe.selection.budgets
     methods = ["base"] + [selection_label(m, b) for b in budgets for m in recipe.selection.methods]

@@ -1,4 +1,4 @@
-"""Run names that say what a run is: `select bids@0.1`, `finetune less@0.05`, `evaluate base`.
+"""Run names that say what a run is: `selection bids@0.1`, `finetune less@0.05`, `evaluation base`.
 
 Prefect calls these with no arguments when a flow or task run starts; they
 read the run's parameters from `prefect.runtime`. A recipe repeated over
@@ -38,14 +38,14 @@ def describe(step: str, params: dict[str, Any]) -> str:
     recipe = params.get("recipe")
     if recipe is None and params.get("recipe_path"):  # a deployment run from a recipe file: its stem names it
         recipe = {"name": Path(str(params["recipe_path"])).stem}
-    if step in ("select", "select_subset", "select-finetune-evaluate"):
-        what = f"{step} {selection_label(params.get('method') or '?', params.get('budget') or 0)}"
+    choice = {**params, **(params.get("params") or {})}  # a step flow's parameters, or a deployed form's fields
+    inputs = params.get("inputs") or {}
+    if step in ("selection", "select-finetune-evaluate"):
+        what = f"{step} {selection_label(choice.get('method') or '?', choice.get('budget') or 0)}"
     elif step == "finetune":
-        what = f"finetune {_ref_label(params.get('selection')) or params.get('label') or 'latest selection'}"
-    elif step == "evaluate":
-        what = f"evaluate {_ref_label(params.get('adapter')) or params.get('label') or 'base'}"
-    elif step == "branch":
-        what = f"branch {selection_label(params.get('method') or '?', params.get('budget') or 0)}"
+        what = f"finetune {_ref_label(inputs.get('selection')) or params.get('label') or 'latest selection'}"
+    elif step == "evaluation":
+        what = f"evaluation {_ref_label(inputs.get('adapter')) or params.get('label') or 'base'}"
     elif step == "pipeline" and _get(recipe, "seeds"):
         return f"experiment {_get(recipe, 'name')} · seeds {', '.join(str(s) for s in _get(recipe, 'seeds'))}"
     elif step == "pipeline":
@@ -62,16 +62,5 @@ def flow_run_name(step: str) -> Callable[[], str]:
         from prefect.runtime import flow_run
 
         return describe(step, dict(flow_run.parameters or {}))
-
-    return name
-
-
-def task_run_name(step: str) -> Callable[[], str]:
-    """Returns a `task_run_name` callable for a step task."""
-
-    def name() -> str:
-        from prefect.runtime import task_run
-
-        return describe(step, dict(task_run.parameters or {}))
 
     return name

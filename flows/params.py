@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Literal
 
 from bidsml.selectors import SELECTORS
+from steps import STEPS
 
-STEP_NAMES = ("data", "warmup", "features", "influence", "diagnose", "represent", "select", "finetune", "evaluate")
+STEP_NAMES = tuple(STEPS)  # every declared step (steps/), in pipeline order
 
 MethodName = Literal[tuple(sorted(SELECTORS))]  # type: ignore[valid-type]
 StepName = Literal[STEP_NAMES]  # type: ignore[valid-type]

@@ -11,12 +11,10 @@ and its report goes to a subfolder of the run's outputs.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
-import dask
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
@@ -24,38 +22,21 @@ from bidsml.config import Recipe
 from bidsml.markdown import artifact_key, inline_images, png_markdown, round_sig, run_tag
 from bidsml.report import composition_frame, evaluation_frame, evaluation_pivot, plot_lineage, write_report
 from bidsml.selection import selection_label
-from bidsml.selectors import DEFAULT_METHOD, get_selector
+from bidsml.selectors import DEFAULT_METHOD
 from flows.experiment import run_experiment
-from flows.naming import flow_run_name, task_run_name
-from flows.params import DEFAULT_RECIPE_PATH, STEP_NAMES, MethodName, StepName, resolve_recipe
+from flows.naming import flow_run_name
+from flows.params import DEFAULT_RECIPE_PATH, MethodName, StepName, resolve_recipe
 from flows.preflight import preflight
-from flows.steps import (
-    data_flow,
-    diagnose_flow,
-    evaluate_flow,
-    features_flow,
-    finetune_flow,
-    influence_flow,
-    represent_flow,
-    select_flow,
-    warmup_flow,
-)
+from flows.runner import map_on_runner
+from flows.steps import STEP_FLOWS
 from storage.lineage import mermaid, run_lineage
 from storage.names import BUILD_INFO
 from storage.names import DIAGNOSTICS_PLOT as PLOT
 from storage.refs import ArtifactRef, built_before
-from storage.runs import save_run_record
+from storage.runs import MAIN, save_run_record
 from storage.selections import subset_path
-from tasks.execution import (
-    cluster,
-    dask_runner,
-    gpu_resources,
-    note_code_at_start,
-    pin_worker_gpu,
-    reporting_lost_scheduler,
-)
-
-STEPS = STEP_NAMES
+from flows.execution import cluster
+from steps import STEPS, Step
 
 
 def output_dir(recipe: Recipe) -> Path:
@@ -117,47 +98,54 @@ def step_table(refs: dict[str, ArtifactRef], timings: dict[str, float], since: f
     return rows
 
 
+def per_run_steps(recipe: Recipe) -> list[Step]:
+    """Returns the steps a run builds once (in pipeline order), without those no method of the recipe needs."""
+    return [s for s in STEPS.values() if s.per_run and (s.run_if is None or s.run_if(recipe))]
+
+
 def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: str) -> dict:
     timings: dict[str, float] = {}
     since = time.time()
+    refs: dict[str, dict[str, ArtifactRef]] = {}
 
-    def timed(name, fn, *args, **kw):
+    def timed(name: str, label: str, **kw) -> ArtifactRef:
         t = time.time()
-        result = fn(*args, refresh=name.split(":")[0] in refresh, **kw)
-        timings[name] = time.time() - t
-        log_step(name, result, timings[name], t)
+        result = STEP_FLOWS[name](recipe, refresh=name in refresh, **kw)
+        key = name if label == MAIN else f"{name}:{label}"
+        timings[key] = time.time() - t
+        log_step(key, result, timings[key], t)
+        refs.setdefault(name, {})[label] = result
         return result
 
-    data = timed("data", data_flow, recipe)
-    warm = timed("warmup", warmup_flow, recipe, data=data)
-    feats = timed("features", features_flow, recipe, data=data, warm=warm)
-    infl = timed("influence", influence_flow, recipe, data=data, warm=warm, feats=feats)
-    diag = timed("diagnose", diagnose_flow, recipe, infl=infl, data=data, warm=warm)
-    needs_reps = any("representations" in get_selector(m).needs for m in recipe.selection.methods)
-    reps = timed("represent", represent_flow, recipe, data=data) if needs_reps else None
-    evals = [timed("evaluate:base", evaluate_flow, recipe, data=data)]
+    for step in per_run_steps(recipe):  # data, warmup, features, influence, diagnostics, ... in dependency order
+        timed(step.name, MAIN, inputs={i.key: refs[i.kind][MAIN] for i in step.inputs if i.kind in refs})
+    data, infl = refs["data"][MAIN], refs["influence"][MAIN]
+    reps = refs.get("representations", {}).get(MAIN)
+    timed("evaluation", "base", inputs={"data": data})
     pairs = [(m, b) for m in recipe.selection.methods for b in recipe.selection.budgets]
-    if recipe.execution.task_runner == "dask":  # every method x budget branch at once, one per worker
-        with cluster(recipe) as address, reporting_lost_scheduler(recipe, "the method x budget branches"):
-            results = branches_flow.with_options(task_runner=dask_runner(address))(
-                recipe, pairs, data, infl, reps, sorted(refresh)
-            )
-    else:
-        results = [branch.fn(recipe, m, b, data, infl, reps, sorted(refresh)) for m, b in pairs]
-    selections, adapters = [], []
-    for sel, ft, ev, times in results:
-        selections.append(sel)
-        adapters.append(ft)
-        evals.append(ev)
+    results = map_on_runner(
+        recipe,
+        branch,
+        [(recipe, m, b, data, infl, reps, sorted(refresh)) for m, b in pairs],
+        [f"branch {selection_label(m, b)}" for m, b in pairs],
+        "method x budget branches",
+        gpu=True,
+    )
+    for branch_refs, times in results:
+        for name, (label, ref) in branch_refs.items():
+            refs.setdefault(name, {})[label] = ref
         timings.update(times)
-
-    subsets = {selection_label(s.meta["method"], s.meta["budget"]): str(subset_path(s.path)) for s in selections}
-    by_step = {"data": data, "warmup": warm, "features": feats, "influence": infl, "diagnose": diag}
-    by_step |= {"represent": reps} if reps is not None else {}
-    by_step["evaluate:base"] = evals[0]
-    for sel, ft, ev in zip(selections, adapters, evals[1:]):
-        tag = selection_label(sel.meta["method"], sel.meta["budget"])
-        by_step |= {f"select:{tag}": sel, f"finetune:{tag}": ft, f"evaluate:{tag}": ev}
+    for name, by in refs.items():
+        for label, ref in by.items():
+            if name in ("selection", "finetune", "evaluation") and label != "base":
+                log_step(f"{name}:{label}", ref, timings.get(f"{name}:{label}", 0.0), since)
+    selections = list(refs["selection"].values())
+    evals = list(refs["evaluation"].values())
+    diag = refs["diagnostics"][MAIN]
+    subsets = {label: str(subset_path(s.path)) for label, s in refs["selection"].items()}
+    by_step = {
+        name if label == MAIN else f"{name}:{label}": ref for name, by in refs.items() for label, ref in by.items()
+    }
     steps = step_table(by_step, timings, since)
     report = write_report(
         out,
@@ -178,17 +166,6 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
     run_id = str(flow_run.get_id() or f"local-{int(time.time())}")
     if run_tag(recipe):  # one record per seed of a repeated run (they share the flow run)
         run_id += "-" + artifact_key(run_tag(recipe))
-    refs = {
-        "data": data,
-        "warmup": warm,
-        "features": feats,
-        "influence": infl,
-        "diagnostics": diag,
-        "selections": {selection_label(s.meta["method"], s.meta["budget"]): s for s in selections},
-        "finetunes": {selection_label(a.meta["method"], a.meta["budget"]): a for a in adapters},
-        "evaluations": {e.meta["model"]: e for e in evals},
-        **({"representations": reps} if reps is not None else {}),
-    }
     run_root = Path(recipe.run_root).resolve()
     record = save_run_record(
         run_root,
@@ -216,37 +193,32 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
     }
 
 
-@task(name="branch", task_run_name=task_run_name("branch"))
 def branch(
     recipe: Recipe, method: str, budget: float, data, infl, reps, refresh: list[str]
-) -> tuple[ArtifactRef, ArtifactRef, ArtifactRef, dict[str, float]]:
-    """Runs one method x budget branch: select -> finetune -> evaluate; returns their refs and wall times."""
+) -> tuple[dict[str, tuple[str, ArtifactRef]], dict[str, float]]:
+    """Runs one method x budget branch: selection -> finetune -> evaluation; returns {step: (label, ref)} and times.
+
+    A part of `map_on_runner`: a task on the run's task runner (this process, or a Dask worker).
+    """
     tag = selection_label(method, budget)
     times: dict[str, float] = {}
-    pin_worker_gpu()  # on a Dask worker: its own GPU
-    note_code_at_start()  # a later run's preflight can tell this worker runs stale code
+    out: dict[str, tuple[str, ArtifactRef]] = {}
 
-    def timed(name, fn, *args, **kw):
+    def timed(name: str, **kw) -> ArtifactRef:
         t = time.time()
-        # parameters are already typed objects; on a Dask worker pydantic cannot rebuild the flows' forward refs
-        out = fn.with_options(validate_parameters=False)(*args, refresh=name in refresh, **kw)
+        ref = STEP_FLOWS[name](recipe, refresh=name in refresh, **kw)
         times[f"{name}:{tag}"] = time.time() - t
-        log_step(f"{name}:{tag}", out, times[f"{name}:{tag}"], t)
-        return out
+        out[name] = (tag, ref)
+        return ref
 
-    sel = timed("select", select_flow, recipe, method, budget, data=data, infl=infl, reps=reps)
-    ft = timed("finetune", finetune_flow, recipe, selection=sel)
-    ev = timed("evaluate", evaluate_flow, recipe, data=data, adapter=ft)
-    return sel, ft, ev, times
-
-
-@flow(name="branches", flow_run_name="method x budget branches on Dask", log_prints=True)
-def branches_flow(recipe: Recipe, pairs: list[tuple[str, float]], data, infl, reps, refresh: list[str]) -> list:
-    """Submits every method x budget branch to the flow's task runner at once; returns their results in order."""
-    submit = branch.with_options(retries=recipe.execution.retries)
-    with dask.annotate(resources=gpu_resources(recipe)) if gpu_resources(recipe) else contextlib.nullcontext():
-        futures = [submit.submit(recipe, m, b, data, infl, reps, refresh) for m, b in pairs]
-    return [f.result() for f in futures]
+    sel = timed(
+        "selection",
+        inputs={"data": data, "influence": infl, "representations": reps},
+        params={"method": method, "budget": budget},
+    )
+    ft = timed("finetune", inputs={"selection": sel})
+    timed("evaluation", inputs={"data": data, "adapter": ft})
+    return out, times
 
 
 def _post_run_artifacts(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bidsml.config import Recipe
 from bidsml.model import check_lora_layers
-from tasks.execution import check_scheduler
+from flows.execution import check_scheduler
 
 _PASSED: set[str] = set()  # recipes (by their relevant settings) already checked in this process
 

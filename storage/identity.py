@@ -151,3 +151,119 @@ def weights_digest(folder: Path, cache_file: Path) -> str:
     for f in files:
         h.update(f.name.encode() + b"\0" + file_digest_cached(f, cache_file).encode() + b"\0")
     return h.hexdigest()
+
+
+def model_identity(model) -> dict:
+    """Returns what identifies a recipe's model section: its files' content (weights, config, tokenizer) and the
+    settings that shape it. Not the folder's path: the same weights elsewhere are the same model."""
+    from bidsml.model import model_dir, model_source_config
+    from bidsml.model_sources import DEFAULT_CACHE, digest_cache
+
+    return {
+        "files": weights_digest(model_dir(model), digest_cache(DEFAULT_CACHE)),
+        **model_source_config(model),
+        "max_seq_length": model.max_seq_length,
+        "dtype": model.dtype,
+    }
+
+
+# --- a function's code ---------------------------------------------------------------------------
+
+
+def _top_level_names(tree: ast.Module) -> dict[str, list[ast.AST]]:
+    """Returns {name a module's top level binds: the statements that bind it} (defs, assignments, imports)."""
+    out: dict[str, list[ast.AST]] = {}
+    for node in tree.body:
+        names: list[str] = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names = [node.name]
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [(a.asname or a.name).split(".")[0] for a in node.names]
+        for name in names:
+            out.setdefault(name, []).append(node)
+    return out
+
+
+def _imported_modules(node: ast.AST, module: str, is_pkg: bool, only: set[str] | None = None) -> set[str]:
+    """Returns the project modules an import statement brings in (restricted to the names in `only`)."""
+    out: set[str] = set()
+    if isinstance(node, ast.Import):
+        for a in node.names:
+            if _is_project(a.name) and (only is None or (a.asname or a.name).split(".")[0] in only):
+                out.add(a.name)
+    elif isinstance(node, ast.ImportFrom):
+        if node.level:
+            base = module if is_pkg else module.rsplit(".", 1)[0]
+            for _ in range(node.level - 1):
+                base = base.rsplit(".", 1)[0]
+            mod = f"{base}.{node.module}" if node.module else base
+        else:
+            mod = node.module or ""
+        if not _is_project(mod):
+            return out
+        for a in node.names:
+            if only is not None and (a.asname or a.name) not in only:
+                continue
+            sub = f"{mod}.{a.name}"
+            out.add(sub if _spec_origin(sub)[0] is not None else mod)
+    return {m for m in out if _spec_origin(m)[0] is not None}
+
+
+def _function_parts(module: str, names: tuple[str, ...]) -> tuple[list[ast.AST], set[str]]:
+    """Returns (the module's top-level statements functions `names` use, transitively; project modules they import)."""
+    path = PROJECT_ROOT.joinpath(*module.split("."))
+    is_pkg = (path / "__init__.py").is_file()
+    origin = path / "__init__.py" if is_pkg else path.with_suffix(".py")
+    if not origin.is_file():
+        raise ImportError(f"no Python source for module {module!r} under {PROJECT_ROOT}")
+    tree = _strip_docstrings(ast.parse(origin.read_text(), filename=str(origin)))
+    defs = _top_level_names(tree)
+    missing = [n for n in names if n not in defs]
+    if missing:
+        raise ValueError(f"{module} defines no {', '.join(missing)}")
+    seen_nodes: dict[int, ast.AST] = {}
+    modules: set[str] = set()
+    todo = list(names)
+    done: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in done or name not in defs:
+            continue
+        done.add(name)
+        for node in defs[name]:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                modules |= _imported_modules(node, module, is_pkg, {name})
+                continue
+            seen_nodes[id(node)] = node
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Name):
+                    todo.append(sub.id)
+                elif isinstance(sub, (ast.Import, ast.ImportFrom)):  # imports inside a function
+                    modules |= _imported_modules(sub, module, is_pkg)
+    return sorted(seen_nodes.values(), key=lambda n: n.lineno), modules
+
+
+def function_closure(module: str, *names: str) -> list[str]:
+    """Returns every project module functions `names` of `module` run (the modules their identity covers)."""
+    return sorted({m for mod in _function_parts(module, names)[1] for m in code_closure(mod)})
+
+
+def function_identity(module: str, *names: str) -> str:
+    """Returns a hash of the code of functions `names` of `module`: what they run, and nothing else of the module.
+
+    Starting from the functions, every top-level definition, constant and
+    import of the module that they use (transitively) is part of it, and each
+    project module they import counts with its whole closure (`code_identity`).
+    The rest of the module (a step's declaration: its description, its
+    resources) is not: editing it recomputes nothing.
+    """
+    nodes, modules = _function_parts(module, names)
+    h = hashlib.sha256()
+    for node in nodes:
+        h.update(ast.dump(node).encode() + b"\0")
+    for mod in sorted(modules):
+        h.update(mod.encode() + b"\0" + code_identity(mod).encode() + b"\0")
+    return h.hexdigest()[:16]

@@ -25,9 +25,9 @@ def open_run(record: dict) -> duckdb.DuckDBPyConnection:
     infl = record["refs"].get("influence")
     if not infl:
         raise ArtifactError(f"run {record.get('run_id')} has no influence store")
-    con = attach_influence(duckdb_session(), Path(infl["uri"]))
+    con = attach_influence(duckdb_session(), Path(next(iter(infl.values()))["uri"]))
     parts = []
-    for ref in record["refs"].get("selections", {}).values():
+    for ref in record["refs"].get("selection", {}).values():
         meta = ref.get("meta", {})
         pq = Path(ref["uri"]) / SELECTION_PARQUET
         if pq.exists():

@@ -1,7 +1,7 @@
 """Shared-trunk states of an evaluation's scored items, saved once and reused by every model that shares them.
 
 The states entering the first LoRA-adapted decoder layer are the same for
-the base model and each fine-tune (`bidsml.evaluate.TrunkStates`). They are a
+the base model and each fine-tune (`bidsml.evaluation.trunk.TrunkStates`). They are a
 derived, content-addressed speed cache, not an artifact: the file name is the
 digest of everything that determines them (model files, items, layer, batch
 layout, dtype, device, threads, library versions, the scoring code), scores
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bidsml.evaluate import TrunkStates
+from bidsml.evaluation.trunk import TrunkStates
 
 FORMAT = 1
 

@@ -67,20 +67,20 @@ def prefect_harness():
 
 
 STEP_TASKS = {
-    "prepare_data",
+    "data",
     "warmup",
-    "featurize",
-    "compute_influence",
-    "diagnose",
-    "represent",
-    "select_subset",
+    "features",
+    "influence",
+    "diagnostics",
+    "representations",
+    "selection",
     "finetune",
-    "evaluate",
+    "evaluation",
 }
 
 
 def task_run_states(since) -> dict[str, list[str]]:
-    """Returns {task name prefix: [state names]} of task runs started after `since`."""
+    """Returns {step: [state names]} of the step tasks (flows/runner.py) started after `since`."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.sorting import TaskRunSort
 
@@ -88,8 +88,8 @@ def task_run_states(since) -> dict[str, list[str]]:
         runs = client.read_task_runs(limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
     out: dict[str, list[str]] = {}
     for r in sorted(runs, key=lambda r: r.created):
-        name = r.task_key.rsplit("-", 1)[0]  # task runs standing for subflows are keyed by the flow function
-        if r.created >= since and name in STEP_TASKS:
+        name = r.name.split(" ")[0]  # `<step> <label>`; task runs standing for subflows are keyed by the flow
+        if r.created >= since and r.task_key.startswith("_materialize") and name in STEP_TASKS:
             out.setdefault(name, []).append(r.state.name)
     return out
 
@@ -164,7 +164,7 @@ class Cluster:
         self.node, self.port = node, port or free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen] = []
-        for name in ("storage", "tasks", "bidsml"):  # decoys: folders named like the project's packages
+        for name in ("storage", "steps", "bidsml"):  # decoys: folders named like the project's packages
             (node / name).mkdir(parents=True, exist_ok=True)
 
     def _start(self, args: list[str], log: str) -> subprocess.Popen:

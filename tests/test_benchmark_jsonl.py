@@ -9,7 +9,8 @@ import pytest
 from bidsml.benchmarks import benchmark_for
 from bidsml.config import TargetTask, load_recipe
 from bidsml.errors import DataError
-from bidsml.evaluate import evaluate_benchmark_items, summarize
+from bidsml.evaluation.harness import evaluate_benchmark_items
+from bidsml.evaluation.aggregate import summarize
 from bidsml.model import load_base_model
 from bidsml.sandbox import Limits
 from tests.conftest import TINY
@@ -99,16 +100,17 @@ def test_missing_settings_and_files_are_named(tmp_path):
 
 
 def test_the_data_step_takes_validation_examples_from_the_users_file(tmp_path):
-    from tasks.data import plan_data, prepare_data
+    from flows.runner import run_step
+    from steps import STEPS, plan
 
     recipe = load_recipe(RECIPE).with_overrides({"run_root": str(tmp_path / "runs")})
-    ref = prepare_data.fn(recipe)
+    ref = run_step(STEPS["data"], recipe, {})
     val = [json.loads(x) for x in (ref.path / "validation.jsonl").read_text().splitlines()]
     assert sum(v["task"] == "unit_conversion" for v in val) == 4 and sum(v["task"] == "mmlu" for v in val) == 2
     # the file's content is part of the data identity: editing it gives a new artifact
-    before = plan_data(recipe).identity
+    before = plan(STEPS["data"], recipe, {}).identity
     vfile = tmp_path / "val.jsonl"
     vfile.write_text(Path(ROOT / "recipes/data/units_validation.jsonl").read_text().replace("is", "equals"))
     t = recipe.data.targets[1].model_copy(update={"validation_path": str(vfile)})
     edited = recipe.model_copy(update={"data": recipe.data.model_copy(update={"targets": (recipe.data.targets[0], t)})})
-    assert plan_data(edited).identity != before
+    assert plan(STEPS["data"], edited, {}).identity != before

@@ -30,9 +30,6 @@ BIN = Path(sys.executable).parent
 RECIPE = REPO / "recipes" / "tiny.yaml"
 # the README's worker command (without --resources GPU=1: no GPU here); threads=1 on both sides (see execution.threads)
 SAME = ["--set", "execution.threads=1", "--set", "features.chunk_rows=4", "--set", "selection.methods=[random,bids]"]
-STEP_MODULES = sorted(
-    f"tasks.{p.stem}" for p in (REPO / "tasks").glob("*.py") if p.stem not in ("__init__", "common", "execution")
-)
 
 
 @pytest.fixture()
@@ -79,21 +76,20 @@ def one_process(tmp_path_factory):
 
 
 def test_step_identities_do_not_depend_on_cwd_sys_path_or_process(cluster, tmp_path):
-    from storage.identity import code_identity
+    from steps.registry import step_identities
 
-    here = {m: code_identity(m) for m in STEP_MODULES}
-    probe = "import json, sys; from storage.identity import code_identity; print(json.dumps({m: code_identity(m) for m in sys.argv[1:]}))"
+    here = step_identities()
+    assert len(here) >= 9
+    probe = "import json; from steps.registry import step_identities; print(json.dumps(step_identities()))"
     for cwd in (REPO, cluster.node):  # a fresh process; one whose cwd (first on sys.path) holds decoy packages
-        out = subprocess.run(
-            [sys.executable, "-c", probe, *STEP_MODULES], cwd=cwd, capture_output=True, text=True, check=True
-        )
+        out = subprocess.run([sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, check=True)
         assert json.loads(out.stdout) == here, f"cwd {cwd}"
     cluster.start_scheduler()
     cluster.start_workers(1)
     from distributed import Client
 
     with Client(cluster.address, timeout=30) as c:
-        on_worker = {m: next(iter(c.run(code_identity, m).values())) for m in STEP_MODULES}
+        on_worker = next(iter(c.run(step_identities).values()))
         spill_first = next(iter(c.run(lambda: sys.path[0]).values()))
     assert on_worker == here
     assert spill_first  # the worker's scratch folder leads sys.path (the case that used to break identities)
@@ -120,7 +116,7 @@ def test_pipeline_on_a_real_cluster_builds_what_one_process_builds(cluster, one_
     assert "worker w" in Path(record["report"]).read_text()  # the report's step table
     from distributed import Client
 
-    from tasks.execution import code_at_start, project_code
+    from flows.execution import code_at_start, project_code
 
     with Client(cluster.address, timeout=30) as c:  # each worker noted the code it ran (for the stale-code check)
         assert set(c.run(code_at_start).values()) == {project_code()}
@@ -224,9 +220,9 @@ def test_a_worker_running_code_older_than_the_files_is_refused_before_any_step(c
     from distributed import Client
 
     def ran_old_code():  # as if the worker had imported the project before an edit
-        import tasks.execution
+        import flows.execution
 
-        tasks.execution._CODE_AT_START[:] = ["0" * 16]
+        flows.execution._CODE_AT_START[:] = ["0" * 16]
 
     with Client(cluster.address, timeout=30) as c:
         c.run(ran_old_code)

@@ -122,10 +122,10 @@ def test_prefect_deploy_all_with_a_worker_per_pool(tmp_path):
         assert done["work_pool_name"] == pools["bids-pipeline"] == "bids-gpu"
         assert list((tmp_path / "runs" / "run-records").glob("*.json"))
 
-        step_run = _run(env, "step-select/step-select", {"recipe": recipe, "method": "random", "budget": 6})
-        done = wait_for(lambda: _final(api, step_run), 300, "the step-select run", list(logs.values()))
+        step_run = _run(env, "step-selection/step-selection", {"recipe": recipe, "method": "random", "budget": 6})
+        done = wait_for(lambda: _final(api, step_run), 300, "the step-selection run", list(logs.values()))
         assert done["state"]["type"] == "COMPLETED", done["state"]
-        assert done["work_pool_name"] == pools["step-select"] == "bids-cpu"
+        assert done["work_pool_name"] == pools["step-selection"] == "bids-cpu"
 
         # a recipe file that does not exist: the run fails at once, naming the field and the file
         bad = _run(env, "step-data/step-data", {"recipe_path": "recipes/no-such-recipe.yaml"})

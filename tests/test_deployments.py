@@ -19,11 +19,11 @@ def test_serve_builds_pipeline_and_step_deployments():
                 "warmup",
                 "features",
                 "influence",
-                "represent",
-                "diagnose",
-                "select",
+                "representations",
+                "diagnostics",
+                "selection",
                 "finetune",
-                "evaluate",
+                "evaluation",
             )
         ),
     }
@@ -48,9 +48,9 @@ def test_serve_builds_pipeline_and_step_deployments():
     assert set(schema["properties"]) == {"recipe", "method", "budget", "refresh", "recipe_path"}
     assert deps["select"].parameters["recipe"]["name"] == "tiny" and not deps["select"].schedules
     # step flows need only the recipe: their inputs default to the latest run's artifacts
-    from flows.steps import select_flow
+    from flows.steps import STEP_FLOWS
 
-    step = parameter_schema(select_flow.fn).model_dump()
+    step = parameter_schema(STEP_FLOWS["selection"].fn).model_dump()
     assert step["required"] == ["recipe"]
 
 
@@ -60,7 +60,7 @@ def test_forms_offer_dropdowns_descriptions_and_no_internal_refs():
 
     from bidsml.selectors import SELECTORS
     from flows.pipeline import pipeline, reselect
-    from flows.steps import UI_STEP_FLOWS
+    from flows.steps import DEPLOYED
 
     schema = parameter_schema(reselect.fn).model_dump()
     method = schema["properties"]["method"]
@@ -68,7 +68,7 @@ def test_forms_offer_dropdowns_descriptions_and_no_internal_refs():
     assert enum is not None and set(enum) == set(SELECTORS), method
     refresh = parameter_schema(pipeline.fn).model_dump()["properties"]["refresh"]
     assert "features" in str(refresh) and "enum" in str(refresh), refresh
-    for name, fl in {"pipeline": pipeline, "select": reselect, **UI_STEP_FLOWS}.items():
+    for name, fl in {"pipeline": pipeline, "select": reselect, **DEPLOYED}.items():
         props = parameter_schema(fl.fn).model_dump()["properties"]
         for field, spec in props.items():
             assert spec.get("description"), (name, field)
@@ -81,21 +81,23 @@ def test_forms_offer_dropdowns_descriptions_and_no_internal_refs():
     assert "checkpoint" in recipe_schema["WarmupConfig"]["properties"]["epochs"]["description"]
 
 
-def test_prefect_yaml_entrypoints_are_flows_and_cover_every_step():
+def test_prefect_yaml_matches_the_step_declarations():
+    """One deployment per declared step, its entrypoint a flow of that step, on the pool the step declares."""
     import yaml
     from prefect.flows import load_flow_from_entrypoint
 
-    from flows.steps import UI_STEP_FLOWS as STEP_FLOWS
+    from steps import STEPS
 
     spec = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "prefect.yaml").read_text())
-    names = {d["name"] for d in spec["deployments"]}
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    assert set(by_name) == {"bids-pipeline", "select"} | {f"step-{s}" for s in STEPS}, sorted(by_name)
     expected = {"bids-pipeline": "bids-pipeline", "select": "select-finetune-evaluate"}
-    expected |= {f"step-{s}": f.name for s, f in STEP_FLOWS.items()}
-    assert {"bids-pipeline", "select"} | {f"step-{s}" for s in STEP_FLOWS} <= names
+    expected |= {f"step-{s}": f"step-{s}" for s in STEPS}
     for d in spec["deployments"]:
         fl = load_flow_from_entrypoint(str(Path(__file__).parents[1] / d["entrypoint"]))
         assert fl.name == expected[d["name"]], (d["name"], fl.name)
-        assert d["work_pool"]["name"] in {"bids-cpu", "bids-gpu"}
+    for name, step in STEPS.items():
+        assert by_name[f"step-{name}"]["work_pool"]["name"] == f"bids-{step.pool}", name
 
 
 def test_prefect_yaml_gives_every_deployment_something_to_run():

@@ -12,15 +12,12 @@ from bidsml.benchmarks import (
 )
 from bidsml.benchmarks.bbh import BBH_TASKS
 from bidsml.data import Example
-from bidsml.evaluate import (
-    continuation_logprobs,
-    evaluate_benchmark_items,
-    prefix_groups,
-    final_number,
-    generate,
-    program,
-    summarize,
-)
+from bidsml.evaluation.scoring import continuation_logprobs
+from bidsml.evaluation.harness import evaluate_benchmark_items
+from bidsml.evaluation.prefix import prefix_groups
+from bidsml.evaluation.answers import final_number, program
+from bidsml.evaluation.generation import generate
+from bidsml.evaluation.aggregate import summarize
 from bidsml.model import load_base_model
 from bidsml.sandbox import Limits, run_program
 from tests.conftest import TINY
@@ -234,7 +231,7 @@ def _few_shot_pairs(tokenizer):
 
 def test_shared_trunk_scores_equal_full_passes_whoever_recorded_the_states(model, tokenizer):
     """The base model records layer 0's output once; a LoRA fine-tune of layer 1 reuses it: same scores as full."""
-    from bidsml.evaluate import TrunkStates
+    from bidsml.evaluation.trunk import TrunkStates
 
     pairs, cands = _few_shot_pairs(tokenizer)
     tuned = _lora_model((1,))
@@ -258,7 +255,7 @@ def test_shared_trunk_scores_equal_full_passes_whoever_recorded_the_states(model
 
 
 def test_trunk_layer_is_the_lowest_layer_the_model_shares_with_the_base(model):
-    from bidsml.evaluate import trunk_layer
+    from bidsml.evaluation.trunk import trunk_layer
 
     assert trunk_layer(model, 1) == 1  # the base model shares every layer
     assert trunk_layer(_lora_model((1,)), 1) == 1
@@ -267,7 +264,7 @@ def test_trunk_layer_is_the_lowest_layer_the_model_shares_with_the_base(model):
 
 
 def test_a_trunk_that_does_not_reproduce_a_full_pass_falls_back_with_a_warning(model, tokenizer):
-    from bidsml.evaluate import TrunkStates
+    from bidsml.evaluation.trunk import TrunkStates
 
     pairs, cands = _few_shot_pairs(tokenizer)
     trunk = TrunkStates(layer=1)
@@ -283,7 +280,7 @@ def test_a_trunk_that_does_not_reproduce_a_full_pass_falls_back_with_a_warning(m
 
 
 def test_trunk_states_round_trip_and_their_file_is_named_by_what_determines_them(model, tokenizer, tmp_path):
-    from bidsml.evaluate import TrunkStates
+    from bidsml.evaluation.trunk import TrunkStates
     from storage.trunk_states import load_trunk, save_trunk, trunk_path
 
     pairs, cands = _few_shot_pairs(tokenizer)

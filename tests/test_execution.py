@@ -3,8 +3,8 @@
 import pytest
 
 from bidsml.errors import ClusterError, RecipeError
-from tasks.execution import executor, gpu_index
-from tasks.features import chunks_by_executor
+from flows.execution import executor, gpu_index
+from steps.features import chunks_by_executor
 from tests.conftest import TINY
 
 
@@ -58,7 +58,7 @@ def test_cli_refuses_bad_lora_layers_before_any_step(tmp_path):
 def test_torch_threads_sets_the_count_for_the_block_and_restores_it():
     import torch
 
-    from tasks.execution import torch_threads
+    from flows.execution import torch_threads
 
     before = torch.get_num_threads()
     with torch_threads(1):

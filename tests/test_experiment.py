@@ -90,11 +90,13 @@ def test_a_recipe_with_seeds_runs_each_seed_and_compares_methods(tmp_path, prefe
     records = sorted((Path(recipe.run_root) / "run-records").glob("*.json"))
     refs = [json.loads(p.read_text())["refs"] for p in records]
     assert len(refs) == 2
-    assert refs[0]["data"]["digest"] == refs[1]["data"]["digest"]  # one pool, one validation set
-    assert refs[0]["evaluations"]["base"]["digest"] == refs[1]["evaluations"]["base"]["digest"]
-    assert refs[0]["warmup"]["identity"] != refs[1]["warmup"]["identity"]  # the warmup order follows the seed
-    assert refs[0]["selections"]["random@8"]["digest"] != refs[1]["selections"]["random@8"]["digest"]
+    assert refs[0]["data"]["main"]["digest"] == refs[1]["data"]["main"]["digest"]  # one pool, one validation set
+    assert refs[0]["evaluation"]["base"]["digest"] == refs[1]["evaluation"]["base"]["digest"]
+    assert (
+        refs[0]["warmup"]["main"]["identity"] != refs[1]["warmup"]["main"]["identity"]
+    )  # the warmup order follows the seed
+    assert refs[0]["selection"]["random@8"]["digest"] != refs[1]["selection"]["random@8"]["digest"]
     # shared trunk: the first evaluation recorded layer 0's states once; every other model reused them
-    notes = {e["digest"]: e["meta"]["trunk"] for r in refs for e in r["evaluations"].values()}.values()
+    notes = {e["digest"]: e["meta"]["trunk"] for r in refs for e in r["evaluation"].values()}.values()
     assert sum(n.startswith("recorded") for n in notes) == 1 and sum(n.startswith("reused") for n in notes) == 6
     assert len(list((Path(recipe.run_root) / "trunk").glob("*.safetensors"))) == 1

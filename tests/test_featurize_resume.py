@@ -20,8 +20,8 @@ KILL_AFTER = 3  # compute calls (chunks of rows, all checkpoints each) before th
 CHILD = """
 import os, signal, sys
 from bidsml.config import load_recipe
-import tasks.features as tf
-from flows.steps import data_flow, features_flow, warmup_flow
+import steps.features as tf
+from flows.steps import STEP_FLOWS as F
 
 # one thread: a matmul's last bits depend on the thread count and, on a loaded machine, its scheduling
 recipe = load_recipe(sys.argv[1]).with_overrides(
@@ -34,17 +34,17 @@ def killing(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)  # hard kill in the middle of the step
     return real(*args, **kwargs)
 tf.compute_features_checkpoints = killing
-data = data_flow(recipe)
-warm = warmup_flow(recipe, data)
-features_flow(recipe, data, warm)
+data = F["data"](recipe)
+warm = F["warmup"](recipe, inputs={"data": data})
+F["features"](recipe, inputs={"data": data, "warmup": warm})
 """
 
 
 def test_sigkilled_featurize_step_resumes_without_recomputing_finished_chunks(tmp_path, prefect_harness, monkeypatch):
     from prefect.settings import get_current_settings
 
-    import tasks.features as tf
-    from flows.steps import data_flow, features_flow, warmup_flow
+    import steps.features as tf
+    from flows.steps import STEP_FLOWS as F
 
     run_root = tmp_path / "runs"
     env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
@@ -73,9 +73,9 @@ def test_sigkilled_featurize_step_resumes_without_recomputing_finished_chunks(tm
         return real(model, items, *args, **kwargs)
 
     monkeypatch.setattr(tf, "compute_features_checkpoints", counting)
-    data = data_flow(recipe)
-    warm = warmup_flow(recipe, data)
-    feats = features_flow(recipe, data, warm)
+    data = F["data"](recipe)
+    warm = F["warmup"](recipe, inputs={"data": data})
+    feats = F["features"](recipe, inputs={"data": data, "warmup": warm})
     n_train, n_val = feats.meta["n_train"], feats.meta["n_val"]
     expected_chunks = -(-n_train // 4) + -(-n_val // 4)
     assert len(calls) == expected_chunks - KILL_AFTER  # finished chunks were not recomputed
@@ -84,7 +84,9 @@ def test_sigkilled_featurize_step_resumes_without_recomputing_finished_chunks(tm
     resumed = store_arrays(feats.path / FEATURES_STORE)
 
     calls.clear()
-    fresh = features_flow(recipe, data, warm, refresh=True)  # an uninterrupted run from scratch
+    fresh = F["features"](
+        recipe, inputs={"data": data, "warmup": warm}, refresh=True
+    )  # an uninterrupted run from scratch
     assert len(calls) == expected_chunks
     clean = store_arrays(fresh.path / FEATURES_STORE)
     assert resumed.keys() == clean.keys() and len(clean) == 2 * 2 * 2  # 2 splits x 2 checkpoints x (features, norms)

@@ -10,31 +10,33 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-STEP_MODULES = [
-    "tasks.data",
-    "tasks.warmup",
-    "tasks.features",
-    "tasks.influence",
-    "tasks.diagnose",
-    "tasks.represent",
-    "tasks.select",
-    "tasks.finetune",
-    "tasks.evaluate",
+STEPS = [
+    "data",
+    "warmup",
+    "features",
+    "influence",
+    "diagnostics",
+    "representations",
+    "selection",
+    "finetune",
+    "evaluation",
 ]
 DUMP = (
-    "import json, sys; sys.path.insert(0, sys.argv[1]); from storage.identity import code_identity; "
-    f"print(json.dumps({{m: code_identity(m) for m in {STEP_MODULES!r}}}))"
+    "import json, sys; sys.path.insert(0, sys.argv[1]); from steps.registry import step_identities; "
+    "print(json.dumps(step_identities()))"
 )
 
 
 def _identities(tree: Path) -> dict[str, str]:
     out = subprocess.run([sys.executable, "-c", DUMP, str(tree)], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+    ids = json.loads(out.stdout)
+    assert set(ids) == set(STEPS), ids
+    return ids
 
 
 @pytest.fixture()
 def code_copy(tmp_path):
-    for pkg in ("bidsml", "storage", "tasks"):
+    for pkg in ("bidsml", "storage", "steps", "flows"):
         shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     return tmp_path
 
@@ -45,14 +47,16 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-def test_editing_a_task_function_body_recomputes_that_step_only(code_copy):
+def _changed(before: dict, after: dict) -> set[str]:
+    return {s for s in STEPS if after[s] != before[s]}
+
+
+def test_editing_a_build_function_recomputes_that_step_only(code_copy):
     before = _identities(code_copy)
     assert before == _identities(code_copy)  # stable across processes
     # the composition rule of the selection step
-    _edit(code_copy / "tasks" / "select.py", "means.mean(axis=0).round(4)", "means.mean(axis=0).round(3)")
-    after = _identities(code_copy)
-    assert after["tasks.select"] != before["tasks.select"]
-    assert {m for m in STEP_MODULES if after[m] != before[m]} == {"tasks.select"}
+    _edit(code_copy / "steps" / "selection.py", "means.mean(axis=0).round(4)", "means.mean(axis=0).round(3)")
+    assert _changed(before, _identities(code_copy)) == {"selection"}
 
 
 def test_editing_core_code_recomputes_every_step_that_runs_it(code_copy):
@@ -60,20 +64,37 @@ def test_editing_core_code_recomputes_every_step_that_runs_it(code_copy):
     _edit(
         code_copy / "bidsml" / "train.py", "    torch.manual_seed(seed)\n", "    torch.manual_seed(seed + 1)\n"
     )  # add_lora
-    after = _identities(code_copy)
-    changed = {m for m in STEP_MODULES if after[m] != before[m]}
     # the steps that attach or train a LoRA change (and everything downstream of them, through their digests);
-    # diagnose loads the warmup LoRA for the exact-influence fidelity check
-    assert changed == {"tasks.warmup", "tasks.features", "tasks.diagnose", "tasks.finetune"}
+    # diagnostics loads the warmup LoRA for the exact-influence fidelity check
+    assert _changed(before, _identities(code_copy)) == {"warmup", "features", "diagnostics", "finetune"}
 
 
 def test_comments_and_docstrings_do_not_change_identities(code_copy):
     before = _identities(code_copy)
     _edit(
-        code_copy / "tasks" / "select.py", '"""Runs one selection method;', '"""Runs one selection method (edited doc);'
+        code_copy / "steps" / "selection.py",
+        '"""Runs one selection method;',
+        '"""Runs one selection method (edited doc);',
     )
     _edit(code_copy / "bidsml" / "selection.py", "import numpy as np\n", "import numpy as np  # a comment\n\n")
     assert _identities(code_copy) == before
+
+
+def test_progress_summaries_report_and_declarations_are_outside_every_identity(code_copy):
+    """What people see of a step (progress, log and summary formats, the run report, the evaluation's aggregate
+    table) and how a step is declared (its description, pool) change no artifact: editing them recomputes nothing."""
+    before = _identities(code_copy)
+    ui = code_copy / "flows" / "ui.py"
+    _edit(ui, 'f"{self.description}: {int(done)}/{int(total)} ({pct:.0f}%){extra}"', 'f"{self.description} {pct:.1f}%"')
+    _edit(ui, "rows.append((key, str(round_sig(v))))", "rows.append((key, repr(v)))")  # the summary card's table
+    _edit(code_copy / "bidsml" / "report.py", "## Evaluation", "## Evaluation results")  # the run report's layout
+    _edit(code_copy / "bidsml" / "evaluation" / "aggregate.py", '"worst-task"', '"worst task"')
+    _edit(code_copy / "steps" / "features.py", 'pool="gpu"', 'pool="cpu"')
+    _edit(code_copy / "steps" / "warmup.py", 'doc="Trains the warmup LoRA', 'doc="Trains a warmup LoRA')
+    assert _identities(code_copy) == before
+    # while the scoring the evaluation runs is inside its identity
+    _edit(code_copy / "bidsml" / "evaluation" / "answers.py", '.replace(",", "")', '.replace(",", "").strip()')
+    assert _changed(before, _identities(code_copy)) == {"evaluation"}
 
 
 def _artifacts(run_root: Path) -> dict[tuple[str, str], dict[str, str]]:
@@ -129,7 +150,5 @@ def test_adding_a_benchmark_file_leaves_the_expensive_steps_alone(code_copy):
         "from bidsml.benchmarks.base import Benchmark, register_benchmark\n\n\n"
         "@register_benchmark\nclass Mine(Benchmark):\n    name = 'mine'\n"
     )
-    after = _identities(code_copy)
-    changed = {m for m in STEP_MODULES if after[m] != before[m]}
     # the data step and evaluation read benchmarks; warmup, features and influence do not
-    assert changed == {"tasks.data", "tasks.evaluate"}, changed
+    assert _changed(before, _identities(code_copy)) == {"data", "evaluation"}

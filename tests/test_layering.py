@@ -1,12 +1,13 @@
-"""Layers: bidsml/ and storage/ never import Prefect or upper layers; tasks never import each other; no cycles."""
+"""Layers: bidsml/ and storage/ never import Prefect or upper layers; steps never import Prefect, flows/ or each
+other; no cycles."""
 
 import ast
 from pathlib import Path
 
-from storage.identity import code_closure
+from storage.identity import function_closure
 
 ROOT = Path(__file__).parents[1]
-PACKAGES = ("bidsml", "storage", "tasks", "flows")
+PACKAGES = ("bidsml", "storage", "steps", "flows")
 
 
 def _imports(path: Path) -> set[str]:
@@ -34,8 +35,9 @@ def _graph() -> dict[str, set[str]]:
 
 def test_bidsml_and_storage_do_not_import_prefect_or_upper_layers():
     for pkg, forbidden in (
-        ("bidsml", {"prefect", "tasks", "flows", "storage"}),
-        ("storage", {"prefect", "tasks", "flows"}),
+        ("bidsml", {"prefect", "steps", "flows", "storage"}),
+        ("storage", {"prefect", "steps", "flows"}),
+        ("steps", {"prefect", "flows", "dask"}),
     ):
         files = list((ROOT / pkg).rglob("*.py"))
         assert len(files) > 5
@@ -44,15 +46,13 @@ def test_bidsml_and_storage_do_not_import_prefect_or_upper_layers():
             assert not bad, f"{f.relative_to(ROOT)} imports {sorted(bad)}"
 
 
-def test_tasks_do_not_import_each_other_and_flows_use_no_task_internals():
+def test_steps_do_not_import_each_other():
     graph = _graph()
+    shared = {"steps", "steps.step", "steps.registry"}  # the declaration types and the registry
     for mod, deps in graph.items():
-        if mod.startswith("tasks."):
-            others = {d for d in deps if d.startswith("tasks.") and d not in ("tasks.common", "tasks.execution")}
+        if mod.startswith("steps.") and mod not in shared:
+            others = {d for d in deps if d.startswith("steps") and d not in shared}
             assert not others, f"{mod} imports {sorted(others)}: shared code belongs in storage/ or bidsml/"
-        if mod.startswith("flows."):
-            internals = {d for d in deps if d == "tasks.common"}
-            assert not internals, f"{mod} imports {sorted(internals)}"
 
 
 def test_no_import_cycles():
@@ -73,11 +73,15 @@ def test_no_import_cycles():
             visit(m, [m])
 
 
-def test_a_step_identity_covers_every_module_it_runs():
-    closure = set(code_closure("tasks.features"))
-    # the task module itself, the core code it calls, what that imports, and the shared task glue
-    assert {"tasks.features", "bidsml.features", "bidsml.projection", "bidsml.model", "tasks.common"} <= closure
-    assert "bidsml.model_sources" in closure and "storage.gradients" in closure
+def test_a_step_identity_covers_every_module_it_runs_and_nothing_people_only_look_at():
+    closure = set(function_closure("steps.features", "build", "precision"))
+    # the core code the build calls and what that imports
+    assert {"bidsml.features", "bidsml.projection", "bidsml.model", "bidsml.model_sources"} <= closure
+    assert "storage.gradients" in closure and "storage.checkpoint_states" in closure
     # importing a registry package covers every registered module (they are found by scanning the package)
-    assert {"bidsml.benchmarks.mmlu", "bidsml.benchmarks.jsonl"} <= set(code_closure("tasks.evaluate"))
-    assert not any(m.startswith("flows") for m in closure)
+    evaluation = set(function_closure("steps.evaluation", "build", "benchmark_inputs"))
+    assert {"bidsml.benchmarks.mmlu", "bidsml.benchmarks.jsonl", "bidsml.evaluation.scoring"} <= evaluation
+    # progress, logs, UI cards, the run report and the evaluation's aggregation are outside every identity
+    for mods in (closure, evaluation):
+        assert not any(m.startswith(("flows", "steps")) for m in mods), mods
+        assert not {"bidsml.report", "bidsml.markdown", "bidsml.evaluation.aggregate"} & mods, mods

@@ -42,8 +42,8 @@ first_run_names: list[list[str]] = []
 
 def test_every_flow_and_task_run_of_the_pipeline_has_a_readable_name(first_run):
     flows, tasks = first_run_names
-    assert {"pipeline tiny", "data", "features", "evaluate base", "select bids@8", "finetune bids@8"} <= set(flows)
-    assert {"select_subset bids@8", "evaluate base"} <= set(tasks), tasks
+    assert {"pipeline tiny", "data", "features", "evaluation base", "selection bids@8", "finetune bids@8"} <= set(flows)
+    assert {"selection bids@8", "evaluation base", "branch bids@8"} <= set(tasks), tasks
     assert not unreadable(flows) and not unreadable(tasks), (unreadable(flows), unreadable(tasks))
 
 
@@ -51,7 +51,7 @@ def test_pipeline_produces_subsets_evaluation_and_report(first_run, recipe):
     out, states = first_run
     assert all(s == ["Completed"] * len(s) for s in states.values()), states
     assert set(states) == STEP_TASKS  # every step ran, rds's representations included
-    assert len(states["evaluate"]) == 4  # base + one per selection
+    assert len(states["evaluation"]) == 4  # base + one per selection
     for name, path in out["subsets"].items():
         lines = Path(path).read_text().splitlines()
         assert len(lines) == 8, name
@@ -70,11 +70,11 @@ def test_pipeline_produces_subsets_evaluation_and_report(first_run, recipe):
     from storage.runs import load_run
 
     rec = load_run(Path(recipe.run_root), "latest")
-    con = open_influence(Path(rec["refs"]["influence"]["uri"]))
+    con = open_influence(Path(rec["refs"]["influence"]["main"]["uri"]))
     n_train, n_val = con.execute("SELECT count(DISTINCT train_idx), count(DISTINCT val_idx) FROM influence").fetchone()
     con.close()
-    assert n_val == 4 and n_train == rec["refs"]["data"]["meta"]["pool_out"]
-    fidelity = pd.read_parquet(Path(rec["refs"]["diagnostics"]["uri"]) / "fidelity.parquet")
+    assert n_val == 4 and n_train == rec["refs"]["data"]["main"]["meta"]["pool_out"]
+    fidelity = pd.read_parquet(Path(rec["refs"]["diagnostics"]["main"]["uri"]) / "fidelity.parquet")
     assert set(fidelity["task"]) == {t.task for t in recipe.data.targets} | {"all"}
     assert fidelity["spearman"].between(-1, 1).all() and (fidelity["n_rows"] == n_train).all()
 
@@ -95,13 +95,13 @@ def test_budget_change_recomputes_only_selection_finetune_evaluation(first_run, 
     since = _now()
     pipeline(recipe.with_overrides({"selection.budgets": [6]}))
     states = task_run_states(since)
-    for step in ("prepare_data", "warmup", "featurize", "compute_influence"):
+    for step in ("data", "warmup", "features", "influence"):
         assert states[step] == ["Cached"], (step, states)
-    for step in ("diagnose", "represent"):
+    for step in ("diagnostics", "representations"):
         assert states[step] == ["Cached"], (step, states)
-    assert states["select_subset"] == ["Completed"] * 3
+    assert states["selection"] == ["Completed"] * 3
     assert states["finetune"] == ["Completed"] * 3
-    assert states["evaluate"] == ["Cached"] + ["Completed"] * 3  # base model eval is reused
+    assert states["evaluation"] == ["Cached"] + ["Completed"] * 3  # base model eval is reused
 
 
 def test_projection_change_recomputes_from_features_on(first_run, recipe):
@@ -110,17 +110,17 @@ def test_projection_change_recomputes_from_features_on(first_run, recipe):
     since = _now()
     pipeline(recipe.with_overrides({"features.proj_dim": 32}))
     states = task_run_states(since)
-    for step in ("prepare_data", "warmup", "represent"):
+    for step in ("data", "warmup", "representations"):
         assert states[step] == ["Cached"], (step, states)
-    for step in ("featurize", "compute_influence", "diagnose"):
+    for step in ("features", "influence", "diagnostics"):
         assert states[step] == ["Completed"], (step, states)
-    assert states["select_subset"] == ["Completed"] * 3
-    assert states["evaluate"][0] == "Cached"
+    assert states["selection"] == ["Completed"] * 3
+    assert states["evaluation"][0] == "Cached"
     # random and rds ignore the features: their recomputed selections have the same rows
     from storage.runs import load_run
 
-    new = load_run(Path(recipe.run_root), "latest")["refs"]["selections"]
-    old = load_run(Path(recipe.run_root), first_run[0]["run_id"])["refs"]["selections"]
+    new = load_run(Path(recipe.run_root), "latest")["refs"]["selection"]
+    old = load_run(Path(recipe.run_root), first_run[0]["run_id"])["refs"]["selection"]
     subsets = {k: [Path(r["uri"], "subset.jsonl").read_text() for r in (old[k], new[k])] for k in old}
     assert subsets["random@8"][0] == subsets["random@8"][1] and subsets["rds@8"][0] == subsets["rds@8"][1]
     # a fine-tune depends on its subset's content: same rows, cached fine-tune (and its evaluation)
@@ -134,11 +134,11 @@ def test_deleted_artifact_is_rebuilt_and_downstream_stays_cached(first_run, reci
     from storage.runs import load_run
 
     rec = load_run(Path(recipe.run_root), first_run[0]["run_id"])
-    shutil.rmtree(rec["refs"]["selections"]["bids@8"]["uri"])
+    shutil.rmtree(rec["refs"]["selection"]["bids@8"]["uri"])
     since = _now()
     pipeline(recipe)
     states = task_run_states(since)
-    assert states["select_subset"] == ["Cached", "Completed", "Cached"]  # only bids rebuilt
+    assert states["selection"] == ["Cached", "Completed", "Cached"]  # only bids rebuilt
     assert set(states["finetune"]) == {"Cached"}  # deterministic rebuild: same digest
 
 
@@ -150,7 +150,7 @@ def test_cli_step_select_and_runs(first_run, recipe, tmp_path):
 
     rfile.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
     runner = CliRunner()
-    res = runner.invoke(app, ["step", "select", "--recipe", str(rfile), "--method", "less", "--budget", "5"])
+    res = runner.invoke(app, ["step", "selection", "--recipe", str(rfile), "-p", "method=less", "-p", "budget=5"])
     assert res.exit_code == 0, res.output
     assert '"method": "less"' in res.output and '"k": 5' in res.output
     res = runner.invoke(app, ["runs", "--run-root", recipe.run_root])
@@ -163,7 +163,7 @@ def test_cli_step_select_and_runs(first_run, recipe, tmp_path):
     # a whole run, as mermaid: every selection, fine-tune and evaluation with its inputs
     res = runner.invoke(app, ["lineage", first_run[0]["run_id"][:8], "--run-root", recipe.run_root, "--mermaid"])
     assert res.exit_code == 0 and res.output.startswith("flowchart LR"), res.output
-    for label in ("select_subset bids@8", "finetune rds@8", "evaluate base", "featurize", "-->"):
+    for label in ("selection bids@8", "finetune rds@8", "evaluation base", "features", "-->"):
         assert label in res.output, res.output
     assert Path(first_run[0]["lineage"]).read_text().startswith("flowchart LR")
     res = runner.invoke(app, ["lineage", "nope-nothing", "--run-root", recipe.run_root])
@@ -215,7 +215,7 @@ def test_cli_query_views_and_select_on_run(first_run, recipe, tmp_path):
 def load_selection_digest(recipe, run_id):
     from storage.runs import load_run
 
-    return load_run(Path(recipe.run_root), run_id)["refs"]["selections"]["bids@8"]["digest"][:16]
+    return load_run(Path(recipe.run_root), run_id)["refs"]["selection"]["bids@8"]["digest"][:16]
 
 
 def test_cli_reports_bad_recipe_and_bad_data(tmp_path, prefect_harness):

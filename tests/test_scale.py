@@ -21,11 +21,11 @@ RECIPE = ROOT / "recipes" / "tiny.yaml"
 
 
 def _features(recipe):
-    from flows.steps import data_flow, features_flow, warmup_flow
+    from flows.steps import STEP_FLOWS as F
 
-    data = data_flow(recipe)
-    warm = warmup_flow(recipe, data)
-    return features_flow(recipe, data, warm)
+    data = F["data"](recipe)
+    warm = F["warmup"](recipe, inputs={"data": data})
+    return F["features"](recipe, inputs={"data": data, "warmup": warm})
 
 
 def _shard_runs(since) -> list[str]:
@@ -90,7 +90,7 @@ def test_two_runs_started_together_on_one_run_root_build_each_artifact_once(tmp_
 KILLED_PIPELINE = """
 import os, signal, sys
 from bidsml.config import load_recipe
-import tasks.influence as ti
+import steps.influence as ti
 from flows.pipeline import pipeline
 
 ti.BLOCK_ROWS = 8
@@ -112,7 +112,7 @@ def test_pipeline_sigkilled_during_influence_resumes_at_the_first_unfinished_blo
 ):
     from prefect.settings import get_current_settings
 
-    import tasks.influence as ti
+    import steps.influence as ti
     from flows.pipeline import pipeline
     from storage.influence_store import BLOCKS_DONE_DIR, read_influence_matrix
 
@@ -179,12 +179,14 @@ def test_a_dask_worker_sigkilled_mid_shard_has_its_shard_rerun_and_the_store_is_
                 "execution.shard_chunks": 6,
             }
         )
-        from flows.steps import data_flow, features_flow, warmup_flow
+        from flows.steps import STEP_FLOWS as F
 
-        data = data_flow(recipe)
-        warm = warmup_flow(recipe, data)
+        data = F["data"](recipe)
+        warm = F["warmup"](recipe, inputs={"data": data})
         result = {}
-        run = threading.Thread(target=lambda: result.update(ref=features_flow(recipe, data, warm)))
+        run = threading.Thread(
+            target=lambda: result.update(ref=F["features"](recipe, inputs={"data": data, "warmup": warm}))
+        )
         run.start()
         markers = Path(local.path.parents[2].parent / "dask" / "artifacts" / "features")
         deadline = time.time() + 300

@@ -197,7 +197,7 @@ def test_ui_serve_deployment_runs_cached_select_and_lineage(tmp_path):
             return len(deps) >= 11 and {d["name"] for d in deps}
 
         names = wait_for(served, 180, "the deployments", logs)
-        assert {"bids-pipeline", "select", "step-select", "step-features"} <= names
+        assert {"bids-pipeline", "select", "step-selection", "step-features"} <= names
 
         t = time.time()
         first = _deployment_run(env, "bids-pipeline/bids-pipeline", {})

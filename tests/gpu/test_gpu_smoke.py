@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bidsml.data import tokenize_all
-from bidsml.evaluate import continuation_logprobs
+from bidsml.evaluation.scoring import continuation_logprobs
 from bidsml.features import compute_features, lora_linears
 from bidsml.model import load_base_model
 from bidsml.projection import make_projector

@@ -1,35 +1,27 @@
-"""What every step task shares: the artifact cache policy, code versions, lineage and UI artifacts."""
+"""What a person sees of a step: its run log, progress bars, UI tables and summary card, and lineage records.
+
+None of this shapes an artifact, so none of it is part of an artifact's
+identity: a step's `build` reaches it only through `Build`'s methods
+(flows/runner.py).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-from prefect.cache_policies import CachePolicy
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_run_logger
 
-from bidsml.config import Recipe
-from bidsml.errors import ArtifactError
-from bidsml.markdown import artifact_key, png_markdown, round_sig, run_tag  # noqa: F401  (re-exported to tasks)
-from bidsml.model import model_dir, model_source_config
-from bidsml.model_sources import DEFAULT_CACHE, digest_cache
-from storage.identity import code_identity, weights_digest
+from bidsml.markdown import artifact_key, png_markdown, round_sig
 from storage.lineage import record_artifact
 from storage.names import BUILD_INFO
-from storage.refs import ArtifactRef, Plan, built_before, check_ref, current_digest, stable_hash
+from storage.refs import ArtifactRef, built_before
 
 _log = logging.getLogger("bidsflow")
-
-
-def code_version(module_name: str) -> str:
-    """Returns the code identity of a step: its task module and every project module it imports, transitively."""
-    return code_identity(module_name)
 
 
 def in_run_context() -> bool:
@@ -40,65 +32,6 @@ def in_run_context() -> bool:
 def logger():
     """Returns the Prefect run logger inside a run (the UI's Logs tab), else the `bidsflow` logger."""
     return get_run_logger() if in_run_context() else _log
-
-
-def run_root(recipe: Recipe) -> str:
-    return str(Path(recipe.run_root).resolve())
-
-
-def model_inputs(recipe: Recipe) -> dict[str, Any]:
-    """Returns the identity inputs of steps that run the model: its weights and the sequence length."""
-    return {"model": model_identity(recipe), "max_seq_length": recipe.model.max_seq_length}
-
-
-def model_identity(recipe: Recipe) -> dict[str, Any]:
-    """Returns what identifies the model: a content hash of its files (weights, config, tokenizer) and settings."""
-    return {
-        "files": weights_digest(model_dir(recipe.model), digest_cache(DEFAULT_CACHE)),
-        **model_source_config(recipe.model),
-    }
-
-
-def ref_inputs(**refs: ArtifactRef | None) -> dict[str, str | None]:
-    """Returns {name: digest} for input refs, after checking each is still intact on disk."""
-    out = {}
-    for name, ref in refs.items():
-        if ref is not None:
-            check_ref(ref)
-        out[name] = ref.digest if ref is not None else None
-    return out
-
-
-@dataclass
-class ArtifactCachePolicy(CachePolicy):
-    """Cache key = the step's artifact identity (the same `Plan` the task body builds).
-
-    The identity hashes input digests, the recipe values the step reads and
-    the step's code version, so an edited input or recipe value changes the
-    key. The key does not say whether the output still exists: callers check
-    that with `output_is_stale` and refresh the cache (see flows/steps.py).
-    """
-
-    plan: Callable[..., Plan] | None = None
-
-    def compute_key(
-        self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
-    ) -> str | None:
-        inputs = {k: v for k, v in inputs.items() if k != "refresh"}
-        try:
-            plan = self.plan(**inputs)
-        except ArtifactError as err:  # an input artifact is missing/changed: no cache; the body says why
-            logger().warning(f"no cache key ({err}); the step runs and reports the problem")
-            return None
-        return stable_hash({"identity": plan.identity, "kind": plan.kind})
-
-    def output_is_stale(self, *args: Any) -> bool:
-        """Returns True when the artifact a task call with `args` would return is missing or was modified."""
-        try:
-            plan = self.plan(*args)
-        except ArtifactError:  # an input is missing or changed: the step runs and says why
-            return True
-        return current_digest(plan.final_dir) is None
 
 
 def flow_run_id() -> str | None:
@@ -198,13 +131,24 @@ class Progress:
     line, so the run's Logs tab tells how training and long steps went.
     """
 
-    def __init__(self, key: str, description: str, log_every_pct: float = 10.0):
+    def __init__(self, key: str, description: str, log_every_pct: float = 10.0, total: int | None = None):
         self.description = description
         self.id = create_progress_artifact(progress=0.0, key=key, description=description) if in_run_context() else None
         self.last = 0.0
         self.log_every, self.last_logged = log_every_pct, -1.0
+        self.bar = None  # the terminal's progress bar, made at the first update (when the total is known)
+        if total:
+            self.update(0, total)
 
     def update(self, done: float, total: float, **info: Any) -> None:
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.description, leave=False)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.bar.close()
         pct = 100.0 * done / max(total, 1)
         if self.id is not None and (pct - self.last >= 2.0 or done >= total):  # at most ~50 updates
             update_progress_artifact(self.id, progress=pct)
@@ -213,3 +157,23 @@ class Progress:
             extra = "".join(f", {k} {round_sig(v)}" for k, v in info.items())
             logger().info(f"{self.description}: {int(done)}/{int(total)} ({pct:.0f}%){extra}")
             self.last_logged = pct
+
+
+CACHED_SUFFIX = " · cached"
+
+
+def mark_cached(built: dict) -> None:
+    """Renames the current flow run `<name> · cached` and logs when and in how long its artifact was built."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(built["finished_at"]))
+    logger().info(f"cached: artifact built {when} in {built.get('seconds', 0):.1f} s; nothing recomputed")
+    if in_run_context() and flow_run.id and not str(flow_run.name).endswith(CACHED_SUFFIX):
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, name=f"{flow_run.name}{CACHED_SUFFIX}")
+
+
+def asset_key(path: Path | str) -> str:
+    """Returns the Prefect asset key of an artifact folder."""
+    return "file://" + str(Path(path).resolve()).replace(" ", "%20")

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 
 from bidsml.config import Recipe
 from bidsml.errors import ClusterError
+from bidsml.model import torch_threads  # noqa: F401  (every step runs under execution.threads)
+from steps.step import executor  # noqa: F401  (who computes: recorded per feature chunk)
 
 WORKER_COMMAND = "dask worker {address} --nworkers 1 --nthreads 1"  # the README's command, one per GPU
 
@@ -75,22 +77,6 @@ def dask_runner(address: str):
 def gpu_resources(recipe: Recipe) -> dict:
     """Returns the Dask resources a GPU task asks for (one GPU) when workers declare GPUs, else none."""
     return {"GPU": 1} if recipe.execution.gpus_per_worker else {}
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Runs the block with torch on `n` CPU threads (unchanged when None), then restores the count."""
-    if n is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 _CHECKED: set[str] = set()  # scheduler addresses this process has already checked
@@ -158,13 +144,13 @@ _CODE_AT_START: list[str] = []  # on a worker: the project's code when its first
 
 
 def project_code() -> str:
-    """Returns one hash over the code identity of every step module (tasks/*), as the files are now."""
+    """Returns one hash over the code identity of every step (steps/*: what builds artifacts), as the files are now."""
     import hashlib
 
-    from storage.identity import PROJECT_ROOT, code_identity
+    from steps import STEPS
+    from steps.registry import code_of
 
-    mods = sorted(f"tasks.{p.stem}" for p in (PROJECT_ROOT / "tasks").glob("*.py") if p.stem != "__init__")
-    return hashlib.sha256("".join(f"{m}={code_identity(m)};" for m in mods).encode()).hexdigest()[:16]
+    return hashlib.sha256("".join(f"{n}={code_of(s)};" for n, s in sorted(STEPS.items())).encode()).hexdigest()[:16]
 
 
 def note_code_at_start() -> None:
@@ -220,17 +206,6 @@ def _host_port(address: str) -> tuple[str, int]:
     hostport = address.split("://", 1)[-1]
     host, _, port = hostport.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def executor() -> dict:
-    """Returns who is computing here: host, pid and the Dask worker's name (None in the driver)."""
-    try:
-        from distributed import get_worker
-
-        worker = str(get_worker().name)
-    except (ImportError, ValueError):  # not on a Dask worker
-        worker = None
-    return {"host": socket.gethostname(), "pid": os.getpid(), "worker": worker}
 
 
 def gpu_index(own: str, same_host: list[str], n_devices: int, visible: str | None) -> int:

@@ -1,0 +1,175 @@
+"""The one way a step runs: `run_step(step, recipe, inputs, params)`.
+
+It plans the call once (identity = the build's code + the declared recipe
+sections + the input digests + the parameters, steps/registry.py), and
+`materialize` is the cache: a published artifact with that identity is
+returned as is, else `build` writes a new one. Prefect sees the same plan:
+the step's task is keyed by the identity (a cache hit shows `Cached` in the
+UI), materializes the artifact as an asset with its inputs upstream, and is
+refreshed when the artifact on disk was deleted or modified.
+
+`map_on_runner` is how work fans out (feature shards, method x budget
+branches): always submitted to the run's task runner, this process's by
+default, a Dask cluster's with `execution.task_runner: dask`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import dask
+from prefect import flow, task
+from prefect.assets import Asset, AssetProperties
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import MaterializingTask
+from pydantic import BaseModel
+
+from bidsml.markdown import artifact_key, round_sig, run_tag
+from flows.execution import (
+    cluster,
+    dask_runner,
+    gpu_resources,
+    note_code_at_start,
+    pin_worker_gpu,
+    reporting_lost_scheduler,
+    torch_threads,
+)
+from flows.ui import Progress, asset_key, logger, mark_cached, post_table, publish
+from steps import Step, plan
+from steps.step import Sections
+from storage.names import BUILD_INFO, PREFECT_RESULTS_DIR
+from storage.refs import ArtifactRef, Plan, built_before, current_digest, materialize, stable_hash
+
+
+class StepBuild:
+    """What a step's `build` is given (the `Build` protocol of steps/step.py), inside the run of its step."""
+
+    def __init__(self, step: Step, recipe, inputs: dict, params: BaseModel | None, work: Path, tag: str):
+        self.step, self.tag, self._recipe = step, tag, recipe
+        self.recipe = Sections(step.name, recipe, step.sections)
+        self.inputs, self.params, self.work = inputs, params, work
+        self.run_root = Path(recipe.run_root).resolve()
+        self.execution = recipe.execution
+
+    def progress(self, description: str, total: int | None = None) -> Progress:
+        what = f"{self.step.name} {self.tag} {description}".replace("  ", " ")
+        return Progress(artifact_key(f"{self.step.name}-progress", self.tag), what, total=total)
+
+    def log(self, message: str, warning: bool = False) -> None:
+        (logger().warning if warning else logger().info)(message)
+
+    def table(self, name: str, rows: list[dict], description: str) -> None:
+        rows = [{k: round_sig(v) for k, v in r.items()} for r in rows]
+        post_table(rows, key=artifact_key(name, self.tag), description=description)
+
+    def map(self, fn: Callable, calls: Iterable[tuple], name: Callable[..., str], progress: str = "parts") -> list:
+        calls = list(calls)
+        return map_on_runner(self._recipe, fn, calls, [name(*c) for c in calls], progress, self.step.pool == "gpu")
+
+
+def _materialize(step_name: str, plan: Plan, recipe, inputs: dict, params, tag: str, refresh: bool) -> ArtifactRef:
+    """The step's task body: the artifact `plan` names, built by the step only when it is not published yet."""
+    from steps import get_step
+
+    step = get_step(step_name)
+    return materialize(plan, lambda work: step.build(StepBuild(step, recipe, inputs, params, work, tag)), refresh)
+
+
+def run_step(
+    step: Step, recipe, inputs: dict[str, ArtifactRef | None], params: BaseModel | None = None, refresh: bool = False
+) -> ArtifactRef:
+    """Runs `step` on `inputs` (by Input.key; only those it declares) and returns its artifact's ref.
+
+    Inputs a call does not need (an optional input whose `when` is false) are
+    dropped. Published artifacts are reused; `refresh` rebuilds.
+    """
+    inputs = {
+        i.key: inputs.get(i.key) for i in step.inputs if not (i.optional and i.when is not None and not i.when(params))
+    }
+    the_plan = plan(step, recipe, inputs, params)  # raises ArtifactError naming a missing or changed input
+    tag = run_tag(recipe, step.label(inputs, params) if step.label else None)
+    started = time.time()
+    stale = current_digest(the_plan.final_dir) is None
+    key = stable_hash({"kind": the_plan.kind, "identity": the_plan.identity})
+    body = MaterializingTask(
+        fn=_materialize,
+        assets=[
+            Asset(
+                key=asset_key(the_plan.final_dir),
+                properties=AssetProperties(
+                    name=f"{step.name} {the_plan.identity[:12]}",
+                    description=f"bidsflow `{step.name}` artifact (identity {the_plan.identity[:16]})",
+                ),
+            )
+        ],
+        asset_deps=[asset_key(r.path) for r in inputs.values() if r is not None] or None,
+        name=step.name,
+        cache_key_fn=lambda *_: key,
+        persist_result=True,
+        result_storage=Path(recipe.run_root).resolve() / PREFECT_RESULTS_DIR,
+        refresh_cache=True if (refresh or stale) else None,
+        task_run_name=f"{step.name} {tag}".strip(),
+    )
+    with torch_threads(recipe.execution.threads):  # the same bits in any process (see execution.threads)
+        ref = body(step.name, the_plan, recipe, inputs, params, tag, refresh)
+    if built_before(ref, started):
+        mark_cached(ref.meta.get(BUILD_INFO) or {})
+    if step.describe is not None:
+        table = StepBuild(step, recipe, inputs, params, the_plan.final_dir, tag).table
+        ref = ref.model_copy(update={"meta": {**ref.meta, **step.describe(ref, table)}})
+    params_shown = params.model_dump(mode="json") if params is not None else {}
+    images = {title: ref.path / file for title, file in step.images.items()}
+    given = [r for r in inputs.values() if r is not None]
+    return publish(ref, step.name, params_shown, given, started, images=images, tag=tag)
+
+
+# ---- fan-out: every part submitted to the run's task runner ------------------------------------------------------
+
+
+def _resolve(fn: str) -> Callable:
+    module, name = fn.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@task(name="part")
+def run_part(fn: str, call: tuple, threads: int | None) -> Any:
+    """Runs one part (`fn(*call)`, fn as 'module:function') on whichever process the task runner chose."""
+    pin_worker_gpu()  # on a Dask worker: its own GPU
+    note_code_at_start()  # a later run's preflight can tell this worker runs stale code
+    with torch_threads(threads):
+        return _resolve(fn)(*call)
+
+
+@flow(name="parts", validate_parameters=False, log_prints=True)
+def parts_flow(
+    fn: str, calls: list, names: list[str], description: str, retries: int, gpu: dict, threads: int | None
+) -> list:
+    """Submits every part to the flow's task runner at once; returns their results in order."""
+    submit = run_part.with_options(retries=retries)
+    progress = Progress(artifact_key(description.replace(" ", "-")), description, total=len(calls))
+    with dask.annotate(resources=gpu) if gpu else contextlib.nullcontext():
+        futures = [submit.with_options(task_run_name=n).submit(fn, c, threads) for c, n in zip(calls, names)]
+    for done, _ in enumerate(as_completed(futures), 1):
+        progress.update(done, len(futures))
+    return [f.result() for f in futures]
+
+
+def map_on_runner(recipe, fn: Callable, calls: list[tuple], names: list[str], description: str, gpu: bool) -> list:
+    """Returns [fn(*call) for call in calls], each call a task on the run's task runner (local or Dask)."""
+    ex = recipe.execution
+    target = f"{fn.__module__}:{fn.__name__}"
+    with cluster(recipe) as address:
+        if address is None:
+            runner, where = ThreadPoolTaskRunner(max_workers=1), "this process"
+        else:
+            runner, where = dask_runner(address), "Dask"
+        run = parts_flow.with_options(task_runner=runner, flow_run_name=f"{description} on {where}")
+        resources = gpu_resources(recipe) if gpu else {}
+        with reporting_lost_scheduler(recipe, description) if address else contextlib.nullcontext():
+            return run(target, calls, names, description, ex.retries, resources, ex.threads)

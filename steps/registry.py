@@ -1,0 +1,107 @@
+"""The step registry: every module of this package declares one `STEP`; `plan` turns a call into an identity.
+
+Adding a step is adding a module here (see steps/step.py); nothing else lists steps.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from bidsml.errors import ArtifactError
+from steps.step import Step
+
+_NOT_STEPS = {"step", "registry", "__init__"}
+
+
+def discover(package: str = "steps") -> dict[str, Step]:
+    """Returns {step name: Step} of every module of `package` that declares `STEP`, in pipeline order."""
+    pkg = importlib.import_module(package)
+    found: dict[str, Step] = {}
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name in _NOT_STEPS:
+            continue
+        module = importlib.import_module(f"{package}.{info.name}")
+        step = getattr(module, "STEP", None)
+        if step is None:
+            continue
+        if step.name in found:
+            raise ValueError(
+                f"two steps named {step.name!r}: {found[step.name].build.__module__} and {module.__name__}"
+            )
+        found[step.name] = step
+    return {s.name: s for s in pipeline_order(found.values())}
+
+
+def pipeline_order(steps) -> list[Step]:
+    """Returns the steps with every step after the steps whose artifacts it reads (ties: by name)."""
+    steps = sorted(steps, key=lambda s: s.name)
+    names = {s.name for s in steps}
+    out: list[Step] = []
+    placed: set[str] = set()
+    while len(out) < len(steps):
+        ready = [s for s in steps if s.name not in placed and {i.kind for i in s.inputs} & names <= placed]
+        if not ready:
+            left = sorted(names - placed)
+            raise ValueError(f"steps {left} read each other's artifacts in a cycle")
+        out.append(ready[0])
+        placed.add(ready[0].name)
+    return out
+
+
+def section_identity(step: Step, name: str, value: Any) -> Any:
+    """Returns what a declared recipe section contributes to the step's identity."""
+    if name == "model":
+        from storage.identity import model_identity
+
+        return model_identity(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude=set(step.ignore.get(name, ())))
+    return value
+
+
+def code_of(step: Step) -> str:
+    """Returns the identity of the step's code: `build` and `identity` and what they run, not the declaration."""
+    from storage.identity import function_identity
+
+    names = [step.build.__name__] + ([step.identity.__name__] if step.identity is not None else [])
+    return function_identity(step.build.__module__, *names)
+
+
+def plan(step: Step, recipe, inputs: dict[str, Any], params: BaseModel | None = None):
+    """Returns the step's `Plan` for this call: its identity = code + declared sections + input digests + params.
+
+    Every given input is checked to be intact on disk (a changed or deleted
+    input raises ArtifactError naming it).
+    """
+    from steps.step import Sections
+    from storage.refs import Plan, check_ref
+
+    view = Sections(step.name, recipe, step.sections)
+    digests = {}
+    for inp in step.inputs:
+        ref = inputs.get(inp.key)
+        if ref is None and not inp.optional:
+            raise ArtifactError(f"step {step.name!r} needs its {inp.key!r} input ({inp.kind} artifact)")
+        if ref is not None:
+            check_ref(ref)
+        if inp.hashed:
+            digests[inp.key] = ref.digest if ref is not None else None
+    values = {
+        "sections": {name: section_identity(step, name, getattr(view, name)) for name in step.sections},
+        "inputs": digests,
+        "params": params.model_dump(mode="json") if params is not None else None,
+        "code": code_of(step),
+    }
+    if step.identity is not None:
+        values["derived"] = step.identity(view, inputs, params)
+    return Plan(run_root=str(Path(recipe.run_root).resolve()), kind=step.name, inputs=values)
+
+
+def step_identities() -> dict[str, str]:
+    """Returns {step: the identity of its code}, as the files are now (what a worker's code is compared against)."""
+    return {name: code_of(step) for name, step in discover().items()}

@@ -1,0 +1,51 @@
+"""Step `warmup`: LoRA training on a random fraction of the pool, one checkpoint (adapter + Adam state) per epoch."""
+
+from __future__ import annotations
+
+import random
+
+from bidsml.data import tokenize_all
+from bidsml.model import load_tokenizer
+from bidsml.train import checkpoint_weights, train_lora
+from steps.step import Build, Input, Step
+from storage.checkpoints import save_checkpoints
+from storage.datasets import load_split
+
+
+def warmup_subset(n: int, fraction: float, seed: int) -> list[int]:
+    """Returns the seeded random pool rows used for warmup (at least one)."""
+    k = max(1, round(n * fraction))
+    return sorted(random.Random(f"warmup/{seed}").sample(range(n), k))
+
+
+def build(b: Build) -> dict:
+    """Trains the warmup LoRA; returns the checkpoints (every epoch's adapter and Adam state)."""
+    recipe = b.recipe
+    pool = load_split(b.inputs["data"], "train")
+    rows = warmup_subset(len(pool), recipe.warmup.fraction, recipe.seed)
+    items, counts = tokenize_all(load_tokenizer(recipe.model), [pool[i] for i in rows], recipe.model.max_seq_length)
+    progress = b.progress("training steps")
+    ckpts = train_lora(
+        recipe.model,
+        recipe.lora,
+        recipe.warmup,
+        items,
+        b.work,
+        recipe.seed,
+        on_step=lambda s, t, loss: progress.update(s, t, loss=loss),
+    )
+    weights = checkpoint_weights([c["mean_lr"] for c in ckpts])
+    for c, w in zip(ckpts, weights):
+        c["weight"] = w
+    save_checkpoints(b.work, ckpts)
+    return {"n_train": len(items), "truncated": counts["truncated"], "checkpoints": ckpts}
+
+
+STEP = Step(
+    name="warmup",
+    doc="Trains the warmup LoRA on a random slice of the pool (one checkpoint per epoch).",
+    inputs=(Input("data"),),
+    sections=("model", "lora", "warmup", "seed"),
+    pool="gpu",
+    build=build,
+)
