@@ -113,7 +113,7 @@ def tables(ref, table) -> dict:
     Read from the items whenever the artifact is used, not stored in it: how results are aggregated is not
     how they are computed, so changing it re-scores nothing.
     """
-    rows = summarize(load_evaluation_items(ref).to_dict("records"))
+    rows = [dict(sorted(r.items())) for r in summarize(load_evaluation_items(ref).to_dict("records"))]
     table("evaluation", [r for r in rows if r["level"] != "task"], f"evaluation of {ref.meta.get('model')}")
     return {"tasks": rows}
 
