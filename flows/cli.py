@@ -132,7 +132,7 @@ def step(
 ):
     """Run one step on its own, from the artifacts of an existing run."""
     from bidsml.errors import BidsError
-    from steps import get_step
+    from steps.registry import get_step
 
     try:
         the_step = get_step(name)
@@ -174,9 +174,12 @@ def _step_params(step, pairs: list[str], recipe) -> dict | None:
 @app.command()
 def steps():
     """List the steps: what each builds, from which inputs and recipe sections, on which pool."""
-    from steps import STEPS
+    from steps.registry import STEPS
 
-    table = Table("step", "inputs", "recipe sections", "parameters", "pool", "what it builds")
+    table = Table()
+    table.add_column("step", no_wrap=True)  # the name a user types: never cut
+    for title in ("inputs", "recipe sections", "parameters", "pool", "what it builds"):
+        table.add_column(title)
     for s in STEPS.values():
         table.add_row(
             s.name,

@@ -147,10 +147,10 @@ def project_code() -> str:
     """Returns one hash over the code identity of every step (steps/*: what builds artifacts), as the files are now."""
     import hashlib
 
-    from steps import STEPS
-    from steps.registry import code_of
+    from steps.registry import step_identities
 
-    return hashlib.sha256("".join(f"{n}={code_of(s)};" for n, s in sorted(STEPS.items())).encode()).hexdigest()[:16]
+    ids = sorted(step_identities().items())
+    return hashlib.sha256("".join(f"{n}={i};" for n, i in ids).encode()).hexdigest()[:16]
 
 
 def note_code_at_start() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bidsml.selection import selection_label
+from storage.selections import selected_by
 
 
 def _get(obj: Any, key: str) -> Any:
@@ -21,10 +22,8 @@ def _get(obj: Any, key: str) -> Any:
 
 
 def _ref_label(ref: Any) -> str | None:
-    meta = _get(ref, "meta") or {}
-    if meta.get("method") is None:
-        return None
-    return selection_label(meta["method"], meta["budget"])
+    by = selected_by(ref)
+    return by.label if by is not None else None
 
 
 def _seed_suffix(recipe: Any) -> str:

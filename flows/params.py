@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from bidsml.selectors import SELECTORS
-from steps import STEPS
+from steps.registry import STEPS
 
 STEP_NAMES = tuple(STEPS)  # every declared step (steps/), in pipeline order
 

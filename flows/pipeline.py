@@ -23,20 +23,21 @@ from bidsml.markdown import artifact_key, inline_images, png_markdown, round_sig
 from bidsml.report import composition_frame, evaluation_frame, evaluation_pivot, plot_lineage, write_report
 from bidsml.selection import selection_label
 from bidsml.selectors import DEFAULT_METHOD
+from flows.execution import cluster
 from flows.experiment import run_experiment
 from flows.naming import flow_run_name
 from flows.params import DEFAULT_RECIPE_PATH, MethodName, StepName, resolve_recipe
 from flows.preflight import preflight
 from flows.runner import map_on_runner
 from flows.steps import STEP_FLOWS
+from steps.registry import STEPS
+from steps.step import Step
 from storage.lineage import mermaid, run_lineage
 from storage.names import BUILD_INFO
 from storage.names import DIAGNOSTICS_PLOT as PLOT
 from storage.refs import ArtifactRef, built_before
 from storage.runs import MAIN, save_run_record
 from storage.selections import subset_path
-from flows.execution import cluster
-from steps import STEPS, Step
 
 
 def output_dir(recipe: Recipe) -> Path:
@@ -132,13 +133,10 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
         gpu=True,
     )
     for branch_refs, times in results:
+        timings.update(times)
         for name, (label, ref) in branch_refs.items():
             refs.setdefault(name, {})[label] = ref
-        timings.update(times)
-    for name, by in refs.items():
-        for label, ref in by.items():
-            if name in ("selection", "finetune", "evaluation") and label != "base":
-                log_step(f"{name}:{label}", ref, timings.get(f"{name}:{label}", 0.0), since)
+            log_step(f"{name}:{label}", ref, timings.get(f"{name}:{label}", 0.0), since)
     selections = list(refs["selection"].values())
     evals = list(refs["evaluation"].values())
     diag = refs["diagnostics"][MAIN]

@@ -41,8 +41,8 @@ from flows.execution import (
     torch_threads,
 )
 from flows.ui import Progress, asset_key, logger, mark_cached, post_table, publish
-from steps import Step, plan
-from steps.step import Sections
+from steps.registry import plan
+from steps.step import Sections, Step
 from storage.names import BUILD_INFO, PREFECT_RESULTS_DIR
 from storage.refs import ArtifactRef, Plan, built_before, current_digest, materialize, stable_hash
 
@@ -70,14 +70,12 @@ class StepBuild:
 
     def map(self, fn: Callable, calls: Iterable[tuple], name: Callable[..., str], progress: str = "parts") -> list:
         calls = list(calls)
-        return map_on_runner(self._recipe, fn, calls, [name(*c) for c in calls], progress, self.step.pool == "gpu")
+        key = artifact_key(f"{self.step.name}-progress", self.tag)
+        return map_on_runner(self._recipe, fn, calls, [name(*c) for c in calls], progress, self.step.pool == "gpu", key)
 
 
-def _materialize(step_name: str, plan: Plan, recipe, inputs: dict, params, tag: str, refresh: bool) -> ArtifactRef:
+def _materialize(step: Step, plan: Plan, recipe, inputs: dict, params, tag: str, refresh: bool) -> ArtifactRef:
     """The step's task body: the artifact `plan` names, built by the step only when it is not published yet."""
-    from steps import get_step
-
-    step = get_step(step_name)
     return materialize(plan, lambda work: step.build(StepBuild(step, recipe, inputs, params, work, tag)), refresh)
 
 
@@ -117,7 +115,7 @@ def run_step(
         task_run_name=f"{step.name} {tag}".strip(),
     )
     with torch_threads(recipe.execution.threads):  # the same bits in any process (see execution.threads)
-        ref = body(step.name, the_plan, recipe, inputs, params, tag, refresh)
+        ref = body(step, the_plan, recipe, inputs, params, tag, refresh)
     if built_before(ref, started):
         mark_cached(ref.meta.get(BUILD_INFO) or {})
     if step.describe is not None:
@@ -148,11 +146,11 @@ def run_part(fn: str, call: tuple, threads: int | None) -> Any:
 
 @flow(name="parts", validate_parameters=False, log_prints=True)
 def parts_flow(
-    fn: str, calls: list, names: list[str], description: str, retries: int, gpu: dict, threads: int | None
+    fn: str, calls: list, names: list[str], description: str, retries: int, gpu: dict, threads: int | None, key: str
 ) -> list:
     """Submits every part to the flow's task runner at once; returns their results in order."""
     submit = run_part.with_options(retries=retries)
-    progress = Progress(artifact_key(description.replace(" ", "-")), description, total=len(calls))
+    progress = Progress(key, description, total=len(calls))
     with dask.annotate(resources=gpu) if gpu else contextlib.nullcontext():
         futures = [submit.with_options(task_run_name=n).submit(fn, c, threads) for c, n in zip(calls, names)]
     for done, _ in enumerate(as_completed(futures), 1):
@@ -160,8 +158,14 @@ def parts_flow(
     return [f.result() for f in futures]
 
 
-def map_on_runner(recipe, fn: Callable, calls: list[tuple], names: list[str], description: str, gpu: bool) -> list:
-    """Returns [fn(*call) for call in calls], each call a task on the run's task runner (local or Dask)."""
+def map_on_runner(
+    recipe, fn: Callable, calls: list[tuple], names: list[str], description: str, gpu: bool, key: str | None = None
+) -> list:
+    """Returns [fn(*call) for call in calls], each call a task on the run's task runner (local or Dask).
+
+    `names`: each task run's name; `description`: the fan-out's (its flow run is `<description> on <where>`);
+    `key`: its progress bar's artifact key (default: from the description).
+    """
     ex = recipe.execution
     target = f"{fn.__module__}:{fn.__name__}"
     with cluster(recipe) as address:
@@ -172,4 +176,5 @@ def map_on_runner(recipe, fn: Callable, calls: list[tuple], names: list[str], de
         run = parts_flow.with_options(task_runner=runner, flow_run_name=f"{description} on {where}")
         resources = gpu_resources(recipe) if gpu else {}
         with reporting_lost_scheduler(recipe, description) if address else contextlib.nullcontext():
-            return run(target, calls, names, description, ex.retries, resources, ex.threads)
+            key = key or artifact_key(description.replace(" ", "-"), run_tag(recipe))
+            return run(target, calls, names, description, ex.retries, resources, ex.threads, key)

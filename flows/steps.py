@@ -24,7 +24,8 @@ from flows.naming import flow_run_name
 from flows.params import DEFAULT_RECIPE_PATH, resolve_recipe
 from flows.preflight import preflight
 from flows.runner import run_step
-from steps import STEPS, Step
+from steps.registry import STEPS
+from steps.step import Step
 from storage.refs import ArtifactRef
 from storage.runs import load_run, run_ref
 

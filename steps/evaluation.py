@@ -10,18 +10,18 @@ import torch
 
 from bidsml.benchmarks import BenchItem, benchmark_for, contamination, sample_items
 from bidsml.config import target_for
-from bidsml.evaluation.trunk import TrunkStates, trunk_layer
-from bidsml.evaluation.harness import evaluate_benchmark_items
 from bidsml.evaluation.aggregate import summarize
+from bidsml.evaluation.harness import evaluate_benchmark_items
+from bidsml.evaluation.trunk import TrunkStates, trunk_layer
 from bidsml.model import load_base_model, load_lora, load_tokenizer
 from bidsml.sandbox import Limits
-from bidsml.selection import selection_label
 from steps.step import Build, Input, Step
 from storage.checkpoints import adapter_path
 from storage.datasets import load_split
 from storage.evaluations import load_evaluation_items, save_evaluation
 from storage.identity import code_identity, model_identity
 from storage.refs import check_ref, file_sha256
+from storage.selections import selected_by
 from storage.trunk_states import items_digest, library_versions, load_trunk, save_trunk, trunk_bytes, trunk_path
 
 
@@ -42,7 +42,7 @@ def benchmark_inputs(recipe, inputs=None, params=None) -> dict:
 def model_label(adapter) -> str:
     if adapter is None:
         return "base"
-    return selection_label(adapter.meta["method"], adapter.meta["budget"])
+    return selected_by(adapter).label
 
 
 def evaluation_items(recipe) -> list[BenchItem]:

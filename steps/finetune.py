@@ -6,11 +6,10 @@ import shutil
 
 from bidsml.data import tokenize_all
 from bidsml.model import load_tokenizer
-from bidsml.selection import selection_label
 from bidsml.train import train_lora
 from steps.step import Build, Input, Step
 from storage.checkpoints import adapter_path
-from storage.selections import load_subset, subset_digest
+from storage.selections import load_subset, selected_by, subset_digest
 
 
 def subset(recipe, inputs, params) -> dict:
@@ -39,15 +38,13 @@ def build(b: Build) -> dict:
     shutil.rmtree(b.work / "train")
     return {
         "n_train": len(items),
-        "method": selection.meta.get("method"),
-        "budget": selection.meta.get("budget"),
+        **selected_by(selection).model_dump(),  # method and budget: the label of this fine-tune and its evaluation
         "steps": ckpts[-1]["step"],
     }
 
 
 def label(inputs, params) -> str:
-    sel = inputs["selection"]
-    return selection_label(sel.meta["method"], sel.meta["budget"])
+    return selected_by(inputs["selection"]).label
 
 
 STEP = Step(

@@ -18,14 +18,17 @@ from steps.step import Step
 _NOT_STEPS = {"step", "registry", "__init__"}
 
 
-def discover(package: str = "steps") -> dict[str, Step]:
-    """Returns {step name: Step} of every module of `package` that declares `STEP`, in pipeline order."""
-    pkg = importlib.import_module(package)
+def discover() -> dict[str, Step]:
+    """Returns {step name: Step} of every module of this folder that declares `STEP`, in pipeline order.
+
+    The modules are listed from this file's folder, not from the `steps` package's search path: a working
+    directory holding a folder named `steps` (a Dask worker's scratch space, say) would otherwise hide them.
+    """
     found: dict[str, Step] = {}
-    for info in pkgutil.iter_modules(pkg.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.name in _NOT_STEPS:
             continue
-        module = importlib.import_module(f"{package}.{info.name}")
+        module = importlib.import_module(f"steps.{info.name}")
         step = getattr(module, "STEP", None)
         if step is None:
             continue
@@ -100,6 +103,16 @@ def plan(step: Step, recipe, inputs: dict[str, Any], params: BaseModel | None = 
     if step.identity is not None:
         values["derived"] = step.identity(view, inputs, params)
     return Plan(run_root=str(Path(recipe.run_root).resolve()), kind=step.name, inputs=values)
+
+
+STEPS: dict[str, Step] = discover()
+
+
+def get_step(name: str) -> Step:
+    """Returns the step named `name`; unknown names raise with the list of steps."""
+    if name not in STEPS:
+        raise ValueError(f"unknown step {name!r}; steps: {', '.join(STEPS)}")
+    return STEPS[name]
 
 
 def step_identities() -> dict[str, str]:

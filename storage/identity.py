@@ -73,6 +73,16 @@ def _package_modules(name: str, origin: str) -> list[str]:
     return sorted(f"{name}.{p.stem}" for p in folder.glob("*.py") if p.stem != "__init__")
 
 
+def _from_module(node: ast.ImportFrom, importer: str, is_pkg: bool) -> str:
+    """Returns the absolute module a `from ... import` statement of module `importer` reads from."""
+    if not node.level:
+        return node.module or ""
+    base = importer if is_pkg else importer.rsplit(".", 1)[0]  # relative import
+    for _ in range(node.level - 1):
+        base = base.rsplit(".", 1)[0]
+    return f"{base}.{node.module}" if node.module else base
+
+
 def project_imports(name: str) -> tuple[list[str], str]:
     """Returns (project modules `name` imports, the canonical dump of its code) without importing it."""
     origin, is_pkg = _spec_origin(name)
@@ -88,13 +98,7 @@ def project_imports(name: str) -> tuple[list[str], str]:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if _is_project(a.name)}
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative import
-                base = name if is_pkg else name.rsplit(".", 1)[0]
-                for _ in range(node.level - 1):
-                    base = base.rsplit(".", 1)[0]
-                mod = f"{base}.{node.module}" if node.module else base
-            else:
-                mod = node.module or ""
+            mod = _from_module(node, name, is_pkg)
             if not _is_project(mod):
                 continue
             found.add(mod)
@@ -195,13 +199,7 @@ def _imported_modules(node: ast.AST, module: str, is_pkg: bool, only: set[str] |
             if _is_project(a.name) and (only is None or (a.asname or a.name).split(".")[0] in only):
                 out.add(a.name)
     elif isinstance(node, ast.ImportFrom):
-        if node.level:
-            base = module if is_pkg else module.rsplit(".", 1)[0]
-            for _ in range(node.level - 1):
-                base = base.rsplit(".", 1)[0]
-            mod = f"{base}.{node.module}" if node.module else base
-        else:
-            mod = node.module or ""
+        mod = _from_module(node, module, is_pkg)
         if not _is_project(mod):
             return out
         for a in node.names:

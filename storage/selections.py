@@ -6,10 +6,38 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from bidsml.data import Example, read_jsonl, write_jsonl
+from bidsml.selection import selection_label
 from storage.names import SELECTION_PARQUET, SELECTION_SUMMARY, SUBSET_JSONL
 from storage.refs import ArtifactRef, check_ref, file_sha256
+
+
+class SelectedBy(BaseModel):
+    """What a selection, and each fine-tune and evaluation of it, carries in its summary: the method and budget.
+
+    Shared across layers (run names, labels of fine-tunes and evaluations, reports): read it with
+    `selected_by(ref)`, not from the summary dict.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    method: str
+    budget: float
+
+    @property
+    def label(self) -> str:
+        return selection_label(self.method, self.budget)
+
+
+def selected_by(ref: ArtifactRef | dict | None) -> SelectedBy | None:
+    """Returns the method and budget of a selection, fine-tune or adapter evaluation ref (None: not from one)."""
+    if ref is None:
+        return None
+    meta = ref.get("meta") if isinstance(ref, dict) else ref.meta
+    if not meta or meta.get("method") is None:
+        return None
+    return SelectedBy.model_validate(meta)
 
 
 def subset_path(root: Path) -> Path:

@@ -9,8 +9,8 @@ import pytest
 from bidsml.benchmarks import benchmark_for
 from bidsml.config import TargetTask, load_recipe
 from bidsml.errors import DataError
-from bidsml.evaluation.harness import evaluate_benchmark_items
 from bidsml.evaluation.aggregate import summarize
+from bidsml.evaluation.harness import evaluate_benchmark_items
 from bidsml.model import load_base_model
 from bidsml.sandbox import Limits
 from tests.conftest import TINY
@@ -101,7 +101,7 @@ def test_missing_settings_and_files_are_named(tmp_path):
 
 def test_the_data_step_takes_validation_examples_from_the_users_file(tmp_path):
     from flows.runner import run_step
-    from steps import STEPS, plan
+    from steps.registry import STEPS, plan
 
     recipe = load_recipe(RECIPE).with_overrides({"run_root": str(tmp_path / "runs")})
     ref = run_step(STEPS["data"], recipe, {})

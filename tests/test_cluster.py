@@ -107,7 +107,7 @@ def test_pipeline_on_a_real_cluster_builds_what_one_process_builds(cluster, one_
     assert _artifacts(root) == _artifacts(one_process)  # every identity and every file's content
     assert not list((root / "artifacts").glob("*/*.partial")), "a work folder was left behind"
     record = json.loads(next((root / "run-records").glob("*.json")).read_text())
-    features = record["refs"]["features"]["meta"]
+    features = record["refs"]["features"]["main"]["meta"]
     assert features["driver_chunks"] == 0 and features["chunks_by"], features
     assert all(k.startswith("worker w") for k in features["chunks_by"]), features["chunks_by"]
     n_chunks = -(-features["n_train"] // 4) + -(-features["n_val"] // 4)
@@ -211,7 +211,7 @@ def test_scheduler_killed_during_featurization_then_rerun_resumes_to_the_same_st
     after = {p.name: p.stat().st_mtime_ns for p in (features / "chunks_done").iterdir()}
     assert all(after[name] == mtime for name, mtime in done.items()), "a finished chunk was computed again"
     record = json.loads(next((root / "run-records").glob("*.json")).read_text())
-    assert record["refs"]["features"]["meta"]["driver_chunks"] == 0
+    assert record["refs"]["features"]["main"]["meta"]["driver_chunks"] == 0
 
 
 def test_a_worker_running_code_older_than_the_files_is_refused_before_any_step(cluster, tmp_path):

@@ -86,7 +86,7 @@ def test_prefect_yaml_matches_the_step_declarations():
     import yaml
     from prefect.flows import load_flow_from_entrypoint
 
-    from steps import STEPS
+    from steps.registry import STEPS
 
     spec = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "prefect.yaml").read_text())
     by_name = {d["name"]: d for d in spec["deployments"]}

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import STEP_TASKS
+
 ROOT = Path(__file__).parents[1]
 STEPS = [
     "data",

@@ -140,19 +140,19 @@ def test_pipeline_sigkilled_during_influence_resumes_at_the_first_unfinished_blo
     )
     out = pipeline(recipe)
     rec = json.loads(Path(out["record"]).read_text())
-    infl = Path(rec["refs"]["influence"]["uri"])
-    n = rec["refs"]["influence"]["meta"]["n_train"]
+    infl = Path(rec["refs"]["influence"]["main"]["uri"])
+    n = rec["refs"]["influence"]["main"]["meta"]["n_train"]
     assert len(calls) == -(-n // 8) - 2  # finished blocks were not recomputed
     for name, mtime in markers.items():
         assert (infl / BLOCKS_DONE_DIR / name).stat().st_mtime_ns == mtime
     resumed = read_influence_matrix(infl)
-    digest = rec["refs"]["influence"]["digest"]
+    digest = rec["refs"]["influence"]["main"]["digest"]
     calls.clear()
     fresh = pipeline(recipe, refresh=["influence"])  # an uninterrupted computation from scratch
     assert len(calls) == -(-n // 8)
     rec2 = json.loads(Path(fresh["record"]).read_text())
-    np.testing.assert_array_equal(read_influence_matrix(Path(rec2["refs"]["influence"]["uri"])), resumed)
-    assert rec2["refs"]["influence"]["digest"] == digest  # identical store, file for file
+    np.testing.assert_array_equal(read_influence_matrix(Path(rec2["refs"]["influence"]["main"]["uri"])), resumed)
+    assert rec2["refs"]["influence"]["main"]["digest"] == digest  # identical store, file for file
 
 
 def test_a_dask_worker_sigkilled_mid_shard_has_its_shard_rerun_and_the_store_is_identical(tmp_path, prefect_harness):

@@ -124,10 +124,10 @@ def _browser_checks(base: str, api: str, pipeline_run: str, select_run: str, sho
             # the pipeline's run page: subflows named by what they do
             page.goto(f"{base}/runs/flow-run/{pipeline_run}")
             page.get_by_text("Subflow Runs").first.click()
-            page.get_by_text("select bids@8").first.wait_for(timeout=30_000)
+            page.get_by_text("selection bids@8").first.wait_for(timeout=30_000)
             text = page.inner_text("body")
             page.screenshot(path=str(shots / "pipeline-run.png"))
-            for name in ("evaluate base", "finetune random@8", "select rds@8", "evaluate bids@8"):
+            for name in ("evaluation base", "finetune random@8", "selection rds@8", "evaluation bids@8"):
                 assert name in text, name
             # the select run's page: its upstream came from the cache, and says so
             page.goto(f"{base}/runs/flow-run/{select_run}")
@@ -210,10 +210,10 @@ def test_ui_serve_deployment_runs_cached_select_and_lineage(tmp_path):
         timings["select_run_s"] = time.time() - t
 
         states = _task_runs(api, {second})
-        for name in ("prepare_data", "warmup", "featurize", "compute_influence", "diagnose"):
+        for name in ("data", "warmup", "features", "influence", "diagnostics"):
             assert states[name] == ["Cached"], (name, states)
-        assert states["select_subset"] == ["Completed"] and states["finetune"] == ["Completed"], states
-        assert sorted(states["evaluate"]) == ["Cached", "Completed"], states  # base model cached, new adapter not
+        assert states["selection"] == ["Completed"] and states["finetune"] == ["Completed"], states
+        assert sorted(states["evaluation"]) == ["Cached", "Completed"], states  # base model cached, new adapter not
 
         arts = httpx.post(
             f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [second]}}}, timeout=10
@@ -226,15 +226,15 @@ def test_ui_serve_deployment_runs_cached_select_and_lineage(tmp_path):
         assert "data:image/png;base64," in report  # plots are inline: the UI shows them
         assert "| cached |" in report and "| computed |" in report  # which steps came from the cache
         lineage_md = next(a for a in arts if a["key"] == "tiny-select-bids-6-lineage")["data"]
-        assert "```mermaid" in lineage_md and "featurize" in lineage_md and "data:image/png;base64," in lineage_md
+        assert "```mermaid" in lineage_md and "features" in lineage_md and "data:image/png;base64," in lineage_md
         all_arts = httpx.post(f"{api}/artifacts/filter", json={"limit": 200}, timeout=10).json()
         all_keys = {a["key"] for a in all_arts}
-        per_thing = {"select-subset-bids-6-summary", "select-subset-bids-8-summary", "finetune-bids-6-summary"}
-        per_thing |= {"finetune-progress-bids-6", "evaluate-base-summary", "evaluation-bids-6", "tiny-pipeline-report"}
-        assert {"featurize-summary", "warmup-summary", "features-progress", "warmup-progress"} | per_thing <= all_keys
+        per_thing = {"selection-bids-6-summary", "selection-bids-8-summary", "finetune-bids-6-summary"}
+        per_thing |= {"finetune-progress-bids-6", "evaluation-base-summary", "evaluation-bids-6", "tiny-pipeline-report"}
+        assert {"features-summary", "warmup-summary", "features-progress", "warmup-progress"} | per_thing <= all_keys
         # rerun steps say so in their names: the select run's cached upstream subflows
         sub = {r["name"] for r in httpx.post(f"{api}/flow_runs/filter", json={"limit": 200}, timeout=10).json()}
-        assert {"data · cached", "features · cached", "evaluate base · cached", "select bids@6"} <= sub, sub
+        assert {"data · cached", "features · cached", "evaluation base · cached", "selection bids@6"} <= sub, sub
 
         t = time.time()
         _browser_checks(f"http://127.0.0.1:{port}", api, first, second, tmp_path / "screenshots")
@@ -242,7 +242,7 @@ def test_ui_serve_deployment_runs_cached_select_and_lineage(tmp_path):
 
         # lineage: from the new subset back to its checkpoints, projection and influence matrix
         rec = json.loads(next((tmp_path / "runs" / "run-records").glob(f"{second}.json")).read_text())
-        sel = rec["refs"]["selections"]["bids@6"]
+        sel = rec["refs"]["selection"]["bids@6"]
         out = subprocess.run(
             [str(BIN / "bidsflow"), "lineage", sel["digest"][:12], "--run-root", str(tmp_path / "runs")],
             cwd=REPO,
@@ -266,7 +266,7 @@ def test_ui_serve_deployment_runs_cached_select_and_lineage(tmp_path):
         sel_events = [e for e in page["events"] if e["event"].startswith("prefect.asset.materialization")]
         assert sel_events, page
         related = {r["prefect.resource.id"] for e in sel_events for r in e["related"]}
-        assert "file://" + rec["refs"]["influence"]["uri"] in related, related
+        assert "file://" + rec["refs"]["influence"]["main"]["uri"] in related, related
     finally:
         for p in reversed(procs):
             stop_process(p)
