@@ -276,7 +276,7 @@ MODES = ("local", "dask", "cluster")  # one process; a 2-worker LocalCluster; re
 
 
 def part_featurize(n_pool: int) -> dict:
-    from flows.steps import STEP_FLOWS as F
+    from flows.step_flows import STEP_FLOWS as F
     from storage.names import FEATURES_STORE
     from tests.conftest import store_arrays
 

@@ -20,7 +20,7 @@ from prefect import serve
 
 from bidsml.config import load_recipe
 from flows.pipeline import pipeline, reselect
-from flows.steps import DEPLOYED
+from flows.step_flows import DEPLOYED
 
 NIGHTLY = "0 2 * * *"  # example schedule: 02:00 every night
 

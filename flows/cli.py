@@ -141,7 +141,7 @@ def step(
     except (BidsError, ValueError) as err:
         _fail(err)
     _preflight(rec)
-    from flows.steps import STEP_FLOWS
+    from flows.step_flows import STEP_FLOWS
 
     try:
         out = STEP_FLOWS[name](rec, params=params, label=label, from_run=from_run, refresh=refresh)

@@ -29,7 +29,7 @@ from flows.naming import flow_run_name
 from flows.params import DEFAULT_RECIPE_PATH, MethodName, StepName, resolve_recipe
 from flows.preflight import preflight
 from flows.runner import map_on_runner
-from flows.steps import STEP_FLOWS
+from flows.step_flows import STEP_FLOWS
 from steps.registry import STEPS
 from steps.step import Step
 from storage.lineage import mermaid, run_lineage

@@ -71,7 +71,9 @@ class StepBuild:
     def map(self, fn: Callable, calls: Iterable[tuple], name: Callable[..., str], progress: str = "parts") -> list:
         calls = list(calls)
         key = artifact_key(f"{self.step.name}-progress", self.tag)
-        return map_on_runner(self._recipe, fn, calls, [name(*c) for c in calls], progress, self.step.pool == "gpu", key)
+        names = [name(*c) for c in calls]
+        what = f"the {self.step.name} step ({progress})"
+        return map_on_runner(self._recipe, fn, calls, names, progress, self.step.pool == "gpu", key, what)
 
 
 def _materialize(step: Step, plan: Plan, recipe, inputs: dict, params, tag: str, refresh: bool) -> ArtifactRef:
@@ -159,12 +161,20 @@ def parts_flow(
 
 
 def map_on_runner(
-    recipe, fn: Callable, calls: list[tuple], names: list[str], description: str, gpu: bool, key: str | None = None
+    recipe,
+    fn: Callable,
+    calls: list[tuple],
+    names: list[str],
+    description: str,
+    gpu: bool,
+    key: str | None = None,
+    what: str | None = None,
 ) -> list:
     """Returns [fn(*call) for call in calls], each call a task on the run's task runner (local or Dask).
 
     `names`: each task run's name; `description`: the fan-out's (its flow run is `<description> on <where>`);
-    `key`: its progress bar's artifact key (default: from the description).
+    `key`: its progress bar's artifact key (default: from the description); `what`: the work a lost scheduler
+    interrupted, as its error names it (default: the description).
     """
     ex = recipe.execution
     target = f"{fn.__module__}:{fn.__name__}"
@@ -175,6 +185,6 @@ def map_on_runner(
             runner, where = dask_runner(address), "Dask"
         run = parts_flow.with_options(task_runner=runner, flow_run_name=f"{description} on {where}")
         resources = gpu_resources(recipe) if gpu else {}
-        with reporting_lost_scheduler(recipe, description) if address else contextlib.nullcontext():
+        with reporting_lost_scheduler(recipe, what or f"the {description}") if address else contextlib.nullcontext():
             key = key or artifact_key(description.replace(" ", "-"), run_tag(recipe))
             return run(target, calls, names, description, ex.retries, resources, ex.threads, key)

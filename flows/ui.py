@@ -94,7 +94,8 @@ def publish(
     the step plus `tag` (see `run_tag`), so each selection, fine-tune and
     evaluation keeps its own card and history in the UI.
     """
-    record_artifact(Path(ref.uri).parents[2], ref, step, flow_run_id(), params, inputs, root_flow_run_id())
+    root = Path(ref.uri).parents[2]
+    record_artifact(root, ref, step, flow_run_id(), params, inputs, root_flow_run_id(), label=tag)
     built = ref.meta.get(BUILD_INFO) or {}
     cached = built_before(ref, started)
     rows = summary_rows({k: v for k, v in ref.meta.items() if k not in (BUILD_INFO, "tasks", "task_stats", "fidelity")})

@@ -26,20 +26,22 @@ def record_artifact(
     params: dict[str, Any],
     inputs: list[ArtifactRef],
     root_run_id: str | None = None,
+    label: str | None = None,
 ) -> Path:
     """Writes (or extends) the lineage record of `ref`; returns its path.
 
     `run_id` is the step's flow run, `root_run_id` the pipeline / select run
     that launched it; a cached rerun adds nothing (the task body does not run).
+    `label`: which of a run's artifacts of its kind it is (`bids@0.1`, `base`).
     """
     folder = Path(run_root) / LINEAGE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{ref.identity[:24]}.json"  # identity, not digest: equal content may come from other inputs
     with FileLock(str(path) + ".lock"):  # two runs recording the same artifact at once
-        return _extend_record(path, ref, step, run_id, params, inputs, root_run_id)
+        return _extend_record(path, ref, step, run_id, params, inputs, root_run_id, label)
 
 
-def _extend_record(path, ref, step, run_id, params, inputs, root_run_id) -> Path:
+def _extend_record(path, ref, step, run_id, params, inputs, root_run_id, label) -> Path:
     rec = (
         json.loads(path.read_text())
         if path.exists()
@@ -48,6 +50,7 @@ def _extend_record(path, ref, step, run_id, params, inputs, root_run_id) -> Path
             "kind": ref.kind,
             "uri": ref.uri,
             "step": step,
+            "label": label or "",
             "identity": ref.identity,
             "params": params,
             "inputs": [{"kind": i.kind, "identity": i.identity, "digest": i.digest, "uri": i.uri} for i in inputs],
@@ -95,10 +98,10 @@ def run_lineage(run_root: Path, refs: list[ArtifactRef]) -> list[dict]:
 
 def _label(rec: dict) -> str:
     p = rec.get("params") or {}
-    extra = ""
-    if "method" in p:
+    extra = f" {rec['label']}" if rec.get("label") else ""
+    if not extra and "method" in p:  # records written before labels were recorded
         extra = f" {p['method']}@{p.get('budget')}"
-    elif rec["kind"] == "evaluation":
+    elif not extra and rec["kind"] == "evaluation":
         extra = f" {p.get('model', '')}"
     return f"{rec['step']}{extra}<br/>{rec['kind']} {rec['digest'][:10]}"
 

@@ -198,7 +198,10 @@ def test_scheduler_killed_during_featurization_then_rerun_resumes_to_the_same_st
         if run.poll() is None:
             run.kill()
     assert run.returncode == 2, text[-3000:]
-    assert "scheduler stopped answering during featurization" in text and "rerun the same command" in text
+    assert (
+        "scheduler stopped answering during the features step (feature shards)" in text
+        and "rerun the same command" in text
+    )
     done = {p.name: p.stat().st_mtime_ns for p in root.glob("artifacts/features/*.partial/chunks_done/*")}
     assert done, "finished chunks are kept"
     cluster.stop()  # the old workers too, as an operator restarting the cluster would

@@ -48,7 +48,7 @@ def test_serve_builds_pipeline_and_step_deployments():
     assert set(schema["properties"]) == {"recipe", "method", "budget", "refresh", "recipe_path"}
     assert deps["select"].parameters["recipe"]["name"] == "tiny" and not deps["select"].schedules
     # step flows need only the recipe: their inputs default to the latest run's artifacts
-    from flows.steps import STEP_FLOWS
+    from flows.step_flows import STEP_FLOWS
 
     step = parameter_schema(STEP_FLOWS["selection"].fn).model_dump()
     assert step["required"] == ["recipe"]
@@ -60,7 +60,7 @@ def test_forms_offer_dropdowns_descriptions_and_no_internal_refs():
 
     from bidsml.selectors import SELECTORS
     from flows.pipeline import pipeline, reselect
-    from flows.steps import DEPLOYED
+    from flows.step_flows import DEPLOYED
 
     schema = parameter_schema(reselect.fn).model_dump()
     method = schema["properties"]["method"]

@@ -21,7 +21,7 @@ CHILD = """
 import os, signal, sys
 from bidsml.config import load_recipe
 import steps.features as tf
-from flows.steps import STEP_FLOWS as F
+from flows.step_flows import STEP_FLOWS as F
 
 # one thread: a matmul's last bits depend on the thread count and, on a loaded machine, its scheduling
 recipe = load_recipe(sys.argv[1]).with_overrides(
@@ -44,7 +44,7 @@ def test_sigkilled_featurize_step_resumes_without_recomputing_finished_chunks(tm
     from prefect.settings import get_current_settings
 
     import steps.features as tf
-    from flows.steps import STEP_FLOWS as F
+    from flows.step_flows import STEP_FLOWS as F
 
     run_root = tmp_path / "runs"
     env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}

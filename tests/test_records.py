@@ -41,8 +41,8 @@ def test_lineage_walks_upstream_once_and_records_each_run(tmp_path):
     data, warm, sel = _ref("data", "d1"), _ref("warmup", "w1"), _ref("selection", "s1")
     record_artifact(tmp_path, data, "data", "run1", {}, [])
     record_artifact(tmp_path, warm, "warmup", "run1", {"lora": {}}, [data])
-    record_artifact(tmp_path, sel, "selection", "run1", {"method": "bids", "budget": 8}, [data, warm])
-    record_artifact(tmp_path, sel, "selection", "run2", {"method": "bids", "budget": 8}, [data, warm])
+    record_artifact(tmp_path, sel, "selection", "run1", {"method": "bids", "budget": 8}, [data, warm], label="bids@8")
+    record_artifact(tmp_path, sel, "selection", "run2", {"method": "bids", "budget": 8}, [data, warm], label="bids@8")
     rec = find_record(tmp_path, sel.identity[:8])
     assert [r["run_id"] for r in rec["runs"]] == ["run1", "run2"]
     assert find_record(tmp_path, "/r/artifacts/warmup/w1")["kind"] == "warmup"  # by folder

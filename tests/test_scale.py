@@ -21,7 +21,7 @@ RECIPE = ROOT / "recipes" / "tiny.yaml"
 
 
 def _features(recipe):
-    from flows.steps import STEP_FLOWS as F
+    from flows.step_flows import STEP_FLOWS as F
 
     data = F["data"](recipe)
     warm = F["warmup"](recipe, inputs={"data": data})
@@ -33,7 +33,7 @@ def _shard_runs(since) -> list[str]:
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(limit=200)
-    return [r.state.name for r in runs if r.task_key.startswith("featurize_shard") and r.created >= since]
+    return [r.state.name for r in runs if r.name.startswith("feature shard ") and r.created >= since]
 
 
 def test_dask_shards_build_the_same_store_as_one_process(tmp_path, prefect_harness):
@@ -179,7 +179,7 @@ def test_a_dask_worker_sigkilled_mid_shard_has_its_shard_rerun_and_the_store_is_
                 "execution.shard_chunks": 6,
             }
         )
-        from flows.steps import STEP_FLOWS as F
+        from flows.step_flows import STEP_FLOWS as F
 
         data = F["data"](recipe)
         warm = F["warmup"](recipe, inputs={"data": data})

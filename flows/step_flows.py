@@ -1,5 +1,8 @@
 """One flow per step, derived from the step declarations (steps/): nothing here names a step.
 
+(Not `flows/steps.py`: Prefect puts a deployment's script folder first on sys.path, where a module named
+`steps` would hide the `steps` package.)
+
 - `STEP_FLOWS[name]`: the flow the pipeline and `bidsflow step` call. It
   takes the recipe, the step's inputs (refs by Input.key) and parameters;
   inputs left unset are read from a run record (`from_run`, default the
@@ -129,4 +132,4 @@ def _deployed_flow(step: Step):
 DEPLOYED = {name: _deployed_flow(step) for name, step in STEPS.items()}
 globals().update(
     {f"{name}_step": fl for name, fl in DEPLOYED.items()}
-)  # deployment entrypoints: flows/steps.py:<name>_step
+)  # deployment entrypoints: flows/step_flows.py:<name>_step
