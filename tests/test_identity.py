@@ -12,17 +12,7 @@ import pytest
 from tests.conftest import STEP_TASKS
 
 ROOT = Path(__file__).parents[1]
-STEPS = [
-    "data",
-    "warmup",
-    "features",
-    "influence",
-    "diagnostics",
-    "representations",
-    "selection",
-    "finetune",
-    "evaluation",
-]
+STEPS = sorted(STEP_TASKS)  # every step of the project
 DUMP = (
     "import json, sys; sys.path.insert(0, sys.argv[1]); from steps.registry import step_identities; "
     "print(json.dumps(step_identities()))"
@@ -34,6 +24,15 @@ def _identities(tree: Path) -> dict[str, str]:
     ids = json.loads(out.stdout)
     assert set(ids) == set(STEPS), ids
     return ids
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> dict[str, str]:
+    """The identities of an unedited copy of the code (identities depend on content only: one probe serves all)."""
+    tree = tmp_path_factory.mktemp("pristine")
+    for pkg in ("bidsml", "storage", "steps", "flows"):
+        shutil.copytree(ROOT / pkg, tree / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    return _identities(tree)
 
 
 @pytest.fixture()
@@ -53,16 +52,16 @@ def _changed(before: dict, after: dict) -> set[str]:
     return {s for s in STEPS if after[s] != before[s]}
 
 
-def test_editing_a_build_function_recomputes_that_step_only(code_copy):
+def test_editing_a_build_function_recomputes_that_step_only(code_copy, pristine):
     before = _identities(code_copy)
-    assert before == _identities(code_copy)  # stable across processes
+    assert before == pristine  # stable across processes and folders
     # the composition rule of the selection step
     _edit(code_copy / "steps" / "selection.py", "means.mean(axis=0).round(4)", "means.mean(axis=0).round(3)")
     assert _changed(before, _identities(code_copy)) == {"selection"}
 
 
-def test_editing_core_code_recomputes_every_step_that_runs_it(code_copy):
-    before = _identities(code_copy)
+def test_editing_core_code_recomputes_every_step_that_runs_it(code_copy, pristine):
+    before = pristine
     _edit(
         code_copy / "bidsml" / "train.py", "    torch.manual_seed(seed)\n", "    torch.manual_seed(seed + 1)\n"
     )  # add_lora
@@ -71,8 +70,8 @@ def test_editing_core_code_recomputes_every_step_that_runs_it(code_copy):
     assert _changed(before, _identities(code_copy)) == {"warmup", "features", "diagnostics", "finetune"}
 
 
-def test_comments_and_docstrings_do_not_change_identities(code_copy):
-    before = _identities(code_copy)
+def test_comments_and_docstrings_do_not_change_identities(code_copy, pristine):
+    before = pristine
     _edit(
         code_copy / "steps" / "selection.py",
         '"""Runs one selection method;',
@@ -82,10 +81,10 @@ def test_comments_and_docstrings_do_not_change_identities(code_copy):
     assert _identities(code_copy) == before
 
 
-def test_progress_summaries_report_and_declarations_are_outside_every_identity(code_copy):
+def test_progress_summaries_report_and_declarations_are_outside_every_identity(code_copy, pristine):
     """What people see of a step (progress, log and summary formats, the run report, the evaluation's aggregate
     table) and how a step is declared (its description, pool) change no artifact: editing them recomputes nothing."""
-    before = _identities(code_copy)
+    before = pristine
     ui = code_copy / "flows" / "ui.py"
     _edit(ui, 'f"{self.description}: {int(done)}/{int(total)} ({pct:.0f}%){extra}"', 'f"{self.description} {pct:.1f}%"')
     _edit(ui, "rows.append((key, str(round_sig(v))))", "rows.append((key, repr(v)))")  # the summary card's table
@@ -146,8 +145,8 @@ def test_two_fresh_processes_with_different_hash_seeds_build_identical_artifacts
     assert a == b  # and the same content, file by file
 
 
-def test_adding_a_benchmark_file_leaves_the_expensive_steps_alone(code_copy):
-    before = _identities(code_copy)
+def test_adding_a_benchmark_file_leaves_the_expensive_steps_alone(code_copy, pristine):
+    before = pristine
     (code_copy / "bidsml" / "benchmarks" / "mybench.py").write_text(
         "from bidsml.benchmarks.base import Benchmark, register_benchmark\n\n\n"
         "@register_benchmark\nclass Mine(Benchmark):\n    name = 'mine'\n"

@@ -60,7 +60,7 @@ def _deployment_run(env: dict, name: str, params: dict) -> str:
 
 
 def _task_runs(api: str, flow_run_ids: set[str]) -> dict[str, list[str]]:
-    """Returns {task name: [state names]} of the task runs under the given flow runs and their subflows."""
+    """Returns {step: [state names]} of the step tasks (flows/runner.py) under the given flow runs and subflows."""
     runs = httpx.post(f"{api}/flow_runs/filter", json={"limit": 200}, timeout=10).json()
     parents = {r["id"]: r.get("parent_task_run_id") for r in runs}
     tasks = httpx.post(f"{api}/task_runs/filter", json={"limit": 200}, timeout=10).json()
@@ -73,8 +73,8 @@ def _task_runs(api: str, flow_run_ids: set[str]) -> dict[str, list[str]]:
 
     out: dict[str, list[str]] = {}
     for t in sorted(tasks, key=lambda t: t["created"]):
-        if root_flow(t["flow_run_id"]) in flow_run_ids:
-            out.setdefault(t["task_key"].rsplit("-", 1)[0], []).append(t["state"]["name"])
+        if root_flow(t["flow_run_id"]) in flow_run_ids and t["task_key"].startswith("_materialize"):
+            out.setdefault(t["name"].split(" ")[0], []).append(t["state"]["name"])  # `<step> <label>`
     return out
 
 
@@ -95,6 +95,17 @@ def _chromium() -> str | None:
         if path:
             return path
     return None
+
+
+def _child_run(api: str, parent_run: str, name_prefix: str) -> str:
+    """Returns the id of the subflow run of `parent_run` whose name starts with `name_prefix`."""
+    runs = httpx.post(f"{api}/flow_runs/filter", json={"limit": 200}, timeout=10).json()
+    tasks = {t["id"]: t for t in httpx.post(f"{api}/task_runs/filter", json={"limit": 200}, timeout=10).json()}
+    for r in runs:
+        parent_task = tasks.get(r.get("parent_task_run_id") or "")
+        if r["name"].startswith(name_prefix) and parent_task and parent_task["flow_run_id"] == parent_run:
+            return r["id"]
+    raise AssertionError(f"no subflow run {name_prefix!r} of {parent_run}")
 
 
 def _browser_checks(base: str, api: str, pipeline_run: str, select_run: str, shots: Path) -> None:
@@ -121,13 +132,21 @@ def _browser_checks(base: str, api: str, pipeline_run: str, select_run: str, sho
         browser = p.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         try:
-            # the pipeline's run page: subflows named by what they do
+            # the pipeline's run page: subflows named by what they do, the method x budget branches in one
             page.goto(f"{base}/runs/flow-run/{pipeline_run}")
+            page.get_by_text("Subflow Runs").first.click()
+            page.get_by_text("method x budget branches on this process").first.wait_for(timeout=30_000)
+            text = page.inner_text("body")
+            page.screenshot(path=str(shots / "pipeline-run.png"))
+            for name in ("evaluation base", "features", "diagnostics"):
+                assert name in text, name
+            # the branches' run page: each branch's selection, fine-tune and evaluation
+            page.goto(f"{base}/runs/flow-run/{_child_run(api, pipeline_run, 'method x budget branches')}")
             page.get_by_text("Subflow Runs").first.click()
             page.get_by_text("selection bids@8").first.wait_for(timeout=30_000)
             text = page.inner_text("body")
-            page.screenshot(path=str(shots / "pipeline-run.png"))
-            for name in ("evaluation base", "finetune random@8", "selection rds@8", "evaluation bids@8"):
+            page.screenshot(path=str(shots / "branches-run.png"))
+            for name in ("finetune random@8", "selection rds@8", "evaluation bids@8"):
                 assert name in text, name
             # the select run's page: its upstream came from the cache, and says so
             page.goto(f"{base}/runs/flow-run/{select_run}")
@@ -230,7 +249,12 @@ def test_ui_serve_deployment_runs_cached_select_and_lineage(tmp_path):
         all_arts = httpx.post(f"{api}/artifacts/filter", json={"limit": 200}, timeout=10).json()
         all_keys = {a["key"] for a in all_arts}
         per_thing = {"selection-bids-6-summary", "selection-bids-8-summary", "finetune-bids-6-summary"}
-        per_thing |= {"finetune-progress-bids-6", "evaluation-base-summary", "evaluation-bids-6", "tiny-pipeline-report"}
+        per_thing |= {
+            "finetune-progress-bids-6",
+            "evaluation-base-summary",
+            "evaluation-bids-6",
+            "tiny-pipeline-report",
+        }
         assert {"features-summary", "warmup-summary", "features-progress", "warmup-progress"} | per_thing <= all_keys
         # rerun steps say so in their names: the select run's cached upstream subflows
         sub = {r["name"] for r in httpx.post(f"{api}/flow_runs/filter", json={"limit": 200}, timeout=10).json()}
