@@ -123,7 +123,10 @@ def run_step(
     if step.describe is not None:
         table = StepBuild(step, recipe, inputs, params, the_plan.final_dir, tag).table
         ref = ref.model_copy(update={"meta": {**ref.meta, **step.describe(ref, table)}})
-    params_shown = params.model_dump(mode="json") if params is not None else {}
+    # what `bidsflow lineage` and the summary card show: the recipe sections the step read, and its parameters
+    sections = {name: getattr(recipe, name) for name in step.sections}
+    params_shown = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in sections.items()}
+    params_shown |= params.model_dump(mode="json") if params is not None else {}
     images = {title: ref.path / file for title, file in step.images.items()}
     given = [r for r in inputs.values() if r is not None]
     return publish(ref, step.name, params_shown, given, started, images=images, tag=tag)
