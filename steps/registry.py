@@ -5,6 +5,7 @@ Adding a step is adding a module here (see steps/step.py); nothing else lists st
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from pathlib import Path
@@ -67,12 +68,29 @@ def section_identity(step: Step, name: str, value: Any) -> Any:
     return value
 
 
+def _code_names(step: Step) -> tuple[str, ...]:
+    return (step.build.__name__,) + ((step.identity.__name__,) if step.identity is not None else ())
+
+
 def code_of(step: Step) -> str:
-    """Returns the identity of the step's code: `build` and `identity` and what they run, not the declaration."""
+    """Returns the identity of the step's code as the files are now: `build` and `identity` and what they run,
+    not the declaration."""
     from storage.identity import function_identity
 
-    names = [step.build.__name__] + ([step.identity.__name__] if step.identity is not None else [])
-    return function_identity(step.build.__module__, *names)
+    return function_identity(step.build.__module__, *_code_names(step))
+
+
+@functools.lru_cache(maxsize=None)
+def _loaded_code(module: str, names: tuple[str, ...]) -> str:
+    from storage.identity import function_identity
+
+    return function_identity(module, *names)
+
+
+def loaded_code_of(step: Step) -> str:
+    """Returns the identity of the step's code as this process first saw it: computed once per process, as the
+    code it runs is loaded once (every step call plans, so this is not re-parsed per call)."""
+    return _loaded_code(step.build.__module__, _code_names(step))
 
 
 def plan(step: Step, recipe, inputs: dict[str, Any], params: BaseModel | None = None):
@@ -98,7 +116,7 @@ def plan(step: Step, recipe, inputs: dict[str, Any], params: BaseModel | None = 
         "sections": {name: section_identity(step, name, getattr(view, name)) for name in step.sections},
         "inputs": digests,
         "params": params.model_dump(mode="json") if params is not None else None,
-        "code": code_of(step),
+        "code": loaded_code_of(step),
     }
     if step.identity is not None:
         values["derived"] = step.identity(view, inputs, params)
