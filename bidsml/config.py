@@ -10,7 +10,7 @@ Each step's artifact identity hashes only the stage models it reads (see
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -135,7 +135,18 @@ class WarmupConfig(TrainConfig):
 
 
 class FeaturesConfig(_Stage):
-    proj_dim: int = Field(8192, gt=0, description="Projection dimension k.")
+    proj_dim: Annotated[int, Field(gt=0)] | Literal["auto", "exact"] = Field(
+        "auto",
+        description="Projection dimension k. 'auto': the smallest k in 2^10..2^17 whose influence ranks the "
+        "fidelity sample like the exact one (worst task's Spearman >= min_fidelity); 'exact': no projection; "
+        "an integer: that k (8192 for LESS parity).",
+    )
+    min_fidelity: float = Field(
+        0.95, gt=0, le=1, description="proj_dim auto: the worst task's Spearman (projected vs exact) to reach."
+    )
+    max_store_gb: float = Field(
+        50.0, gt=0, description="The largest features store (GB) a run may write; larger stops before writing."
+    )
     projector: str = Field("sjlt", description="A registered projector: sjlt (any D) or rademacher (dense, small D).")
     proj_seed: int = Field(0, description="Seed of the projection (shared by all checkpoints and splits).")
     fidelity_rows: int = Field(
@@ -161,6 +172,15 @@ class FeaturesConfig(_Stage):
     @classmethod
     def _known_projector(cls, v: str) -> str:
         return _check_name("projector", v)
+
+    @model_validator(mode="after")
+    def _auto_needs_a_sample(self):
+        if self.proj_dim == "auto" and self.fidelity_rows == 0:
+            raise ValueError(
+                "proj_dim 'auto' compares with exact influence on features.fidelity_rows pool rows: "
+                "set fidelity_rows > 0, or an integer proj_dim"
+            )
+        return self
 
 
 class SelectionConfig(_Stage):

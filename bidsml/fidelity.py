@@ -111,3 +111,12 @@ def fidelity_warnings(table: list[dict], proj_dim: int) -> list[str]:
         for r in table
         if r["task"] != "all" and not (r["spearman"] >= FIDELITY_OK)
     ]
+
+
+FIDELITY_SEED = 0  # the pool rows of the fidelity checks: a seeded sample, the same for every run of a pool
+
+
+def fidelity_sample(n_pool: int, n_rows: int) -> np.ndarray:
+    """Returns the sorted pool rows of the fidelity checks (the projection choice and the diagnostics share them)."""
+    n = min(n_rows, n_pool)
+    return np.sort(np.random.default_rng(FIDELITY_SEED).choice(n_pool, n, replace=False))

@@ -35,3 +35,24 @@ def plot_influence_distributions(A, tasks: list[str], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_projection_fidelity(rows: list[dict], min_fidelity: float, chosen: int, path: Path) -> Path:
+    """Saves each task's fidelity (Spearman, projected vs exact) against k, the threshold and the chosen k."""
+    ks = [r["k"] for r in rows]
+    tasks = sorted({key[len("fidelity ") :] for r in rows for key in r if key.startswith("fidelity ")})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for task in tasks:
+        ax.plot(ks, [r.get(f"fidelity {task}") for r in rows], marker="o", label=task)
+    ax.axhline(min_fidelity, color="grey", linestyle="--", label=f"min_fidelity {min_fidelity}")
+    if chosen in ks:
+        ax.axvline(chosen, color="black", linestyle=":", label=f"chosen k = {chosen}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("projection dimension k")
+    ax.set_ylabel("Spearman, projected vs exact task-mean influence")
+    ax.set_title("influence fidelity by projection size (fidelity sample, first checkpoint)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

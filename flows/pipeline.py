@@ -158,7 +158,7 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
             "plot": diag.path / PLOT,
             "fidelity": diag.meta.get("fidelity"),
             "fidelity_warnings": diag.meta.get("fidelity_warnings", []),
-            "proj_dim": recipe.features.proj_dim,
+            "proj_dim": refs["projection"][MAIN].meta["k"],
         },
     )
     run_id = str(flow_run.get_id() or f"local-{int(time.time())}")

@@ -127,7 +127,7 @@ def run_step(
     sections = {name: getattr(recipe, name) for name in step.sections}
     params_shown = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in sections.items()}
     params_shown |= params.model_dump(mode="json") if params is not None else {}
-    images = {title: ref.path / file for title, file in step.images.items()}
+    images = {title: ref.path / file for title, file in step.images.items() if (ref.path / file).exists()}
     given = [r for r in inputs.values() if r is not None]
     return publish(ref, step.name, params_shown, given, started, images=images, tag=tag)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from bidsml.data import tokenize_all
-from bidsml.fidelity import exact_influence, fidelity_table, fidelity_warnings
+from bidsml.fidelity import exact_influence, fidelity_sample, fidelity_table, fidelity_warnings
 from bidsml.influence_plots import plot_influence_distributions
 from bidsml.model import load_tokenizer
 from steps.step import Build, Input, Step
@@ -21,14 +21,12 @@ from storage.names import DIAGNOSTICS_PLOT as PLOT
 from storage.names import DIAGNOSTICS_STATS as STATS
 
 PLOT_ROWS = 100_000  # the distribution plot uses a seeded sample of pool rows at most this large
-FIDELITY_SEED = 0  # the rows of the fidelity check: a seeded sample, the same for every run of a pool
 
 
 def influence_fidelity(recipe, infl, data, warm) -> list[dict]:
     """Returns the fidelity table: projected vs exact influence on a seeded sample of pool rows, per task."""
     pool, val = load_split(data, "train"), load_split(data, "val")
-    n = min(recipe.features.fidelity_rows, len(pool))
-    rows = np.sort(np.random.default_rng(FIDELITY_SEED).choice(len(pool), n, replace=False))
+    rows = fidelity_sample(len(pool), recipe.features.fidelity_rows)
     tok = load_tokenizer(recipe.model)
     train_items, _ = tokenize_all(tok, [pool[i] for i in rows], recipe.model.max_seq_length)
     val_items, _ = tokenize_all(tok, val, recipe.model.max_seq_length)
@@ -64,7 +62,7 @@ def build(b: Build) -> dict:
     if recipe.features.fidelity_rows:
         fidelity = influence_fidelity(recipe, infl, b.inputs["data"], b.inputs["warmup"])
         pd.DataFrame(fidelity).to_parquet(b.work / FIDELITY, index=False)
-        warnings = fidelity_warnings(fidelity, recipe.features.proj_dim)
+        warnings = fidelity_warnings(fidelity, b.inputs["projection"].meta["k"])
         for w in warnings:
             b.log(w, warning=True)
         b.table(
@@ -79,9 +77,10 @@ def build(b: Build) -> dict:
 STEP = Step(
     name="diagnostics",
     doc="Per-task influence statistics, distribution plot and fidelity (projected vs exact influence).",
-    inputs=(Input("influence"), Input("data"), Input("warmup")),
+    inputs=(Input("influence"), Input("data"), Input("warmup"), Input("projection")),
     sections=("model", "features"),
-    ignore={"features": ("max_tokens", "chunk_rows", "threads")},  # batching and storage layout
+    # batching, storage layout, and what only chooses k (the projection input says which k)
+    ignore={"features": ("max_tokens", "chunk_rows", "threads", "min_fidelity", "max_store_gb")},
     images={"influence distributions": PLOT},
     build=build,
 )

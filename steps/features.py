@@ -16,7 +16,7 @@ from pathlib import Path
 from bidsml.data import tokenize_all
 from bidsml.features import CheckpointState, compute_features_checkpoints, lora_linears, resolve_precision
 from bidsml.model import load_tokenizer, resolve_device, torch_threads
-from bidsml.projection import make_projector
+from bidsml.projection import ExactProjector, make_projector
 from steps.step import Build, Input, Step, executor
 from storage.checkpoint_states import feature_model
 from storage.checkpoints import load_checkpoints
@@ -40,6 +40,8 @@ class FeatureContext:
 
     recipe: object
     warm: object
+    dim: int  # k, chosen by the projection step
+    kind: str  # the projector: a registered one, or "exact"
     tok: object
     splits: dict[str, list]  # split -> examples (tokenized chunk by chunk, only where a chunk is computed)
     n_checkpoints: int
@@ -53,7 +55,15 @@ class FeatureContext:
             fc = self.recipe.features
             model, self.states, self.precision = feature_model(self.recipe, self.warm)
             shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
-            self.projector = make_projector(fc.projector, fc.proj_dim, fc.proj_seed, shapes)
+            self.projector = (
+                ExactProjector(shapes)
+                if self.kind == "exact"
+                else make_projector(self.kind, self.dim, fc.proj_seed, shapes)
+            )
+            if self.projector.dim != self.dim:
+                raise ValueError(
+                    f"the projection artifact says k={self.dim}, the model's projector has {self.projector.dim}"
+                )
             self.model = model
         return self
 
@@ -61,14 +71,15 @@ class FeatureContext:
 _CONTEXT: dict[str, FeatureContext] = {}  # at most one: {work folder: context}
 
 
-def context(recipe, data, warm, work: Path) -> FeatureContext:
+def context(recipe, data, warm, proj, work: Path) -> FeatureContext:
     """Returns the feature context of this build, made on first use in this process and kept for its shards."""
     key = str(work)
     if key not in _CONTEXT:
         _CONTEXT.clear()
         tok = load_tokenizer(recipe.model)
         splits = {split: load_split(data, split) for split in SPLIT_FILES}
-        _CONTEXT[key] = FeatureContext(recipe, warm, tok, splits, len(load_checkpoints(warm)))
+        dim, kind = proj.meta["k"], proj.meta["projector"]
+        _CONTEXT[key] = FeatureContext(recipe, warm, dim, kind, tok, splits, len(load_checkpoints(warm)))
     return _CONTEXT[key]
 
 
@@ -93,7 +104,7 @@ def chunk_meta(ctx: FeatureContext, work: Path, split: str, chunk: int, items=No
 
 
 def write_feature_chunks(
-    recipe, data, warm, work: Path, split: str, chunks: range | None, threads: int | None = None
+    recipe, data, warm, proj, work: Path, split: str, chunks: range | None, threads: int | None = None
 ) -> int:
     """Computes and writes the unfinished chunks of `split` (all, or a shard's range); returns how many.
 
@@ -101,7 +112,7 @@ def write_feature_chunks(
     computed, so a resumed chunk has the bits of an uninterrupted run.
     """
     fc = recipe.features
-    ctx = context(recipe, data, warm, work)
+    ctx = context(recipe, data, warm, proj, work)
     rows = ctx.splits[split]
 
     def compute(start, stop, todo):
@@ -126,7 +137,7 @@ def write_feature_chunks(
         split,
         list(range(ctx.n_checkpoints)),
         len(rows),
-        fc.proj_dim,
+        ctx.dim,
         fc.chunk_rows,
         compute,
         None,
@@ -135,12 +146,12 @@ def write_feature_chunks(
     )
 
 
-def write_shard(recipe, data, warm, work: Path, threads: int | None, split: str, first: int, end: int) -> int:
+def write_shard(recipe, data, warm, proj, work: Path, threads: int | None, split: str, first: int, end: int) -> int:
     """Computes one shard (chunks first..end-1 of a split) into the work folder; returns the chunks written."""
-    return write_feature_chunks(recipe, data, warm, work, split, range(first, end), threads)
+    return write_feature_chunks(recipe, data, warm, proj, work, split, range(first, end), threads)
 
 
-def shard_name(recipe, data, warm, work, threads, split: str, first: int, end: int) -> str:
+def shard_name(recipe, data, warm, proj, work, threads, split: str, first: int, end: int) -> str:
     return f"feature shard {split} chunks {first}-{end}"
 
 
@@ -155,21 +166,22 @@ def chunks_by_executor(builders: list[dict]) -> dict[str, int]:
 
 def build(b: Build) -> dict:
     """Computes projected, normalised gradient features, shard by shard on the task runner; resumes chunk by chunk."""
-    recipe, data, warm, work = b.recipe, b.inputs["data"], b.inputs["warmup"], b.work
+    recipe, data, warm, proj, work = b.recipe, b.inputs["data"], b.inputs["warmup"], b.inputs["projection"], b.work
     fc = recipe.features
-    ctx = context(recipe, data, warm, work)
+    ctx = context(recipe, data, warm, proj, work)
     shards = []
     for split, items in ctx.splits.items():
         for c in range(ctx.n_checkpoints):
-            create_groups(work, split, c, len(items), fc.proj_dim, fc.chunk_rows)
+            create_groups(work, split, c, len(items), ctx.dim, fc.chunk_rows)
         n_chunks = -(-len(items) // fc.chunk_rows)
         step, threads = b.execution.shard_chunks, b.execution.threads
         shards += [
-            (recipe, data, warm, work, threads, split, a, min(n_chunks, a + step)) for a in range(0, n_chunks, step)
+            (recipe, data, warm, proj, work, threads, split, a, min(n_chunks, a + step))
+            for a in range(0, n_chunks, step)
         ]
     b.map(write_shard, shards, name=shard_name, progress="feature shards")
     for split in ctx.splits:  # what a failed shard left undone (normally nothing): computed here
-        write_feature_chunks(recipe, data, warm, work, split, None, b.execution.threads)
+        write_feature_chunks(recipe, data, warm, proj, work, split, None, b.execution.threads)
     meta = {}
     for split, rows in ctx.splits.items():
         parts = [chunk_meta(ctx, work, split, i) for i in range(-(-len(rows) // fc.chunk_rows))]
@@ -186,7 +198,8 @@ def build(b: Build) -> dict:
         "n_train": len(ctx.splits["train"]),
         "n_val": len(ctx.splits["val"]),
         "checkpoints": ctx.n_checkpoints,
-        "dim": fc.proj_dim,
+        "dim": ctx.dim,
+        "projector": ctx.kind,
         "precision": resolve_precision(fc.precision, resolve_device(recipe.model)),
     }
 
@@ -194,9 +207,10 @@ def build(b: Build) -> dict:
 STEP = Step(
     name="features",
     doc="Computes the projected gradient features of pool and validation examples.",
-    inputs=(Input("data"), Input("warmup")),
+    inputs=(Input("data"), Input("warmup"), Input("projection")),
     sections=("model", "features"),
-    ignore={"features": ("max_tokens", "fidelity_rows")},  # batching and the diagnostics' sample change no feature
+    # batching, and what only chooses k (the projection input says which k)
+    ignore={"features": ("max_tokens", "fidelity_rows", "min_fidelity", "max_store_gb")},
     identity=precision,
     pool="gpu",
     build=build,

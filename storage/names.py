@@ -31,6 +31,9 @@ CHUNK_BUILDERS_DIR = "chunk_builders"  # who computed each chunk (host, pid, Das
 EXAMPLES_META = "examples.json"  # ids and token counts per split
 
 # diagnostics artifact
+PROJECTION_CANDIDATES = "candidates.parquet"  # per candidate k: each task's fidelity
+PROJECTION_PLOT = "fidelity_by_k.png"
+
 DIAGNOSTICS_PLOT = "influence_distributions.png"
 DIAGNOSTICS_STATS = "task_stats.json"
 DIAGNOSTICS_FIDELITY = "fidelity.parquet"  # per task: Spearman of projected vs exact influence

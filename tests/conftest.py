@@ -69,6 +69,7 @@ def prefect_harness():
 STEP_TASKS = {
     "data",
     "warmup",
+    "projection",
     "features",
     "influence",
     "diagnostics",

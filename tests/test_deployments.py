@@ -17,6 +17,7 @@ def test_serve_builds_pipeline_and_step_deployments():
             for s in (
                 "data",
                 "warmup",
+                "projection",
                 "features",
                 "influence",
                 "representations",

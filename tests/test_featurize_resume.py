@@ -36,7 +36,7 @@ def killing(*args, **kwargs):
 tf.compute_features_checkpoints = killing
 data = F["data"](recipe)
 warm = F["warmup"](recipe, inputs={"data": data})
-F["features"](recipe, inputs={"data": data, "warmup": warm})
+F["features"](recipe, inputs={"data": data, "warmup": warm, "projection": F["projection"](recipe, inputs={"data": data, "warmup": warm})})
 """
 
 
@@ -75,7 +75,14 @@ def test_sigkilled_featurize_step_resumes_without_recomputing_finished_chunks(tm
     monkeypatch.setattr(tf, "compute_features_checkpoints", counting)
     data = F["data"](recipe)
     warm = F["warmup"](recipe, inputs={"data": data})
-    feats = F["features"](recipe, inputs={"data": data, "warmup": warm})
+    feats = F["features"](
+        recipe,
+        inputs={
+            "data": data,
+            "warmup": warm,
+            "projection": F["projection"](recipe, inputs={"data": data, "warmup": warm}),
+        },
+    )
     n_train, n_val = feats.meta["n_train"], feats.meta["n_val"]
     expected_chunks = -(-n_train // 4) + -(-n_val // 4)
     assert len(calls) == expected_chunks - KILL_AFTER  # finished chunks were not recomputed
@@ -85,7 +92,13 @@ def test_sigkilled_featurize_step_resumes_without_recomputing_finished_chunks(tm
 
     calls.clear()
     fresh = F["features"](
-        recipe, inputs={"data": data, "warmup": warm}, refresh=True
+        recipe,
+        inputs={
+            "data": data,
+            "warmup": warm,
+            "projection": F["projection"](recipe, inputs={"data": data, "warmup": warm}),
+        },
+        refresh=True,
     )  # an uninterrupted run from scratch
     assert len(calls) == expected_chunks
     clean = store_arrays(fresh.path / FEATURES_STORE)

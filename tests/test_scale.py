@@ -25,7 +25,14 @@ def _features(recipe):
 
     data = F["data"](recipe)
     warm = F["warmup"](recipe, inputs={"data": data})
-    return F["features"](recipe, inputs={"data": data, "warmup": warm})
+    return F["features"](
+        recipe,
+        inputs={
+            "data": data,
+            "warmup": warm,
+            "projection": F["projection"](recipe, inputs={"data": data, "warmup": warm}),
+        },
+    )
 
 
 def _shard_runs(since) -> list[str]:
@@ -185,7 +192,16 @@ def test_a_dask_worker_sigkilled_mid_shard_has_its_shard_rerun_and_the_store_is_
         warm = F["warmup"](recipe, inputs={"data": data})
         result = {}
         run = threading.Thread(
-            target=lambda: result.update(ref=F["features"](recipe, inputs={"data": data, "warmup": warm}))
+            target=lambda: result.update(
+                ref=F["features"](
+                    recipe,
+                    inputs={
+                        "data": data,
+                        "warmup": warm,
+                        "projection": F["projection"](recipe, inputs={"data": data, "warmup": warm}),
+                    },
+                )
+            )
         )
         run.start()
         markers = Path(local.path.parents[2].parent / "dask" / "artifacts" / "features")

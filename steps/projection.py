@@ -1,0 +1,128 @@
+"""Step `projection`: the projection size k of the features, chosen from the data (`features.proj_dim: auto`).
+
+Before the pool is featurized, the exact (unprojected) task-mean influence of
+the fidelity sample (`features.fidelity_rows` seeded pool rows) at the first
+warmup checkpoint is compared with the projected one at k = 2^10 ... 2^17;
+the smallest k whose worst task reaches `features.min_fidelity` (Spearman) is
+chosen (bidsml/autoproj.py). A fixed integer k (or `exact`) skips the
+comparison. Either way the features store's size is said before anything is
+written, and a store over `features.max_store_gb` stops the run here.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bidsml.autoproj import CANDIDATE_DIMS, Choice, gb, candidate_table, choose_dim, store_bytes, task_mean_influence
+from bidsml.data import tokenize_all
+from bidsml.errors import FeatureError
+from bidsml.features import lora_linears
+from bidsml.fidelity import fidelity_sample
+from bidsml.influence_plots import plot_projection_fidelity
+from bidsml.model import load_tokenizer
+from bidsml.projection import make_projector
+from steps.step import Build, Input, Step
+from storage.checkpoint_states import feature_model
+from storage.checkpoints import load_checkpoints
+from storage.datasets import load_split
+from storage.names import PROJECTION_CANDIDATES, PROJECTION_PLOT
+
+
+def candidates(recipe, data, warm, b: Build) -> tuple[int, list[dict]]:
+    """Returns (D, one row per candidate k < D with each task's fidelity on the sample at the first checkpoint)."""
+    fc = recipe.features
+    model, states, precision = feature_model(recipe, warm)
+    shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
+    total = sum(a * c for a, c in shapes.values())
+    if fc.proj_dim == "exact":
+        return total, []
+    projectors = {}
+    for k in CANDIDATE_DIMS:
+        if k < total:
+            try:
+                projectors[k] = make_projector(fc.projector, k, fc.proj_seed, shapes)
+            except ValueError as e:  # a dense projector too large at this k
+                b.log(f"projection candidate k={k} skipped: {e}", warning=True)
+    if not projectors:
+        return total, []
+    pool, val = load_split(data, "train"), load_split(data, "val")
+    rows = fidelity_sample(len(pool), fc.fidelity_rows)
+    tok = load_tokenizer(recipe.model)
+    train_items, _ = tokenize_all(tok, [pool[i] for i in rows], recipe.model.max_seq_length)
+    val_items, _ = tokenize_all(tok, val, recipe.model.max_seq_length)
+    b.log(
+        f"choosing k: exact vs projected influence of {len(rows)} pool rows x {len(val)} validation examples "
+        f"(D = {total:,}) at k = {', '.join(str(k) for k in projectors)}"
+    )
+    tasks, exact, projected = task_mean_influence(
+        model,
+        train_items,
+        val_items,
+        [e.task for e in val],
+        states[0],
+        projectors,
+        tok.pad_token_id,
+        fc.max_tokens,
+        precision,
+    )
+    return total, candidate_table(tasks, exact, projected)
+
+
+def build(b: Build) -> dict:
+    """Chooses k (or takes the recipe's), says the features store's size, and stops when it exceeds the budget."""
+    recipe, data, warm = b.recipe, b.inputs["data"], b.inputs["warmup"]
+    fc = recipe.features
+    n_rows = len(load_split(data, "train")) + len(load_split(data, "val"))
+    n_ckpt = len(load_checkpoints(warm))
+
+    def size(k: int) -> int:
+        return store_bytes(n_rows, k, n_ckpt)
+
+    total, rows = None, []
+    if isinstance(fc.proj_dim, int):
+        choice = Choice(fc.proj_dim, fc.projector, "set by the recipe (features.proj_dim)", gb(size(fc.proj_dim)))
+    else:
+        total, rows = candidates(recipe, data, warm, b)
+        if fc.proj_dim == "exact":
+            choice = Choice(total, "exact", "features.proj_dim: exact (no projection)", gb(size(total)))
+        else:
+            choice = choose_dim(rows, fc.min_fidelity, total, size, fc.max_store_gb, fc.projector)
+    store = (
+        f"features store: {n_rows:,} rows x k={choice.k:,} x {n_ckpt} checkpoint(s) = {choice.store_gb} GB "
+        f"(features.max_store_gb = {fc.max_store_gb})"
+    )
+    if choice.store_gb > fc.max_store_gb:
+        raise FeatureError(f"{store}: too large; raise features.max_store_gb or lower features.proj_dim")
+    b.log(f"projection k = {choice.k} ({choice.projector}): {choice.reason}")
+    b.log(store)
+    if choice.warning:
+        b.log(choice.warning, warning=True)
+    at_k = next((r for r in rows if r["k"] == choice.k), None)
+    if rows:
+        pd.DataFrame(rows).to_parquet(b.work / PROJECTION_CANDIDATES, index=False)
+        plot_projection_fidelity(rows, fc.min_fidelity, choice.k, b.work / PROJECTION_PLOT)
+        b.table("projection-candidates", rows, "influence fidelity (Spearman vs exact) per candidate k and task")
+    return {
+        "k": choice.k,
+        "projector": choice.projector,
+        "mode": fc.proj_dim if isinstance(fc.proj_dim, str) else "fixed",
+        "reason": choice.reason,
+        "warning": choice.warning,
+        "store_gb": choice.store_gb,
+        "D": total,
+        "worst_task_fidelity": at_k["worst_task_fidelity"] if at_k else (1.0 if choice.projector == "exact" else None),
+        "min_fidelity": fc.min_fidelity,
+        "candidates": rows,
+    }
+
+
+STEP = Step(
+    name="projection",
+    doc="Chooses the projection size k: the smallest whose influence ranks like the exact one (or the recipe's k).",
+    inputs=(Input("data"), Input("warmup")),
+    sections=("model", "features"),
+    ignore={"features": ("chunk_rows", "threads")},  # storage layout and threads change no choice
+    images={"fidelity by k": PROJECTION_PLOT},
+    pool="gpu",
+    build=build,
+)
