@@ -59,12 +59,14 @@ def task_mean_influence(
     pad_id: int,
     max_tokens: int,
     precision: str = "float32",
+    on_rows: Callable[[int, int], None] | None = None,
 ) -> tuple[list[str], np.ndarray, dict[int, np.ndarray]]:
     """Returns (tasks, exact (len(train), T), {k: projected (len(train), T)}): each task's mean cosine influence.
 
     Train rows take the checkpoint's Adam transform, validation rows the plain gradient, as in the features; the
     projected influence normalises the sketches, as the stored features are. Column t is the mean over task t's
     validation examples (the quantity LESS ranks by). Streams module by module (see the module docstring).
+    `on_rows(done, total)` is called after each micro-batch of pool rows.
     """
     if checkpoint.weights is not None:
         with torch.no_grad():
@@ -103,6 +105,7 @@ def task_mean_influence(
     # the pool sample: Adam-transformed, one module at a time
     exact = torch.zeros(len(train), len(tasks), dtype=torch.float64)
     projected = {k: torch.zeros(len(train), len(tasks), dtype=torch.float64) for k in projectors}
+    done = 0
     for idx, grads in _module_grads(model, train, pad_id, max_tokens, precision):
         dots = torch.zeros(len(idx), len(tasks), dtype=torch.float64, device=device)
         sq = torch.zeros(len(idx), dtype=torch.float64, device=device)
@@ -122,6 +125,9 @@ def task_mean_influence(
         for k, s in sketches.items():
             unit = torch.nn.functional.normalize(s.double(), dim=1)
             projected[k][idx] = (unit @ proj_val[k].T / count).cpu()
+        done += len(idx)
+        if on_rows is not None:
+            on_rows(done, len(train))
     return tasks, exact.numpy(), {k: p.numpy() for k, p in projected.items()}
 
 

@@ -20,6 +20,7 @@ from prefect import serve
 
 from bidsml.config import load_recipe
 from flows.pipeline import pipeline, reselect
+from flows.validate import validate
 from flows.step_flows import DEPLOYED
 
 NIGHTLY = "0 2 * * *"  # example schedule: 02:00 every night
@@ -41,6 +42,12 @@ def deployments(recipe_path: str, with_schedule: bool = True) -> list:
             parameters={"recipe": recipe},
             tags=["bids"],
             description="One method at one budget: selection, fine-tuning and evaluation on the cached upstream.",
+        ),
+        validate.to_deployment(
+            name="validate",
+            parameters={"run": "latest", "run_root": recipe["run_root"]},
+            tags=["bids"],
+            description="Does influence work on the latest run's data? Top/bottom/random fine-tunes per target.",
         ),
     ]
     for name, fl in DEPLOYED.items():

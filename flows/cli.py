@@ -313,6 +313,39 @@ def query(
     console.print(table)
 
 
+@app.command()
+def validate(
+    run: str = typer.Option("latest", "--run", help="The run to check: 'latest' or a run id (prefix)."),
+    k: int | None = typer.Option(None, "--k", help="Rows per subset and rows removed (default: the run's budget)."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds of the random arms."),
+    lds: int = typer.Option(0, "--lds", help="Also train N models on random halves and report the LDS (0: skip)."),
+    run_root: Path = typer.Option(Path("runs"), "--run-root", help="Run root holding the run's records."),
+):
+    """Does influence work on my data? Fine-tunes on each target's top-k, bottom-k and random rows (and removals)."""
+    from bidsml.errors import BidsError
+    from flows.validate import validate as validate_flow
+
+    try:
+        out = validate_flow(run=run, k=k, seeds=seeds, lds=lds, run_root=str(run_root))
+    except (BidsError, FileNotFoundError) as err:
+        _fail(err)
+    table = Table(title=f"influence check of run {out['run']} (k = {out['k']}; gold NLL differences, 95% CI)")
+    for col in ("task", "top - random", "bottom - random", "remove top - remove random", "verdict"):
+        table.add_column(col)
+    for r in out["tasks"]:
+        cells = [
+            f"{r[key]:+.4f} [{r[key + '_lo']:+.4f}, {r[key + '_hi']:+.4f}]"
+            for key in ("top_minus_random_nll", "bottom_minus_random_nll", "removal_top_minus_random_nll")
+        ]
+        table.add_row(r["task"], *cells, r["verdict"])
+    console.print(table)
+    if "lds" in out:
+        console.print(
+            f"LDS over {out['lds_models']} half-pool models: {out['lds']:.3f} [{out['lds_lo']:.3f}, {out['lds_hi']:.3f}]"
+        )
+    console.print(f"[green]done[/green] in {out['seconds']:.1f}s  outputs: {out['outputs']}")
+
+
 @app.command("select")
 def select_cmd(
     method: str = typer.Option(..., help="Selection method (registered in `bidsml.selectors`)."),

@@ -45,6 +45,12 @@ def describe(step: str, params: dict[str, Any]) -> str:
         what = f"finetune {_ref_label(inputs.get('selection')) or params.get('label') or 'latest selection'}"
     elif step == "evaluation":
         what = f"evaluation {_ref_label(inputs.get('adapter')) or params.get('label') or 'base'}"
+    elif step == "probe" and choice.get("arm"):
+        from bidsml.validate import probe_label
+
+        what = f"probe {probe_label(choice['arm'], choice.get('task') or '', choice.get('seed') or 0)}"
+    elif step == "validate":
+        return f"validate {params.get('run') or 'latest'}"
     elif step == "pipeline" and _get(recipe, "seeds"):
         return f"experiment {_get(recipe, 'name')} · seeds {', '.join(str(s) for s in _get(recipe, 'seeds'))}"
     elif step == "pipeline":

@@ -54,6 +54,7 @@ def candidates(recipe, data, warm, b: Build) -> tuple[int, list[dict]]:
         f"choosing k: exact vs projected influence of {len(rows)} pool rows x {len(val)} validation examples "
         f"(D = {total:,}) at k = {', '.join(str(k) for k in projectors)}"
     )
+    progress = b.progress("fidelity sample rows", total=len(rows))
     tasks, exact, projected = task_mean_influence(
         model,
         train_items,
@@ -64,6 +65,7 @@ def candidates(recipe, data, warm, b: Build) -> tuple[int, list[dict]]:
         tok.pad_token_id,
         fc.max_tokens,
         precision,
+        on_rows=lambda done, n: progress.update(done, n),
     )
     return total, candidate_table(tasks, exact, projected)
 

@@ -12,6 +12,7 @@ def test_serve_builds_pipeline_and_step_deployments():
     assert set(deps) == {
         "bids-pipeline",
         "select",
+        "validate",
         *(
             f"step-{s}"
             for s in (
@@ -22,6 +23,7 @@ def test_serve_builds_pipeline_and_step_deployments():
                 "influence",
                 "representations",
                 "diagnostics",
+                "probe",
                 "selection",
                 "finetune",
                 "evaluation",
@@ -69,7 +71,9 @@ def test_forms_offer_dropdowns_descriptions_and_no_internal_refs():
     assert enum is not None and set(enum) == set(SELECTORS), method
     refresh = parameter_schema(pipeline.fn).model_dump()["properties"]["refresh"]
     assert "features" in str(refresh) and "enum" in str(refresh), refresh
-    for name, fl in {"pipeline": pipeline, "select": reselect, **DEPLOYED}.items():
+    from flows.validate import validate
+
+    for name, fl in {"pipeline": pipeline, "select": reselect, "validate": validate, **DEPLOYED}.items():
         props = parameter_schema(fl.fn).model_dump()["properties"]
         for field, spec in props.items():
             assert spec.get("description"), (name, field)
@@ -91,8 +95,8 @@ def test_prefect_yaml_matches_the_step_declarations():
 
     spec = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "prefect.yaml").read_text())
     by_name = {d["name"]: d for d in spec["deployments"]}
-    assert set(by_name) == {"bids-pipeline", "select"} | {f"step-{s}" for s in STEPS}, sorted(by_name)
-    expected = {"bids-pipeline": "bids-pipeline", "select": "select-finetune-evaluate"}
+    assert set(by_name) == {"bids-pipeline", "select", "validate"} | {f"step-{s}" for s in STEPS}, sorted(by_name)
+    expected = {"bids-pipeline": "bids-pipeline", "select": "select-finetune-evaluate", "validate": "validate"}
     expected |= {f"step-{s}": f"step-{s}" for s in STEPS}
     for d in spec["deployments"]:
         fl = load_flow_from_entrypoint(str(Path(__file__).parents[1] / d["entrypoint"]))

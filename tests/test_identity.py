@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import STEP_TASKS
+from steps.registry import STEPS as DECLARED
 
 ROOT = Path(__file__).parents[1]
-STEPS = sorted(STEP_TASKS)  # every step of the project
+STEPS = sorted(DECLARED)  # every step of the project
 DUMP = (
     "import json, sys; sys.path.insert(0, sys.argv[1]); from steps.registry import step_identities; "
     "print(json.dumps(step_identities()))"

@@ -238,3 +238,75 @@ def test_cli_reports_bad_recipe_and_bad_data(tmp_path, prefect_harness):
     res = runner.invoke(app, ["run", "--recipe", str(good_yaml)])
     assert res.exit_code == 2
     assert "pool.jsonl:1" in res.output.replace("\n", "") and "assistant" in res.output
+
+
+def test_validate_trains_the_arms_reports_per_task_and_resumes_from_cache(first_run, recipe):
+    """`bidsflow validate`: top/bottom/random/removal probes per target, paired differences, LDS, cached reruns."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from bidsml.validate import paired_difference
+    from flows.cli import app
+    from storage.influence_store import load_influence_tables, read_influence_matrix
+    from storage.runs import load_run, run_ref
+
+    run_id = first_run[0]["run_id"]
+    res = CliRunner().invoke(
+        app, ["validate", "--run", run_id[:8], "--k", "4", "--seeds", "2", "--lds", "3", "--run-root", recipe.run_root]
+    )
+    assert res.exit_code == 0, res.output
+    out_dir = Path(recipe.run_root) / recipe.name / "validate"
+    result = json.loads((out_dir / "validate.json").read_text())
+    assert [r["task"] for r in result["tasks"]] == ["gsm8k", "mmlu"]
+    assert result["k"] == 4 and result["removal_base"] == 16 and result["lds_models"] == 3
+    assert (out_dir / "validate.png").stat().st_size > 0
+    assert "## Does influence work on this run's data?" in Path(first_run[0]["report"]).read_text()
+    for r in result["tasks"]:
+        assert r["verdict"] in ("influence predicts the effect on t", "no evidence")
+        assert r["top_minus_random_nll_lo"] <= r["top_minus_random_nll"] <= r["top_minus_random_nll_hi"]
+    # the probes: artifacts of the run's root, the top arm trained on the top-4 rows by mmlu's mean influence
+    root = Path(recipe.run_root) / "artifacts" / "probe"
+    probes = {json.loads((p / "meta.json").read_text())["summary"]["probe"]: p for p in root.iterdir()}
+    assert {"top[mmlu]", "bottom[gsm8k]", "remove-top[mmlu]", "random#0", "random#1", "half#2"} <= set(probes)
+    assert len(probes) == 2 * 3 + 2 * 2 + 3
+    infl = run_ref(load_run(Path(recipe.run_root), run_id), "influence")
+    _, val = load_influence_tables(infl.path)
+    mmlu = read_influence_matrix(infl.path)[:, (val["task"] == "mmlu").to_numpy()].mean(1)
+    assert json.loads((probes["top[mmlu]"] / "rows.json").read_text()) == sorted(np.argsort(-mmlu, kind="stable")[:4])
+    # the reported difference is the paired one of the probes' own item NLLs
+    items = {
+        name: pd.read_parquet(p / "items.parquet").query("task == 'mmlu'").set_index("id")["nll"]
+        for name, p in probes.items()
+    }
+    random = (items["random#0"] + items["random#1"]) / 2
+    want = paired_difference(items["top[mmlu]"], random.loc[items["top[mmlu]"].index])
+    got = next(r for r in result["tasks"] if r["task"] == "mmlu")
+    assert got["top_minus_random_nll"] == pytest.approx(want[0]) and got["top_minus_random_nll_lo"] == pytest.approx(
+        want[1]
+    )
+    # again: every probe from the cache, the same result
+    mtimes = {p: p.stat().st_mtime_ns for p in root.iterdir()}
+    res = CliRunner().invoke(
+        app, ["validate", "--run", run_id[:8], "--k", "4", "--seeds", "2", "--lds", "3", "--run-root", recipe.run_root]
+    )
+    assert res.exit_code == 0, res.output
+    assert {p: p.stat().st_mtime_ns for p in root.iterdir()} == mtimes
+    again = json.loads((out_dir / "validate.json").read_text())
+    assert again["tasks"] == result["tasks"] and again["lds"] == result["lds"]
+
+
+def test_validate_bad_options_fail_at_once_naming_them(first_run, recipe):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    run_id = first_run[0]["run_id"][:8]
+    cases = [
+        (["--run", run_id, "--k", "0"], "--k 0: must be within 1.."),
+        (["--run", run_id, "--k", "500"], "--k 500"),
+        (["--run", "no-such-run"], "no run 'no-such-run'"),
+        (["--run", run_id, "--lds", "2"], "--lds 2"),
+    ]
+    for args, message in cases:
+        res = CliRunner().invoke(app, ["validate", *args, "--run-root", recipe.run_root])
+        assert res.exit_code == 2 and message in res.output, (args, res.output)

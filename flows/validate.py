@@ -1,0 +1,229 @@
+"""`validate`: does influence work on my data? The counterfactual check of a finished run (bidsml/validate.py).
+
+For every target task, probe models (step `probe`) are fine-tuned exactly as
+the run does on the top-k, bottom-k and k random pool rows by the task's
+influence, and on a base subset with its top-k or k random rows removed; the
+gold NLL of the task's scored items tells whether influence predicted what
+helps. Every probe is a cached artifact: a killed validate resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from bidsml.config import Recipe
+from bidsml.errors import ArtifactError, SelectionError
+from bidsml.markdown import artifact_key, inline_images, round_sig
+from bidsml.selection import resolve_budget
+from bidsml.validate import SHARED_ARMS, plot_validation, probe_label, task_table
+from bidsml.validate import lds as lds_score
+from flows.naming import flow_run_name
+from flows.runner import map_on_runner
+from flows.step_flows import STEP_FLOWS
+from storage.evaluations import load_evaluation_items
+from storage.influence_store import load_influence_tables, read_influence_matrix
+from storage.refs import check_ref
+from storage.runs import load_run, run_ref
+
+VALIDATE_DIR = "validate"  # in the run's outputs folder
+DEFAULT_SEEDS = 3
+BASE_FACTOR = 4  # the removal arms' base subset: BASE_FACTOR x k rows of the pool (at most all of it)
+
+
+def probe(recipe: Recipe, data, infl, params: dict):
+    """Builds (or reads from the cache) one probe model; a part of `map_on_runner`."""
+    return STEP_FLOWS["probe"](recipe, inputs={"data": data, "influence": infl}, params=params)
+
+
+def plan_probes(tasks: list[str], k: int, seeds: int, base: int, n_lds: int) -> list[dict]:
+    """Returns every probe's parameters: per task top, bottom and remove-top; shared random arms per seed."""
+    out = []
+    for t in tasks:
+        out += [{"arm": arm, "task": t, "k": k, "seed": 0, "base": base} for arm in ("top", "bottom", "remove-top")]
+    for s in range(seeds):
+        out += [{"arm": arm, "task": "", "k": k, "seed": s, "base": base} for arm in ("random", "remove-random")]
+    out += [{"arm": "half", "task": "", "k": k, "seed": s, "base": base} for s in range(n_lds)]
+    assert all(p["task"] == "" for p in out if p["arm"] in SHARED_ARMS)
+    return out
+
+
+def check_request(recipe: Recipe, record: dict, k: int | None, seeds: int, n_lds: int) -> tuple:
+    """Returns (data, influence, targets, n, k, base) after checking the run and the options; errors name them."""
+    from steps.probe import scored_items
+
+    data, infl = run_ref(record, "data"), run_ref(record, "influence")
+    for ref in (data, infl):
+        try:
+            check_ref(ref)
+        except (ArtifactError, FileNotFoundError) as err:
+            raise ArtifactError(
+                f"run {record['run_id']}: its {ref.kind} artifact is missing or changed ({err}); rerun the pipeline"
+            ) from err
+    train, val = load_influence_tables(infl.path)
+    n = len(train)
+    k = resolve_budget(recipe.selection.budgets[0], n) if k is None else k
+    if not 1 <= k < n:
+        raise SelectionError(f"--k {k}: must be within 1..{n - 1} (the run's pool has {n} rows)")
+    if seeds < 2:
+        raise SelectionError(f"--seeds {seeds}: the random arms need at least 2 seeds")
+    if n_lds and n_lds < 3:
+        raise SelectionError(f"--lds {n_lds}: the linear datamodeling score needs at least 3 models (0: skip)")
+    base = min(n, BASE_FACTOR * k)
+    if base <= k:
+        raise SelectionError(f"--k {k}: the removal arms need a base subset larger than k; the pool has {n} rows")
+    tasks = sorted(set(val["task"]))
+    have = {it.benchmark for it in scored_items(recipe)}
+    missing = [t for t in tasks if t not in have]
+    if missing:
+        raise SelectionError(
+            f"run {record['run_id']}: targets {missing} have no scored items; add them to evaluation.benchmarks "
+            "(validate scores each target's own items, never its validation examples)"
+        )
+    return data, infl, tasks, n, k, base
+
+
+def item_nll(ref) -> pd.Series:
+    """Returns a probe's gold NLL per scored item, indexed by (task, item id)."""
+    return load_evaluation_items(ref).set_index(["task", "id"])["nll"]
+
+
+def lds_result(probes: dict, infl, tasks: list[str], n_lds: int) -> dict:
+    """Returns the LDS over the `half` probes: predicted loss = minus the summed task-mean influence of their rows."""
+    import numpy as np
+
+    from steps.probe import ROWS_FILE
+
+    _, val = load_influence_tables(infl.path)
+    A = read_influence_matrix(infl.path)
+    means = {t: A[:, (val["task"] == t).to_numpy()].mean(1) for t in tasks}
+    labels = [probe_label("half", "", s) for s in range(n_lds)]
+    nll = pd.concat([item_nll(probes[lab]) for lab in labels], axis=1).dropna()
+    pred = np.stack(
+        [
+            [-means[t][json.loads((probes[lab].path / ROWS_FILE).read_text())].sum() for t, _ in nll.index]
+            for lab in labels
+        ]
+    )
+    score, lo, hi = lds_score(pred, nll.to_numpy().T)
+    return {"lds": score, "lds_lo": lo, "lds_hi": hi, "lds_models": n_lds, "lds_queries": len(nll)}
+
+
+@flow(name="validate", flow_run_name=flow_run_name("validate"), log_prints=True)
+def validate(
+    run: str = "latest",
+    k: int | None = None,
+    seeds: int = DEFAULT_SEEDS,
+    lds: int = 0,
+    run_root: str = "runs",
+) -> dict:
+    """Checks a finished run's influence: does training on the top-k rows for a task lower its held-out loss?
+
+    Args:
+        run: the run to check: 'latest' or a run id (prefix), from `run_root`'s run records.
+        k: rows per subset (and rows removed); default: the run's first selection budget.
+        seeds: seeds of the random arms (each a fine-tune shared by every task).
+        lds: also train this many models on random halves of the pool and report the linear datamodeling score
+            (0: skip).
+        run_root: the folder holding the run's artifacts and records.
+    """
+    t0 = time.time()
+    log = get_run_logger()
+    record = load_run(Path(run_root).resolve(), run)
+    recipe = Recipe.model_validate(record["recipe"]).with_overrides({"run_root": str(Path(run_root).resolve())})
+    data, infl, tasks, n, k, base = check_request(recipe, record, k, seeds, lds)
+    params = plan_probes(tasks, k, seeds, base, lds)
+    log.info(
+        f"validate run {record['run_id']}: {len(params)} probe models (k = {k} of {n} pool rows, removal base "
+        f"{base} rows, {seeds} random seeds, {lds} LDS models) for tasks {', '.join(tasks)}"
+    )
+    refs = map_on_runner(
+        recipe,
+        probe,
+        [(recipe, data, infl, p) for p in params],
+        [f"probe {probe_label(p['arm'], p['task'], p['seed'])}" for p in params],
+        "validate probes",
+        gpu=True,
+    )
+    probes = {probe_label(p["arm"], p["task"], p["seed"]): ref for p, ref in zip(params, refs)}
+    rows = task_table({lab: item_nll(ref) for lab, ref in probes.items()}, tasks, list(range(seeds)))
+    result = {
+        "run": record["run_id"],
+        "k": k,
+        "n_pool": n,
+        "removal_base": base,
+        "seeds": seeds,
+        "tasks": rows,
+        **(lds_result(probes, infl, tasks, lds) if lds else {}),
+    }
+    out = write_outputs(recipe, record, result)
+    result["seconds"] = round(time.time() - t0, 1)
+    result["outputs"] = str(out)
+    for r in rows:
+        log.info(
+            f"{r['task']}: top - random {r['top_minus_random_nll']:+.4f} [{r['top_minus_random_nll_lo']:+.4f}, "
+            f"{r['top_minus_random_nll_hi']:+.4f}], bottom - random {r['bottom_minus_random_nll']:+.4f}, removal "
+            f"{r['removal_top_minus_random_nll']:+.4f}: {r['verdict']}"
+        )
+    return result
+
+
+def markdown(result: dict, plot: str) -> str:
+    """Returns the report section: what ran, the per-task table, the verdicts and the plot."""
+    lines = [
+        "## Does influence work on this run's data?",
+        "",
+        f"Run `{result['run']}`: for each target, fine-tunes (the run's own settings) on the top-{result['k']} and "
+        f"bottom-{result['k']} pool rows by the task's influence and on {result['k']} random rows "
+        f"({result['seeds']} seeds); and on a random base subset of {result['removal_base']} rows with its top "
+        f"{result['k']} or {result['k']} random rows removed. Gold NLL on the task's scored items (lower is "
+        "better); differences are paired over items, 95% bootstrap intervals.",
+        "",
+        "| task | items | top - random | bottom - random | remove top - remove random | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["tasks"]:
+        cells = [
+            f"{r[key]:+.4f} [{r[key + '_lo']:+.4f}, {r[key + '_hi']:+.4f}]"
+            for key in ("top_minus_random_nll", "bottom_minus_random_nll", "removal_top_minus_random_nll")
+        ]
+        lines.append(f"| {r['task']} | {r['n_items']} | {' | '.join(cells)} | {r['verdict']} |")
+    if "lds" in result:
+        lines += [
+            "",
+            f"Linear datamodeling score over {result['lds_models']} models trained on random halves: "
+            f"{result['lds']:.3f} [{result['lds_lo']:.3f}, {result['lds_hi']:.3f}] ({result['lds_queries']} queries).",
+        ]
+    lines += ["", f"![validation]({plot})", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(recipe: Recipe, record: dict, result: dict) -> Path:
+    """Writes validate.json / .csv / .md / .png in the run's outputs, the section in its report, and UI cards."""
+    from flows.pipeline import output_dir
+
+    out = output_dir(recipe) / VALIDATE_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    plot_validation(result["tasks"], out / "validate.png")
+    pd.DataFrame(result["tasks"]).to_csv(out / "validate.csv", index=False)
+    (out / "validate.json").write_text(json.dumps(result, indent=1))
+    section = markdown(result, "validate.png")
+    (out / "validate.md").write_text(section)
+    report = Path(record.get("report") or output_dir(recipe) / "report.md")
+    if report.exists():  # the run's report gains (or replaces) the section
+        text = report.read_text()
+        head = text.split("\n## Does influence work on this run's data?")[0].rstrip("\n")
+        report.write_text(head + "\n\n" + section.replace("](validate.png)", f"]({VALIDATE_DIR}/validate.png)"))
+    key = artifact_key(recipe.name, "validate")
+    create_markdown_artifact(inline_images(section, out), key=f"{key}-report", description="influence check")
+    create_table_artifact(
+        [{k: round_sig(v) if isinstance(v, float) else v for k, v in r.items()} for r in result["tasks"]],
+        key=f"{key}-table",
+        description="influence check: gold NLL differences per task",
+    )
+    return out
