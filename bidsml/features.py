@@ -27,6 +27,7 @@ import torch
 from bidsml.data import IGNORE_INDEX, Tokenized, collate, iter_batches
 from bidsml.errors import FeatureError
 from bidsml.projection import Projector
+from bidsml.train_trunk import lower_states, top_hidden
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,16 @@ def lora_linears(model) -> list[tuple[str, torch.nn.Linear]]:
     return sorted(out, key=lambda x: x[0])
 
 
-def _label_logits_loss(model, ids, mask, labels) -> torch.Tensor:
-    """Returns per-example mean token cross-entropy (B,), with logits only at label positions."""
+def _label_logits_loss(model, ids, mask, labels, trunk: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """Returns per-example mean token cross-entropy (B,), with logits only at label positions.
+
+    `trunk` = (layer, states entering it): only the layers from `layer` on run (bidsml/train_trunk.py).
+    """
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+    if trunk is not None:
+        hidden = top_hidden(model, trunk[0], trunk[1], mask)
+    else:
+        hidden = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
     target = labels[:, 1:]  # token t+1 is predicted from position t
     b_idx, t_idx = (target != IGNORE_INDEX).nonzero(as_tuple=True)
     logits = causal_lm.lm_head(hidden[b_idx, t_idx]).float()  # (n_label, V)
@@ -105,7 +112,13 @@ class CheckpointState:
 
 
 def per_example_grads(
-    model, ids, mask, labels, names: list[str] | None = None, precision: str = "float32"
+    model,
+    ids,
+    mask,
+    labels,
+    names: list[str] | None = None,
+    precision: str = "float32",
+    trunk: tuple[int, torch.Tensor] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yields (param name, per-example gradient (B, out, in), fp32) for every LoRA linear.
 
@@ -129,7 +142,7 @@ def per_example_grads(
     scale = FP16_LOSS_SCALE if precision == "float16" else 1.0
     try:
         with _autocast(ids.device, precision):
-            losses = _label_logits_loss(model, ids, mask, labels)
+            losses = _label_logits_loss(model, ids, mask, labels, trunk)
         if not torch.isfinite(losses).all():
             rows = (~torch.isfinite(losses)).nonzero().flatten().tolist()
             raise FeatureError(f"non-finite loss for examples {[names[r] for r in rows] if names else rows}")
@@ -171,11 +184,14 @@ def compute_features_checkpoints(
     checkpoints: Sequence[CheckpointState],
     max_tokens: int,
     precision: str = "float32",
+    trunk_layer: int | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Returns, per checkpoint, (normalised features (N, k) fp32, norms (N,) fp32), in one pass over the data.
 
     Each micro-batch is collated and moved to the device once; every
     checkpoint's LoRA weights are then copied into the model's adapter in turn.
+    `trunk_layer` (the first adapted layer): the states entering it are computed once per micro-batch and every
+    checkpoint runs only the layers from it on.
     """
     device = next(model.parameters()).device
     params = dict(lora_linears(model))
@@ -190,13 +206,17 @@ def compute_features_checkpoints(
     for batch_idx in iter_batches(items, max_tokens):
         ids, mask, labels = (t.to(device) for t in collate([items[i] for i in batch_idx], pad_id))
         ids_of_batch = [items[i].id for i in batch_idx]
+        trunk = None
+        if trunk_layer is not None:
+            with _autocast(ids.device, precision):
+                trunk = (trunk_layer, lower_states(model, trunk_layer, ids, mask))
         for c, ck in enumerate(checkpoints):
             if ck.weights is not None:
                 with torch.no_grad():
                     for name, mod in params.items():
                         mod.weight.copy_(ck.weights[name])
             sketch = torch.zeros(len(batch_idx), projector.dim, device=device)
-            for name, g in per_example_grads(model, ids, mask, labels, ids_of_batch, precision):
+            for name, g in per_example_grads(model, ids, mask, labels, ids_of_batch, precision, trunk):
                 if ck.transform is not None:
                     g = ck.transform(name, g)
                 g = g.flatten(1)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from bidsml.config import LoraConfig, ModelConfig, TrainConfig
 from bidsml.data import Tokenized, collate
 from bidsml.model import load_base_model, load_tokenizer
+from bidsml.train_trunk import TRUNK_CHECK_TOLERANCE, TrainTrunk, check_trunk, top_loss, training_layer
 
 OPTIMIZER_FILE = "optimizer_state.pt"  # {param name: {"exp_avg", "exp_avg_sq"}}
 TRAINER_FILE = "trainer_state.pt"  # full optimizer/scheduler/RNG state, for resume
@@ -102,12 +103,19 @@ def train_lora(
     save_every_epoch: bool = True,
     progress: bool = True,
     on_step: Callable[[int, int, float], None] | None = None,
+    trunk: TrainTrunk | None = None,
+    trunk_rows: list[int] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Trains a fresh LoRA on `examples` and returns one dict per saved checkpoint.
 
     Checkpoints go to ``out_dir/epoch_<e>/`` (every epoch with
     `save_every_epoch`, else only the last). Each dict has ``epoch``, ``step``,
     ``mean_lr`` and ``path``. `on_step(step, total_steps, loss)` is called after every optimizer step.
+
+    `trunk` (states entering the first adapted layer; example i is its row `trunk_rows[i]`): only the adapted
+    layers run (bidsml/train_trunk.py). It is checked on the first batch against a full pass and dropped, with
+    `on_warning`, when it disagrees.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(model_cfg)
@@ -126,6 +134,8 @@ def train_lora(
     total = steps_per_epoch * train_cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, total, train_cfg.warmup_ratio))
 
+    if trunk is not None:
+        trunk = _checked_trunk(model, lora_cfg, trunk, trunk_rows, examples, train_cfg, seed, tok, on_warning)
     start_epoch = 0
     done = finished_epochs(out_dir)
     if done:  # resume after the last finished epoch
@@ -148,10 +158,14 @@ def train_lora(
         lrs = []
         bar = tqdm(range(steps_per_epoch), desc=f"train epoch {epoch + 1}/{train_cfg.epochs}", disable=not progress)
         for b in bar:
-            batch = [examples[i] for i in order[b * train_cfg.batch_size : (b + 1) * train_cfg.batch_size]]
-            ids, mask, labels = (t.to(device) for t in collate(batch, tok.pad_token_id))
+            rows = order[b * train_cfg.batch_size : (b + 1) * train_cfg.batch_size]
+            ids, mask, labels = (t.to(device) for t in collate([examples[i] for i in rows], tok.pad_token_id))
             lrs.append(opt.param_groups[0]["lr"])
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            if trunk is not None:
+                h = trunk.batch([trunk_rows[i] for i in rows], device, next(model.parameters()).dtype)
+                loss = top_loss(model, trunk.layer, h, mask, labels)
+            else:
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             opt.step()
             sched.step()
@@ -182,6 +196,26 @@ def train_lora(
             (ck / CHECKPOINT_META).write_text(json.dumps(meta))  # written last: marks the checkpoint complete
             results.append(meta)
     return results
+
+
+def _checked_trunk(model, lora_cfg, trunk, trunk_rows, examples, train_cfg, seed, tok, on_warning):
+    """Returns the trunk when it serves this model (its layer, and the first batch equal to a full pass), else None."""
+    warn = on_warning or (lambda message: None)
+    layer = training_layer(model, lora_cfg.layers)
+    if layer != trunk.layer or trunk_rows is None or len(trunk_rows) != len(examples):
+        warn(f"trunk of layer {trunk.layer} does not serve this model (its first adapted layer: {layer}): full passes")
+        return None
+    rows = epoch_order(len(examples), seed, 0)[: train_cfg.batch_size]
+    device = next(model.parameters()).device
+    states = trunk.batch([trunk_rows[i] for i in rows], device, next(model.parameters()).dtype)
+    diff = check_trunk(model, trunk.layer, [examples[i] for i in rows], tok.pad_token_id, states)
+    if not diff <= TRUNK_CHECK_TOLERANCE:
+        warn(
+            f"the trunk path's loss differs from a full pass by {diff:.2e} (> {TRUNK_CHECK_TOLERANCE}) on the first "
+            "batch: training with full passes"
+        )
+        return None
+    return trunk
 
 
 def checkpoint_weights(mean_lrs: list[float]) -> list[float]:

@@ -214,7 +214,7 @@ def branch(
         inputs={"data": data, "influence": infl, "representations": reps},
         params={"method": method, "budget": budget},
     )
-    ft = timed("finetune", inputs={"selection": sel})
+    ft = timed("finetune", inputs={"selection": sel, "data": data})
     timed("evaluation", inputs={"data": data, "adapter": ft})
     return out, times
 

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bidsml.data import tokenize_all
+from bidsml.evaluation.model_calls import _causal_lm
+from bidsml.evaluation.trunk import trunk_layer
 from bidsml.features import CheckpointState, compute_features_checkpoints, lora_linears, resolve_precision
 from bidsml.model import load_tokenizer, resolve_device, torch_threads
 from bidsml.projection import ExactProjector, make_projector
+from bidsml.train_trunk import TRUNK_CHECK_TOLERANCE, check_trunk
 from steps.step import Build, Input, Step, executor
 from storage.checkpoint_states import feature_model
 from storage.checkpoints import load_checkpoints
@@ -49,6 +52,8 @@ class FeatureContext:
     projector: object = None
     states: list[CheckpointState] | None = None
     precision: str = ""
+    trunk_layer: int | None = None  # the first adapted layer: the states entering it are shared by all checkpoints
+    trunk_note: str = ""
 
     def loaded(self) -> FeatureContext:
         if self.model is None:
@@ -60,6 +65,7 @@ class FeatureContext:
                 if self.kind == "exact"
                 else make_projector(self.kind, self.dim, fc.proj_seed, shapes)
             )
+            self.trunk_layer, self.trunk_note = feature_trunk(model, self.tok, self.splits["val"], self.recipe)
             if self.projector.dim != self.dim:
                 raise ValueError(
                     f"the projection artifact says k={self.dim}, the model's projector has {self.projector.dim}"
@@ -69,6 +75,22 @@ class FeatureContext:
 
 
 _CONTEXT: dict[str, FeatureContext] = {}  # at most one: {work folder: context}
+
+
+def feature_trunk(model, tok, val, recipe) -> tuple[int | None, str]:
+    """Returns (the layer whose input states every checkpoint shares, or None; what was decided and why).
+
+    The model's lowest LoRA-adapted layer; checked on a few validation examples against a full pass.
+    """
+    inner_layers = len(_causal_lm(model).model.layers)
+    layer = trunk_layer(model, inner_layers - 1)
+    if layer is None:
+        return None, "none: LoRA adapts layer 0"
+    items, _ = tokenize_all(tok, val[:4], recipe.model.max_seq_length)
+    diff = check_trunk(model, layer, items, tok.pad_token_id)
+    if not diff <= TRUNK_CHECK_TOLERANCE:
+        return None, f"not used: the top path's loss differs from a full pass by {diff:.2e} (full passes instead)"
+    return layer, f"layers 0-{layer - 1} run once per micro-batch for all checkpoints (checked: |loss diff| {diff:.1e})"
 
 
 def context(recipe, data, warm, proj, work: Path) -> FeatureContext:
@@ -128,7 +150,7 @@ def write_feature_chunks(
             CheckpointState(ctx.states[c].weights, ctx.states[c].transform if split == "train" else None) for c in todo
         ]
         out = compute_features_checkpoints(
-            ctx.model, items, ctx.projector, ctx.tok.pad_token_id, run, fc.max_tokens, ctx.precision
+            ctx.model, items, ctx.projector, ctx.tok.pad_token_id, run, fc.max_tokens, ctx.precision, ctx.trunk_layer
         )
         return {c: (f.numpy(), n.numpy()) for c, (f, n) in zip(todo, out)}
 
@@ -191,6 +213,8 @@ def build(b: Build) -> dict:
     by = chunks_by_executor(chunk_builders(work))  # who computed what: meta.json only, not the content
     shutil.rmtree(work / CHUNK_BUILDERS_DIR, ignore_errors=True)
     b.log("feature chunks computed by: " + (", ".join(f"{k}: {v}" for k, v in by.items()) or "none (all resumed)"))
+    if ctx.trunk_note:
+        b.log(f"feature trunk: {ctx.trunk_note}", warning=ctx.trunk_layer is None and "differs" in ctx.trunk_note)
     _CONTEXT.clear()  # the model is not needed after the step
     return {
         "chunks_by": by,
@@ -200,6 +224,7 @@ def build(b: Build) -> dict:
         "checkpoints": ctx.n_checkpoints,
         "dim": ctx.dim,
         "projector": ctx.kind,
+        "trunk": ctx.trunk_note or "not reported: no chunk computed in this process (Dask workers, or resumed)",
         "precision": resolve_precision(fc.precision, resolve_device(recipe.model)),
     }
 

@@ -9,7 +9,9 @@ from bidsml.model import load_tokenizer
 from bidsml.train import train_lora
 from steps.step import Build, Input, Step
 from storage.checkpoints import adapter_path
-from storage.selections import load_subset, selected_by, subset_digest
+from storage.datasets import load_split
+from storage.selections import load_selection_table, selected_by, subset_digest
+from storage.train_trunk import training_trunk
 
 
 def subset(recipe, inputs, params) -> dict:
@@ -21,7 +23,11 @@ def subset(recipe, inputs, params) -> dict:
 def build(b: Build) -> dict:
     """Trains a LoRA on the selection's subset; writes the adapter."""
     recipe, selection = b.recipe, b.inputs["selection"]
-    items, counts = tokenize_all(load_tokenizer(recipe.model), load_subset(selection), recipe.model.max_seq_length)
+    tok = load_tokenizer(recipe.model)
+    pool_items, _ = tokenize_all(tok, load_split(b.inputs["data"], "train"), recipe.model.max_seq_length)
+    rows = load_selection_table(selection)["train_idx"].tolist()  # the subset's pool rows, in subset order
+    items = [pool_items[i] for i in rows]
+    trunk = training_trunk(recipe, pool_items, b.run_root, b.progress("pool trunk states (rows)"))
     progress = b.progress("training steps")
     ckpts = train_lora(
         recipe.model,
@@ -32,6 +38,9 @@ def build(b: Build) -> dict:
         recipe.seed,
         save_every_epoch=False,
         on_step=lambda s, t, loss: progress.update(s, t, loss=loss),
+        trunk=trunk,
+        trunk_rows=rows,
+        on_warning=lambda m: b.log(m, warning=True),
     )
     last = b.work / "train" / ckpts[-1]["path"]
     last.rename(adapter_path(b.work))
@@ -50,7 +59,8 @@ def label(inputs, params) -> str:
 STEP = Step(
     name="finetune",
     doc="Fine-tunes a LoRA on one of a run's selections.",
-    inputs=(Input("selection", labelled=True, hashed=False),),
+    # the data: the pool whose training trunk the fine-tune reads (the subset's content is the identity)
+    inputs=(Input("selection", labelled=True, hashed=False), Input("data", hashed=False)),
     sections=("model", "lora", "finetune", "seed"),
     identity=subset,
     pool="gpu",

@@ -20,15 +20,17 @@ from pydantic import BaseModel, Field
 from bidsml.data import tokenize_all
 from bidsml.errors import SelectionError
 from bidsml.evaluation.harness import evaluate_benchmark_items
+from bidsml.evaluation.items import evaluation_items
 from bidsml.model import load_base_model, load_lora, load_tokenizer
 from bidsml.train import train_lora
 from bidsml.validate import ARMS, arm_rows, probe_label
-from steps.evaluation import evaluation_items, keep_trunk, shared_trunk
 from steps.step import Build, Input, Step
 from storage.checkpoints import adapter_path
 from storage.datasets import load_split
+from storage.eval_trunk import keep_trunk, shared_trunk
 from storage.influence_store import load_influence_tables, read_influence_matrix
 from storage.names import EVAL_ITEMS
+from storage.train_trunk import training_trunk
 
 ROWS_FILE = "rows.json"
 
@@ -60,9 +62,10 @@ def build(b: Build) -> dict:
             raise SelectionError(f"task {p.task!r} has no validation column in the influence store")
         scores = read_influence_matrix(infl.path)[:, cols].mean(1)
     rows = arm_rows(p.arm, scores, len(train), p.k, p.seed, p.base)
-    pool = load_split(b.inputs["data"], "train")
     tok = load_tokenizer(recipe.model)
-    examples, _ = tokenize_all(tok, [pool[i] for i in rows], recipe.model.max_seq_length)
+    pool_items, _ = tokenize_all(tok, load_split(b.inputs["data"], "train"), recipe.model.max_seq_length)
+    examples = [pool_items[i] for i in rows]
+    trunk = training_trunk(recipe, pool_items, b.run_root, b.progress("pool trunk states (rows)"))
     progress = b.progress("training steps")
     ckpts = train_lora(
         recipe.model,
@@ -74,6 +77,9 @@ def build(b: Build) -> dict:
         save_every_epoch=False,
         progress=False,
         on_step=lambda s, t, loss: progress.update(s, t, loss=loss),
+        trunk=trunk,
+        trunk_rows=rows.tolist(),
+        on_warning=lambda m: b.log(m, warning=True),
     )
     (b.work / "train" / ckpts[-1]["path"]).rename(adapter_path(b.work))
     shutil.rmtree(b.work / "train")

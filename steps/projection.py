@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bidsml.autoproj import CANDIDATE_DIMS, Choice, gb, candidate_table, choose_dim, store_bytes, task_mean_influence
+from bidsml.autoproj import CANDIDATE_DIMS, Choice, candidate_table, choose_dim, gb, store_bytes, task_mean_influence
 from bidsml.data import tokenize_all
 from bidsml.errors import FeatureError
 from bidsml.features import lora_linears

@@ -10,6 +10,7 @@ from bidsml.train import checkpoint_weights, train_lora
 from steps.step import Build, Input, Step
 from storage.checkpoints import save_checkpoints
 from storage.datasets import load_split
+from storage.train_trunk import training_trunk
 
 
 def warmup_subset(n: int, fraction: float, seed: int) -> list[int]:
@@ -23,7 +24,10 @@ def build(b: Build) -> dict:
     recipe = b.recipe
     pool = load_split(b.inputs["data"], "train")
     rows = warmup_subset(len(pool), recipe.warmup.fraction, recipe.seed)
-    items, counts = tokenize_all(load_tokenizer(recipe.model), [pool[i] for i in rows], recipe.model.max_seq_length)
+    pool_items, _ = tokenize_all(load_tokenizer(recipe.model), pool, recipe.model.max_seq_length)
+    items = [pool_items[i] for i in rows]
+    truncated = sum(pool_items[i].truncated for i in rows)
+    trunk = training_trunk(recipe, pool_items, b.run_root, b.progress("pool trunk states (rows)"))
     progress = b.progress("training steps")
     ckpts = train_lora(
         recipe.model,
@@ -33,12 +37,15 @@ def build(b: Build) -> dict:
         b.work,
         recipe.seed,
         on_step=lambda s, t, loss: progress.update(s, t, loss=loss),
+        trunk=trunk,
+        trunk_rows=rows,
+        on_warning=lambda m: b.log(m, warning=True),
     )
     weights = checkpoint_weights([c["mean_lr"] for c in ckpts])
     for c, w in zip(ckpts, weights):
         c["weight"] = w
     save_checkpoints(b.work, ckpts)
-    return {"n_train": len(items), "truncated": counts["truncated"], "checkpoints": ckpts}
+    return {"n_train": len(items), "truncated": truncated, "checkpoints": ckpts}
 
 
 STEP = Step(

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

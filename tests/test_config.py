@@ -29,7 +29,7 @@ def test_shipped_recipes_are_valid(name):
 def test_full_recipe_meets_the_gpu_run_spec():
     r = load_recipe(RECIPES / "smollm2-olmo.yaml")
     assert sum(s.n for s in r.data.pool) >= 20_000
-    assert r.warmup.epochs == 4 and r.features.proj_dim == 8192
+    assert r.warmup.epochs == 4 and r.features.proj_dim == "auto"
 
 
 def test_experiment_recipe_meets_the_experiment_spec():

@@ -67,7 +67,7 @@ def test_editing_core_code_recomputes_every_step_that_runs_it(code_copy, pristin
     )  # add_lora
     # the steps that attach or train a LoRA change (and everything downstream of them, through their digests);
     # projection and diagnostics load the warmup LoRA for the exact-influence comparisons
-    assert _changed(before, _identities(code_copy)) == {"warmup", "projection", "features", "diagnostics", "finetune"}
+    assert _changed(before, _identities(code_copy)) == {"warmup", "projection", "features", "diagnostics", "finetune", "probe"}
 
 
 def test_comments_and_docstrings_do_not_change_identities(code_copy, pristine):
@@ -95,7 +95,7 @@ def test_progress_summaries_report_and_declarations_are_outside_every_identity(c
     assert _identities(code_copy) == before
     # while the scoring the evaluation runs is inside its identity
     _edit(code_copy / "bidsml" / "evaluation" / "answers.py", '.replace(",", "")', '.replace(",", "").strip()')
-    assert _changed(before, _identities(code_copy)) == {"evaluation"}
+    assert _changed(before, _identities(code_copy)) == {"evaluation", "probe"}
 
 
 def _artifacts(run_root: Path) -> dict[tuple[str, str], dict[str, str]]:
@@ -151,5 +151,5 @@ def test_adding_a_benchmark_file_leaves_the_expensive_steps_alone(code_copy, pri
         "from bidsml.benchmarks.base import Benchmark, register_benchmark\n\n\n"
         "@register_benchmark\nclass Mine(Benchmark):\n    name = 'mine'\n"
     )
-    # the data step and evaluation read benchmarks; warmup, features and influence do not
-    assert _changed(before, _identities(code_copy)) == {"data", "evaluation"}
+    # the data step, evaluation and the probes (which score the items) read benchmarks; warmup, features do not
+    assert _changed(before, _identities(code_copy)) == {"data", "evaluation", "probe"}

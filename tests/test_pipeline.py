@@ -266,7 +266,8 @@ def test_validate_trains_the_arms_reports_per_task_and_resumes_from_cache(first_
         assert r["top_minus_random_nll_lo"] <= r["top_minus_random_nll"] <= r["top_minus_random_nll_hi"]
     # the probes: artifacts of the run's root, the top arm trained on the top-4 rows by mmlu's mean influence
     root = Path(recipe.run_root) / "artifacts" / "probe"
-    probes = {json.loads((p / "meta.json").read_text())["summary"]["probe"]: p for p in root.iterdir()}
+    built = [p for p in root.iterdir() if (p / "meta.json").exists()]
+    probes = {json.loads((p / "meta.json").read_text())["summary"]["probe"]: p for p in built}
     assert {"top[mmlu]", "bottom[gsm8k]", "remove-top[mmlu]", "random#0", "random#1", "half#2"} <= set(probes)
     assert len(probes) == 2 * 3 + 2 * 2 + 3
     infl = run_ref(load_run(Path(recipe.run_root), run_id), "influence")
@@ -285,12 +286,12 @@ def test_validate_trains_the_arms_reports_per_task_and_resumes_from_cache(first_
         want[1]
     )
     # again: every probe from the cache, the same result
-    mtimes = {p: p.stat().st_mtime_ns for p in root.iterdir()}
+    mtimes = {p: p.stat().st_mtime_ns for p in built}
     res = CliRunner().invoke(
         app, ["validate", "--run", run_id[:8], "--k", "4", "--seeds", "2", "--lds", "3", "--run-root", recipe.run_root]
     )
     assert res.exit_code == 0, res.output
-    assert {p: p.stat().st_mtime_ns for p in root.iterdir()} == mtimes
+    assert {p: p.stat().st_mtime_ns for p in root.iterdir() if (p / "meta.json").exists()} == mtimes
     again = json.loads((out_dir / "validate.json").read_text())
     assert again["tasks"] == result["tasks"] and again["lds"] == result["lds"]
 
