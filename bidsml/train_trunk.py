@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bidsml.data import Tokenized, collate, iter_batches
+from bidsml.data import IGNORE_INDEX, Tokenized, collate, iter_batches
 from bidsml.evaluation.model_calls import _causal_lm
 from bidsml.evaluation.trunk import _top_layers_only, trunk_layer
 
@@ -63,11 +63,13 @@ def top_hidden(model, layer: int, h: torch.Tensor, mask: torch.Tensor) -> torch.
 
 
 def top_loss(model, layer: int, h: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Returns the model's training loss (its own head and loss) computed from the states entering `layer`."""
-    inner = _causal_lm(model).model
-    pos = torch.arange(h.shape[1], device=h.device).unsqueeze(0).expand(h.shape[0], -1)
-    with _top_layers_only(inner, layer):
-        return model(inputs_embeds=h, attention_mask=mask, labels=labels, position_ids=pos, use_cache=False).loss
+    """Returns the causal-LM training loss (mean token cross-entropy over label tokens) from the states entering
+    `layer`: the model's loss, with logits computed only where a label is (most of a small model's head cost)."""
+    hidden = top_hidden(model, layer, h, mask)
+    target = labels[:, 1:]  # token t+1 is predicted from position t
+    b_idx, t_idx = (target != IGNORE_INDEX).nonzero(as_tuple=True)
+    logits = _causal_lm(model).lm_head(hidden[b_idx, t_idx]).float()
+    return torch.nn.functional.cross_entropy(logits, target[b_idx, t_idx])
 
 
 @dataclass

@@ -163,20 +163,20 @@ def plot_validation(rows: list[dict], path) -> None:
         ("bottom_minus_random_nll", "bottom - random"),
         ("removal_top_minus_random_nll", "remove top - remove random"),
     ]
-    fig, ax = plt.subplots(figsize=(8, 0.6 + 0.55 * len(rows) * len(names)))
+    fig, ax = plt.subplots(figsize=(9, 0.6 + 0.55 * len(rows) * len(names)))
     y, ticks = 0, []
     for r in rows:
-        for key, title in names:
+        for (key, title), color in zip(names, ("tab:blue", "tab:orange", "tab:green")):
             m, lo, hi = r[key], r[f"{key}_lo"], r[f"{key}_hi"]
-            ax.errorbar(m, y, xerr=[[m - lo], [hi - m]], fmt="o", capsize=3)
+            ax.errorbar(m, y, xerr=[[m - lo], [hi - m]], fmt="o", capsize=3, color=color)
             ticks.append((y, f"{r['task']}: {title}"))
             y += 1
         y += 0.5
     ax.axvline(0, color="grey", linewidth=1)
     ax.set_yticks([t for t, _ in ticks], [s for _, s in ticks], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("difference in gold NLL on the task's scored items (lower: the subset helps t)")
-    ax.set_title("Does influence predict what helps each task? (paired bootstrap, 95%)")
+    ax.set_xlabel("difference in gold NLL on the task's scored items (lower: the subset helps t)", fontsize=9)
+    ax.set_title("Does influence predict what helps each task? (paired bootstrap, 95%)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -161,8 +161,10 @@ def validate(
         "tasks": rows,
         **(lds_result(probes, infl, tasks, lds) if lds else {}),
     }
-    out = write_outputs(recipe, record, result)
+    proj = record["refs"].get("projection", {}).get("main", {}).get("meta", {})
+    result |= {"chosen_k": proj.get("k"), "worst_task_fidelity": proj.get("worst_task_fidelity")}
     result["seconds"] = round(time.time() - t0, 1)
+    out = write_outputs(recipe, record, result)
     result["outputs"] = str(out)
     for r in rows:
         log.info(
@@ -171,6 +173,21 @@ def validate(
             f"{r['removal_top_minus_random_nll']:+.4f}: {r['verdict']}"
         )
     return result
+
+
+def flat_summary(result: dict) -> dict:
+    """Returns one flat record of the check: per task the three differences with their intervals and the verdicts,
+    the run's chosen k and its worst-task fidelity, the LDS when measured, and the seconds it took."""
+    out: dict = {}
+    for r in result["tasks"]:
+        for key in ("top_minus_random_nll", "bottom_minus_random_nll", "removal_top_minus_random_nll"):
+            for suffix in ("", "_lo", "_hi"):
+                out[f"{r['task']}_{key}{suffix}"] = round(r[key + suffix], 5)
+        out[f"{r['task']}_verdict"] = r["verdict"]
+    for key in ("k", "chosen_k", "worst_task_fidelity", "lds", "lds_lo", "lds_hi", "seconds"):
+        if result.get(key) is not None:
+            out[key] = result[key]
+    return out
 
 
 def markdown(result: dict, plot: str) -> str:
@@ -212,6 +229,7 @@ def write_outputs(recipe: Recipe, record: dict, result: dict) -> Path:
     plot_validation(result["tasks"], out / "validate.png")
     pd.DataFrame(result["tasks"]).to_csv(out / "validate.csv", index=False)
     (out / "validate.json").write_text(json.dumps(result, indent=1))
+    (out / "summary.json").write_text(json.dumps(flat_summary(result)) + "\n")
     section = markdown(result, "validate.png")
     (out / "validate.md").write_text(section)
     report = Path(record.get("report") or output_dir(recipe) / "report.md")

@@ -308,6 +308,25 @@ def test_validate_bad_options_fail_at_once_naming_them(first_run, recipe):
         (["--run", "no-such-run"], "no run 'no-such-run'"),
         (["--run", run_id, "--lds", "2"], "--lds 2"),
     ]
-    for args, message in cases:
-        res = CliRunner().invoke(app, ["validate", *args, "--run-root", recipe.run_root])
-        assert res.exit_code == 2 and message in res.output, (args, res.output)
+    # runs a user can break: a target without scored items, an artifact deleted since
+    records = Path(recipe.run_root) / "run-records"
+    record = json.loads((records / f"{first_run[0]['run_id']}.json").read_text())
+    no_items = json.loads(json.dumps(record))
+    no_items["run_id"], no_items["finished_at"] = "zz-no-items", "0000"  # never "latest"
+    no_items["recipe"]["evaluation"]["benchmarks"] = {"mmlu": 3}
+    (records / "zz-no-items.json").write_text(json.dumps(no_items))
+    gone = json.loads(json.dumps(record))
+    gone["run_id"], gone["finished_at"] = "zz-gone", "0000"
+    gone["refs"]["influence"]["main"]["uri"] += "-deleted"
+    (records / "zz-gone.json").write_text(json.dumps(gone))
+    cases += [
+        (["--run", "zz-no-items"], "targets ['gsm8k'] have no scored items; add them to evaluation.benchmarks"),
+        (["--run", "zz-gone"], "its influence artifact is missing or changed"),
+    ]
+    try:
+        for args, message in cases:
+            res = CliRunner().invoke(app, ["validate", *args, "--run-root", recipe.run_root])
+            assert res.exit_code == 2 and message in res.output, (args, res.output)
+    finally:
+        for name in ("zz-no-items", "zz-gone"):
+            (records / f"{name}.json").unlink()
