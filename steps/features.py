@@ -224,6 +224,8 @@ def build(b: Build) -> dict:
         "checkpoints": ctx.n_checkpoints,
         "dim": ctx.dim,
         "projector": ctx.kind,
+        "k_chosen_because": proj.meta.get("reason"),  # the projection step's choice, repeated where k is used
+        "k_worst_task_fidelity": proj.meta.get("worst_task_fidelity"),
         "trunk": ctx.trunk_note or "not reported: no chunk computed in this process (Dask workers, or resumed)",
         "precision": resolve_precision(fc.precision, resolve_device(recipe.model)),
     }
