@@ -27,7 +27,11 @@ def build(b: Build) -> dict:
     pool_items, _ = tokenize_all(load_tokenizer(recipe.model), pool, recipe.model.max_seq_length)
     items = [pool_items[i] for i in rows]
     truncated = sum(pool_items[i].truncated for i in rows)
-    trunk = training_trunk(recipe, pool_items, b.run_root, b.progress("pool trunk states (rows)"))
+    # the pool's trunk pays when training passes over at least as many examples as computing it does (the
+    # fine-tunes compute it otherwise); a rule of the recipe, so the warmup's bits never depend on a cache
+    trunk = None
+    if len(rows) * recipe.warmup.epochs >= len(pool):
+        trunk = training_trunk(recipe, pool_items, b.run_root, b.progress("pool trunk states (rows)"))
     progress = b.progress("training steps")
     ckpts = train_lora(
         recipe.model,

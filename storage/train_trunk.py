@@ -58,6 +58,7 @@ def pool_trunk(
         "items": hashlib.sha256(json.dumps([t.input_ids for t in items]).encode()).hexdigest(),
         "dtype": model_cfg.dtype,
         "device": model_cfg.device,
+        "threads": torch.get_num_threads(),  # a matmul's last bits depend on it
         "versions": library_versions(),
         "code": code_identity("bidsml.train_trunk"),
     }
