@@ -24,14 +24,12 @@ def build(b: Build) -> dict:
     recipe = b.recipe
     pool = load_split(b.inputs["data"], "train")
     rows = warmup_subset(len(pool), recipe.warmup.fraction, recipe.seed)
-    pool_items, _ = tokenize_all(load_tokenizer(recipe.model), pool, recipe.model.max_seq_length)
-    items = [pool_items[i] for i in rows]
-    truncated = sum(pool_items[i].truncated for i in rows)
-    # the pool's trunk pays when training passes over at least as many examples as computing it does (the
-    # fine-tunes compute it otherwise); a rule of the recipe, so the warmup's bits never depend on a cache
+    items, counts = tokenize_all(load_tokenizer(recipe.model), [pool[i] for i in rows], recipe.model.max_seq_length)
+    # the trunk of the warmup's own rows, computed once, pays from the second epoch on (with one epoch it would
+    # cost what it saves); a rule of the recipe, so the warmup's bits never depend on what a cache holds
     trunk = None
-    if len(rows) * recipe.warmup.epochs >= len(pool):
-        trunk = training_trunk(recipe, pool_items, b.run_root, b.progress("pool trunk states (rows)"))
+    if recipe.warmup.epochs >= 2:
+        trunk = training_trunk(recipe, items, b.run_root, b.progress("warmup trunk states (rows)"))
     progress = b.progress("training steps")
     ckpts = train_lora(
         recipe.model,
@@ -42,14 +40,14 @@ def build(b: Build) -> dict:
         recipe.seed,
         on_step=lambda s, t, loss: progress.update(s, t, loss=loss),
         trunk=trunk,
-        trunk_rows=rows,
+        trunk_rows=list(range(len(items))),
         on_warning=lambda m: b.log(m, warning=True),
     )
     weights = checkpoint_weights([c["mean_lr"] for c in ckpts])
     for c, w in zip(ckpts, weights):
         c["weight"] = w
     save_checkpoints(b.work, ckpts)
-    return {"n_train": len(items), "truncated": truncated, "checkpoints": ckpts}
+    return {"n_train": len(items), "truncated": counts["truncated"], "checkpoints": ckpts}
 
 
 STEP = Step(

@@ -81,13 +81,20 @@ RECIPE = __import__("pathlib").Path(__file__).parents[1] / "recipes" / "tiny.yam
 
 
 def test_auto_k_through_the_steps_records_its_choice_and_the_features_use_it(tmp_path):
-    """Tiny model, rank-16 LoRA (D > 1,024): candidates measured, the choice consistent with them, features at k."""
+    """Tiny model, rank-16 LoRA on layer 1 (D > 1,024): candidates measured, the choice consistent with them,
+    features at k; warmup and features from the frozen trunk."""
     from bidsml.config import load_recipe
     from flows.step_flows import STEP_FLOWS as F
     from storage.gradients import read_features
 
     recipe = load_recipe(RECIPE).with_overrides(
-        {"run_root": str(tmp_path), "lora.r": 16, "features.proj_dim": "auto", "features.fidelity_rows": 24}
+        {
+            "run_root": str(tmp_path),
+            "lora.r": 16,
+            "lora.layers": [1],  # the warmup (2 epochs) and the features run from the frozen trunk
+            "features.proj_dim": "auto",
+            "features.fidelity_rows": 24,
+        }
     )
     data = F["data"](recipe)
     warm = F["warmup"](recipe, inputs={"data": data})
@@ -104,6 +111,8 @@ def test_auto_k_through_the_steps_records_its_choice_and_the_features_use_it(tmp
     assert m["store_gb"] > 0 and "reason" in m and (proj.path / "fidelity_by_k.png").exists()
     feats = F["features"](recipe, inputs={"data": data, "warmup": warm, "projection": proj})
     assert feats.meta["dim"] == m["k"] and read_features(feats.path, "val", 0).shape == (4, m["k"])
+    assert feats.meta["trunk"].startswith("layers 0-0 run once per micro-batch for all checkpoints")
+    assert list((tmp_path / "trunk").glob("train-*.npy"))  # the warmup's rows' trunk, saved
 
     # a fixed k skips the comparison; a store over the budget stops before any feature is written
     fixed = F["projection"](recipe.with_overrides({"features.proj_dim": 32}), inputs={"data": data, "warmup": warm})
