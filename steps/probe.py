@@ -65,7 +65,7 @@ def build(b: Build) -> dict:
     tok = load_tokenizer(recipe.model)
     pool_items, _ = tokenize_all(tok, load_split(b.inputs["data"], "train"), recipe.model.max_seq_length)
     examples = [pool_items[i] for i in rows]
-    trunk = training_trunk(recipe, pool_items, b.run_root, b.progress("pool trunk states (rows)"))
+    trunk = training_trunk(recipe, pool_items, b.run_root, lambda: b.progress("pool trunk states (rows)"))
     progress = b.progress("training steps")
     ckpts = train_lora(
         recipe.model,

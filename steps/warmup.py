@@ -29,7 +29,7 @@ def build(b: Build) -> dict:
     # cost what it saves); a rule of the recipe, so the warmup's bits never depend on what a cache holds
     trunk = None
     if recipe.warmup.epochs >= 2:
-        trunk = training_trunk(recipe, items, b.run_root, b.progress("warmup trunk states (rows)"))
+        trunk = training_trunk(recipe, items, b.run_root, lambda: b.progress("warmup trunk states (rows)"))
     progress = b.progress("training steps")
     ckpts = train_lora(
         recipe.model,

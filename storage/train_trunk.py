@@ -85,9 +85,17 @@ def pool_trunk(
 
 
 def training_trunk(recipe, pool_items: list[Tokenized], run_root, progress=None) -> TrainTrunk | None:
-    """Returns the pool's training trunk for the recipe's model and `lora.layers` (None: LoRA on every layer)."""
+    """Returns the training trunk of `pool_items` for the recipe's model and `lora.layers` (None: LoRA on every
+    layer). `progress()` makes the progress bar, only when the states are computed."""
     from bidsml.model import load_tokenizer
 
+    if not recipe.lora.layers or min(recipe.lora.layers) == 0:
+        return None
     tok = load_tokenizer(recipe.model)
-    on_rows = (lambda done, n: progress.update(done, n)) if progress is not None else None
+    bar = {}
+
+    def on_rows(done: int, n: int) -> None:
+        if progress is not None:
+            bar.setdefault("bar", progress()).update(done, n)
+
     return pool_trunk(recipe.model, recipe.lora.layers, pool_items, run_root, tok.pad_token_id, 4096, on_rows)
