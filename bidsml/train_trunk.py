@@ -91,7 +91,7 @@ class TrainTrunk:
         lengths = [int(self.offsets[r + 1] - self.offsets[r]) for r in rows]
         out = torch.zeros(len(rows), max(lengths), self.states.shape[1], dtype=dtype)
         for b, r in enumerate(rows):
-            out[b, : lengths[b]] = torch.from_numpy(np.asarray(self.states[self.offsets[r] : self.offsets[r + 1]]))
+            out[b, : lengths[b]] = torch.from_numpy(np.array(self.states[self.offsets[r] : self.offsets[r + 1]]))
         return out.to(device)
 
 

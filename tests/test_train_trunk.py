@@ -115,3 +115,18 @@ def test_features_from_the_trunk_equal_the_full_path(pool, tokenizer):
     for (f1, n1), (f2, n2) in zip(full, fast):
         np.testing.assert_allclose(f2.numpy(), f1.numpy(), atol=1e-5)
         np.testing.assert_allclose(n2.numpy(), n1.numpy(), rtol=1e-5)
+
+
+def test_a_trunk_over_the_memory_budget_is_written_and_read_memory_mapped(pool, tokenizer, tmp_path, monkeypatch):
+    import bidsml.train_trunk as core
+    import storage.train_trunk as store
+
+    held = pool_trunk(TINY, TOP.layers, pool, tmp_path / "held", tokenizer.pad_token_id, 512)
+    monkeypatch.setattr(core, "MEMMAP_BYTES", 0)  # every trunk is "too large" to hold
+    monkeypatch.setattr(store, "MEMORY_BUDGET_BYTES", 0)
+    mapped = pool_trunk(TINY, TOP.layers, pool, tmp_path / "mapped", tokenizer.pad_token_id, 512)
+    assert isinstance(mapped.states, np.memmap) and not isinstance(held.states, np.memmap)
+    np.testing.assert_array_equal(np.asarray(mapped.states), np.asarray(held.states))
+    assert not list((tmp_path / "mapped" / "trunk").glob("building-*"))  # the file being written was renamed
+    rows = [3, 1, 4]
+    np.testing.assert_array_equal(mapped.batch(rows, "cpu", torch.float32), held.batch(rows, "cpu", torch.float32))
