@@ -108,6 +108,22 @@ def store_arrays(path) -> dict:
     }
 
 
+def adam_states(model, seed: int) -> dict:
+    """Returns a seeded stand-in for a warmup checkpoint's Adam state (exp_avg, exp_avg_sq) of every LoRA linear."""
+    import torch
+
+    from bidsml.features import lora_linears
+
+    g = torch.Generator().manual_seed(seed)
+    return {
+        n: {
+            "exp_avg": torch.randn(m.weight.shape, generator=g) * 1e-3,
+            "exp_avg_sq": torch.rand(m.weight.shape, generator=g) * 1e-6,
+        }
+        for n, m in lora_linears(model)
+    }
+
+
 def make_lora_model():
     """Returns the tiny model with a seeded LoRA whose B is non-zero (so A and B gradients are non-trivial)."""
     import torch

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from bidsml.autoproj import candidate_table, choose_dim, store_bytes, task_mean_influence
 from bidsml.data import tokenize_all
@@ -10,18 +9,11 @@ from bidsml.errors import FeatureError
 from bidsml.features import AdamTransform, CheckpointState, compute_features, lora_linears
 from bidsml.fidelity import exact_influence
 from bidsml.projection import make_projector
-from tests.conftest import make_examples, make_lora_model
+from tests.conftest import adam_states, make_examples, make_lora_model
 
 
-def _states(model):
-    g = torch.Generator().manual_seed(3)
-    return {
-        n: {
-            "exp_avg": torch.randn(m.weight.shape, generator=g) * 1e-3,
-            "exp_avg_sq": torch.rand(m.weight.shape, generator=g) * 1e-6,
-        }
-        for n, m in lora_linears(model)
-    }
+def _states(model, seed=3):
+    return adam_states(model, seed)
 
 
 def test_streamed_task_means_equal_the_full_gradient_path(tokenizer):

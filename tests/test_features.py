@@ -7,7 +7,7 @@ from bidsml.data import tokenize_all
 from bidsml.errors import FeatureError
 from bidsml.features import AdamTransform, compute_features, lora_linears, reference_flat_grads
 from bidsml.projection import make_projector
-from tests.conftest import make_examples, make_lora_model
+from tests.conftest import adam_states, make_examples, make_lora_model
 
 
 @pytest.fixture(scope="module")
@@ -16,14 +16,7 @@ def lora_model():
 
 
 def _states(model, seed=2):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        n: {
-            "exp_avg": torch.randn(m.weight.shape, generator=g) * 1e-3,
-            "exp_avg_sq": torch.rand(m.weight.shape, generator=g) * 1e-6,
-        }
-        for n, m in lora_linears(model)
-    }
+    return adam_states(model, seed)
 
 
 def _identity_projector(model):

@@ -8,7 +8,7 @@ from bidsml.data import tokenize_all
 from bidsml.features import AdamTransform, CheckpointState, compute_features, lora_linears, reference_flat_grads
 from bidsml.fidelity import exact_influence, fidelity_table, fidelity_warnings, spearman
 from bidsml.projection import make_projector
-from tests.conftest import make_examples, make_lora_model
+from tests.conftest import adam_states, make_examples, make_lora_model
 
 
 @pytest.fixture(scope="module")
@@ -16,15 +16,8 @@ def lora_model():
     return make_lora_model()
 
 
-def _states(model):
-    g = torch.Generator().manual_seed(3)
-    return {
-        n: {
-            "exp_avg": torch.randn(m.weight.shape, generator=g) * 1e-3,
-            "exp_avg_sq": torch.rand(m.weight.shape, generator=g) * 1e-6,
-        }
-        for n, m in lora_linears(model)
-    }
+def _states(model, seed=3):
+    return adam_states(model, seed)
 
 
 def _flat(grads: dict, transform=None) -> torch.Tensor:
