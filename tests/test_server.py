@@ -24,6 +24,7 @@ import httpx
 import pytest
 import yaml
 
+from deployments.serve import deployments
 from tests.conftest import start_process, stop_process, wait_for
 
 pytestmark = pytest.mark.e2e  # slow end-to-end: skip with -m "not e2e"
@@ -211,9 +212,12 @@ def test_ui_serve_deployment_runs_cached_select_and_lineage(tmp_path):
             _start([str(BIN / "bidsflow"), "serve", "--recipe", str(recipe_path), "--no-schedule"], env, logs[1])
         )
 
-        def served():
+        expected = {d.name for d in deployments(str(recipe_path), with_schedule=False)}
+
+        def served():  # serve registers them one by one: wait for all of them, not for a count
             deps = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
-            return len(deps) >= 11 and {d["name"] for d in deps}
+            names = {d["name"] for d in deps}
+            return expected <= names and names
 
         names = wait_for(served, 180, "the deployments", logs)
         assert {"bids-pipeline", "select", "step-selection", "step-features"} <= names
