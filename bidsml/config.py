@@ -10,7 +10,7 @@ Each step's artifact identity hashes only the stage models it reads (see
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -188,6 +188,29 @@ class SelectionConfig(_Stage):
         ("random", "less", "bids"), min_length=1, description="Selection methods (registered in bidsml.selectors)."
     )
     budgets: tuple[float, ...] = Field((0.1,), min_length=1, description="Budgets: a count (>=1) or a fraction (<1).")
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-method options, e.g. {kmq: {clusters: 256}, mig: {threshold: 0.85}} (each selector's "
+        "options model; README, Selection methods).",
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _options_valid(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from bidsml.selectors import selector_options
+
+        for name, given in v.items():
+            _check_name("selector", name)
+            try:
+                selector_options(name, given)
+            except ValidationError as err:
+                e = err.errors()[0]
+                raise ValueError(f"selection.options.{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+        return v
+
+    def options_of(self, method: str) -> dict[str, Any]:
+        """Returns the recipe's options of one method ({} when it sets none)."""
+        return dict(self.options.get(method, {}))
 
     @field_validator("methods")
     @classmethod
@@ -319,6 +342,18 @@ class Recipe(_Stage):
     finetune: TrainConfig = TrainConfig()
     evaluation: EvalConfig = EvalConfig()
     execution: ExecutionConfig = ExecutionConfig()
+
+    @model_validator(mode="after")
+    def _selector_inputs_exist(self) -> Recipe:
+        """A method whose inputs cannot exist (a pool field no source has, a missing file) fails here, before any
+        step runs."""
+        from bidsml.selectors import get_selector, selector_options
+
+        for m in self.selection.methods:
+            sel = get_selector(m)
+            if sel.check is not None:
+                sel.check(self, selector_options(m, self.selection.options_of(m)))
+        return self
 
     @model_validator(mode="after")
     def _benchmarks_resolve(self) -> Recipe:

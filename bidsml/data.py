@@ -40,6 +40,10 @@ class Example(BaseModel):
     capability: str | None = None
     choices: list[str] | None = None  # multiple-choice test items: the options
     gold: int | None = None  # index of the correct option
+    # optional pool metadata for the diversity/quality selectors (kmq, mig); absent on the built-in sources
+    quality: float | None = None  # a quality score (e.g. a reward model's); higher is better
+    labels: list[str] | None = None  # semantic tags (e.g. InsTag labels shipped with a dataset), for mig
+    embedding: list[float] | None = None  # an embedding a user computed, for kmq/mig instead of the base model's
 
 
 def check_example(raw: object, where: str) -> Example:

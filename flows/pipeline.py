@@ -31,6 +31,7 @@ from flows.preflight import preflight
 from flows.runner import map_on_runner
 from flows.step_flows import STEP_FLOWS
 from steps.registry import STEPS
+from steps.selection import SelectionParams, rounds_of
 from steps.step import Step
 from storage.lineage import mermaid, run_lineage
 from storage.names import BUILD_INFO
@@ -209,11 +210,12 @@ def branch(
         out[name] = (tag, ref)
         return ref
 
-    sel = timed(
-        "selection",
-        inputs={"data": data, "influence": infl, "representations": reps},
-        params={"method": method, "budget": budget},
-    )
+    params = {"method": method, "budget": budget, "options": recipe.selection.options_of(method)}
+    upstream = {"data": data, "influence": infl, "representations": reps}
+    sel = timed("selection", inputs=upstream, params=params)
+    for r in range(1, rounds_of(SelectionParams(**params))):  # kmq-iterative: fine-tune, reweight, draw more
+        ft = timed("finetune", inputs={"selection": sel, "data": data})
+        sel = timed("selection", inputs={**upstream, "previous": sel, "adapter": ft}, params={**params, "round": r})
     ft = timed("finetune", inputs={"selection": sel, "data": data})
     timed("evaluation", inputs={"data": data, "adapter": ft})
     return out, times

@@ -1,4 +1,4 @@
-"""Step `representations` (for the representation-based selectors rds, rds-plus): pooled last hidden states."""
+"""Step `representations` (for rds, rds-plus, kmq, mig): pooled last hidden states and the quality proxy."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from storage.representations import save_representations
 
 
 def build(b: Build) -> dict:
-    """Computes normalised pooled hidden states of the base model (mean and position-weighted) per split."""
+    """Computes normalised pooled hidden states of the base model (mean and position-weighted) and the mean
+    response-token log-probability (the quality proxy) per split."""
     recipe = b.recipe
     tok = load_tokenizer(recipe.model)
     model = load_base_model(recipe.model)
@@ -21,12 +22,12 @@ def build(b: Build) -> dict:
         items, _ = tokenize_all(tok, load_split(b.inputs["data"], split), recipe.model.max_seq_length)
         pooled = pooled_states(model, items, tok.pad_token_id, recipe.features.max_tokens)
         save_representations(b.work, split, {p: v.numpy() for p, v in pooled.items()})
-    return {"hidden_size": int(next(iter(pooled.values())).shape[1]), "poolings": sorted(pooled)}
+    return {"hidden_size": int(pooled["mean"].shape[1]), "poolings": sorted(pooled)}
 
 
 STEP = Step(
     name="representations",
-    doc="Pooled hidden states of pool and validation examples, for the rds and rds-plus selectors.",
+    doc="Pooled hidden states and quality proxy of pool and validation examples (rds, rds-plus, kmq, mig).",
     inputs=(Input("data"),),
     sections=("model", "features"),
     # only the micro-batch budget is read, and batching changes no state

@@ -1,22 +1,28 @@
 """Step `selection`: one selection method at one budget; exports the subset as JSONL.
 
 The method is looked up in the selector registry (bidsml.selectors); the
-inputs it declares (influence, representations) are loaded and passed, and
-only those are part of the selection's identity.
+inputs it declares (influence, representations, the pool's fields) are
+loaded and passed, with its options (the recipe's selection.options). A
+multi-round method (kmq-iterative) is one selection per round: round r > 0
+reads round r-1's selection and the fine-tune trained on it (its lineage).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from bidsml.config import FeaturesConfig
 from bidsml.errors import SelectionError
 from bidsml.selection import resolve_budget, selection_label, task_means
-from bidsml.selectors import DEFAULT_METHOD, SELECTORS, SelectorInputs, get_selector, run_selector
+from bidsml.selectors import DEFAULT_METHOD, SELECTORS, PoolFields, SelectorInputs, get_selector, run_selector
+from bidsml.selectors.kmq import round_sizes
 from steps.step import Build, Input, Step
+from storage.checkpoints import adapter_path
 from storage.datasets import load_split
 from storage.influence_store import (
     load_column_stats,
@@ -24,8 +30,9 @@ from storage.influence_store import (
     read_influence_matrix,
     read_influence_rows,
 )
+from storage.refs import file_sha256
 from storage.representations import load_representations
-from storage.selections import save_selection
+from storage.selections import load_selection_table, save_selection
 
 
 class SelectionParams(BaseModel):
@@ -35,10 +42,45 @@ class SelectionParams(BaseModel):
         DEFAULT_METHOD, description="Selection method (a registered selector: random, less, bids, ...)."
     )
     budget: float = Field(0.1, gt=0, description="How much to select: a count (>= 1) or a fraction of the pool (< 1).")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The method's options (default: the recipe's selection.options.<method>)."
+    )
+    round: int = Field(0, ge=0, description="Multi-round methods (kmq-iterative): which round this selection is.")
 
 
 def needs_representations(params: SelectionParams | None) -> bool:
     return params is not None and "representations" in get_selector(params.method).needs
+
+
+def later_round(params: SelectionParams | None) -> bool:
+    return params is not None and params.round > 0
+
+
+def rounds_of(params: SelectionParams) -> int:
+    """Returns how many rounds the method runs (1 for every single-pass method)."""
+    return int(getattr(get_selector(params.method).options(**params.options), "rounds", 1))
+
+
+def options_file(recipe, inputs, params: SelectionParams) -> dict:
+    """Returns the content hash of an embeddings file the options name (its path alone is not its content)."""
+    emb = (params.options or {}).get("embeddings") if params is not None else None
+    if emb in (None, "auto", "representations", "field"):
+        return {}
+    return {"embeddings_file": file_sha256(Path(emb))}
+
+
+def round_losses(b: Build, previous: np.ndarray) -> np.ndarray:
+    """Returns the mean response NLL of each previous-round row under the fine-tune trained on them."""
+    from bidsml.data import tokenize_all
+    from bidsml.model import load_base_model, load_lora, load_tokenizer
+    from bidsml.represent import response_nll
+
+    recipe = b.recipe
+    tok = load_tokenizer(recipe.model)
+    pool = load_split(b.inputs["data"], "train")
+    items, _ = tokenize_all(tok, [pool[i] for i in previous], recipe.model.max_seq_length)
+    model = load_lora(load_base_model(recipe.model), adapter_path(b.inputs["adapter"].path))
+    return response_nll(model, items, tok.pad_token_id, recipe.features.max_tokens).numpy()
 
 
 def composition(
@@ -68,18 +110,34 @@ def composition(
 def build(b: Build) -> dict:
     """Runs one selection method; writes the ranked table and the JSONL subset; returns the composition."""
     method, budget, infl = b.params.method, b.params.budget, b.inputs["influence"]
-    needs = get_selector(method).needs
+    sel = get_selector(method)
+    needs = sel.needs
     train, val = load_influence_tables(infl.path)
     tasks = val["task"].tolist()
     n = len(train)
     A = read_influence_matrix(infl.path) if "influence" in needs else None
     # the store's column statistics: the selector owns A and may z-score it in place (4 GB, not 8, at 1M x 1k)
     mean, std, constant = load_column_stats(infl.path)
-    inputs = SelectorInputs(tasks=tasks, influence=A, owned=True)
+    inputs = SelectorInputs(tasks=tasks, influence=A, owned=True, options=sel.options(**b.params.options))
     if "representations" in needs:
         if b.inputs.get("representations") is None:
             raise SelectionError(f"method {method!r} needs the representations artifact (the representations step)")
         inputs.representations = load_representations(b.inputs["representations"])
+    pool = load_split(b.inputs["data"], "train")
+    if "pool" in needs:
+        inputs.pool = PoolFields.from_examples(pool, where=f"pool of data artifact {b.inputs['data'].digest[:12]}")
+    k_final = int(resolve_budget(budget, n))
+    rounds = rounds_of(b.params)
+    if rounds > 1:  # one round of a multi-round method: its share of K, from the previous round and its fine-tune
+        r = b.params.round
+        if r >= rounds:
+            raise SelectionError(f"method {method!r} runs rounds 0..{rounds - 1}; round {r} asked")
+        inputs.extra = {"round": r, "final_k": k_final}
+        if r > 0:
+            previous = load_selection_table(b.inputs["previous"])["train_idx"].to_numpy()
+            inputs.extra |= {"previous": previous, "losses": round_losses(b, previous)}
+            b.log(f"round {r}: mean loss of the {len(previous)} rows so far {inputs.extra['losses'].mean():.4f}")
+        budget = round_sizes(k_final, rounds)[r]
     rows = run_selector(method, inputs, budget, b.recipe.seed)
     del A, inputs
     sources = train["source"].to_numpy()
@@ -93,11 +151,12 @@ def build(b: Build) -> dict:
             "top_task": comp.pop("top_task"),
         }
     )
-    pool = load_split(b.inputs["data"], "train")
     summary = {
         "method": method,
-        "budget": budget,
-        "k": int(resolve_budget(budget, n)),
+        "budget": b.params.budget,
+        "k": len(rows),
+        **({"round": b.params.round, "rounds": rounds} if rounds > 1 else {}),
+        **({"options": b.params.options} if b.params.options else {}),
         "n_pool": int(n),
         "dropped_constant_columns": np.flatnonzero(constant).tolist(),
         **comp,
@@ -106,13 +165,15 @@ def build(b: Build) -> dict:
     b.table(
         "selection",
         [{"source": s, "selected": int(c)} for s, c in summary["by_source"].items()],
-        f"{method} @ {budget}: composition by source",
+        f"{method} @ {b.params.budget}: composition by source",
     )
     return summary
 
 
 def label(inputs, params: SelectionParams) -> str:
-    return selection_label(params.method, params.budget)
+    base = selection_label(params.method, params.budget)
+    rounds = rounds_of(params)
+    return base if rounds == 1 or params.round == rounds - 1 else f"{base} round {params.round}"
 
 
 STEP = Step(
@@ -122,8 +183,14 @@ STEP = Step(
         Input("data"),
         Input("influence"),
         Input("representations", optional=True, when=needs_representations),
+        # kmq-iterative, rounds > 0: the previous round's selection and the fine-tune trained on it
+        Input("selection", name="previous", optional=True, when=later_round),
+        Input("finetune", name="adapter", optional=True, when=later_round),
     ),
-    sections=("seed",),
+    # model, features: read only by a later round (its fine-tune's loss on the rows so far); batching changes nothing
+    sections=("model", "features", "seed"),
+    ignore={"features": tuple(FeaturesConfig.model_fields)},
+    identity=options_file,
     params=SelectionParams,
     label=label,
     per_run=False,

@@ -1,4 +1,5 @@
-"""Selection methods, registered by name: influence-based (influence.py), RDS (rds.py), RDS+ (rds_plus.py).
+"""Selection methods, registered by name, one module per family: influence-based (influence.py), RDS (rds.py),
+RDS+ (rds_plus.py), source-balanced random (balanced.py), kMQ and its iterative refinement (kmq.py), MIG (mig.py).
 
 To add a selector, add one module here with a `@register_selector(name,
 needs=...)` function; every module of this package is imported, so the
@@ -14,12 +15,15 @@ from bidsml.selectors.registry import (
     DEFAULT_METHOD,
     INPUTS,
     SELECTORS,
+    NoOptions,
+    PoolFields,
     Selector,
     SelectorInputs,
     get_selector,
     register_selector,
     run_selector,
     select,
+    selector_options,
 )
 
 for _m in pkgutil.iter_modules(__path__):
@@ -32,6 +36,8 @@ __all__ = [
     "DEFAULT_METHOD",
     "INPUTS",
     "METHODS",
+    "NoOptions",
+    "PoolFields",
     "SELECTORS",
     "Selector",
     "SelectorInputs",
@@ -39,4 +45,5 @@ __all__ = [
     "register_selector",
     "run_selector",
     "select",
+    "selector_options",
 ]

@@ -1,36 +1,87 @@
 """The selector registry: a selector is a function (inputs, K, seed) -> K pool rows, registered by name.
 
 A selector declares the inputs it needs (`influence`: the N x M influence
-matrix; `representations`: pooled hidden states of pool and validation
-examples); the pipeline computes and passes exactly those.
+matrix; `representations`: pooled hidden states and the quality proxy of pool
+and validation examples; `pool`: the pool records' source and optional
+quality / labels / embedding fields) and, optionally, its options (a pydantic
+model: the recipe's `selection.options.<name>`) and a recipe check that
+fails before any step runs; the pipeline computes and passes exactly those.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from bidsml.errors import SelectionError
 from bidsml.selection import check_inputs, resolve_budget
 
-INPUTS = ("influence", "representations")
+INPUTS = ("influence", "representations", "pool")
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class PoolFields:
+    """What the pool records say about themselves, row-aligned with the pool (None when no record has it)."""
+
+    sources: list[str]
+    quality: np.ndarray | None = None  # (N,) float64
+    labels: list[list[str]] | None = None
+    embedding: np.ndarray | None = None  # (N, d) float32
+
+    @classmethod
+    def from_examples(cls, pool: list, where: str = "pool") -> PoolFields:
+        """Reads the optional fields; a field some records have and others lack is an error naming the first gap."""
+        out = cls(sources=[e.source for e in pool])
+        for name in ("quality", "labels", "embedding"):
+            have = [getattr(e, name) is not None for e in pool]
+            if not any(have):
+                continue
+            if not all(have):
+                i = have.index(False)
+                raise SelectionError(
+                    f"{where}: record {i} (id {pool[i].id!r}) has no {name!r} field, but "
+                    f"{sum(have)} of {len(pool)} records do; give every record one or none"
+                )
+            vals = [getattr(e, name) for e in pool]
+            if name == "quality":
+                out.quality = np.asarray(vals, dtype=np.float64)
+            elif name == "labels":
+                out.labels = [list(v) for v in vals]
+            else:
+                dims = {len(v) for v in vals}
+                if len(dims) != 1:
+                    raise SelectionError(f"{where}: 'embedding' fields differ in length ({sorted(dims)[:5]})")
+                out.embedding = np.asarray(vals, dtype=np.float32)
+        return out
 
 
 @dataclass
 class SelectorInputs:
-    """What a selector may read: influence A (N x M), representations {name: (N|M, H) arrays}, task labels (M)."""
+    """What a selector may read: influence A (N x M), representations {name: (N|M, ...) arrays}, the pool's fields,
+    the task labels (M) and the selector's options."""
 
     tasks: list[str]
     influence: np.ndarray | None = None
     representations: dict[str, np.ndarray] = field(default_factory=dict)
+    pool: PoolFields | None = None
+    options: Any = None  # the selector's options model (NoOptions when it has none)
     owned: bool = False  # the selector may overwrite `influence` (z-score in place: 4 GB, not 8, at 1M x 1k)
+    extra: dict[str, Any] = field(default_factory=dict)  # what a multi-round selector's pipeline adds (kmq-iterative)
 
     @property
     def n(self) -> int:
         if self.influence is not None:
             return int(self.influence.shape[0])
+        if self.pool is not None:
+            return len(self.pool.sources)
         return int(next(v for k, v in self.representations.items() if k.startswith("train")).shape[0])
 
 
@@ -40,13 +91,20 @@ class Selector:
     fn: Callable[[SelectorInputs, int, int], np.ndarray]
     needs: tuple[str, ...] = ("influence",)
     doc: str = ""
+    options: type[BaseModel] = NoOptions
+    check: Callable[[Any, BaseModel], None] | None = None  # check(recipe, options): raise ValueError before any step
 
 
 SELECTORS: dict[str, Selector] = {}
 DEFAULT_METHOD = "bids"
 
 
-def register_selector(name: str, needs: tuple[str, ...] = ("influence",)):
+def register_selector(
+    name: str,
+    needs: tuple[str, ...] = ("influence",),
+    options: type[BaseModel] = NoOptions,
+    check: Callable[[Any, BaseModel], None] | None = None,
+):
     """Registers a selector under `name`; `needs` lists its inputs (see INPUTS). Duplicates are refused."""
     unknown = set(needs) - set(INPUTS)
     if unknown:
@@ -55,7 +113,8 @@ def register_selector(name: str, needs: tuple[str, ...] = ("influence",)):
     def deco(fn):
         if name in SELECTORS:
             raise ValueError(f"selector {name!r} registered twice")
-        SELECTORS[name] = Selector(name, fn, tuple(needs), (fn.__doc__ or "").strip().split("\n")[0])
+        doc = (fn.__doc__ or "").strip().split("\n")[0]
+        SELECTORS[name] = Selector(name, fn, tuple(needs), doc, options, check)
         return fn
 
     return deco
@@ -67,6 +126,11 @@ def get_selector(name: str) -> Selector:
     return SELECTORS[name]
 
 
+def selector_options(name: str, given: dict | None = None) -> BaseModel:
+    """Returns selector `name`'s options model filled from `given` (the recipe's selection.options.<name>)."""
+    return get_selector(name).options(**(given or {}))
+
+
 def run_selector(name: str, inputs: SelectorInputs, budget: float, seed: int = 0) -> np.ndarray:
     """Returns the selected pool rows (in selection order) of selector `name` at `budget`."""
     sel = get_selector(name)
@@ -74,14 +138,21 @@ def run_selector(name: str, inputs: SelectorInputs, budget: float, seed: int = 0
         if need == "influence" and inputs.influence is None:
             raise SelectionError(f"method {name!r} needs the influence matrix")
         if need == "representations" and not inputs.representations:
-            raise SelectionError(f"method {name!r} needs the representations artifact (the represent step)")
+            raise SelectionError(f"method {name!r} needs the representations artifact (the representations step)")
+        if need == "pool" and inputs.pool is None:
+            raise SelectionError(f"method {name!r} needs the pool's records (the data artifact)")
+    if inputs.options is None:
+        inputs.options = sel.options()
     k = resolve_budget(budget, inputs.n)
     if inputs.influence is not None:
         check_inputs(inputs.influence, inputs.tasks, k)
     for t in set(inputs.tasks):
         if not t:
             raise SelectionError("a validation column has an empty task label")
-    return np.asarray(sel.fn(inputs, k, seed), dtype=np.int64)
+    rows = np.asarray(sel.fn(inputs, k, seed), dtype=np.int64)
+    if len(rows) != k or len(np.unique(rows)) != k:
+        raise SelectionError(f"method {name!r} returned {len(rows)} rows ({len(np.unique(rows))} distinct) for K={k}")
+    return rows
 
 
 def select(method: str, A: np.ndarray, tasks: list[str], budget: float, seed: int = 0) -> np.ndarray:
