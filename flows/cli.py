@@ -378,20 +378,48 @@ def select_cmd(
                 raise SelectionError(f"{tasks}: expected a JSON list of task labels (strings)")
             ids = None
         else:
-            from storage.influence_store import load_influence
+            from bidsml.selectors import get_selector, run_selector
+            from steps.selection import SelectionParams, rounds_of, selector_inputs
+            from storage.influence_store import load_influence, load_influence_tables
             from storage.runs import load_run, run_ref
 
             rec = load_run(run_root.resolve(), run)
-            A, train, val = load_influence(run_ref(rec, "influence").path)
+            needs = get_selector(method).needs
+            if rounds_of(SelectionParams(method=method)) > 1:
+                raise SelectionError(
+                    f"{method!r} fine-tunes between rounds: name it in a recipe's selection.methods (`bidsflow run`) "
+                    "or run the `select` deployment"
+                )
+            if "influence" in needs:
+                A, train, val = load_influence(run_ref(rec, "influence").path)
+            else:
+                train, val = load_influence_tables(run_ref(rec, "influence").path)
             labels, ids = val["task"].tolist(), train["id"].tolist()
-        rows = select(method, A, labels, budget, seed)
+            reps = None
+            if "representations" in needs:
+                if "representations" not in rec["refs"]:
+                    raise SelectionError(
+                        f"method {method!r} needs the representations artifact, which run {rec['run_id']} did not "
+                        f"build: add {method!r} to its recipe's selection.methods and rerun (cached steps are reused)"
+                    )
+                reps = run_ref(rec, "representations")
+            options = (rec["recipe"].get("selection") or {}).get("options", {}).get(method, {})
+            inputs = selector_inputs(method, options, labels, run_ref(rec, "influence"), reps, run_ref(rec, "data"))
+            if "influence" in needs:
+                inputs.influence = A
+            n = len(train)
+        if scores is not None:
+            rows = select(method, A, labels, budget, seed)
+        else:
+            rows = run_selector(method, inputs, budget, seed)
     except (BidsError, FileNotFoundError, ValueError) as err:
         _fail(err)  # nothing written
-    result = {"selected": rows.tolist(), "method": method, "budget": budget, "k": len(rows), "n": int(A.shape[0])}
+    n = int(A.shape[0]) if scores is not None else n
+    result = {"selected": rows.tolist(), "method": method, "budget": budget, "k": len(rows), "n": n}
     if ids is not None:
         result["ids"] = [ids[i] for i in rows]
     out.write_text(json.dumps(result))
-    console.print(f"selected {len(rows)} of {A.shape[0]} rows with {method} -> {out}")
+    console.print(f"selected {len(rows)} of {n} rows with {method} -> {out}")
 
 
 @app.command()

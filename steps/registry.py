@@ -42,13 +42,16 @@ def discover() -> dict[str, Step]:
 
 
 def pipeline_order(steps) -> list[Step]:
-    """Returns the steps with every step after the steps whose artifacts it reads (ties: by name)."""
+    """Returns the steps with every step after the steps whose artifacts it reads (ties: by name); a `loop` input
+    (an earlier round's artifact) orders nothing."""
     steps = sorted(steps, key=lambda s: s.name)
     names = {s.name for s in steps}
     out: list[Step] = []
     placed: set[str] = set()
     while len(out) < len(steps):
-        ready = [s for s in steps if s.name not in placed and {i.kind for i in s.inputs} & names <= placed]
+        ready = [
+            s for s in steps if s.name not in placed and {i.kind for i in s.inputs if not i.loop} & names <= placed
+        ]
         if not ready:
             left = sorted(names - placed)
             raise ValueError(f"steps {left} read each other's artifacts in a cycle")

@@ -69,6 +69,23 @@ def options_file(recipe, inputs, params: SelectionParams) -> dict:
     return {"embeddings_file": file_sha256(Path(emb))}
 
 
+def selector_inputs(method: str, options: dict, tasks: list[str], infl, reps, data) -> SelectorInputs:
+    """Returns what selector `method` declared it needs, loaded from the artifacts (influence, representations,
+    data refs), with its options."""
+    sel = get_selector(method)
+    inputs = SelectorInputs(tasks=tasks, owned=True, options=sel.options(**(options or {})))
+    if "influence" in sel.needs:
+        inputs.influence = read_influence_matrix(infl.path)
+    if "representations" in sel.needs:
+        if reps is None:
+            raise SelectionError(f"method {method!r} needs the representations artifact (the representations step)")
+        inputs.representations = load_representations(reps)
+    if "pool" in sel.needs:
+        pool = load_split(data, "train")
+        inputs.pool = PoolFields.from_examples(pool, where=f"pool of data artifact {data.digest[:12]}")
+    return inputs
+
+
 def round_losses(b: Build, previous: np.ndarray) -> np.ndarray:
     """Returns the mean response NLL of each previous-round row under the fine-tune trained on them."""
     from bidsml.data import tokenize_all
@@ -110,22 +127,14 @@ def composition(
 def build(b: Build) -> dict:
     """Runs one selection method; writes the ranked table and the JSONL subset; returns the composition."""
     method, budget, infl = b.params.method, b.params.budget, b.inputs["influence"]
-    sel = get_selector(method)
-    needs = sel.needs
     train, val = load_influence_tables(infl.path)
     tasks = val["task"].tolist()
     n = len(train)
-    A = read_influence_matrix(infl.path) if "influence" in needs else None
     # the store's column statistics: the selector owns A and may z-score it in place (4 GB, not 8, at 1M x 1k)
     mean, std, constant = load_column_stats(infl.path)
-    inputs = SelectorInputs(tasks=tasks, influence=A, owned=True, options=sel.options(**b.params.options))
-    if "representations" in needs:
-        if b.inputs.get("representations") is None:
-            raise SelectionError(f"method {method!r} needs the representations artifact (the representations step)")
-        inputs.representations = load_representations(b.inputs["representations"])
     pool = load_split(b.inputs["data"], "train")
-    if "pool" in needs:
-        inputs.pool = PoolFields.from_examples(pool, where=f"pool of data artifact {b.inputs['data'].digest[:12]}")
+    inputs = selector_inputs(method, b.params.options, tasks, infl, b.inputs.get("representations"), b.inputs["data"])
+    A = inputs.influence
     k_final = int(resolve_budget(budget, n))
     rounds = rounds_of(b.params)
     if rounds > 1:  # one round of a multi-round method: its share of K, from the previous round and its fine-tune
@@ -184,8 +193,8 @@ STEP = Step(
         Input("influence"),
         Input("representations", optional=True, when=needs_representations),
         # kmq-iterative, rounds > 0: the previous round's selection and the fine-tune trained on it
-        Input("selection", name="previous", optional=True, when=later_round),
-        Input("finetune", name="adapter", optional=True, when=later_round),
+        Input("selection", name="previous", optional=True, when=later_round, loop=True),
+        Input("finetune", name="adapter", optional=True, when=later_round, loop=True),
     ),
     # model, features: read only by a later round (its fine-tune's loss on the rows so far); batching changes nothing
     sections=("model", "features", "seed"),

@@ -40,7 +40,8 @@ class Input:
 
     `optional`: the step runs without it (evaluate without an adapter scores the base model). `labelled`: a run
     holds several of that kind (one selection per method@budget); a step picks one by its `label` parameter.
-    `when`: for an optional input, a predicate on the step's parameters saying when it is needed.
+    `when`: for an optional input, a predicate on the step's parameters saying when it is needed. `loop`: the
+    artifact of an earlier round of a multi-round step, built by a step that comes later in the pipeline.
     """
 
     kind: str
@@ -49,6 +50,7 @@ class Input:
     labelled: bool = False
     when: Callable[[BaseModel | None], bool] | None = None
     hashed: bool = True  # False: its digest is not in the identity; the step's `identity` says what of it counts
+    loop: bool = False  # an earlier round's artifact (kmq-iterative: the previous selection's fine-tune): no ordering
 
     @property
     def key(self) -> str:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cluster, free_port as _free_port
+from tests.conftest import Cluster
+from tests.conftest import free_port as _free_port
 
 pytestmark = pytest.mark.e2e
 

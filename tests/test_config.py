@@ -1,5 +1,6 @@
 """Recipes: validation errors name the key and value; shipped recipes load."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,44 @@ def test_a_jsonl_target_is_evaluated_by_its_task_name():
         {**BASE, "data": {**BASE["data"], "targets": [target]}, "evaluation": {"benchmarks": {"legal": 5}}}
     )
     assert r.target("legal").kind == "jsonl" and r.target("mmlu").task == "mmlu"
+
+
+def _with_selection(selection: dict, pool=None) -> dict:
+    return {**BASE, "data": {**BASE["data"], **({"pool": pool} if pool else {})}, "selection": selection}
+
+
+def test_a_selector_whose_inputs_cannot_exist_fails_at_load_naming_them(tmp_path):
+    # a pool field no source has: built-in sources carry no quality / labels / embedding
+    with pytest.raises(RecipeError, match=r"selection.options.kmq.quality is 'field', but pool source 'sciq'"):
+        parse_recipe(_with_selection({"methods": ["kmq"], "options": {"kmq": {"quality": "field"}}}))
+    # a user's file that lacks it on one line: the file and line are named
+    pool = tmp_path / "pool.jsonl"
+    rec = {"id": "a", "source": "s", "messages": [{"role": "assistant", "content": "x"}], "labels": ["t"]}
+    pool.write_text(json.dumps(rec) + "\n" + json.dumps({k: v for k, v in rec.items() if k != "labels"}) + "\n")
+    with pytest.raises(RecipeError, match=r"pool.jsonl, line 2: no 'labels' field"):
+        parse_recipe(
+            _with_selection(
+                {"methods": ["mig"], "options": {"mig": {"labels": "field"}}},
+                pool=[{"source": "jsonl", "path": str(pool)}],
+            )
+        )
+    with pytest.raises(RecipeError, match=r"selection.options.mig.embeddings: file .*nope.npy does not exist"):
+        parse_recipe(
+            _with_selection({"methods": ["mig"], "options": {"mig": {"embeddings": str(tmp_path / "nope.npy")}}})
+        )
+    # unknown options and methods are named
+    with pytest.raises(RecipeError, match=r"selection.options.kmq.clusterz"):
+        parse_recipe(_with_selection({"methods": ["kmq"], "options": {"kmq": {"clusterz": 3}}}))
+    # auto (the default) is always available: representations and the quality proxy are computed
+    r = parse_recipe(_with_selection({"methods": ["kmq", "mig", "kmq-iterative", "random-balanced"]}))
+    assert r.selection.options_of("kmq") == {}
+
+
+@pytest.mark.parametrize("name", ["experiment-cpu.yaml", "experiment-gpu.yaml", "demo.yaml"])
+def test_the_experiment_recipes_can_name_the_diversity_selectors(name):
+    from flows.pipeline import per_run_steps
+
+    methods = ["random", "random-balanced", "kmq", "kmq-iterative", "mig", "bids"]
+    r = load_recipe(RECIPES / name).with_overrides({"selection.methods": methods})
+    assert r.selection.methods == tuple(methods)
+    assert "representations" in [s.name for s in per_run_steps(r)]

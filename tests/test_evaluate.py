@@ -12,12 +12,12 @@ from bidsml.benchmarks import (
 )
 from bidsml.benchmarks.bbh import BBH_TASKS
 from bidsml.data import Example
-from bidsml.evaluation.scoring import continuation_logprobs
-from bidsml.evaluation.harness import evaluate_benchmark_items
-from bidsml.evaluation.prefix import prefix_groups
+from bidsml.evaluation.aggregate import summarize
 from bidsml.evaluation.answers import final_number, program
 from bidsml.evaluation.generation import generate
-from bidsml.evaluation.aggregate import summarize
+from bidsml.evaluation.harness import evaluate_benchmark_items
+from bidsml.evaluation.prefix import prefix_groups
+from bidsml.evaluation.scoring import continuation_logprobs
 from bidsml.model import load_base_model
 from bidsml.sandbox import Limits, run_program
 from tests.conftest import TINY

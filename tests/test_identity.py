@@ -67,7 +67,14 @@ def test_editing_core_code_recomputes_every_step_that_runs_it(code_copy, pristin
     )  # add_lora
     # the steps that attach or train a LoRA change (and everything downstream of them, through their digests);
     # projection and diagnostics load the warmup LoRA for the exact-influence comparisons
-    assert _changed(before, _identities(code_copy)) == {"warmup", "projection", "features", "diagnostics", "finetune", "probe"}
+    assert _changed(before, _identities(code_copy)) == {
+        "warmup",
+        "projection",
+        "features",
+        "diagnostics",
+        "finetune",
+        "probe",
+    }
 
 
 def test_comments_and_docstrings_do_not_change_identities(code_copy, pristine):

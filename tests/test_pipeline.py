@@ -330,3 +330,57 @@ def test_validate_bad_options_fail_at_once_naming_them(first_run, recipe):
     finally:
         for name in ("zz-no-items", "zz-gone"):
             (records / f"{name}.json").unlink()
+
+
+def test_cli_select_mig_kmq_and_random_balanced_on_a_run(first_run, recipe, tmp_path):
+    """The seed literature's selectors on a finished run: representations, quality proxy and sources from its
+    artifacts; seeded; kmq-iterative (it fine-tunes) is pointed to the pipeline."""
+    from flows.cli import app
+    from storage.influence_store import load_influence_tables
+    from storage.runs import load_run, run_ref
+
+    runner = CliRunner()
+    train, _ = load_influence_tables(run_ref(load_run(Path(recipe.run_root), "latest"), "influence").path)
+    sources = train["source"].to_numpy()
+    for method in ("mig", "kmq", "random-balanced"):
+        outs = []
+        for i in range(2):
+            out = tmp_path / f"{method}{i}.json"
+            args = ["select", "--run", "latest", "--run-root", recipe.run_root, "--method", method, "--budget", "8"]
+            res = runner.invoke(app, [*args, "--out", str(out)])
+            assert res.exit_code == 0, res.output
+            outs.append(json.loads(out.read_text()))
+        sel = outs[0]["selected"]
+        assert outs[1]["selected"] == sel and len(set(sel)) == 8 and outs[0]["n"] == len(train)
+        if method == "random-balanced":  # two sources: 4 rows each
+            assert sorted(pd.Series(sources[sel]).value_counts().tolist()) == [4, 4]
+    res = runner.invoke(
+        app,
+        ["select", "--run", "latest", "--run-root", recipe.run_root, "--method", "kmq-iterative", "--budget", "8"]
+        + ["--out", str(tmp_path / "it.json")],
+    )
+    assert res.exit_code == 2 and "fine-tunes between rounds" in res.output
+
+
+def test_kmq_iterative_builds_a_selection_and_a_fine_tune_per_round_with_lineage(first_run, recipe):
+    from flows.pipeline import reselect
+    from storage.lineage import upstream
+    from storage.runs import load_run
+    from storage.selections import load_selection_table
+
+    two = recipe.with_overrides({"selection.options": {"kmq-iterative": {"rounds": 2}}})
+    out = reselect(two, method="kmq-iterative", budget=8)
+    rec = load_run(Path(recipe.run_root), out["run_id"])
+    final = rec["refs"]["selection"]["kmq-iterative@8"]
+    assert final["meta"]["round"] == 1 and final["meta"]["k"] == 8
+    up = upstream(Path(recipe.run_root), final["identity"])
+    kinds = [r["kind"] for r in up]
+    assert kinds.count("selection") == 2 and "finetune" in kinds  # round 0's selection and its fine-tune
+    first = next(r for r in up[1:] if r["kind"] == "selection")
+    from storage.refs import ArtifactRef
+
+    r0 = load_selection_table(ArtifactRef(kind="selection", identity=first["identity"], uri=first["uri"], digest=""))
+    r1 = load_selection_table(ArtifactRef.model_validate(final))
+    assert len(r0) == 4 and r1["train_idx"].tolist()[:4] == r0["train_idx"].tolist()  # rounds add to the rows so far
+    ft = rec["refs"]["finetune"]["kmq-iterative@8"]
+    assert ft["meta"]["n_train"] == 8

@@ -2,9 +2,9 @@
 
 import pytest
 
+from bidsml.errors import ArtifactError
 from storage.lineage import find_record, mermaid, record_artifact, run_lineage, upstream
 from storage.refs import ArtifactRef
-from bidsml.errors import ArtifactError
 from storage.runs import list_runs, load_run, run_ref, save_run_record
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from bidsml.errors import SelectionError
 from bidsml.selection import bids_iterate, bids_naive, normalize_columns
-from bidsml.selectors import METHODS, SelectorInputs, run_selector, select
+from bidsml.selectors import METHODS, PoolFields, SelectorInputs, run_selector, select
 from bidsml.selectors.rds_plus import round_robin_top
 
 
@@ -77,8 +77,19 @@ def test_random_is_seeded_and_all_methods_return_k_distinct_rows():
         for split, n in (("train", 50), ("val", 6))
         for p in ("mean", "weighted")
     }
+    reps["train_quality"] = -rng.random(50)
+    pool = PoolFields(sources=[f"s{i % 4}" for i in range(50)])
     for m, sel in METHODS.items():
-        x = SelectorInputs(tasks=tasks, influence=A, representations=reps if "representations" in sel.needs else {})
+        x = SelectorInputs(
+            tasks=tasks,
+            influence=A,
+            representations=reps if "representations" in sel.needs else {},
+            pool=pool if "pool" in sel.needs else None,
+        )
+        if m == "kmq-iterative":  # one round of three; the pipeline fine-tunes between rounds
+            x.extra = {"round": 0, "final_k": 10}
+            assert len(run_selector(m, x, 3)) == 3
+            continue
         rows = run_selector(m, x, 0.2)
         assert len(rows) == 10 and len(set(rows.tolist())) == 10, m
 

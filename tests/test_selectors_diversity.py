@@ -13,7 +13,7 @@ from bidsml.errors import SelectionError
 from bidsml.selectors import PoolFields, SelectorInputs, run_selector, selector_options
 from bidsml.selectors.balanced import balanced_counts
 from bidsml.selectors.kmq import round_sizes
-from bidsml.selectors.mig import label_graph, lazy_greedy, mig_vectors
+from bidsml.selectors.mig import greedy, label_graph, mig_vectors
 
 
 def inputs(method, n=60, d=6, sources=None, quality=None, labels=None, seed=0, **options):
@@ -174,27 +174,15 @@ def reference_mig(labels, scores, W, k, a=1e-6, b=0.8, prop_weight=1.0, norm=Fal
     for i, row in enumerate(labels):
         for lab in row:
             V[i, names.index(lab)] = scores[i] / len(row) if norm else scores[i]
-    Vp = V @ P
-    taken = np.zeros(len(labels), dtype=bool)
-    x = np.zeros(len(names))
-    out = []
-    while len(out) < k:
-        g = b * (x + a) ** (b - 1)
-        gain = (Vp * g).sum(axis=1)
-        gain[taken] = -np.inf
-        i = int(np.argmax(gain))
-        out.append(i)
-        taken[i] = True
-        x += Vp[i]
-    return out
+    return _full_scan(V @ P, k, a, b)
 
 
-def test_lazy_greedy_picks_the_full_scan_sequence_with_ties_and_empty_rows():
+def test_fast_greedy_picks_the_full_scan_sequence_with_ties_and_empty_rows():
     rng = np.random.default_rng(0)
     Vp = rng.random((300, 12)) * (rng.random((300, 12)) < 0.3)
     Vp[50] = Vp[10]  # exact ties: the lower row first
     Vp[200:210] = 0.0  # rows with no information
-    out = lazy_greedy(Vp, 300, 1e-6, 0.8).tolist()
+    out = greedy(Vp, 300, 1e-6, 0.8).tolist()
     assert out == _full_scan(Vp, 300)
     zero = np.flatnonzero(~Vp.any(axis=1)).tolist()  # 200..209 and any random all-zero row
     assert out.index(10) < out.index(50) and out[-len(zero) :] == zero

@@ -12,9 +12,11 @@ gradient b (x + a)^(b - 1), a = 1e-6, b = 0.8); greedy selection takes, K
 times, the unselected row with the largest gain v_i . phi'(x) (ties: lower
 row), as the reference's sampler does.
 
-Fast and exact: phi' falls as x grows and every v_i >= 0, so a row's gain
-never rises; a lazy greedy (a heap of stale gains, recomputing only the top)
-picks the same row as the full scan at every step, ties included.
+Fast and exact: a pick changes phi'(x) only on the labels its vector
+touches, so only the rows sharing one of them can change gain; those are
+recomputed (each row's gain is summed the same way alone or with others),
+the rest keep the identical number, and the sequence is the full scan's,
+ties included.
 
 Offline choices (documented, not the paper's models): labels are the pool's
 `labels` field when its records carry one (e.g. InsTag tags shipped with a
@@ -30,7 +32,6 @@ uses Deita quality x complexity.
 
 from __future__ import annotations
 
-import heapq
 from typing import Literal
 
 import numpy as np
@@ -112,27 +113,34 @@ def d_phi(x: np.ndarray, a: float, b: float) -> np.ndarray:
     return b * (x + a) ** (b - 1)
 
 
-def lazy_greedy(Vp: np.ndarray, k: int, a: float, b: float) -> np.ndarray:
-    """Returns the K rows the greedy maximisation of sum phi(x) picks, in order (ties: lower row), lazily."""
-    n = len(Vp)
-    x = np.zeros(Vp.shape[1])
+def greedy(Vp: np.ndarray, k: int, a: float, b: float) -> np.ndarray:
+    """Returns the K rows the greedy maximisation of sum phi(x) picks, in order (ties: lower row).
+
+    The reference rescans every row every step. Here a pick changes x, so g = phi'(x), only on the labels its
+    vector touches; a row with no weight on those labels has every product of its gain unchanged, so its gain,
+    summed in the same order, is the same number. Only the rows sharing a touched label are recomputed.
+    """
+    n, L = Vp.shape
+    x = np.zeros(L)
     g = d_phi(x, a, b)
-    heap = [(-s, i) for i, s in enumerate(gains(Vp, g).tolist())]
-    heapq.heapify(heap)
-    fresh = np.zeros(n, dtype=np.int64)  # the step at which a row's heap entry was computed
-    out: list[int] = []
-    step = 0
-    while len(out) < k:
-        neg, i = heapq.heappop(heap)
-        if fresh[i] == step:  # computed with the current x, and no other row can beat it: take it
-            out.append(i)
-            x += Vp[i]
-            g = d_phi(x, a, b)
-            step += 1
+    gain = gains(Vp, g)
+    rows_of = [np.flatnonzero(Vp[:, j]) for j in range(L)]  # the rows with weight on each label
+    out = np.empty(k, dtype=np.int64)
+    taken = np.zeros(n, dtype=bool)
+    for step in range(k):
+        i = int(np.argmax(gain))  # the first of the largest, as torch.argmax in the reference
+        out[step] = i
+        taken[i] = True
+        gain[i] = -np.inf
+        touched = np.flatnonzero(Vp[i])
+        if len(touched) == 0:
             continue
-        fresh[i] = step
-        heapq.heappush(heap, (-float(gains(Vp[i], g)), i))
-    return np.asarray(out, dtype=np.int64)
+        x[touched] += Vp[i, touched]
+        g[touched] = d_phi(x[touched], a, b)
+        rows = np.unique(np.concatenate([rows_of[j] for j in touched]))
+        rows = rows[~taken[rows]]
+        gain[rows] = gains(Vp[rows], g)
+    return out
 
 
 def mig_vectors(x: SelectorInputs, seed: int) -> np.ndarray:
@@ -165,4 +173,4 @@ def mig_vectors(x: SelectorInputs, seed: int) -> np.ndarray:
 def select_mig(x: SelectorInputs, k: int, seed: int) -> np.ndarray:
     """MIG: greedy information gain over a label graph, weighted by quality (diversity and quality)."""
     o = x.options
-    return lazy_greedy(mig_vectors(x, seed), k, o.phi_a, o.phi_b)
+    return greedy(mig_vectors(x, seed), k, o.phi_a, o.phi_b)
