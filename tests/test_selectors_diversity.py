@@ -229,3 +229,22 @@ def test_mig_derived_labels_are_source_and_cluster_and_quality_is_positive():
 def test_cluster_members_equal_np_where():
     labels = np.asarray([2, 0, 2, 1, 0, 2])
     assert [m.tolist() for m in cluster_members(labels, 3)] == [np.where(labels == c)[0].tolist() for c in range(3)]
+
+
+def test_bench_select_smoke_finds_the_same_selection_as_the_reference_loops():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    out = subprocess.run(
+        [sys.executable, "bench/select.py", "--only", "mig,kmq", "--diversity-n", "3000", "--diversity-d", "32"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert last["mig_identical"] and last["kmq_identical"] and {"mig_s_3k", "kmq_s_3k"} <= set(last)
