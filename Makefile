@@ -29,7 +29,7 @@ demo: install
 	$(VENV)/bin/bidsflow run --recipe recipes/demo.yaml
 
 test: install
-	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q --durations=30; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 clean-runs:
 	rm -rf runs
