@@ -98,7 +98,9 @@ def _deployed_flow(step: Step):
     docs = {k: _COMMON_ARGS[k] for k in ("recipe", "recipe_path")}
     fields = step.params.model_fields if step.params is not None else {}
     for name, field in fields.items():
-        sig.append(inspect.Parameter(name, kw, default=field.default, annotation=field.annotation))
+        # a required field stays required; a default_factory's value is the form's default (never pydantic's sentinel)
+        default = inspect.Parameter.empty if field.is_required() else field.get_default(call_default_factory=True)
+        sig.append(inspect.Parameter(name, kw, default=default, annotation=field.annotation))
         docs[name] = field.description or ""
     labelled = [i for i in step.inputs if i.labelled]
     if labelled:

@@ -43,7 +43,7 @@ class SelectionParams(BaseModel):
     )
     budget: float = Field(0.1, gt=0, description="How much to select: a count (>= 1) or a fraction of the pool (< 1).")
     options: dict[str, Any] = Field(
-        default_factory=dict, description="The method's options (default: the recipe's selection.options.<method>)."
+        {}, description="The method's options (empty: its defaults; the pipeline passes selection.options.<method>)."
     )
     round: int = Field(0, ge=0, description="Multi-round methods (kmq-iterative): which round this selection is.")
 

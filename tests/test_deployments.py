@@ -146,3 +146,16 @@ def test_pull_step_moves_a_run_to_the_project_root(tmp_path, monkeypatch):
     monkeypatch.setenv("BIDSFLOW_REPO", str(tmp_path))
     with pytest.raises(RecipeError, match="BIDSFLOW_REPO = .* holds no bidsflow project"):
         set_project_root()
+
+
+def test_every_deployed_step_parameter_has_a_real_default():
+    """A params field with a default_factory has no `default`: its form field would carry pydantic's sentinel."""
+    import inspect
+
+    from pydantic_core import PydanticUndefined
+
+    from flows.step_flows import DEPLOYED
+
+    for name, fl in DEPLOYED.items():
+        for p in inspect.signature(fl.fn).parameters.values():
+            assert p.default is not PydanticUndefined, f"step-{name}: parameter {p.name!r} has no default"
