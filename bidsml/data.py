@@ -44,6 +44,7 @@ class Example(BaseModel):
     quality: float | None = None  # a quality score (e.g. a reward model's); higher is better
     labels: list[str] | None = None  # semantic tags (e.g. InsTag labels shipped with a dataset), for mig
     embedding: list[float] | None = None  # an embedding a user computed, for kmq/mig instead of the base model's
+    planted_for: str | None = None  # a planted source's row: the target task it is in-distribution for
 
 
 def check_example(raw: object, where: str) -> Example:

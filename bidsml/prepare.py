@@ -25,8 +25,12 @@ def sample_balanced(examples: list[Example], n: int, seed: int) -> list[Example]
     return round_robin_sample(examples, n, seed, key=lambda e: e.subtask or "")
 
 
-def load_pool(cfg: DataConfig, seed: int) -> tuple[list[Example], dict]:
-    """Returns the pool (seeded sample per source, stable order) and per-source counts."""
+def load_pool(cfg: DataConfig, seed: int, drop: Callable[[Example], bool] | None = None) -> tuple[list[Example], dict]:
+    """Returns the pool (seeded sample per source, stable order) and per-source counts.
+
+    `drop`: applied to a planted source's rows before sampling (rows sharing a 13-gram with what the recipe
+    scores or validates on); how many it removed is counted per source.
+    """
     pool: list[Example] = []
     counts = {}
     targets = {t.kind or t.task for t in cfg.targets}
@@ -40,6 +44,10 @@ def load_pool(cfg: DataConfig, seed: int) -> tuple[list[Example], dict]:
             exs, rep = load_source(src.source, src.path)
         except DataError as err:
             raise DataError(f"data.pool.{i}: {err}") from None
+        dropped = 0
+        if drop is not None and SOURCES[src.source].plants:
+            kept = [e for e in exs if not drop(e)]
+            dropped, exs = len(exs) - len(kept), kept
         available = len(exs)
         if src.n is not None:
             if src.n > available:
@@ -47,6 +55,8 @@ def load_pool(cfg: DataConfig, seed: int) -> tuple[list[Example], dict]:
             rng = random.Random(f"{seed}/{src.source}/{i}")
             exs = [exs[j] for j in sorted(rng.sample(range(available), src.n))]
         counts[src.path or src.source] = {**rep.as_dict(), "available": available, "taken": len(exs)}
+        if SOURCES[src.source].plants:
+            counts[src.path or src.source] |= {"planted_for": SOURCES[src.source].plants, "dropped_overlap": dropped}
         pool.extend(exs)
     dup = len(pool) - len({e.id for e in pool})
     if dup:

@@ -35,6 +35,7 @@ def build(b: Build) -> dict:
             "id": [e.id for e in pool],
             "source": [e.source for e in pool],
             "n_tokens": meta["train"]["n_tokens"],
+            "planted_for": [e.planted_for for e in pool],  # the evidence experiment's planted rows (else null)
         }
     )
     val_df = pd.DataFrame(

@@ -71,6 +71,10 @@ def section_identity(step: Step, name: str, value: Any) -> Any:
     return value
 
 
+def _fully_ignored(step: Step, name: str, value: Any) -> bool:
+    return isinstance(value, BaseModel) and set(type(value).model_fields) <= set(step.ignore.get(name, ()))
+
+
 def _code_names(step: Step) -> tuple[str, ...]:
     return (step.build.__name__,) + ((step.identity.__name__,) if step.identity is not None else ())
 
@@ -116,7 +120,12 @@ def plan(step: Step, recipe, inputs: dict[str, Any], params: BaseModel | None = 
         if inp.hashed:
             digests[inp.key] = ref.digest if ref is not None else None
     values = {
-        "sections": {name: section_identity(step, name, getattr(view, name)) for name in step.sections},
+        # a section every field of which is ignored only gives `build` something to read: it is not in the identity
+        "sections": {
+            name: section_identity(step, name, getattr(view, name))
+            for name in step.sections
+            if not _fully_ignored(step, name, getattr(view, name))
+        },
         "inputs": digests,
         "params": params.model_dump(mode="json") if params is not None else None,
         "code": loaded_code_of(step),

@@ -26,7 +26,10 @@ PROJECT_PACKAGES = ("bidsml", "storage", "tasks")
 
 # Functions whose imports only validate names against registries: they shape no artifact, so the code
 # they import is not part of the importer's identity (else adding a benchmark would recompute features).
-VALIDATION_ONLY = {"bidsml.config": {"_registered"}}
+VALIDATION_ONLY = {
+    "bidsml.config": {"_registered", "_options_valid", "_selector_inputs_exist"},
+    "bidsml.selectors.oracle": {"_check"},
+}
 
 
 def _is_project(name: str) -> bool:

@@ -342,6 +342,7 @@ def test_cli_select_mig_kmq_and_random_balanced_on_a_run(first_run, recipe, tmp_
     runner = CliRunner()
     train, _ = load_influence_tables(run_ref(load_run(Path(recipe.run_root), "latest"), "influence").path)
     sources = train["source"].to_numpy()
+    assert train["planted_for"].isna().all()  # the store's train_examples know planted rows (none here)
     for method in ("mig", "kmq", "random-balanced"):
         outs = []
         for i in range(2):

@@ -78,7 +78,9 @@ def test_random_is_seeded_and_all_methods_return_k_distinct_rows():
         for p in ("mean", "weighted")
     }
     reps["train_quality"] = -rng.random(50)
-    pool = PoolFields(sources=[f"s{i % 4}" for i in range(50)])
+    pool = PoolFields(
+        sources=[f"s{i % 4}" for i in range(50)], planted_for=[("t" if i % 7 == 0 else None) for i in range(50)]
+    )
     for m, sel in METHODS.items():
         x = SelectorInputs(
             tasks=tasks,

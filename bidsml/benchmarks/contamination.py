@@ -39,3 +39,18 @@ def contamination(pool: list[Example], items: list[BenchItem], n: int = 13) -> d
             if len(r["pairs"]) < 20:
                 r["pairs"].append({"item": it.id, "pool": hits[k]})
     return {"ngram": n, "benchmarks": report}
+
+
+def overlap_filter(items: list[BenchItem], examples: list[Example], n: int = 13):
+    """Returns drop(example) -> True when the example shares a word n-gram with a scored item (its question or
+    gold continuation) or with one of `examples` (validation): what a planted source must never hold."""
+    grams: set[tuple[str, ...]] = set()
+    for it in items:
+        grams |= ngrams(f"{it.question} {it.gold_text}", n) | ngrams(it.question, n)
+    for ex in examples:
+        grams |= ngrams(" ".join(m.content for m in ex.messages), n)
+
+    def drop(ex: Example) -> bool:
+        return not grams.isdisjoint(ngrams(" ".join(m.content for m in ex.messages), n))
+
+    return drop

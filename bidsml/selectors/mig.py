@@ -25,9 +25,12 @@ embeddings (`label_clusters`, default min(256, N / 20)). A label's embedding
 is the mean of its rows' centred embeddings, normalised: the paper embeds
 the label text with an embedding model (e5-mistral); here labels are placed
 where their examples are, in the same space the other selectors use. The
-quality score is the pool's `quality` field (>= 0) or exp of the proxy (the
-base model's mean log-probability per response token, in (0, 1]): the paper
-uses Deita quality x complexity.
+quality score is the pool's `quality` field (>= 0) or the percentile of the
+proxy (the base model's mean log-probability per response token) over the
+pool, in (0, 1]; the paper uses Deita quality x complexity. Percentiles, not
+exp(proxy): on the demo pool exp(proxy) averages 0.81 for code and 0.004 for
+one-word answers, and MIG then took 13 of its 18 rows from code; with
+percentiles 5, and every source is represented.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field
+from scipy.stats import rankdata
 
 from bidsml.clusters import PoolInputOptions, check_pool_inputs, kmeans_labels, pool_embeddings, pool_quality
 from bidsml.errors import SelectionError
@@ -150,7 +154,7 @@ def mig_vectors(x: SelectorInputs, seed: int) -> np.ndarray:
     empty = [i for i, row in enumerate(labels) if not row]
     score = pool_quality(x, opts.quality)
     if opts.quality == "proxy" or (opts.quality == "auto" and x.pool.quality is None):
-        score = np.exp(score)  # mean per-token probability: MIG needs scores >= 0
+        score = rankdata(score) / len(score)  # the proxy's percentile in (0, 1]: MIG needs scores >= 0
     if (score < 0).any():
         raise SelectionError(
             f"mig needs quality >= 0; pool record {int(np.flatnonzero(score < 0)[0])} has a negative one"

@@ -35,11 +35,14 @@ class PoolFields:
     quality: np.ndarray | None = None  # (N,) float64
     labels: list[list[str]] | None = None
     embedding: np.ndarray | None = None  # (N, d) float32
+    planted_for: list[str | None] | None = None  # the evidence experiment: the target a planted row serves
 
     @classmethod
     def from_examples(cls, pool: list, where: str = "pool") -> PoolFields:
         """Reads the optional fields; a field some records have and others lack is an error naming the first gap."""
         out = cls(sources=[e.source for e in pool])
+        if any(e.planted_for for e in pool):
+            out.planted_for = [e.planted_for for e in pool]
         for name in ("quality", "labels", "embedding"):
             have = [getattr(e, name) is not None for e in pool]
             if not any(have):

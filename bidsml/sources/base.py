@@ -22,18 +22,26 @@ class Source:
     load: Callable
     needs_path: bool = False
     contaminates: str | None = None
+    plants: str | None = None  # the target task its rows are in-distribution for (the evidence experiment)
 
 
 SOURCES: dict[str, Source] = {}
 
 
-def register_source(name: str, contaminates: str | None = None, needs_path: bool = False):
-    """Registers a pool source under `name` (a name registered twice is refused)."""
+def register_source(
+    name: str, contaminates: str | None = None, needs_path: bool = False, plants: str | None = None
+):
+    """Registers a pool source under `name` (a name registered twice is refused).
+
+    `plants`: the source holds material of target `plants`'s own task family and format, drawn from outside its
+    validation examples; the data step removes every row sharing a 13-gram with a scored item or a validation
+    example of the recipe, and marks the rest `planted_for`.
+    """
 
     def deco(fn: Callable) -> Callable:
         if name in SOURCES:
             raise ValueError(f"pool source {name!r} registered twice")
-        SOURCES[name] = Source(name, fn, needs_path, contaminates)
+        SOURCES[name] = Source(name, fn, needs_path, contaminates, plants)
         return fn
 
     return deco

@@ -1,0 +1,58 @@
+"""Planted sources: in-distribution material for a target (same task family and answer format), for the
+evidence experiment, where selection can matter only if the pool holds something relevant.
+
+Each is drawn from outside the target's validation examples; the data step then drops every row sharing a
+13-gram with a scored item or a validation example of the recipe (and reports how many), and marks the rest
+`planted_for` (queryable: `train_examples.planted_for` in the influence store).
+
+- `arc_easy` for arc_challenge: ARC-Easy's validation split (a different, easier question set), lettered
+  multiple choice as ARC-Challenge's validation examples.
+- `gsm8k_unscored` for gsm8k: GSM8K problems outside its validation quarter, with their worked solutions.
+- `mbpp_unscored` for mbpp: MBPP problems outside its validation quarter, with their reference programs.
+"""
+
+from __future__ import annotations
+
+from bidsml.data import Example, split_quarter
+from bidsml.offline import hf_rows, mc_example, parse_repr
+from bidsml.sources.base import register_source
+
+
+def _planted(exs: list[Example], source: str, target: str) -> list[Example]:
+    return [
+        e.model_copy(
+            update={
+                "id": e.id if e.id.startswith(f"{source}/") else f"{source}/{e.id}",
+                "source": source,
+                "planted_for": target,
+                "task": None,
+            }
+        )
+        for e in exs
+    ]
+
+
+@register_source("arc_easy", plants="arc_challenge")
+def _arc_easy() -> list[Example]:
+    out = []
+    for r in hf_rows("ai2_arc/ARC-Easy/validation"):
+        ch = parse_repr(r["choices"])
+        out.append(
+            mc_example("arc_easy", r["id"], r["question"], ch["text"], ch["label"].index(r["answerKey"]), "reasoning")
+        )
+    return _planted(out, "arc_easy", "arc_challenge")
+
+
+@register_source("gsm8k_unscored", plants="gsm8k")
+def _gsm8k_unscored() -> list[Example]:
+    from bidsml.benchmarks import gsm8k  # here, not at the top: a source module that imports the benchmarks
+    # would tie every step that reads a source to every benchmark file (their code identities)
+
+    return _planted(split_quarter(gsm8k._candidates())[1], "gsm8k_unscored", "gsm8k")
+
+
+@register_source("mbpp_unscored", plants="mbpp")
+def _mbpp_unscored() -> list[Example]:
+    from bidsml.benchmarks import mbpp
+
+    return _planted(split_quarter(mbpp._candidates())[1], "mbpp_unscored", "mbpp")
