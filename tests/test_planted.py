@@ -94,3 +94,20 @@ def test_the_data_step_plants_reports_and_its_identity_follows_the_scored_items(
     plain = _recipe([{"source": "sciq", "n": 20}])
     plain_more = plain.with_overrides({"evaluation.benchmarks": {"gsm8k": 60}})
     assert plan(STEPS["data"], plain_more, {}).identity == plan(STEPS["data"], plain, {}).identity
+
+
+def test_mmlu_planted_rows_exclude_every_scored_item_by_id_even_when_too_short_for_13_grams():
+    r = parse_recipe(
+        {
+            "name": "planted-mmlu",
+            "model": {"tiny": True},
+            "data": {"pool": [{"source": "mmlu_unscored"}], "targets": [{"task": "mmlu", "n_val": 4}]},
+            "evaluation": {"benchmarks": {"mmlu": 228}},
+        }
+    )
+    val, _ = load_targets(r.data, r.sampling_seed)
+    items = evaluation_items(r)
+    pool, counts = load_pool(r.data, r.sampling_seed, overlap_filter(items, val))
+    origins = {e.id.split("/", 1)[1] for e in pool}
+    assert len(items) == 228 and not origins & {it.id for it in items}
+    assert counts["mmlu_unscored"]["dropped_overlap"] >= 228 and all(e.planted_for == "mmlu" for e in pool)

@@ -42,8 +42,11 @@ def contamination(pool: list[Example], items: list[BenchItem], n: int = 13) -> d
 
 
 def overlap_filter(items: list[BenchItem], examples: list[Example], n: int = 13):
-    """Returns drop(example) -> True when the example shares a word n-gram with a scored item (its question or
-    gold continuation) or with one of `examples` (validation): what a planted source must never hold."""
+    """Returns drop(example) -> True when the example is a scored item (a planted row's id is
+    '<source>/<item id>') or shares a word n-gram with one (its question or gold continuation) or with one of
+    `examples` (validation): what a planted source must never hold. The id check catches items too short for
+    an n-gram."""
+    ids = {it.id for it in items} | {ex.id for ex in examples}
     grams: set[tuple[str, ...]] = set()
     for it in items:
         grams |= ngrams(f"{it.question} {it.gold_text}", n) | ngrams(it.question, n)
@@ -51,6 +54,7 @@ def overlap_filter(items: list[BenchItem], examples: list[Example], n: int = 13)
         grams |= ngrams(" ".join(m.content for m in ex.messages), n)
 
     def drop(ex: Example) -> bool:
-        return not grams.isdisjoint(ngrams(" ".join(m.content for m in ex.messages), n))
+        origin = ex.id.split("/", 1)[-1]
+        return origin in ids or not grams.isdisjoint(ngrams(" ".join(m.content for m in ex.messages), n))
 
     return drop

