@@ -248,3 +248,15 @@ def test_bench_select_smoke_finds_the_same_selection_as_the_reference_loops():
     assert out.returncode == 0, out.stderr[-2000:]
     last = json.loads(out.stdout.strip().splitlines()[-1])
     assert last["mig_identical"] and last["kmq_identical"] and {"mig_s_3k", "kmq_s_3k"} <= set(last)
+
+
+def test_kmq_reads_embeddings_from_a_users_file_and_refuses_a_wrong_shape(tmp_path):
+    field = np.repeat(np.eye(3, dtype=np.float32), 10, axis=0)
+    path = tmp_path / "emb.npy"
+    np.save(path, field)
+    x = inputs("kmq", n=30, clusters=3, embeddings=str(path))
+    rows = run_selector("kmq", x, 9, seed=0)
+    assert Counter(np.arange(30)[rows] // 10) == {0: 3, 1: 3, 2: 3}  # the file's three blocks are the clusters
+    np.save(path, field[:20])
+    with pytest.raises(SelectionError, match=r"emb.npy: shape \(20, 3\), expected \(30, d\)"):
+        run_selector("kmq", inputs("kmq", n=30, clusters=3, embeddings=str(path)), 9, seed=0)
