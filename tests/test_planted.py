@@ -111,3 +111,14 @@ def test_mmlu_planted_rows_exclude_every_scored_item_by_id_even_when_too_short_f
     origins = {e.id.split("/", 1)[1] for e in pool}
     assert len(items) == 228 and not origins & {it.id for it in items}
     assert counts["mmlu_unscored"]["dropped_overlap"] >= 228 and all(e.planted_for == "mmlu" for e in pool)
+
+
+def test_bbh_planted_rows_are_the_subtasks_test_pairs_in_the_shots_format():
+    from bidsml.benchmarks.bbh import bbh_validation
+    from bidsml.sources import load_source
+
+    rows, _ = load_source("bbh_unscored")
+    shots = bbh_validation()
+    assert len(rows) > 50_000 and all(e.planted_for == "bbh" for e in rows[:100])
+    assert {e.subtask for e in rows} == {e.subtask for e in shots}  # every subtask, no shot among them
+    assert not {e.messages[0].content for e in shots} & {e.messages[0].content for e in rows[:2000]}

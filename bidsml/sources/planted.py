@@ -11,6 +11,9 @@ Each is drawn from outside the target's validation examples; the data step then 
 - `mbpp_unscored` for mbpp: MBPP problems outside its validation quarter, with their reference programs.
 - `mmlu_unscored` for mmlu: MMLU test questions (14k) as lettered multiple choice, in the format of MMLU's
   validation examples (the recipe's scored ones are removed by id and 13-gram).
+- `bbh_unscored` for bbh: the BBH-derived subtasks' test pairs (81k), question and answer as its validation
+  shots; templated subtasks share long preambles, so the 13-gram filter removes about a quarter of them (20.7k
+  of 81.5k against 9 scored items per subtask).
 """
 
 from __future__ import annotations
@@ -74,3 +77,23 @@ def _mmlu_unscored() -> list[Example]:
             )
             out.append(ex.model_copy(update={"id": f"mmlu_unscored/mmlu/{subj}/test/{i}"}))
     return _planted(out, "mmlu_unscored", "mmlu")
+
+
+@register_source("bbh_unscored", plants="bbh")
+def _bbh_unscored() -> list[Example]:
+    from bidsml.benchmarks.bbh import BBH_TASKS, bbh_task
+
+    out = []
+    for task in BBH_TASKS:
+        _, tests = bbh_task(task)  # the shots are the validation examples; every test pair is a candidate
+        for i, (q, answers) in enumerate(tests):
+            out.append(
+                Example(
+                    id=f"bbh_unscored/bbh/{task}/{i}",
+                    source="bbh_unscored",
+                    messages=[{"role": "user", "content": q}, {"role": "assistant", "content": answers[0]}],
+                    subtask=task,
+                    capability="reasoning",
+                )
+            )
+    return _planted(out, "bbh_unscored", "bbh")
