@@ -380,7 +380,7 @@ def select_cmd(
         else:
             from bidsml.selectors import get_selector, run_selector
             from steps.selection import SelectionParams, rounds_of, selector_inputs
-            from storage.influence_store import load_influence, load_influence_tables
+            from storage.influence_store import load_influence_tables
             from storage.runs import load_run, run_ref
 
             rec = load_run(run_root.resolve(), run)
@@ -390,10 +390,7 @@ def select_cmd(
                     f"{method!r} fine-tunes between rounds: name it in a recipe's selection.methods (`bidsflow run`) "
                     "or run the `select` deployment"
                 )
-            if "influence" in needs:
-                A, train, val = load_influence(run_ref(rec, "influence").path)
-            else:
-                train, val = load_influence_tables(run_ref(rec, "influence").path)
+            train, val = load_influence_tables(run_ref(rec, "influence").path)  # the matrix: selector_inputs
             labels, ids = val["task"].tolist(), train["id"].tolist()
             reps = None
             if "representations" in needs:
@@ -405,8 +402,6 @@ def select_cmd(
                 reps = run_ref(rec, "representations")
             options = (rec["recipe"].get("selection") or {}).get("options", {}).get(method, {})
             inputs = selector_inputs(method, options, labels, run_ref(rec, "influence"), reps, run_ref(rec, "data"))
-            if "influence" in needs:
-                inputs.influence = A
             n = len(train)
         if scores is not None:
             rows = select(method, A, labels, budget, seed)

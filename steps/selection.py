@@ -69,9 +69,11 @@ def options_file(recipe, inputs, params: SelectionParams) -> dict:
     return {"embeddings_file": file_sha256(Path(emb))}
 
 
-def selector_inputs(method: str, options: dict, tasks: list[str], infl, reps, data) -> SelectorInputs:
+def selector_inputs(
+    method: str, options: dict, tasks: list[str], infl, reps, data, pool: list | None = None
+) -> SelectorInputs:
     """Returns what selector `method` declared it needs, loaded from the artifacts (influence, representations,
-    data refs), with its options."""
+    data refs), with its options. `pool`: the data's pool examples when the caller has read them already."""
     sel = get_selector(method)
     inputs = SelectorInputs(tasks=tasks, owned=True, options=sel.options(**(options or {})))
     if "influence" in sel.needs:
@@ -81,7 +83,7 @@ def selector_inputs(method: str, options: dict, tasks: list[str], infl, reps, da
             raise SelectionError(f"method {method!r} needs the representations artifact (the representations step)")
         inputs.representations = load_representations(reps)
     if "pool" in sel.needs:
-        pool = load_split(data, "train")
+        pool = pool if pool is not None else load_split(data, "train")
         inputs.pool = PoolFields.from_examples(pool, where=f"pool of data artifact {data.digest[:12]}")
     return inputs
 
@@ -133,7 +135,8 @@ def build(b: Build) -> dict:
     # the store's column statistics: the selector owns A and may z-score it in place (4 GB, not 8, at 1M x 1k)
     mean, std, constant = load_column_stats(infl.path)
     pool = load_split(b.inputs["data"], "train")
-    inputs = selector_inputs(method, b.params.options, tasks, infl, b.inputs.get("representations"), b.inputs["data"])
+    reps, data = b.inputs.get("representations"), b.inputs["data"]
+    inputs = selector_inputs(method, b.params.options, tasks, infl, reps, data, pool)
     A = inputs.influence
     k_final = int(resolve_budget(budget, n))
     rounds = rounds_of(b.params)
