@@ -158,16 +158,24 @@ def _browser_checks(base: str, api: str, pipeline_run: str, select_run: str, sho
             page.goto(f"{base}/artifacts")
             page.get_by_text("tiny-pipeline-report").first.wait_for(timeout=30_000)
             page.screenshot(path=str(shots / "artifacts.png"), full_page=True)
-            lines = [ln.strip() for ln in page.inner_text("body").splitlines()]
+            # the page lists the most recent keys first and loads more on scrolling, so a key is looked up with the
+            # page's own search box (as a person would), never by hoping it is among the first cards
+            search = page.get_by_placeholder("Search artifacts")
             for key in (
                 "tiny-pipeline-report",
                 "tiny-select-bids-6-report",
                 "finetune-bids-6-summary",
                 "finetune-bids-8-summary",
-                "evaluation-bids-6",  # the select run's evaluation table (the pipeline's own scroll off the page)
+                "evaluation-bids-6",
                 "tiny-pipeline-lineage",
             ):
-                assert lines.count(key) == 1, (key, lines.count(key))
+                search.fill(key)
+                page.get_by_text(key, exact=True).first.wait_for(timeout=30_000)
+                page.wait_for_timeout(1_000)  # the filtered list settles
+                lines = [ln.strip() for ln in page.inner_text("body").splitlines()]
+                page.screenshot(path=str(shots / f"artifacts-search-{key}.png"))
+                assert lines.count(key) == 1, (key, lines.count(key))  # one card per key, however many versions
+            search.fill("")
             # the reports' images and the lineage image load
             for key, n_images in (("tiny-pipeline-report", 3), ("tiny-select-bids-6-lineage", 1)):
                 page.goto(f"{base}/artifacts/artifact/{latest(key)}")
