@@ -122,3 +122,21 @@ def test_bbh_planted_rows_are_the_subtasks_test_pairs_in_the_shots_format():
     assert len(rows) > 50_000 and all(e.planted_for == "bbh" for e in rows[:100])
     assert {e.subtask for e in rows} == {e.subtask for e in shots}  # every subtask, no shot among them
     assert not {e.messages[0].content for e in shots} & {e.messages[0].content for e in rows[:2000]}
+
+
+def test_humaneval_planted_rows_are_mbpp_problems_in_humaneval_form_disjoint_from_mbpp_planted():
+    from bidsml.benchmarks.humaneval import _validation as he_validation
+    from bidsml.sources.planted import _mbpp_humaneval, _mbpp_unscored
+
+    he, mb = _mbpp_humaneval(), _mbpp_unscored()
+    assert len(he) >= 180 and all(e.planted_for == "humaneval" for e in he)
+    # the two halves never hold the same MBPP problem
+    assert not {e.id.split("/", 1)[1] for e in he} & {e.id.split("/", 1)[1] for e in mb}
+    shot = he_validation()[0]
+    for e in he:
+        q, a = e.messages[0].content, e.messages[1].content
+        head = "Complete the Python function.\n```python\n"  # HumanEval's own question form
+        assert shot.messages[0].content.startswith(head) and q.startswith(head) and "def " in q
+        prompt = q.removeprefix("Complete the Python function.\n```python\n").removesuffix("```")
+        assert a.startswith(f"```python\n{prompt}") and a.endswith("```") and '"""' in prompt and ">>> " in prompt
+        compile(a.removeprefix("```python\n").removesuffix("```"), e.id, "exec")  # the whole function parses

@@ -8,7 +8,11 @@ Each is drawn from outside the target's validation examples; the data step then 
 - `arc_easy` for arc_challenge: ARC-Easy's validation split (a different, easier question set), lettered
   multiple choice as ARC-Challenge's validation examples.
 - `gsm8k_unscored` for gsm8k: GSM8K problems outside its validation quarter, with their worked solutions.
-- `mbpp_unscored` for mbpp: MBPP problems outside its validation quarter, with their reference programs.
+- `mbpp_unscored` for mbpp: half of the MBPP problems outside its validation quarter (even positions), with
+  their reference programs; the recipe's scored MBPP items are removed by id.
+- `mbpp_humaneval` for humaneval: the other half (odd positions), written as HumanEval problems: the function's
+  signature with the problem statement and its test as the docstring in, the whole function out. HumanEval itself
+  has nothing to plant (its 164 problems are its validation quarter and scored items).
 - `mmlu_unscored` for mmlu: MMLU test questions (14k) as lettered multiple choice, in the format of MMLU's
   validation examples (the recipe's scored ones are removed by id and 13-gram).
 - `bbh_unscored` for bbh: the BBH-derived subtasks' test pairs (81k), question and answer as its validation
@@ -18,7 +22,9 @@ Each is drawn from outside the target's validation examples; the data step then 
 
 from __future__ import annotations
 
-from bidsml.data import Example, split_quarter
+import re
+
+from bidsml.data import Example, Message, split_quarter
 from bidsml.offline import hf_rows, mc_example, parse_repr
 from bidsml.sources.base import register_source
 
@@ -56,11 +62,48 @@ def _gsm8k_unscored() -> list[Example]:
     return _planted(split_quarter(gsm8k._candidates())[1], "gsm8k_unscored", "gsm8k")
 
 
-@register_source("mbpp_unscored", plants="mbpp")
-def _mbpp_unscored() -> list[Example]:
+def _mbpp_rest() -> list[Example]:
     from bidsml.benchmarks import mbpp
 
-    return _planted(split_quarter(mbpp._candidates())[1], "mbpp_unscored", "mbpp")
+    return split_quarter(mbpp._candidates())[1]
+
+
+@register_source("mbpp_unscored", plants="mbpp")
+def _mbpp_unscored() -> list[Example]:
+    return _planted(_mbpp_rest()[0::2], "mbpp_unscored", "mbpp")
+
+
+def humaneval_form(ex: Example) -> Example | None:
+    """Returns an MBPP problem as a HumanEval problem (signature + docstring in, the function out), or None when
+    its program has no `def` of the function its test calls."""
+    statement, test = ex.messages[0].content.split("\nYour code should pass this test:\n")
+    code = ex.messages[1].content.removeprefix("```python\n").removesuffix("\n```").replace("\t", "    ")
+    called = re.match(r"\s*assert\s+\(?\s*(?:set\()?\s*(\w+)\s*\(", test)
+    lines = code.split("\n")
+    at = next((i for i, ln in enumerate(lines) if called and re.match(rf"def {called.group(1)}\s*\(", ln)), None)
+    if at is None:
+        return None
+    first = next((ln for ln in lines[at + 1 :] if ln.strip()), "    ")
+    pad = first[: len(first) - len(first.lstrip())] or "    "  # the docstring takes the body's indentation
+    doc = f'{pad}""" {statement.strip()}\n{pad}>>> {test.strip().removeprefix("assert ")}\n{pad}"""\n'
+    prompt = "\n".join(lines[: at + 1]) + "\n" + doc
+    body = "\n".join(lines[at + 1 :]).rstrip() + "\n"
+    return ex.model_copy(
+        update={
+            "id": f"mbpp_humaneval/{ex.id}",
+            "task": "humaneval",
+            "messages": [
+                Message(role="user", content=f"Complete the Python function.\n```python\n{prompt}```"),
+                Message(role="assistant", content=f"```python\n{prompt}{body}```"),
+            ],
+        }
+    )
+
+
+@register_source("mbpp_humaneval", plants="humaneval")
+def _mbpp_humaneval() -> list[Example]:
+    out = [h for h in map(humaneval_form, _mbpp_rest()[1::2]) if h is not None]
+    return _planted(out, "mbpp_humaneval", "humaneval")
 
 
 @register_source("mmlu_unscored", plants="mmlu")
