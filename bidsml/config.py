@@ -308,6 +308,23 @@ class ExecutionConfig(_Stage):
     retries: int = Field(2, ge=0, description="Retries of a shard or branch task whose worker died.")
 
 
+class TuningConfig(_Stage):
+    """The fine-tuning settings an experiment tries before it runs (each a `tune` step: a random subset of the pool,
+    scored by the targets' validation NLL, never by scored items); the lowest mean NLL over targets wins."""
+
+    lrs: tuple[float, ...] = Field((), description="Learning rates to try (empty: keep `finetune.lr`).")
+    epochs: tuple[int, ...] = Field((), description="Epoch counts to try (empty: keep `finetune.epochs`).")
+    budget: float = Field(
+        0.1, gt=0, description="The random subset's size: a fraction of the pool (< 1) or a row count (>= 1)."
+    )
+
+    @model_validator(mode="after")
+    def _positive(self) -> TuningConfig:
+        if any(v <= 0 for v in self.lrs) or any(v <= 0 for v in self.epochs):
+            raise ValueError("tuning: every lr and epoch count must be > 0")
+        return self
+
+
 def target_for(data: DataConfig, name: str) -> TargetTask:
     """Returns the data target of that task name, or a default target of the built-in benchmark `name`."""
     for t in data.targets:
@@ -342,6 +359,9 @@ class Recipe(_Stage):
     finetune: TrainConfig = TrainConfig()
     evaluation: EvalConfig = EvalConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    tuning: TuningConfig | None = Field(
+        None, description="Fine-tuning settings an experiment (`seeds`) chooses among before its runs."
+    )
 
     @model_validator(mode="after")
     def _selector_inputs_exist(self) -> Recipe:

@@ -10,6 +10,7 @@ experiment.md in the run's outputs and posted to the UI.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +19,15 @@ import pandas as pd
 from prefect.artifacts import create_markdown_artifact
 
 from bidsml.config import Recipe
+from bidsml.evidence import gate, headline, retrieval_summary, retrieval_table
 from bidsml.experiment import MACRO, WORST, compare_methods, plot_differences, verdict
 from bidsml.markdown import artifact_key, inline_images
 from bidsml.report import composition_frame, markdown_table
-from bidsml.selection import selection_label
+from bidsml.selection import resolve_budget, selection_label
+from storage.datasets import load_split
 from storage.evaluations import load_evaluation_items
+from storage.runs import MAIN
+from storage.selections import load_subset
 
 BASELINES = ("random", "less")
 
@@ -30,22 +35,37 @@ BASELINES = ("random", "less")
 def run_experiment(recipe: Recipe, refresh: set[str], out: Path, run_steps: Callable[..., dict]) -> dict:
     """Runs the pipeline (`run_steps`, flows.pipeline's) once per seed, then compares methods; returns paths."""
     started = time.time()
-    rows, selections, seed_runs = [], [], {}
+    recipe, tuning = choose_finetune(recipe)
+    rows, selections, seed_runs, picked, data_ref = [], [], {}, [], None
     for s in recipe.seeds:
         one = recipe.for_seed(s)
         res = run_steps(one, refresh, out / f"seed-{s}", f"BIDS run: {recipe.name}, seed {s}")
         refs = res.pop("refs")
         seed_runs[s] = res
+        data_ref = refs["data"][MAIN]
         for label, ref in refs["evaluation"].items():
             items = load_evaluation_items(ref)
             rows.append(items.assign(method=label, seed=None if label == "base" else s))
         selections += [{**sel.meta, "seed": s} for sel in refs["selection"].values()]
+        picked += [
+            {
+                "selection": label,
+                "method": sel.meta["method"],
+                "budget": sel.meta["budget"],
+                "seed": s,
+                "planted_for": [e.planted_for for e in load_subset(sel)],
+            }
+            for label, sel in refs["selection"].items()
+        ]
+    pool_planted = [e.planted_for for e in load_split(data_ref, "train")]
+    planted = any(pool_planted)
     items = pd.concat(rows, ignore_index=True).drop_duplicates(["method", "seed", "id"])
     budgets = recipe.selection.budgets
     methods = ["base"] + [selection_label(m, b) for b in budgets for m in recipe.selection.methods]
     tables = []
     for b in budgets:
         base = [selection_label(m, b) for m in BASELINES if m in recipe.selection.methods]
+        base += ["base"] if planted else []  # the evidence gate: the oracle against the base model
         ms = ["base"] + [selection_label(m, b) for m in recipe.selection.methods]
         tables.append(compare_methods(items, ms, base).assign(budget=b))
     table = pd.concat(tables, ignore_index=True)
@@ -56,7 +76,12 @@ def run_experiment(recipe: Recipe, refresh: set[str], out: Path, run_steps: Call
     comp = composition_frame(selections).assign(seed=[s["seed"] for s in selections])
     comp.to_csv(out / "experiment-composition.csv", index=False)
     report = out / "experiment.md"
-    report.write_text(experiment_report(recipe, table, comp, baselines, seed_runs, items, time.time() - started))
+    text = experiment_report(recipe, table, comp, baselines, seed_runs, items, time.time() - started)
+    if planted:
+        text = evidence_section(recipe, table, pool_planted, picked, tuning, out, started) + text
+    elif tuning is not None:
+        text = tuning_section(recipe, tuning) + text
+    report.write_text(text)
     create_markdown_artifact(
         inline_images(report.read_text(), out),
         key=artifact_key(recipe.name, "experiment-report"),
@@ -69,6 +94,118 @@ def run_experiment(recipe: Recipe, refresh: set[str], out: Path, run_steps: Call
         "seeds": {str(s): r["report"] for s, r in seed_runs.items()},
         "methods": methods,
     }
+
+
+def choose_finetune(recipe: Recipe) -> tuple[Recipe, pd.DataFrame | None]:
+    """Returns the recipe with the fine-tuning lr and epochs of `recipe.tuning`'s best trial (lowest mean validation
+    NLL over targets, each trial a cached `tune` step on the same random subset) and the trials' table; unchanged
+    and None without `tuning`."""
+    from flows.step_flows import STEP_FLOWS  # here: the step flows import this module's siblings
+
+    t = recipe.tuning
+    if t is None or not (t.lrs or t.epochs):
+        return recipe, None
+    one = recipe.for_seed(recipe.seeds[0]) if recipe.seeds else recipe
+    data = STEP_FLOWS["data"](one)
+    k = resolve_budget(t.budget, len(load_split(data, "train")))
+    trials = []
+    for lr in t.lrs or (recipe.finetune.lr,):
+        for epochs in t.epochs or (recipe.finetune.epochs,):
+            ref = STEP_FLOWS["tune"](
+                one, inputs={"data": data}, params={"lr": lr, "epochs": epochs, "k": k, "seed": one.seed}
+            )
+            trials.append(
+                {"lr": lr, "epochs": epochs, "k": k, "val_nll_macro": ref.meta["val_nll_macro"]}
+                | {f"val_nll {task}": v for task, v in ref.meta["val_nll"].items()}
+            )
+    table = pd.DataFrame(trials).sort_values(["val_nll_macro", "lr", "epochs"], kind="stable").reset_index(drop=True)
+    best = table.iloc[0]
+    finetune = recipe.finetune.model_copy(update={"lr": float(best["lr"]), "epochs": int(best["epochs"])})
+    return recipe.model_copy(update={"finetune": finetune}), table
+
+
+def tuning_section(recipe: Recipe, tuning: pd.DataFrame) -> str:
+    return "\n".join(
+        [
+            f"# Fine-tuning settings: lr {recipe.finetune.lr:g}, {recipe.finetune.epochs} epochs",
+            "",
+            f"Chosen among {len(tuning)} trials (recipe `tuning`), each a fine-tune on the same {tuning['k'].iloc[0]} "
+            "random pool rows scored by the targets' validation NLL (never the scored items): the lowest mean over "
+            "targets wins.",
+            "",
+            markdown_table(tuning.round(5)),
+            "",
+            "",
+        ]
+    )
+
+
+def evidence_section(
+    recipe: Recipe, table: pd.DataFrame, pool_planted: list, picked: list[dict], tuning, out: Path, started: float
+) -> str:
+    """Writes evidence.json (the last line: the headline figures), retrieval.csv and retrieval.png; returns the
+    report's first section: the oracle gate, then retrieval, then the headline differences."""
+    retrieval = retrieval_table(pool_planted, picked)
+    summary = retrieval_summary(retrieval)
+    retrieval.to_csv(out / "retrieval.csv", index=False)
+    summary.to_csv(out / "retrieval-summary.csv", index=False)
+    _plot_retrieval(summary, out / "retrieval.png")
+    lines = [f"# Evidence: {recipe.name}", ""]
+    records = []
+    for b in recipe.selection.budgets:
+        g = gate(table, selection_label("oracle", b), selection_label("random", b))
+        h = headline(table, summary, b, selection_label)
+        records.append({"budget": b, **h, "gate_passed": g["passed"]})
+        ob, orr = g["oracle_minus_base"], g["oracle_minus_random"]
+        lines += [
+            f"## Validity gate at budget {b}: {'passed' if g['passed'] else 'NOT passed'}",
+            "",
+            f"Oracle (every planted row, padded with random rows) minus base model, macro-average gold NLL: "
+            f"{ob[0]:+.4f} [{ob[1]:+.4f}, {ob[2]:+.4f}]; minus random: {orr[0]:+.4f} [{orr[1]:+.4f}, {orr[2]:+.4f}]. "
+            + (
+                "Selection can matter here: the comparisons below are read."
+                if g["passed"]
+                else "Selection could not matter in this setup: read the comparisons below as no evidence either way."
+            ),
+            "",
+        ]
+    last = {**records[0], "wall_s": round(time.time() - started, 1)}
+    last["gate_passed"] = all(r["gate_passed"] for r in records)
+    (out / "evidence.json").write_text("".join(json.dumps(r) + "\n" for r in [*records[1:], last]))
+    lines += [
+        "## Retrieval before fine-tuning",
+        "",
+        "Share of each selection made of planted rows (summed over targets; mean over seeds) against their base "
+        "rate in the pool (what random gets in expectation); mean lift over targets (share / base rate); evenness: "
+        "the least-covered target's share over the mean target's share (1 = every target equally).",
+        "",
+        markdown_table(summary.round(4)),
+        "",
+        "![retrieval](retrieval.png)",
+        "",
+    ]
+    if tuning is not None:
+        lines.insert(2, tuning_section(recipe, tuning))
+    return "\n".join(lines) + "\n"
+
+
+def _plot_retrieval(summary: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = sorted(summary["budget"].unique())
+    fig, axes = plt.subplots(1, len(budgets), figsize=(5 * len(budgets), 3.5), squeeze=False)
+    for ax, b in zip(axes[0], budgets):
+        at = summary[summary["budget"] == b].sort_values("planted_share")
+        ax.barh(at["method"], at["planted_share"], color="#4c72b0")
+        ax.axvline(at["base_rate"].iloc[0], color="k", ls="--", lw=1, label="base rate")
+        ax.set_title(f"budget {b}: planted share of the selection")
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def experiment_report(

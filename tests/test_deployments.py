@@ -27,6 +27,7 @@ def test_serve_builds_pipeline_and_step_deployments():
                 "selection",
                 "finetune",
                 "evaluation",
+                "tune",
             )
         ),
     }

@@ -74,6 +74,7 @@ def test_editing_core_code_recomputes_every_step_that_runs_it(code_copy, pristin
         "diagnostics",
         "finetune",
         "probe",
+        "tune",
     }
 
 

@@ -1,0 +1,94 @@
+"""The evidence experiment's measures: retrieval of planted rows per selection, the oracle gate, the headline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bidsml.config import TuningConfig, load_recipe
+from bidsml.evidence import gate, headline, retrieval_summary, retrieval_table
+from bidsml.experiment import compare_methods
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_retrieval_counts_shares_base_rates_lift_recall_and_evenness():
+    pool = ["a"] * 10 + ["b"] * 5 + [None] * 85  # base rates 0.10 and 0.05
+    sels = [
+        {"selection": "x@10", "method": "x", "budget": 10, "seed": 0, "planted_for": ["a"] * 5 + ["b"] * 5},
+        {"selection": "x@10", "method": "x", "budget": 10, "seed": 1, "planted_for": ["a"] * 10},
+        {"selection": "r@10", "method": "r", "budget": 10, "seed": 0, "planted_for": ["a"] + [None] * 9},
+    ]
+    t = retrieval_table(pool, sels)
+    row = t[(t["method"] == "x") & (t["seed"] == 0) & (t["target"] == "b")].iloc[0]
+    assert (row["share"], row["base_rate"], row["lift"], row["recall"]) == (0.5, 0.05, 10.0, 1.0)
+    s = retrieval_summary(t).set_index("method")
+    assert s.loc["x", "planted_share"] == pytest.approx(1.0) and s.loc["x", "base_rate"] == pytest.approx(0.15)
+    # seed 0 covers both targets evenly (1.0); seed 1 misses b (0.0): the mean is 0.5
+    assert s.loc["x", "evenness"] == pytest.approx(0.5)
+    assert s.loc["r", "planted_share"] == pytest.approx(0.1) and s.loc["r", "evenness"] == 0.0
+
+
+def _items(effects: dict[str, float], n_items=60, seeds=(0, 1, 2)) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    base = rng.normal(2.0, 0.3, n_items)
+    rows = [
+        {"method": "base", "seed": None, "benchmark": "t", "id": i, "nll": base[i], "score": np.nan}
+        for i in range(n_items)
+    ]
+    for m, eff in effects.items():
+        for s in seeds:
+            noise = rng.normal(0, 0.01, n_items)
+            rows += [
+                {"method": m, "seed": s, "benchmark": "t", "id": i, "nll": base[i] + eff + noise[i], "score": np.nan}
+                for i in range(n_items)
+            ]
+    return pd.DataFrame(rows)
+
+
+def test_gate_passes_only_when_the_oracle_beats_base_and_random_with_intervals_below_zero():
+    methods = ["base", "random@5", "oracle@5", "less@5", "bids@5"]
+    good = _items({"random@5": -0.02, "oracle@5": -0.2, "less@5": -0.1, "bids@5": -0.12})
+    table = compare_methods(good, methods, ["random@5", "less@5", "base"], metrics=("nll",), n_boot=300)
+    g = gate(table, "oracle@5", "random@5")
+    assert g["passed"] and g["oracle_minus_base"][0] == pytest.approx(-0.2, abs=0.01)
+    bad = _items({"random@5": -0.02, "oracle@5": -0.02, "less@5": -0.02, "bids@5": -0.02})
+    table_bad = compare_methods(bad, methods, ["random@5", "less@5", "base"], metrics=("nll",), n_boot=300)
+    assert not gate(table_bad, "oracle@5", "random@5")["passed"]
+    summary = pd.DataFrame(
+        [{"method": m, "budget": 5, "planted_share": v, "base_rate": 0.2} for m, v in (("less", 0.5), ("random", 0.2))]
+    )
+    h = headline(table, summary, 5, lambda m, b: f"{m}@{b}")
+    assert h["oracle_minus_random_nll"] == pytest.approx(-0.18, abs=0.01) and h["oracle_minus_random_nll_hi"] < 0
+    assert h["bids_minus_less_worst_nll"] == pytest.approx(-0.02, abs=0.01)
+    assert (h["planted_share_less"], h["planted_share_bids"], h["planted_base_rate"]) == (0.5, None, 0.2)
+
+
+def test_tune_trials_score_validation_nll_and_the_experiment_takes_the_lowest(tmp_path):
+    """Each trial is a cached `tune` artifact trained on the same random rows; the choice never reads scored items."""
+    from flows.experiment import choose_finetune
+    from flows.runner import run_step
+    from steps.registry import STEPS
+    from steps.tune import TuneParams
+
+    recipe = (
+        load_recipe(ROOT / "recipes" / "tiny.yaml")
+        .with_overrides({"run_root": str(tmp_path / "runs")})
+        .model_copy(update={"seeds": (0, 1)})
+    )
+    recipe = recipe.model_copy(update={"tuning": TuningConfig(lrs=(1e-4, 5e-2), epochs=(1,), budget=8)})
+    chosen, table = choose_finetune(recipe)
+    assert list(table.columns[:4]) == ["lr", "epochs", "k", "val_nll_macro"] and len(table) == 2
+    assert (table["k"] == 8).all() and table["val_nll_macro"].is_monotonic_increasing
+    assert chosen.finetune.lr == table["lr"].iloc[0] and chosen.finetune.epochs == 1
+    assert table["val_nll_macro"].iloc[0] < table["val_nll_macro"].iloc[1]  # the two settings differ
+    # a trial is a cached step: the same call gives the same artifact, a new lr a new one
+    data = run_step(STEPS["data"], recipe.for_seed(0), {})
+    one = run_step(STEPS["tune"], recipe.for_seed(0), {"data": data}, TuneParams(lr=1e-4, epochs=1, k=8))
+    again = run_step(STEPS["tune"], recipe.for_seed(0), {"data": data}, TuneParams(lr=1e-4, epochs=1, k=8))
+    assert one.path == again.path and one.meta["val_nll_macro"] in set(table["val_nll_macro"])
+    with pytest.raises(ValueError, match="every lr and epoch count must be > 0"):
+        TuningConfig(lrs=(0.0,))
