@@ -7,6 +7,8 @@ themselves are registered by name in `bidsml.selectors`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from bidsml.errors import SelectionError
@@ -25,15 +27,16 @@ def resolve_budget(budget: float, n: int) -> int:
     return k
 
 
-def check_inputs(A: np.ndarray, tasks: list[str], k: int) -> None:
-    """Raises SelectionError when scores, labels or budget are unusable."""
-    if A.ndim != 2:
+def check_inputs(A, tasks: list[str], k: int) -> None:
+    """Raises SelectionError when scores (an array or a `bidsml.streamed.MatrixSource`), labels or budget are
+    unusable."""
+    if len(A.shape) != 2:
         raise SelectionError(f"influence matrix must be 2-D (N train x M validation), got shape {A.shape}")
     if len(tasks) != A.shape[1]:
         raise SelectionError(f"{len(tasks)} task labels for {A.shape[1]} validation columns")
-    if not np.isfinite(A).all():
-        r, c = np.argwhere(~np.isfinite(A))[0]
-        raise SelectionError(f"influence matrix has a non-finite score at row {r}, column {c}")
+    bad = A.nonfinite()
+    if bad is not None:
+        raise SelectionError(f"influence matrix has a non-finite score at row {bad[0]}, column {bad[1]}")
     if not 1 <= k <= A.shape[0]:
         raise SelectionError(f"budget K={k} must be within 1..N={A.shape[0]}")
 
@@ -50,23 +53,70 @@ def task_means(A: np.ndarray, tasks: list[str]) -> tuple[np.ndarray, list[str]]:
     return np.stack([A[:, labels == t].mean(axis=1) for t in names], axis=1), names
 
 
-def column_stats(A: np.ndarray, rows_per_chunk: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns per-column (mean, sample std, is-constant) in float64, streaming over row chunks."""
-    N, M = A.shape
-    total = np.zeros(M)
-    lo = np.full(M, np.inf)
-    hi = np.full(M, -np.inf)
-    for s in range(0, N, rows_per_chunk):
-        c = A[s : s + rows_per_chunk].astype(np.float64)
-        total += c.sum(axis=0)
-        lo = np.minimum(lo, c.min(axis=0))
-        hi = np.maximum(hi, c.max(axis=0))
-    mean = total / N
-    sq = np.zeros(M)
-    for s in range(0, N, rows_per_chunk):
-        sq += ((A[s : s + rows_per_chunk].astype(np.float64) - mean) ** 2).sum(axis=0)
-    std = np.sqrt(sq / max(N - 1, 1))
-    return mean, std, ~(hi > lo)  # exact constant test: the std of a constant can round to > 0
+STATS_ROWS = 16384  # rows per chunk of the column statistics (in memory and streamed alike: the same bits)
+
+
+class ColumnMoments:
+    """Per-column count, mean, sum of squared deviations, min and max, fed row blocks in order (float64).
+
+    Each STATS_ROWS-row chunk (at fixed global offsets, whatever blocks the rows
+    arrive in) gets its own two-pass mean and M2, merged into the total by
+    Chan et al.'s pairwise update: one pass over the data, and the same bits
+    for a matrix in memory and one streamed from disk.
+    """
+
+    def __init__(self, m: int):
+        self.n = 0
+        self.mean = np.zeros(m)
+        self.m2 = np.zeros(m)
+        self.lo = np.full(m, np.inf)
+        self.hi = np.full(m, -np.inf)
+        self._pending: list[np.ndarray] = []
+
+    def add(self, block: np.ndarray) -> None:
+        """Adds the next rows (B, M), in row order."""
+        if self._pending:
+            block = np.concatenate(self._pending + [block])
+            self._pending = []
+        s = 0
+        while len(block) - s >= STATS_ROWS:
+            self._merge(block[s : s + STATS_ROWS])
+            s += STATS_ROWS
+        if s < len(block):
+            self._pending = [block[s:]]
+
+    def _merge(self, chunk: np.ndarray) -> None:
+        c = chunk.astype(np.float64)
+        nb = len(c)
+        mb = c.sum(axis=0) / nb
+        m2b = ((c - mb) ** 2).sum(axis=0)
+        self.lo = np.minimum(self.lo, c.min(axis=0))
+        self.hi = np.maximum(self.hi, c.max(axis=0))
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean = self.mean + delta * (nb / n)
+        self.m2 = self.m2 + m2b + delta * delta * (self.n * nb / n)
+        self.n = n
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns per-column (mean, sample std, is-constant) over every row added."""
+        if self._pending:
+            self._merge(self._pending.pop())
+        std = np.sqrt(self.m2 / max(self.n - 1, 1))
+        return self.mean, std, ~(self.hi > self.lo)  # exact constant test: the std of a constant can round to > 0
+
+
+def column_stats(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns per-column (mean, sample std, is-constant) in float64 (ColumnMoments over row chunks)."""
+    acc = ColumnMoments(A.shape[1])
+    for s in range(0, A.shape[0], STATS_ROWS):
+        acc.add(np.asarray(A[s : s + STATS_ROWS]))
+    return acc.result()
+
+
+def zscore(block: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Returns float32 z-scores of a block of rows (columns as mean/std give them), computed in float64."""
+    return ((block.astype(np.float64) - mean) / std).astype(np.float32)
 
 
 def normalize_columns(A: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +132,7 @@ def normalize_columns(A: np.ndarray, overwrite: bool = False) -> tuple[np.ndarra
     else:
         Z = np.empty((A.shape[0], len(kept)), dtype=np.float32)
     for s in range(0, A.shape[0], 65536):
-        Z[s : s + 65536] = (A[s : s + 65536, kept].astype(np.float64) - mean[kept]) / std[kept]
+        Z[s : s + 65536] = zscore(A[s : s + 65536, kept], mean[kept], std[kept])
     return Z, kept
 
 
@@ -162,9 +212,19 @@ def bids_iterate(Z: np.ndarray, k: int, block: int = 4096) -> np.ndarray:
     """
     N, M = Z.shape
     selected = np.zeros(N, dtype=bool)
-    cols = _ColumnBlocks(Z, selected, min(block, N))
-    r = np.zeros(M)
-    r_sum = np.zeros(M)
+    return bids_loop(_ColumnBlocks(Z, selected, min(block, N)), selected, lambda z: Z[z], k)
+
+
+def bids_loop(cols, selected: np.ndarray, row: Callable[[int], np.ndarray], k: int) -> np.ndarray:
+    """Returns K rows picked by BIDS's iteration over per-column sorted prefixes of the unselected rows.
+
+    `cols` keeps each column's top unselected row and value (`top_val`,
+    `lowest_tied_row`, `advance`), `selected` is the mask it reads, `row(z)`
+    returns row z of Z (float32; r's sum is accumulated in float64 in
+    selection order).
+    """
+    r = np.zeros(len(cols.top_val))
+    r_sum = np.zeros(len(cols.top_val))
     out = np.empty(k, dtype=np.int64)
     for step in range(k):
         diff = cols.top_val - r
@@ -173,7 +233,7 @@ def bids_iterate(Z: np.ndarray, k: int, block: int = 4096) -> np.ndarray:
         winner = min(cols.lowest_tied_row(int(j), r[j], best) for j in tied)
         out[step] = winner
         selected[winner] = True
-        r_sum += Z[winner]
+        r_sum += row(winner)
         r = r_sum / (step + 1)
         cols.advance(winner)
     return out

@@ -21,13 +21,14 @@ from bidsml.config import Recipe
 from bidsml.errors import ArtifactError, SelectionError
 from bidsml.markdown import artifact_key, inline_images, round_sig
 from bidsml.selection import resolve_budget
+from bidsml.streamed import row_scores
 from bidsml.validate import SHARED_ARMS, plot_validation, probe_label, task_table
 from bidsml.validate import lds as lds_score
 from flows.naming import flow_run_name
 from flows.runner import map_on_runner
 from flows.step_flows import STEP_FLOWS
 from storage.evaluations import load_evaluation_items
-from storage.influence_store import load_influence_tables, read_influence_matrix
+from storage.influence_store import influence_matrix_array, load_influence_tables
 from storage.refs import check_ref
 from storage.runs import load_run, run_ref
 
@@ -100,8 +101,9 @@ def lds_result(probes: dict, infl, tasks: list[str], n_lds: int) -> dict:
     from steps.probe import ROWS_FILE
 
     _, val = load_influence_tables(infl.path)
-    A = read_influence_matrix(infl.path)
-    means = {t: A[:, (val["task"] == t).to_numpy()].mean(1) for t in tasks}
+    src = influence_matrix_array(infl.path)
+    cols = {t: (val["task"] == t).to_numpy() for t in tasks}
+    means = {t: row_scores(src, lambda block, c=c: block[:, c].mean(1)) for t, c in cols.items()}
     labels = [probe_label("half", "", s) for s in range(n_lds)]
     nll = pd.concat([item_nll(probes[lab]) for lab in labels], axis=1).dropna()
     pred = np.stack(

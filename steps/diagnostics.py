@@ -51,7 +51,7 @@ def build(b: Build) -> dict:
     n = len(train)
     rows = np.arange(n) if n <= PLOT_ROWS else np.sort(np.random.default_rng(0).choice(n, PLOT_ROWS, replace=False))
     plot_influence_distributions(read_influence_rows(infl.path, rows), val["task"].tolist(), b.work / PLOT)
-    con = open_influence(infl.path)
+    con = open_influence(infl.path, scores=False)
     try:
         stats = con.sql("SELECT * FROM task_stats").df().round(4).to_dict(orient="records")
     finally:

@@ -22,13 +22,14 @@ from bidsml.errors import SelectionError
 from bidsml.evaluation.harness import evaluate_benchmark_items
 from bidsml.evaluation.items import evaluation_items
 from bidsml.model import load_base_model, load_lora, load_tokenizer
+from bidsml.streamed import row_scores
 from bidsml.train import train_lora
 from bidsml.validate import ARMS, arm_rows, probe_label
 from steps.step import Build, Input, Step
 from storage.checkpoints import adapter_path
 from storage.datasets import load_split
 from storage.eval_trunk import keep_trunk, shared_trunk
-from storage.influence_store import load_influence_tables, read_influence_matrix
+from storage.influence_store import influence_matrix_array, load_influence_tables
 from storage.names import EVAL_ITEMS
 from storage.train_trunk import training_trunk
 
@@ -60,7 +61,7 @@ def build(b: Build) -> dict:
         cols = (val["task"] == p.task).to_numpy()
         if not cols.any():
             raise SelectionError(f"task {p.task!r} has no validation column in the influence store")
-        scores = read_influence_matrix(infl.path)[:, cols].mean(1)
+        scores = row_scores(influence_matrix_array(infl.path), lambda block: block[:, cols].mean(1))
     rows = arm_rows(p.arm, scores, len(train), p.k, p.seed, p.base)
     tok = load_tokenizer(recipe.model)
     pool_items, _ = tokenize_all(tok, load_split(b.inputs["data"], "train"), recipe.model.max_seq_length)

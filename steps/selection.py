@@ -25,9 +25,9 @@ from steps.step import Build, Input, Step
 from storage.checkpoints import adapter_path
 from storage.datasets import load_split
 from storage.influence_store import (
+    influence_matrix_array,
     load_column_stats,
     load_influence_tables,
-    read_influence_matrix,
     read_influence_rows,
 )
 from storage.refs import file_sha256
@@ -75,9 +75,9 @@ def selector_inputs(
     """Returns what selector `method` declared it needs, loaded from the artifacts (influence, representations,
     data refs), with its options. `pool`: the data's pool examples when the caller has read them already."""
     sel = get_selector(method)
-    inputs = SelectorInputs(tasks=tasks, owned=True, options=sel.options(**(options or {})))
+    inputs = SelectorInputs(tasks=tasks, options=sel.options(**(options or {})))
     if "influence" in sel.needs:
-        inputs.influence = read_influence_matrix(infl.path)
+        inputs.influence = influence_matrix_array(infl.path)  # read in row blocks by the selector: out of core
     if "representations" in sel.needs:
         if reps is None:
             raise SelectionError(f"method {method!r} needs the representations artifact (the representations step)")
@@ -132,12 +132,10 @@ def build(b: Build) -> dict:
     train, val = load_influence_tables(infl.path)
     tasks = val["task"].tolist()
     n = len(train)
-    # the store's column statistics: the selector owns A and may z-score it in place (4 GB, not 8, at 1M x 1k)
     mean, std, constant = load_column_stats(infl.path)
     pool = load_split(b.inputs["data"], "train")
     reps, data = b.inputs.get("representations"), b.inputs["data"]
     inputs = selector_inputs(method, b.params.options, tasks, infl, reps, data, pool)
-    A = inputs.influence
     k_final = int(resolve_budget(budget, n))
     rounds = rounds_of(b.params)
     if rounds > 1:  # one round of a multi-round method: its share of K, from the previous round and its fine-tune
@@ -151,7 +149,7 @@ def build(b: Build) -> dict:
             b.log(f"round {r}: mean loss of the {len(previous)} rows so far {inputs.extra['losses'].mean():.4f}")
         budget = round_sizes(k_final, rounds)[r]
     rows = run_selector(method, inputs, budget, b.recipe.seed)
-    del A, inputs
+    del inputs
     sources = train["source"].to_numpy()
     comp = composition(read_influence_rows(infl.path, rows), mean, std, constant, tasks, sources[rows].tolist())
     table = pd.DataFrame(

@@ -1,25 +1,32 @@
-"""Influence store: the N x M matrix in Zarr, its scores as Parquet blocks for SQL, example tables in DuckDB.
+"""Influence store: the N x M matrix once, as a row-major .npy file; its statistics and example tables in DuckDB.
 
 Layout of an influence artifact:
 
-- ``influence.zarr``: A [N, M] float32 in row blocks (the unit of compute,
-  resume and reading); ``blocks_done/block-<i>`` marks a finished block, so a
-  killed run resumes at its first unfinished block;
-- ``scores/block-<i>.parquet``: the same block in long format
-  (train_idx, val_idx, score), written as it is computed: DuckDB reads the
-  files directly, nothing ever builds an N*M-row frame in memory;
-- ``influence.duckdb``: the small tables train_examples(idx, id, source,
-  n_tokens), val_examples(idx, id, task, subtask, capability) and
-  checkpoints(c, step, mean_lr, weight).
+- ``influence.npy``: A [N, M] float32, row-major, written in row blocks (the
+  unit of compute and resume); ``blocks_done/block-<i>`` marks a finished
+  block, so a killed run resumes at its first unfinished block. It is the only
+  copy of the scores: selection streams it block by block and reads the rows
+  BIDS picks one by one (`StoredMatrix`), so no step holds it whole;
+- ``stats.npz``: what the same pass computes beside the scores: per-column
+  moments, min and max (`bidsml.selection.ColumnMoments`, the bits the
+  in-memory path computes) and an evenly spaced sample of rows (quantiles,
+  BIDS's first thresholds);
+- ``influence.duckdb``: train_examples(idx, id, source, n_tokens, ...),
+  val_examples(idx, id, task, subtask, capability), checkpoints(c, step,
+  mean_lr, weight), column_stats and task_stats (from those statistics: no
+  second scan over N*M scores).
 
-`open_influence` returns a DuckDB session with those tables, the view
-`influence` over the Parquet blocks and the views users query (task_stats,
-top_train_for_task, ...). Selection reads the Zarr matrix block by block.
+`open_influence` returns a DuckDB session with those tables and the views
+users query. The long view `influence(train_idx, val_idx, score)` and the
+views built on it (normalized_influence, task_influence, top_train_for_val,
+top_train_for_task) scan every score: they read a Parquet copy written on
+their first use, outside the artifact (`scores_dir`), never by a pipeline step.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,39 +35,28 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import zarr
 
 from bidsml.errors import ArtifactError
-from storage.names import INFLUENCE_DB, T_CKPT, T_COLSTATS, T_INFLUENCE, T_TRAIN, T_VAL
+from bidsml.selection import STATS_ROWS, ColumnMoments, zscore
+from bidsml.streamed import sample_rows
+from storage.names import INFLUENCE_DB, T_CKPT, T_COLSTATS, T_INFLUENCE, T_TASKSTATS, T_TRAIN, T_VAL
 
-INFLUENCE_ZARR = "influence.zarr"
+INFLUENCE_NPY = "influence.npy"
+STATS_NPZ = "stats.npz"
 SCORES_DIR = "scores"
 BLOCKS_DONE_DIR = "blocks_done"
-BLOCK_ROWS = 16384  # rows per block: ~64 MB of float32 scores at M = 1,000
+BLOCK_ROWS = STATS_ROWS  # rows per block: ~64 MB of float32 scores at M = 1,000
 
 # Views users query (`bidsflow query RUN "SQL"`); normalised = z-score of a
-# validation column over all training rows (sample std), as BIDS does.
-# Percentiles are approximate (t-digest): exact quantiles hold every score in memory (1e9 at 1M x 1k).
-VIEWS = [
+# validation column over all training rows (sample std), as BIDS does. They scan all N*M scores.
+SCORE_VIEWS = [
     f"""CREATE TEMP VIEW normalized_influence AS
-    SELECT train_idx, val_idx, score,
-           (score - avg(score) OVER w) / nullif(stddev_samp(score) OVER w, 0) AS z
-    FROM {T_INFLUENCE} WINDOW w AS (PARTITION BY val_idx)""",
+    SELECT i.train_idx, i.val_idx, i.score, (i.score - c.mean) / nullif(c.std, 0) AS z
+    FROM {T_INFLUENCE} i JOIN {T_COLSTATS} c ON c.val_idx = i.val_idx""",
     f"""CREATE TEMP VIEW task_influence AS
     SELECT n.train_idx, v.task, avg(n.score) AS score, avg(n.z) AS z
     FROM normalized_influence n JOIN {T_VAL} v ON v.idx = n.val_idx
     GROUP BY n.train_idx, v.task""",
-    f"""CREATE TEMP VIEW task_stats AS
-    WITH z AS (
-        SELECT i.val_idx, i.score, (i.score - c.mean) / nullif(c.std, 0) AS z
-        FROM {T_INFLUENCE} i JOIN {T_COLSTATS} c ON c.val_idx = i.val_idx
-    )
-    SELECT v.task, count(DISTINCT z.val_idx) AS n_val,
-           avg(z.score) AS raw_mean, stddev_samp(z.score) AS raw_std, min(z.score) AS raw_min, max(z.score) AS raw_max,
-           approx_quantile(z.score, 0.99) AS raw_p99, avg(z.z) AS z_mean, stddev_samp(z.z) AS z_std,
-           max(z.z) AS z_max, approx_quantile(z.z, 0.99) AS z_p99
-    FROM z JOIN {T_VAL} v ON v.idx = z.val_idx
-    GROUP BY v.task ORDER BY v.task""",
     f"""CREATE TEMP VIEW top_train_for_val AS
     SELECT i.val_idx, v.id AS val_id, v.task, i.train_idx, t.id AS train_id, t.source, i.score,
            row_number() OVER (PARTITION BY i.val_idx ORDER BY i.score DESC, i.train_idx) AS rank
@@ -70,6 +66,7 @@ VIEWS = [
            row_number() OVER (PARTITION BY ti.task ORDER BY ti.score DESC, ti.train_idx) AS rank
     FROM task_influence ti JOIN {T_TRAIN} t ON t.idx = ti.train_idx""",
 ]
+SCORE_VIEW_NAMES = (T_INFLUENCE, "normalized_influence", "task_influence", "top_train_for_val", "top_train_for_task")
 
 
 def influence_db_path(root: Path) -> Path:
@@ -77,15 +74,106 @@ def influence_db_path(root: Path) -> Path:
 
 
 def influence_matrix_path(root: Path) -> Path:
-    return Path(root) / INFLUENCE_ZARR
+    return Path(root) / INFLUENCE_NPY
 
 
 def _block_marker(root: Path, i: int) -> Path:
     return Path(root) / BLOCKS_DONE_DIR / f"block-{i:06d}"
 
 
-def _block_parquet(root: Path, i: int) -> Path:
-    return Path(root) / SCORES_DIR / f"block-{i:06d}.parquet"
+def store_bytes(n: int, m: int) -> int:
+    """Returns the bytes of an N x M store (the float32 matrix; the tables and statistics are small beside it)."""
+    return 4 * n * m
+
+
+def check_disk_space(root: Path, n: int, m: int, have: int = 0) -> None:
+    """Raises ArtifactError naming `run_root` when root's filesystem lacks the room for an N x M store."""
+    need = store_bytes(n, m) - have
+    free = shutil.disk_usage(root).free
+    if need > free:
+        raise ArtifactError(
+            f"the influence store of {n:,} x {m:,} needs {need / 2**30:.1f} GiB more at {root}, but its filesystem has"
+            f" {free / 2**30:.1f} GiB free: free space there or set run_root to a directory on a larger filesystem"
+        )
+
+
+class StoredMatrix:
+    """The store's N x M matrix as a `bidsml.streamed.MatrixSource`: row blocks and single rows read from disk."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        path = influence_matrix_path(root)
+        if not path.exists():
+            raise ArtifactError(f"influence matrix not found: {path}")
+        header = np.load(path, mmap_mode="r")
+        self.shape, self.offset = tuple(header.shape), int(header.offset)
+        if header.dtype != np.float32 or not header.flags.c_contiguous:
+            raise ArtifactError(f"{path}: expected a row-major float32 matrix, found {header.dtype}")
+        del header
+        self.path = path
+        self.block_rows = BLOCK_ROWS
+        self._stats = None
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        m = self.shape[1]
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + 4 * start * m)
+            out = np.fromfile(f, dtype=np.float32, count=(stop - start) * m)
+        if len(out) != (stop - start) * m:
+            raise ArtifactError(f"{self.path}: rows {start}..{stop} are missing (a truncated store?)")
+        return out.reshape(stop - start, m)
+
+    def blocks(self, rows: int | None = None):
+        rows = rows or self.block_rows
+        for s in range(0, self.shape[0], rows):
+            yield s, self._read(s, min(self.shape[0], s + rows))
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64)
+        m = self.shape[1]
+        out = np.empty((len(idx), m), dtype=np.float32)
+        if len(idx) > self.shape[0] // 64:  # many rows: whole blocks read once each
+            step = self.block_rows
+            blocks = idx // step
+            for b in np.unique(blocks):
+                where = np.flatnonzero(blocks == b)
+                block = self._read(int(b) * step, min(self.shape[0], (int(b) + 1) * step))
+                out[where] = block[idx[where] - b * step]
+            return out
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i, r in enumerate(idx):
+                out[i] = np.frombuffer(os.pread(fd, 4 * m, self.offset + 4 * int(r) * m), dtype=np.float32)
+        finally:
+            os.close(fd)
+        return out
+
+    def _load_stats(self) -> dict:
+        if self._stats is None:
+            path = self.root / STATS_NPZ
+            if not path.exists():
+                raise ArtifactError(f"influence statistics not found: {path} (an unfinished store?)")
+            with np.load(path) as z:
+                self._stats = {k: z[k] for k in z.files}
+        return self._stats
+
+    def column_stats(self):
+        s = self._load_stats()
+        return s["mean"], s["std"], s["constant"]
+
+    def sample(self):
+        s = self._load_stats()
+        return s["sample_idx"], s["sample"]
+
+    def nonfinite(self):
+        bad = self._load_stats()["nonfinite"]
+        return None if bad[0] < 0 else (int(bad[0]), int(bad[1]))
+
+
+def _create_matrix(path: Path, n: int, m: int) -> None:
+    tmp = path.with_suffix(".tmp.npy")
+    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, m))._mmap.close()  # header, sparse body
+    tmp.replace(path)
 
 
 def write_influence_blocks(
@@ -99,65 +187,131 @@ def write_influence_blocks(
     """Fills the N x M matrix block by block, skipping finished blocks; returns how many blocks were computed.
 
     `compute(start, stop)` returns the (stop - start, M) float32 scores of those
-    pool rows. Each block is written to Zarr and Parquet, then marked done.
+    pool rows. Each block is written, then marked done. The same pass
+    accumulates the column statistics and the row sample (`stats.npz`; a
+    resumed pass reads its finished blocks back for them). Refuses at once,
+    naming run_root, when the filesystem lacks the room.
     """
     root = Path(root)
     path = influence_matrix_path(root)
     if not path.exists():
-        zarr.create_array(
-            str(path), shape=(n, m), chunks=(block_rows, m), dtype="float32", compressors=None, fill_value=0
-        )
-    arr = zarr.open_array(str(path), mode="r+")
-    if arr.shape != (n, m) or arr.chunks[0] != block_rows:
-        raise ArtifactError(
-            f"{path}: existing matrix {arr.shape} / {arr.chunks} does not match ({n}, {m}) / {block_rows}"
-        )
+        check_disk_space(root, n, m)
+        _create_matrix(path, n, m)
+    src = StoredMatrix(root)
+    if src.shape != (n, m):
+        raise ArtifactError(f"{path}: existing matrix {src.shape} does not match ({n}, {m})")
     (root / BLOCKS_DONE_DIR).mkdir(exist_ok=True)
-    (root / SCORES_DIR).mkdir(exist_ok=True)
     n_blocks = (n + block_rows - 1) // block_rows
+    moments = ColumnMoments(m)
+    sample_idx = sample_rows(n)
+    sample = np.empty((len(sample_idx), m), dtype=np.float32)
+    nonfinite = np.array([-1, -1])
     computed = 0
-    for i in range(n_blocks):
-        start, stop = i * block_rows, min(n, (i + 1) * block_rows)
-        done = _block_marker(root, i).exists()
-        if not done:
-            block = np.ascontiguousarray(compute(start, stop), dtype=np.float32)
-            if block.shape != (stop - start, m):
-                raise ArtifactError(f"influence block {i}: shape {block.shape}, expected {(stop - start, m)}")
-            arr[start:stop] = block
-            table = pa.table(
-                {
-                    "train_idx": pa.array(np.repeat(np.arange(start, stop, dtype=np.int32), m)),
-                    "val_idx": pa.array(np.tile(np.arange(m, dtype=np.int32), stop - start)),
-                    "score": pa.array(block.ravel()),
-                }
-            )
-            tmp = _block_parquet(root, i).with_suffix(".tmp")
-            pq.write_table(table, tmp, compression="snappy", row_group_size=1 << 20)
-            tmp.replace(_block_parquet(root, i))
-            _block_marker(root, i).touch()
-            computed += 1
-        if on_block:
-            on_block(i, n_blocks, done)
+    with open(path, "r+b") as f:
+        for i in range(n_blocks):
+            start, stop = i * block_rows, min(n, (i + 1) * block_rows)
+            done = _block_marker(root, i).exists()
+            if done:
+                block = src._read(start, stop)
+            else:
+                block = np.ascontiguousarray(compute(start, stop), dtype=np.float32)
+                if block.shape != (stop - start, m):
+                    raise ArtifactError(f"influence block {i}: shape {block.shape}, expected {(stop - start, m)}")
+                f.seek(src.offset + 4 * start * m)
+                block.tofile(f)
+                f.flush()
+                _block_marker(root, i).touch()
+                computed += 1
+            moments.add(block)
+            if nonfinite[0] < 0 and not np.isfinite(block).all():
+                r, c = np.argwhere(~np.isfinite(block))[0]
+                nonfinite = np.array([start + r, c])
+            lo, hi = np.searchsorted(sample_idx, [start, stop])
+            sample[lo:hi] = block[sample_idx[lo:hi] - start]
+            if on_block:
+                on_block(i, n_blocks, done)
+    mean, std, constant = moments.result()
+    tmp = root / "stats.tmp.npz"
+    np.savez(
+        tmp,
+        n=n,
+        mean=mean,
+        std=std,
+        constant=constant,
+        lo=moments.lo,
+        hi=moments.hi,
+        sample_idx=sample_idx,
+        sample=sample,
+        nonfinite=nonfinite,
+    )
+    tmp.replace(root / STATS_NPZ)
     return computed
 
 
-def save_influence_tables(root: Path, train: pd.DataFrame, val: pd.DataFrame, ckpts: pd.DataFrame) -> Path:
-    """Writes the example, checkpoint and per-column statistics tables (DuckDB); returns the database path.
+def task_stats_table(root: Path, tasks: list[str]) -> pd.DataFrame:
+    """Returns per-task statistics of the raw and column-normalised scores, from the pass's statistics.
 
-    Column statistics (fp64 mean and sample std of each validation column over
-    the pool, streamed from the Zarr matrix) let `task_stats` z-score in one
-    pass over the scores instead of two.
+    Moments, min and max are exact (combined from the column moments); the
+    99th percentiles are over the evenly spaced sample rows (all rows up to
+    16,384 rows; linear interpolation, as SQL's quantile_cont).
     """
-    from bidsml.selection import column_stats
+    with np.load(Path(root) / STATS_NPZ) as z:
+        s = {k: z[k] for k in z.files}
+    n = float(s["n"])
+    labels = np.asarray(tasks)
+    out = []
+    for t in sorted(set(tasks)):
+        cols = np.flatnonzero(labels == t)
+        mean, std, lo, hi = s["mean"][cols], s["std"][cols], s["lo"][cols], s["hi"][cols]
+        total = n * len(cols)
+        raw_mean = mean.mean()
+        m2 = (std**2 * (n - 1)).sum() + (n * (mean - raw_mean) ** 2).sum()
+        kept = cols[~s["constant"][cols]]
+        nk = len(kept)
+        sample = s["sample"][:, cols].astype(np.float64)
+        zs = zscore(s["sample"][:, kept], s["mean"][kept], s["std"][kept]) if nk else np.empty((0, 0))
+        out.append(
+            {
+                "task": t,
+                "n_val": len(cols),
+                "raw_mean": raw_mean,
+                "raw_std": np.sqrt(m2 / (total - 1)) if total > 1 else None,
+                "raw_min": lo.min(),
+                "raw_max": hi.max(),
+                "raw_p99": np.quantile(sample, 0.99),
+                "z_mean": 0.0 if nk else None,
+                "z_std": np.sqrt(nk * (n - 1) / (nk * n - 1)) if nk and nk * n > 1 else None,
+                "z_max": ((s["hi"][kept] - s["mean"][kept]) / s["std"][kept]).max() if nk else None,
+                "z_p99": float(np.quantile(zs.astype(np.float64), 0.99)) if nk else None,
+            }
+        )
+    return pd.DataFrame(out)
 
-    mean, std, constant = column_stats(zarr.open_array(str(influence_matrix_path(root)), mode="r"))
-    cols = pd.DataFrame({"val_idx": np.arange(len(mean)), "mean": mean, "std": std, "constant": constant})
+
+def save_influence_tables(root: Path, train: pd.DataFrame, val: pd.DataFrame, ckpts: pd.DataFrame) -> Path:
+    """Writes the example, checkpoint, column and task statistics tables (DuckDB); returns the database path.
+
+    The statistics come from `stats.npz`, which the pass that wrote the matrix
+    computed: nothing here reads the N*M scores again.
+    """
+    with np.load(Path(root) / STATS_NPZ) as z:
+        cols = pd.DataFrame(
+            {
+                "val_idx": np.arange(len(z["mean"])),
+                "mean": z["mean"],
+                "std": z["std"],
+                "constant": z["constant"],
+                "min": z["lo"],
+                "max": z["hi"],
+            }
+        )
+    tasks = task_stats_table(root, val["task"].tolist())
     path = influence_db_path(root)
     if path.exists():
         path.unlink()
     con = duckdb.connect(str(path))
     try:
-        for name, df in ((T_TRAIN, train), (T_VAL, val), (T_CKPT, ckpts), (T_COLSTATS, cols)):
+        for name, df in ((T_TRAIN, train), (T_VAL, val), (T_CKPT, ckpts), (T_COLSTATS, cols), (T_TASKSTATS, tasks)):
             con.register("df_view", df)
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM df_view")
             con.unregister("df_view")
@@ -168,9 +322,7 @@ def save_influence_tables(root: Path, train: pd.DataFrame, val: pd.DataFrame, ck
 
 def save_influence(root: Path, A: np.ndarray, train: pd.DataFrame, val: pd.DataFrame, ckpts: pd.DataFrame) -> Path:
     """Writes a whole in-memory matrix and its tables (small stores, tests); returns the database path."""
-    write_influence_blocks(
-        root, A.shape[0], A.shape[1], lambda a, b: A[a:b], block_rows=min(BLOCK_ROWS, max(1, len(A)))
-    )
+    write_influence_blocks(root, A.shape[0], A.shape[1], lambda a, b: A[a:b])
     return save_influence_tables(root, train, val, ckpts)
 
 
@@ -178,18 +330,65 @@ def _quote(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def attach_influence(con: duckdb.DuckDBPyConnection, root: Path) -> duckdb.DuckDBPyConnection:
-    """Adds a store's tables and views to a DuckDB session (temp views, so nothing is written)."""
+def scores_dir(root: Path) -> Path:
+    """Returns where the long-format Parquet copy of a store's scores goes: beside the run's artifacts
+    (`<run_root>/cache/influence-scores/<identity>`) for an artifact, else the store's own `scores/`."""
+    root = Path(root).resolve()
+    if root.parent.parent.name == "artifacts":
+        return root.parents[2] / "cache" / "influence-scores" / root.name
+    return root / SCORES_DIR
+
+
+def ensure_scores(root: Path, log: Callable[[str], None] | None = None) -> Path:
+    """Writes the long-format (train_idx, val_idx, score) Parquet copy of the matrix once; returns its folder.
+
+    Only the SQL views over every score need it (N*M rows: about 12 GB and a minute or two at 1M x 1k).
+    """
+    out = scores_dir(root)
+    if (out / "complete").exists():
+        return out
+    src = StoredMatrix(root)
+    n, m = src.shape
+    if log:
+        log(f"writing the {n:,} x {m:,} scores as SQL rows once, to {out}")
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for i, (start, block) in enumerate(src.blocks()):
+        stop = start + len(block)
+        table = pa.table(
+            {
+                "train_idx": pa.array(np.repeat(np.arange(start, stop, dtype=np.int32), m)),
+                "val_idx": pa.array(np.tile(np.arange(m, dtype=np.int32), stop - start)),
+                "score": pa.array(block.ravel()),
+            }
+        )
+        pq.write_table(table, tmp / f"block-{i:06d}.parquet", compression="snappy", row_group_size=1 << 20)
+    (tmp / "complete").touch()
+    try:
+        tmp.replace(out)
+    except OSError:  # another process published it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def attach_influence(
+    con: duckdb.DuckDBPyConnection, root: Path, scores: bool = True, log: Callable[[str], None] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """Adds a store's tables and views to a DuckDB session (temp views, so nothing is written).
+
+    `scores`: also the views over every score (`SCORE_VIEW_NAMES`), writing their Parquet copy on first use.
+    """
     db = influence_db_path(root)
     if not db.exists():
         raise ArtifactError(f"influence store not found: {db}")
     con.execute(f"ATTACH {_quote(str(db))} AS influence_tables (READ_ONLY)")
-    for t in (T_TRAIN, T_VAL, T_CKPT, T_COLSTATS):
+    for t in (T_TRAIN, T_VAL, T_CKPT, T_COLSTATS, T_TASKSTATS):
         con.execute(f"CREATE TEMP VIEW {t} AS SELECT * FROM influence_tables.{t}")
-    files = str(Path(root) / SCORES_DIR / "*.parquet")
-    con.execute(f"CREATE TEMP VIEW {T_INFLUENCE} AS SELECT * FROM read_parquet({_quote(files)})")
-    for sql in VIEWS:
-        con.execute(sql)
+    if scores:
+        files = str(ensure_scores(root, log) / "*.parquet")
+        con.execute(f"CREATE TEMP VIEW {T_INFLUENCE} AS SELECT * FROM read_parquet({_quote(files)})")
+        for sql in SCORE_VIEWS:
+            con.execute(sql)
     return con
 
 
@@ -203,53 +402,31 @@ def duckdb_session() -> duckdb.DuckDBPyConnection:
     return duckdb.connect(config={"memory_limit": DUCKDB_MEMORY})
 
 
-def open_influence(root: Path) -> duckdb.DuckDBPyConnection:
-    """Returns a DuckDB session over a published influence store (read-only)."""
-    return attach_influence(duckdb_session(), root)
+def open_influence(root: Path, scores: bool = True) -> duckdb.DuckDBPyConnection:
+    """Returns a DuckDB session over a published influence store (read-only); `scores`: see attach_influence."""
+    return attach_influence(duckdb_session(), root, scores)
 
 
 def read_influence_matrix(root: Path, rows: slice | None = None) -> np.ndarray:
-    """Returns A (or a row range of it) as float32, read block by block from Zarr."""
-    arr = zarr.open_array(str(influence_matrix_path(root)), mode="r")
-    n = arr.shape[0]
-    start, stop, _ = (rows or slice(0, n)).indices(n)
-    out = np.empty((stop - start, arr.shape[1]), dtype=np.float32)
-    step = arr.chunks[0]
-    s = start
-    while s < stop:  # whole-block reads (the first and last may be partial)
-        e = min(stop, s - s % step + step)
-        out[s - start : e - start] = arr[s:e]
-        s = e
-    return out
+    """Returns A (or a row range of it) as float32 (small stores: selection streams it instead)."""
+    src = StoredMatrix(root)
+    start, stop, _ = (rows or slice(0, src.shape[0])).indices(src.shape[0])
+    return src._read(start, stop)
 
 
 def read_influence_rows(root: Path, rows: np.ndarray) -> np.ndarray:
-    """Returns A[rows] (in the order given) as float32, reading only the blocks that hold them."""
-    arr = zarr.open_array(str(influence_matrix_path(root)), mode="r")
-    rows = np.asarray(rows, dtype=np.int64)
-    out = np.empty((len(rows), arr.shape[1]), dtype=np.float32)
-    step = arr.chunks[0]
-    blocks = rows // step
-    for b in np.unique(blocks):
-        where = np.flatnonzero(blocks == b)
-        block = arr[b * step : min(arr.shape[0], (b + 1) * step)]
-        out[where] = block[rows[where] - b * step]
-    return out
+    """Returns A[rows] (in the order given) as float32, reading only those rows (or the blocks that hold them)."""
+    return StoredMatrix(root).rows(rows)
 
 
-def influence_matrix_array(root: Path):
-    """Returns the on-disk Zarr matrix (sliceable like an array, read lazily)."""
-    return zarr.open_array(str(influence_matrix_path(root)), mode="r")
+def influence_matrix_array(root: Path) -> StoredMatrix:
+    """Returns the on-disk matrix as a MatrixSource (row blocks, rows, stored statistics)."""
+    return StoredMatrix(root)
 
 
 def load_column_stats(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns per-column (mean, sample std, is-constant) over the pool, as `save_influence_tables` stored them."""
-    con = duckdb.connect(str(influence_db_path(root)), read_only=True)
-    try:
-        cols = con.sql(f"SELECT mean, std, constant FROM {T_COLSTATS} ORDER BY val_idx").fetchnumpy()
-    finally:
-        con.close()
-    return cols["mean"].astype(np.float64), cols["std"].astype(np.float64), cols["constant"].astype(bool)
+    """Returns per-column (mean, sample std, is-constant) over the pool, as the pass that wrote the matrix did."""
+    return StoredMatrix(root).column_stats()
 
 
 def load_influence_tables(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -265,10 +442,5 @@ def load_influence_tables(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def load_influence(root: Path) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     """Returns (A (N x M) float32, train_examples, val_examples) from the store."""
-    con = duckdb.connect(str(influence_db_path(root)), read_only=True)
-    try:
-        train = con.sql(f"SELECT * FROM {T_TRAIN} ORDER BY idx").df()
-        val = con.sql(f"SELECT * FROM {T_VAL} ORDER BY idx").df()
-    finally:
-        con.close()
+    train, val = load_influence_tables(root)
     return read_influence_matrix(root), train, val

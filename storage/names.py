@@ -44,7 +44,8 @@ T_TRAIN = "train_examples"
 T_VAL = "val_examples"
 T_CKPT = "checkpoints"
 T_INFLUENCE = "influence"
-T_COLSTATS = "column_stats"  # val_idx, mean, std (sample), constant: each validation column over the pool
+T_COLSTATS = "column_stats"  # val_idx, mean, std (sample), constant, min, max: each validation column over the pool
+T_TASKSTATS = "task_stats"  # per task: raw and z-scored moments, extremes and 99th percentiles
 
 # selection artifact
 SELECTION_PARQUET = "selection.parquet"

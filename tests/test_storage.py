@@ -156,8 +156,11 @@ def test_sigkilled_writer_resumes_to_the_same_store(tmp_path):
 
 
 def test_influence_blocks_resume_and_read_back_by_rows(tmp_path):
+    from bidsml.selection import column_stats
     from storage.influence_store import (
         BLOCKS_DONE_DIR,
+        StoredMatrix,
+        ensure_scores,
         read_influence_matrix,
         read_influence_rows,
         write_influence_blocks,
@@ -182,12 +185,15 @@ def test_influence_blocks_resume_and_read_back_by_rows(tmp_path):
     np.testing.assert_array_equal(read_influence_matrix(tmp_path, slice(10, 40)), A[10:40])
     rows = np.array([49, 0, 17, 16, 3])
     np.testing.assert_array_equal(read_influence_rows(tmp_path, rows), A[rows])
-    # the SQL side reads the same scores from the Parquet blocks
+    # the statistics of the resumed pass (finished blocks read back) are the in-memory ones, bit for bit
+    for got, want in zip(StoredMatrix(tmp_path).column_stats(), column_stats(A)):
+        np.testing.assert_array_equal(got, want)
+    # the SQL side reads the same scores from their Parquet copy, written on first use
     import duckdb
 
     con = duckdb.connect()
     got = con.execute(
-        f"SELECT train_idx, val_idx, score FROM read_parquet('{tmp_path}/scores/*.parquet') ORDER BY ALL"
+        f"SELECT train_idx, val_idx, score FROM read_parquet('{ensure_scores(tmp_path)}/*.parquet') ORDER BY ALL"
     ).fetchnumpy()
     B = np.zeros_like(A)
     B[got["train_idx"], got["val_idx"]] = got["score"]

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bidsml.errors import SelectionError
 from bidsml.selection import check_inputs, resolve_budget
+from bidsml.streamed import as_source
 
 INPUTS = ("influence", "representations", "pool")
 
@@ -72,11 +73,10 @@ class SelectorInputs:
     the task labels (M) and the selector's options."""
 
     tasks: list[str]
-    influence: np.ndarray | None = None
+    influence: Any = None  # an array, or a bidsml.streamed.MatrixSource (the store, read in row blocks)
     representations: dict[str, np.ndarray] = field(default_factory=dict)
     pool: PoolFields | None = None
     options: Any = None  # the selector's options model (NoOptions when it has none)
-    owned: bool = False  # the selector may overwrite `influence` (z-score in place: 4 GB, not 8, at 1M x 1k)
     extra: dict[str, Any] = field(default_factory=dict)  # what a multi-round selector's pipeline adds (kmq-iterative)
 
     @property
@@ -148,7 +148,7 @@ def run_selector(name: str, inputs: SelectorInputs, budget: float, seed: int = 0
         inputs.options = sel.options()
     k = resolve_budget(budget, inputs.n)
     if inputs.influence is not None:
-        check_inputs(inputs.influence, inputs.tasks, k)
+        check_inputs(as_source(inputs.influence), inputs.tasks, k)
     for t in set(inputs.tasks):
         if not t:
             raise SelectionError("a validation column has an empty task label")
