@@ -1,17 +1,24 @@
 """Benchmark the scale-out paths side by side against today's baselines (not a test).
 
-    python bench/scale.py                 # everything below, < 30 min on a 2-core CPU
-    python bench/scale.py --parts store   # one part: store | featurize | fanout
+    python bench/scale.py                          # everything below on a quiet 2-core machine
+    python bench/scale.py --parts store            # one part: store | featurize | fanout
+    python bench/scale.py --parts store --n 20000 --big-n 0 --baseline-n 20000    # smoke run (CI-sized)
 
 1. store + select: synthetic features (N pool rows, M validation columns,
    k=256, 2 checkpoints) in a Zarr gradient store, then, through the
-   functions the steps call, influence streamed in row blocks, the store
-   written (Zarr + Parquet blocks + DuckDB tables), the `task_stats` query,
-   and `bids` at 15%. At N=1,000,000, M=1,000 in a child process (wall time,
-   peak RSS). Baseline: the store path before streaming (dense A in RAM, an
-   N*M-row pandas frame into a DuckDB table, read back row by row into a
-   dense matrix, bids), at the largest N it survives in 8 GB, and ours at the
-   same N for the ratio.
+   functions the steps call, the influence pass (matrix, column statistics
+   and row sample in one pass), the store's tables (task_stats from those
+   statistics), a task_stats query, `bids` at 15% read out of core from the
+   store, and the composition's row reads. At N=1,000,000, M=1,000 in a child
+   process (wall time, peak RSS), then the same at N=5,800,000 (`--big-n`).
+   At 1M the out-of-core sequence is compared with `bids_iterate` on the
+   matrix in memory (after the timed part; its memory is not in the figure).
+   `limit_s`: this machine's lower bound for the same work, measured here:
+   the influence matmuls alone (features in memory) plus writing and reading
+   the matrix's bytes once on this disk. Baseline: the store path before
+   streaming (dense A in RAM, an N*M-row pandas frame into a DuckDB table,
+   read back row by row into a dense matrix, bids), at the largest N it
+   survives in 8 GB, and ours at the same N for the ratio.
 2. featurization, tiny model, N=20,000: one process (1 thread) vs a 2-worker
    LocalCluster (1 thread each) vs a real cluster (`dask scheduler` + 2
    `dask worker --nthreads 1` processes, the README's commands) through the
@@ -83,17 +90,17 @@ def _tables(n: int, m: int, tasks: list[str]):
     return train, val, ck
 
 
-def store_select_ours(n: int, m: int, work: Path) -> dict:
-    """The streamed path, as the influence and select steps run it."""
+def store_select_ours(n: int, m: int, work: Path, compare: bool = False) -> dict:
+    """The out-of-core path, as the influence and select steps run it."""
     from bidsml.influence import influence_block
     from bidsml.selectors import SelectorInputs, run_selector
     from storage.gradients import read_feature_rows
     from storage.influence_store import (
-        load_column_stats,
+        influence_matrix_array,
         open_influence,
-        read_influence_matrix,
         read_influence_rows,
         save_influence_tables,
+        store_bytes,
         write_influence_blocks,
     )
 
@@ -109,17 +116,14 @@ def store_select_ours(n: int, m: int, work: Path) -> dict:
     )
     save_influence_tables(store, *_tables(n, m, tasks))
     t_infl = time.time() - t0
-    con = open_influence(store)
-    stats = con.sql("SELECT * FROM task_stats").fetchall()
+    con = open_influence(store, scores=False)
+    stats = con.execute("SELECT * FROM task_stats").fetchall()
     con.close()
     t_query = time.time() - t0 - t_infl
-    A = read_influence_matrix(store)
-    mean, std, constant = load_column_stats(store)  # as the select step: stored by the influence step
-    rows = run_selector("bids", SelectorInputs(tasks=tasks, influence=A, owned=True), BUDGET)
-    del A
+    rows = run_selector("bids", SelectorInputs(tasks=tasks, influence=influence_matrix_array(store)), BUDGET)
     read_influence_rows(store, rows[:1000])  # composition reads the selected rows back
     total = time.time() - t0
-    return {
+    out = {
         "seconds": total,
         "influence_store_s": t_infl,
         "task_stats_s": t_query,
@@ -127,7 +131,45 @@ def store_select_ours(n: int, m: int, work: Path) -> dict:
         "n_tasks_in_stats": len(stats),
         "k": len(rows),
         "first_rows": rows[:5].tolist(),
+        "store_gb": round(store_bytes(n, m) / 1e9, 2),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if compare:  # untimed, after the peak above: the in-memory iteration on the same matrix
+        from bidsml.selection import bids_iterate, normalize_columns
+        from storage.influence_store import read_influence_matrix
+
+        Z, _ = normalize_columns(read_influence_matrix(store), overwrite=True)
+        out["same_sequence_as_in_memory"] = bool(np.array_equal(bids_iterate(Z, len(rows)), rows))
+    return out
+
+
+def machine_limit(n: int, m: int, work: Path) -> dict:
+    """Returns this machine's lower bound for the store's work: the influence matmuls alone (features in memory,
+    the same shapes and flops) plus writing the matrix's bytes once and reading them once on this disk."""
+    from bidsml.influence import influence_block
+    from storage.influence_store import BLOCK_ROWS
+
+    rng = np.random.default_rng(0)
+    feats = [rng.standard_normal((BLOCK_ROWS, K_DIM), dtype=np.float32).astype(np.float16) for _ in range(N_CKPT)]
+    val = [rng.standard_normal((m, K_DIM), dtype=np.float32).astype(np.float16) for _ in range(N_CKPT)]
+    t = time.time()
+    for s in range(0, n, BLOCK_ROWS):
+        b = min(n, s + BLOCK_ROWS) - s
+        block = influence_block([f[:b] for f in feats], val, [0.6, 0.4])
+    matmul_s = time.time() - t
+    path = work / "bytes.bin"
+    t = time.time()
+    with open(path, "wb") as f:
+        for s in range(0, n, BLOCK_ROWS):
+            block[: min(n, s + BLOCK_ROWS) - s].tofile(f)
+    write_s = time.time() - t
+    t = time.time()
+    with open(path, "rb") as f:
+        while np.fromfile(f, dtype=np.float32, count=BLOCK_ROWS * m).size:
+            pass
+    read_s = time.time() - t
+    path.unlink()
+    return {"matmul_s": matmul_s, "write_s": write_s, "read_s": read_s, "limit_s": matmul_s + write_s + read_s}
 
 
 # The task_stats view as the store defined it before streaming (window z-scores, exact quantiles).
@@ -188,22 +230,24 @@ def store_select_baseline(n: int, m: int, work: Path) -> dict:
     }
 
 
-def child(kind: str, n: int, m: int) -> dict:
+def child(kind: str, n: int, m: int, compare: bool = False) -> dict:
     """Runs one store path in a fresh process; returns its figures and peak RSS (MB)."""
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", kind, "--n", str(n), "--m", str(m), "--work", tmp],
-            capture_output=True,
-            text=True,
-        )
+        cmd = [sys.executable, __file__, "--child", kind, "--n", str(n), "--m", str(m), "--work", tmp]
+        out = subprocess.run(cmd + (["--compare"] if compare else []), capture_output=True, text=True)
     if out.returncode != 0:
         return {"failed": True, "returncode": out.returncode, "stderr": out.stderr[-500:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def part_store(n: int, m: int, baseline_ns: list[int]) -> dict:
-    ours = child("ours", n, m)
+def part_store(n: int, m: int, baseline_ns: list[int], big_n: int) -> dict:
+    limit = child("limit", n, m)
+    print(json.dumps({"machine_limit": {"n": n, "m": m, **limit}}), flush=True)
+    ours = child("ours", n, m, compare=True)
     print(json.dumps({"store_select_ours": {"n": n, "m": m, **ours}}), flush=True)
+    big = child("ours", big_n, m) if big_n else {}
+    if big_n:
+        print(json.dumps({"store_select_ours": {"n": big_n, "m": m, **big}}), flush=True)
     base_runs = {}
     for bn in baseline_ns:
         r = child("baseline", bn, m)
@@ -216,11 +260,28 @@ def part_store(n: int, m: int, baseline_ns: list[int]) -> dict:
     same = child("ours", max_n, m) if max_n else {}
     if max_n:
         print(json.dumps({"store_select_ours_at_baseline_n": {"n": max_n, **same}}), flush=True)
-    return {
+    out = {
         "store_select_s": round(ours["seconds"], 1),
         "store_select_peak_rss_mb": round(ours["peak_rss_mb"]),
         "n": n,
         "m": m,
+        "influence_store_s": round(ours["influence_store_s"], 1),
+        "task_stats_s": round(ours["task_stats_s"], 2),
+        "bids_s": round(ours["bids_s"], 1),
+        "store_gb": ours["store_gb"],
+        "matmul_s": round(limit["matmul_s"], 1),
+        "write_bytes_s": round(limit["write_s"], 1),
+        "read_bytes_s": round(limit["read_s"], 1),
+        "limit_s": round(limit["limit_s"], 1),
+        "ratio_to_limit": round(ours["seconds"] / limit["limit_s"], 2),
+        f"same_sequence_as_in_memory_at_{n // 1000}k": ours.get("same_sequence_as_in_memory"),
+        "targets": {
+            "store_select_s": 90,
+            "ratio_to_limit": 3,
+            "store_select_s_5_8m": 900,
+            "store_select_peak_rss_mb": 6144,
+            "store_select_peak_rss_mb_5_8m": 12288,
+        },
         "baseline_max_n": max_n,
         "baseline_s_at_max_n": round(base_runs[max_n]["seconds"], 1) if max_n else None,
         "baseline_peak_rss_mb_at_max_n": round(base_runs[max_n]["peak_rss_mb"]) if max_n else None,
@@ -230,6 +291,17 @@ def part_store(n: int, m: int, baseline_ns: list[int]) -> dict:
         "same_first_selected_rows_at_equal_n": same.get("first_rows") == base_runs.get(max_n, {}).get("first_rows"),
         "memory_ratio_at_equal_n": round(base_runs[max_n]["peak_rss_mb"] / same["peak_rss_mb"], 2) if max_n else None,
     }
+    if n == 1_000_000:
+        out["same_sequence_as_in_memory_at_1m"] = out.pop("same_sequence_as_in_memory_at_1000k")
+    if big_n:
+        key = "5_8m" if big_n == 5_800_000 else f"{big_n // 1000}k"
+        out |= {
+            f"store_select_s_{key}": round(big["seconds"], 1) if not big.get("failed") else None,
+            f"store_select_peak_rss_mb_{key}": round(big["peak_rss_mb"]) if not big.get("failed") else None,
+            f"store_gb_{key}": big.get("store_gb"),
+            f"failed_{key}": big.get("stderr") if big.get("failed") else None,
+        }
+    return out
 
 
 # --- 2. featurization: one process vs a 2-worker LocalCluster ----------------------------------------
@@ -353,15 +425,21 @@ def main() -> None:
     ap.add_argument("--parts", default="store,featurize,fanout")
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--m", type=int, default=1_000)
+    ap.add_argument("--big-n", type=int, default=5_800_000, help="the out-of-core run's pool size (0: skip it)")
     ap.add_argument("--baseline-n", default="100000,200000,300000", help="baseline sizes, up to the first over 8 GB")
     ap.add_argument("--featurize-n", type=int, default=20_000)
-    ap.add_argument("--child", choices=["ours", "baseline"])
+    ap.add_argument("--child", choices=["ours", "baseline", "limit"])
+    ap.add_argument("--compare", action="store_true", help="child ours: compare with the in-memory BIDS after")
     ap.add_argument("--work")
     args = ap.parse_args()
     if args.child:
-        fn = store_select_ours if args.child == "ours" else store_select_baseline
-        res = fn(args.n, args.m, Path(args.work))
-        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if args.child == "ours":
+            res = store_select_ours(args.n, args.m, Path(args.work), args.compare)
+        elif args.child == "limit":
+            res = machine_limit(args.n, args.m, Path(args.work))
+        else:
+            res = store_select_baseline(args.n, args.m, Path(args.work))
+            res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(res))
         return
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -372,7 +450,7 @@ def main() -> None:
     result = {"device": f"cpu ({os.cpu_count()} cores)"}
     parts = args.parts.split(",")
     if "store" in parts:
-        result |= part_store(args.n, args.m, [int(x) for x in args.baseline_n.split(",")])
+        result |= part_store(args.n, args.m, [int(x) for x in args.baseline_n.split(",")], args.big_n)
     if "featurize" in parts:
         result |= part_featurize(args.featurize_n)
     if "fanout" in parts:

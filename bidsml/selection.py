@@ -86,12 +86,13 @@ class ColumnMoments:
             self._pending = [block[s:]]
 
     def _merge(self, chunk: np.ndarray) -> None:
-        c = chunk.astype(np.float64)
-        nb = len(c)
-        mb = c.sum(axis=0) / nb
-        m2b = ((c - mb) ** 2).sum(axis=0)
-        self.lo = np.minimum(self.lo, c.min(axis=0))
-        self.hi = np.maximum(self.hi, c.max(axis=0))
+        nb = len(chunk)
+        self.lo = np.minimum(self.lo, chunk.min(axis=0))
+        self.hi = np.maximum(self.hi, chunk.max(axis=0))
+        d = chunk.astype(np.float64)
+        mb = d.sum(axis=0) / nb
+        d -= mb
+        m2b = np.einsum("ij,ij->j", d, d)
         n = self.n + nb
         delta = mb - self.mean
         self.mean = self.mean + delta * (nb / n)

@@ -107,6 +107,13 @@ class _Transform:
         return np.nextafter(a, np.float32(-np.inf))
 
 
+def _descending_key(v: np.ndarray) -> np.ndarray:
+    """Returns uint64 keys that sort float32 values (finite; -0.0 as 0.0) in descending order."""
+    bits = (v + np.float32(0.0)).view(np.uint32).astype(np.uint64)  # + 0.0 turns -0.0 into 0.0
+    ascending = np.where(bits >> np.uint64(31), ~bits & np.uint64(0xFFFFFFFF), bits | np.uint64(0x80000000))
+    return np.uint64(0xFFFFFFFF) - ascending
+
+
 class _StreamedColumns:
     """For each column of Z, every unselected row above a threshold, sorted (value desc, row asc).
 
@@ -115,7 +122,7 @@ class _StreamedColumns:
     in-memory `_ColumnBlocks` keeps the first B instead). Thresholds come from
     the store's evenly spaced sample (about twice `target` rows above them);
     a used-up list is refilled, with a doubled target, in one scan over the
-    matrix that also refills every list at least three quarters used.
+    matrix that also refills every list with under half its target left.
     """
 
     def __init__(self, src: MatrixSource, tf: _Transform, selected: np.ndarray, target: int):
@@ -174,7 +181,8 @@ class _StreamedColumns:
         c = np.concatenate(found_c) if found_c else np.empty(0, dtype=np.int64)
         r = np.concatenate(found_r) if found_r else np.empty(0, dtype=np.int64)
         v = np.concatenate(found_v) if found_v else np.empty(0, dtype=np.float32)
-        order = np.lexsort((r, -v.astype(np.float64), c))
+        # rows arrive in ascending order, so one stable sort by (column, value descending) leaves ties by row
+        order = np.argsort((c.astype(np.uint64) << np.uint64(32)) | _descending_key(v), kind="stable")
         c, r, v = c[order], r[order], v[order]
         bounds = np.searchsorted(c, np.arange(len(cols) + 1))
         for i, j in enumerate(cols):
@@ -191,10 +199,11 @@ class _StreamedColumns:
             if self.selected.all():
                 self.top_val[j] = -np.inf
                 return
-            # used up: refill it, and in the same scan every list three quarters used
-            used = np.array([self.ptr[i] >= 0.75 * len(self.rows[i]) for i in range(len(self.rows))])
-            used[j] = True
-            cols = np.flatnonzero(used)
+            # used up: refill it, and in the same scan every list with under half its target left unselected
+            left = np.array([np.count_nonzero(~self.selected[r[p:]]) for r, p in zip(self.rows, self.ptr)])
+            low = left < self.target // 2
+            low[j] = True
+            cols = np.flatnonzero(low)
             self.target[cols] *= 2
             self._refill(cols)
             for i in cols:  # fresh lists hold unselected rows only: no further refill
@@ -224,7 +233,7 @@ class _StreamedColumns:
 
 
 def bids_streamed(
-    src: MatrixSource, k: int, normalize: bool = True, target: int = 4096
+    src: MatrixSource, k: int, normalize: bool = True, target: int = 1024
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Returns (BIDS's selection, {'scans': passes over the matrix}) reading the matrix in row blocks.
 

@@ -113,6 +113,7 @@ class StoredMatrix:
         self.path = path
         self.block_rows = BLOCK_ROWS
         self._stats = None
+        self._fd = None
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         m = self.shape[1]
@@ -140,13 +141,15 @@ class StoredMatrix:
                 block = self._read(int(b) * step, min(self.shape[0], (int(b) + 1) * step))
                 out[where] = block[idx[where] - b * step]
             return out
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            for i, r in enumerate(idx):
-                out[i] = np.frombuffer(os.pread(fd, 4 * m, self.offset + 4 * int(r) * m), dtype=np.float32)
-        finally:
-            os.close(fd)
+        if self._fd is None:  # kept open: BIDS reads one row per pick
+            self._fd = os.open(self.path, os.O_RDONLY)
+        for i, r in enumerate(idx):
+            out[i] = np.frombuffer(os.pread(self._fd, 4 * m, self.offset + 4 * int(r) * m), dtype=np.float32)
         return out
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def _load_stats(self) -> dict:
         if self._stats is None:
