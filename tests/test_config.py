@@ -17,7 +17,17 @@ BASE = {
 
 
 @pytest.mark.parametrize(
-    "name", ["demo.yaml", "smollm2-olmo.yaml", "tiny.yaml", "experiment-cpu.yaml", "experiment-gpu.yaml"]
+    "name",
+    [
+        "demo.yaml",
+        "smollm2-olmo.yaml",
+        "tiny.yaml",
+        "experiment-cpu.yaml",
+        "experiment-gpu.yaml",
+        "evidence-cpu.yaml",
+        "evidence-gpu.yaml",
+        "custom-target.yaml",
+    ],
 )
 def test_shipped_recipes_are_valid(name):
     import yaml
