@@ -157,6 +157,7 @@ def machine_limit(n: int, m: int, work: Path) -> dict:
         b = min(n, s + BLOCK_ROWS) - s
         block = influence_block([f[:b] for f in feats], val, [0.6, 0.4])
     matmul_s = time.time() - t
+    block = np.resize(block, (BLOCK_ROWS, m))  # a full block of scores (the last one computed may be short)
     path = work / "bytes.bin"
     t = time.time()
     with open(path, "wb") as f:

@@ -129,7 +129,7 @@ class _StreamedColumns:
         self.src, self.tf, self.selected = src, tf, selected
         N, M = src.shape[0], len(tf.kept)
         _, sample = src.sample()
-        self.sample = -np.sort(-tf(sample), axis=0)  # per column, descending
+        self.sample = np.sort(np.ascontiguousarray(tf(sample).T), axis=1)[:, ::-1]  # (M, s): per column, descending
         self.target = np.full(M, min(target, N), dtype=np.int64)
         self.rows: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * M
         self.vals: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * M
@@ -142,11 +142,11 @@ class _StreamedColumns:
             self._set_top(j)
 
     def _thresholds(self, cols: np.ndarray, factor: int) -> np.ndarray:
-        N, s = self.src.shape[0], len(self.sample)
+        N, s = self.src.shape[0], self.sample.shape[1]
         rank = np.ceil(factor * self.target[cols] * s / N).astype(np.int64) + 2
         t = np.full(len(cols), -np.inf, dtype=np.float32)
         ok = rank < s
-        t[ok] = self.sample[rank[ok], cols[ok]]
+        t[ok] = self.sample[cols[ok], rank[ok]]
         return t
 
     def _refill(self, cols: np.ndarray) -> None:

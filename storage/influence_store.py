@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -209,30 +210,46 @@ def write_influence_blocks(
     sample_idx = sample_rows(n)
     sample = np.empty((len(sample_idx), m), dtype=np.float32)
     nonfinite = np.array([-1, -1])
-    computed = 0
-    with open(path, "r+b") as f:
-        for i in range(n_blocks):
-            start, stop = i * block_rows, min(n, (i + 1) * block_rows)
-            done = _block_marker(root, i).exists()
-            if done:
-                block = src._read(start, stop)
-            else:
-                block = np.ascontiguousarray(compute(start, stop), dtype=np.float32)
-                if block.shape != (stop - start, m):
-                    raise ArtifactError(f"influence block {i}: shape {block.shape}, expected {(stop - start, m)}")
-                f.seek(src.offset + 4 * start * m)
-                block.tofile(f)
-                f.flush()
-                _block_marker(root, i).touch()
-                computed += 1
-            moments.add(block)
-            if nonfinite[0] < 0 and not np.isfinite(block).all():
-                r, c = np.argwhere(~np.isfinite(block))[0]
-                nonfinite = np.array([start + r, c])
-            lo, hi = np.searchsorted(sample_idx, [start, stop])
-            sample[lo:hi] = block[sample_idx[lo:hi] - start]
-            if on_block:
-                on_block(i, n_blocks, done)
+    todo = [i for i in range(n_blocks) if not _block_marker(root, i).exists()]
+    rows_of = lambda i: (i * block_rows, min(n, (i + 1) * block_rows))  # noqa: E731
+
+    def write(f, i: int, block: np.ndarray) -> None:
+        f.seek(src.offset + 4 * i * block_rows * m)
+        block.tofile(f)
+        f.flush()
+        _block_marker(root, i).touch()  # after its bytes: a kill never leaves a marked block unwritten
+
+    # the next block is computed, and the last one written, while this one's statistics are taken
+    with open(path, "r+b") as f, ThreadPoolExecutor(1) as computer, ThreadPoolExecutor(1) as writer:
+        ahead = {todo[0]: computer.submit(compute, *rows_of(todo[0]))} if todo else {}
+        pending = None
+        try:
+            for i in range(n_blocks):
+                start, stop = rows_of(i)
+                done = i not in ahead
+                if done:
+                    block = src._read(start, stop)
+                else:
+                    block = np.ascontiguousarray(ahead.pop(i).result(), dtype=np.float32)
+                    if block.shape != (stop - start, m):
+                        raise ArtifactError(f"influence block {i}: shape {block.shape}, expected {(stop - start, m)}")
+                    nxt = todo.index(i) + 1
+                    if nxt < len(todo):
+                        ahead[todo[nxt]] = computer.submit(compute, *rows_of(todo[nxt]))
+                    if pending is not None:
+                        pending.result()
+                    pending = writer.submit(write, f, i, block)
+                moments.add(block)
+                if nonfinite[0] < 0 and not np.isfinite(block).all():
+                    r, c = np.argwhere(~np.isfinite(block))[0]
+                    nonfinite = np.array([start + r, c])
+                lo, hi = np.searchsorted(sample_idx, [start, stop])
+                sample[lo:hi] = block[sample_idx[lo:hi] - start]
+                if on_block:
+                    on_block(i, n_blocks, done)
+        finally:
+            if pending is not None:
+                pending.result()
     mean, std, constant = moments.result()
     tmp = root / "stats.tmp.npz"
     np.savez(
@@ -248,7 +265,7 @@ def write_influence_blocks(
         nonfinite=nonfinite,
     )
     tmp.replace(root / STATS_NPZ)
-    return computed
+    return len(todo)
 
 
 def task_stats_table(root: Path, tasks: list[str]) -> pd.DataFrame:

@@ -140,3 +140,36 @@ def test_a_store_larger_than_the_free_space_is_refused_at_once_naming_run_root(t
     with pytest.raises(ArtifactError, match=r"needs 3\.7 GiB more .* 3\.0 GiB free.*set run_root"):
         write_influence_blocks(tmp_path, 1_000_000, 1_000, lambda a, b: called.append(a))
     assert not called and not list(tmp_path.iterdir())
+
+
+@pytest.mark.e2e
+def test_bench_scale_smoke_selects_the_in_memory_sequence_and_measures_the_limit(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    cmd = [
+        sys.executable,
+        "bench/scale.py",
+        "--parts",
+        "store",
+        "--n",
+        "20000",
+        "--big-n",
+        "0",
+        "--baseline-n",
+        "20000",
+    ]
+    out = subprocess.run(
+        cmd, cwd=root, capture_output=True, text=True, timeout=600, env=os.environ | {"TMPDIR": str(tmp_path)}
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert last["same_sequence_as_in_memory_at_20k"] is True and last["same_first_selected_rows_at_equal_n"] is True
+    assert last["limit_s"] > 0 and last["ratio_to_limit"] == pytest.approx(
+        last["store_select_s"] / last["limit_s"], rel=0.05
+    )
+    assert last["store_gb"] == 0.08 and last["n"] == 20000
