@@ -87,9 +87,9 @@ def store_bytes(n: int, m: int) -> int:
     return 4 * n * m
 
 
-def check_disk_space(root: Path, n: int, m: int, have: int = 0) -> None:
+def check_disk_space(root: Path, n: int, m: int) -> None:
     """Raises ArtifactError naming `run_root` when root's filesystem lacks the room for an N x M store."""
-    need = store_bytes(n, m) - have
+    need = store_bytes(n, m)
     free = shutil.disk_usage(root).free
     if need > free:
         raise ArtifactError(
@@ -154,11 +154,7 @@ class StoredMatrix:
 
     def _load_stats(self) -> dict:
         if self._stats is None:
-            path = self.root / STATS_NPZ
-            if not path.exists():
-                raise ArtifactError(f"influence statistics not found: {path} (an unfinished store?)")
-            with np.load(path) as z:
-                self._stats = {k: z[k] for k in z.files}
+            self._stats = load_stats(self.root)
         return self._stats
 
     def column_stats(self):
@@ -172,6 +168,15 @@ class StoredMatrix:
     def nonfinite(self):
         bad = self._load_stats()["nonfinite"]
         return None if bad[0] < 0 else (int(bad[0]), int(bad[1]))
+
+
+def load_stats(root: Path) -> dict[str, np.ndarray]:
+    """Returns what the writing pass stored in `stats.npz` (column moments, extremes, row sample, ...)."""
+    path = Path(root) / STATS_NPZ
+    if not path.exists():
+        raise ArtifactError(f"influence statistics not found: {path} (an unfinished store?)")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
 
 
 def _create_matrix(path: Path, n: int, m: int) -> None:
@@ -268,15 +273,13 @@ def write_influence_blocks(
     return len(todo)
 
 
-def task_stats_table(root: Path, tasks: list[str]) -> pd.DataFrame:
+def task_stats_table(s: dict[str, np.ndarray], tasks: list[str]) -> pd.DataFrame:
     """Returns per-task statistics of the raw and column-normalised scores, from the pass's statistics.
 
     Moments, min and max are exact (combined from the column moments); the
     99th percentiles are over the evenly spaced sample rows (all rows up to
     16,384 rows; linear interpolation, as SQL's quantile_cont).
     """
-    with np.load(Path(root) / STATS_NPZ) as z:
-        s = {k: z[k] for k in z.files}
     n = float(s["n"])
     labels = np.asarray(tasks)
     out = []
@@ -314,18 +317,18 @@ def save_influence_tables(root: Path, train: pd.DataFrame, val: pd.DataFrame, ck
     The statistics come from `stats.npz`, which the pass that wrote the matrix
     computed: nothing here reads the N*M scores again.
     """
-    with np.load(Path(root) / STATS_NPZ) as z:
-        cols = pd.DataFrame(
-            {
-                "val_idx": np.arange(len(z["mean"])),
-                "mean": z["mean"],
-                "std": z["std"],
-                "constant": z["constant"],
-                "min": z["lo"],
-                "max": z["hi"],
-            }
-        )
-    tasks = task_stats_table(root, val["task"].tolist())
+    z = load_stats(root)
+    cols = pd.DataFrame(
+        {
+            "val_idx": np.arange(len(z["mean"])),
+            "mean": z["mean"],
+            "std": z["std"],
+            "constant": z["constant"],
+            "min": z["lo"],
+            "max": z["hi"],
+        }
+    )
+    tasks = task_stats_table(z, val["task"].tolist())
     path = influence_db_path(root)
     if path.exists():
         path.unlink()
