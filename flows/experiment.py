@@ -2,7 +2,9 @@
 
 Each seed is a whole pipeline run (warmup order, random selection and
 fine-tuning follow the seed; data and scored items follow the data seed, so
-the data step and the base model's evaluation are computed once). Then every
+the data step and the base model's evaluation are computed once). With
+`shared_influence`, the warmup, features and influence are the first seed's
+in every seed, and only random selection and fine-tuning vary. Then every
 method's per-item scores go into a paired bootstrap against `random` and
 `less` (bidsml.experiment), written as experiment.csv, experiment.png and
 experiment.md in the run's outputs and posted to the UI.
@@ -37,9 +39,10 @@ def run_experiment(recipe: Recipe, refresh: set[str], out: Path, run_steps: Call
     started = time.time()
     recipe, tuning = choose_finetune(recipe)
     rows, selections, seed_runs, picked, data_ref = [], [], {}, [], None
+    front = recipe.for_seed(recipe.seeds[0]) if recipe.shared_influence else None
     for s in recipe.seeds:
         one = recipe.for_seed(s)
-        res = run_steps(one, refresh, out / f"seed-{s}", f"BIDS run: {recipe.name}, seed {s}")
+        res = run_steps(one, refresh, out / f"seed-{s}", f"BIDS run: {recipe.name}, seed {s}", front=front)
         refs = res.pop("refs")
         seed_runs[s] = res
         data_ref = refs["data"][MAIN]
@@ -217,7 +220,13 @@ def experiment_report(
     lines = [
         f"# Experiment: {recipe.name}",
         "",
-        f"Seeds {list(recipe.seeds)} (warmup data order, random selection, fine-tuning); data and scored items from "
+        f"Seeds {list(recipe.seeds)} ("
+        + (
+            f"random selection, fine-tuning; warmup, features and influence are seed {recipe.seeds[0]}'s in every seed"
+            if recipe.shared_influence
+            else "warmup data order, random selection, fine-tuning"
+        )
+        + f"); data and scored items from "
         f"data seed {recipe.sampling_seed}. Differences are method minus baseline with paired-bootstrap 95% "
         "intervals (seeds and items resampled together); `score` is each benchmark's standard metric (higher is "
         "better), `nll` the gold-answer NLL (lower is better).",

@@ -54,14 +54,18 @@ def _check_refresh(refresh: list[str] | None) -> set[str]:
     return out
 
 
-def run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: str = "pipeline") -> dict:
+def run_steps(
+    recipe: Recipe, refresh: set[str], out: Path, title: str, kind: str = "pipeline", front: Recipe | None = None
+) -> dict:
     """Runs every step for the recipe's methods and budgets, writes the report and run record; returns paths.
 
-    With `execution.task_runner: dask` one cluster serves the whole run (feature shards, branches).
+    With `execution.task_runner: dask` one cluster serves the whole run (feature shards, branches). `front`: the
+    recipe the once-per-run steps (data, warmup, features, influence, ...) are built with, when it is not `recipe`
+    (an experiment's seeds sharing the first seed's influence); selection, fine-tuning and evaluation use `recipe`.
     """
     preflight(recipe)
     with cluster(recipe):
-        return _run_steps(recipe, refresh, out, title, kind)
+        return _run_steps(recipe, refresh, out, title, kind, front or recipe)
 
 
 def log_step(name: str, ref: ArtifactRef, seconds: float, since: float) -> None:
@@ -105,14 +109,14 @@ def per_run_steps(recipe: Recipe) -> list[Step]:
     return [s for s in STEPS.values() if s.per_run and (s.run_if is None or s.run_if(recipe))]
 
 
-def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: str) -> dict:
+def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: str, front: Recipe) -> dict:
     timings: dict[str, float] = {}
     since = time.time()
     refs: dict[str, dict[str, ArtifactRef]] = {}
 
-    def timed(name: str, label: str, **kw) -> ArtifactRef:
+    def timed(name: str, label: str, rec: Recipe = recipe, **kw) -> ArtifactRef:
         t = time.time()
-        result = STEP_FLOWS[name](recipe, refresh=name in refresh, **kw)
+        result = STEP_FLOWS[name](rec, refresh=name in refresh, **kw)
         key = name if label == MAIN else f"{name}:{label}"
         timings[key] = time.time() - t
         log_step(key, result, timings[key], t)
@@ -120,7 +124,7 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
         return result
 
     for step in per_run_steps(recipe):  # data, warmup, features, influence, diagnostics, ... in dependency order
-        timed(step.name, MAIN, inputs={i.key: refs[i.kind][MAIN] for i in step.inputs if i.kind in refs})
+        timed(step.name, MAIN, front, inputs={i.key: refs[i.kind][MAIN] for i in step.inputs if i.kind in refs})
     data, infl = refs["data"][MAIN], refs["influence"][MAIN]
     reps = refs.get("representations", {}).get(MAIN)
     timed("evaluation", "base", inputs={"data": data})

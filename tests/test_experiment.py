@@ -100,3 +100,33 @@ def test_a_recipe_with_seeds_runs_each_seed_and_compares_methods(tmp_path, prefe
     notes = {e["digest"]: e["meta"]["trunk"] for r in refs for e in r["evaluation"].values()}.values()
     assert sum(n.startswith("recorded") for n in notes) == 1 and sum(n.startswith("reused") for n in notes) == 6
     assert len(list((Path(recipe.run_root) / "trunk").glob("*.safetensors"))) == 1
+
+
+@pytest.mark.e2e
+def test_seeds_with_shared_influence_vary_only_random_selection_and_fine_tuning(tmp_path, prefect_harness):
+    """`shared_influence`: one warmup / features / influence (the first seed's); the influence selectors pick the
+    same rows in every seed, random picks and fine-tunes follow the seed."""
+    import json
+    from pathlib import Path
+
+    from bidsml.config import load_recipe
+    from flows.pipeline import pipeline
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "tiny.yaml").with_overrides(
+        {
+            "run_root": str(tmp_path / "runs"),
+            "seeds": [0, 1],
+            "shared_influence": True,
+            "selection.methods": ["random", "less"],
+            "evaluation.generate": {"gsm8k": 0, "humaneval": 0, "mbpp": 0, "bbh": 0},
+        }
+    )
+    out = pipeline(recipe)
+    refs = [json.loads(p.read_text())["refs"] for p in sorted((Path(recipe.run_root) / "run-records").glob("*.json"))]
+    assert len(refs) == 2
+    for step in ("warmup", "features", "influence"):
+        assert refs[0][step]["main"]["digest"] == refs[1][step]["main"]["digest"], step
+    assert refs[0]["selection"]["less@8"]["digest"] == refs[1]["selection"]["less@8"]["digest"]
+    assert refs[0]["selection"]["random@8"]["digest"] != refs[1]["selection"]["random@8"]["digest"]
+    assert refs[0]["finetune"]["less@8"]["digest"] != refs[1]["finetune"]["less@8"]["digest"]
+    assert "warmup, features and influence are seed 0's in every seed" in Path(out["report"]).read_text()
