@@ -347,12 +347,6 @@ class Recipe(_Stage):
         "the same data (`data_seed`, default the first seed) and the report compares methods with paired-bootstrap "
         "95% intervals. Each seed's artifacts are content-addressed like any run.",
     )
-    shared_influence: bool = Field(
-        False,
-        description="With `seeds`: build the warmup, features and influence once (the first seed's) and vary only "
-        "random selection and fine-tuning over the seeds (the influence selectors then pick the same rows in "
-        "every seed). Cheaper by the per-seed influence pass; the intervals then leave out warmup variance.",
-    )
     run_root: str = Field(
         "runs", description="Folder for artifacts, caches and run records (relative to the recipe's cwd)."
     )

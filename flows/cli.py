@@ -72,6 +72,12 @@ def run(
     recipe: Path = typer.Option(..., "--recipe", "-r", help="Recipe YAML file."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value: KEY=VALUE (dotted key, YAML value)."),
     refresh: list[str] = typer.Option([], "--refresh", help="Recompute this step even if cached (repeatable)."),
+    shared_influence: bool = typer.Option(
+        False,
+        "--shared-influence",
+        help="A recipe with seeds: one warmup / features / influence (the first seed's); seeds vary random "
+        "selection and fine-tuning only.",
+    ),
 ):
     """Run the whole pipeline (every step cached)."""
     from bidsml.errors import BidsError
@@ -85,7 +91,7 @@ def run(
 
     t = time.time()
     try:
-        out = pipeline(rec, refresh=refresh or None)
+        out = pipeline(rec, refresh=refresh or None, shared_influence=shared_influence)
     except BidsError as err:
         _fail(err)
     except RuntimeError as err:

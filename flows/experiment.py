@@ -3,7 +3,8 @@
 Each seed is a whole pipeline run (warmup order, random selection and
 fine-tuning follow the seed; data and scored items follow the data seed, so
 the data step and the base model's evaluation are computed once). With
-`shared_influence`, the warmup, features and influence are the first seed's
+`shared_influence` (a flow parameter, `bidsflow run --shared-influence`), the warmup, features and
+influence are the first seed's
 in every seed, and only random selection and fine-tuning vary. Then every
 method's per-item scores go into a paired bootstrap against `random` and
 `less` (bidsml.experiment), written as experiment.csv, experiment.png and
@@ -34,12 +35,15 @@ from storage.selections import load_subset
 BASELINES = ("random", "less")
 
 
-def run_experiment(recipe: Recipe, refresh: set[str], out: Path, run_steps: Callable[..., dict]) -> dict:
-    """Runs the pipeline (`run_steps`, flows.pipeline's) once per seed, then compares methods; returns paths."""
+def run_experiment(
+    recipe: Recipe, refresh: set[str], out: Path, run_steps: Callable[..., dict], shared_influence: bool = False
+) -> dict:
+    """Runs the pipeline (`run_steps`, flows.pipeline's) once per seed, then compares methods; returns paths.
+    `shared_influence`: every seed's warmup, features and influence are the first seed's."""
     started = time.time()
     recipe, tuning = choose_finetune(recipe)
     rows, selections, seed_runs, picked, data_ref = [], [], {}, [], None
-    front = recipe.for_seed(recipe.seeds[0]) if recipe.shared_influence else None
+    front = recipe.for_seed(recipe.seeds[0]) if shared_influence else None
     for s in recipe.seeds:
         one = recipe.for_seed(s)
         res = run_steps(one, refresh, out / f"seed-{s}", f"BIDS run: {recipe.name}, seed {s}", front=front)
@@ -79,7 +83,7 @@ def run_experiment(recipe: Recipe, refresh: set[str], out: Path, run_steps: Call
     comp = composition_frame(selections).assign(seed=[s["seed"] for s in selections])
     comp.to_csv(out / "experiment-composition.csv", index=False)
     report = out / "experiment.md"
-    text = experiment_report(recipe, table, comp, baselines, seed_runs, items, time.time() - started)
+    text = experiment_report(recipe, table, comp, baselines, seed_runs, items, time.time() - started, shared_influence)
     if planted:
         text = evidence_section(recipe, table, pool_planted, picked, tuning, out, started) + text
     elif tuning is not None:
@@ -212,7 +216,14 @@ def _plot_retrieval(summary: pd.DataFrame, path: Path) -> None:
 
 
 def experiment_report(
-    recipe: Recipe, table: pd.DataFrame, comp: pd.DataFrame, baselines: list[str], seed_runs: dict, items, seconds
+    recipe: Recipe,
+    table: pd.DataFrame,
+    comp: pd.DataFrame,
+    baselines: list[str],
+    seed_runs: dict,
+    items,
+    seconds,
+    shared_influence: bool = False,
 ) -> str:
     """Returns the experiment's markdown: headline table, every benchmark, composition, per-seed reports."""
     n_items = items[items["method"] == "base"].groupby("benchmark")["id"].nunique().to_dict()
@@ -223,7 +234,7 @@ def experiment_report(
         f"Seeds {list(recipe.seeds)} ("
         + (
             f"random selection, fine-tuning; warmup, features and influence are seed {recipe.seeds[0]}'s in every seed"
-            if recipe.shared_influence
+            if shared_influence
             else "warmup data order, random selection, fine-tuning"
         )
         + f"); data and scored items from "

@@ -265,7 +265,10 @@ def _readable(df) -> list[dict]:
 
 @flow(name="bids-pipeline", flow_run_name=flow_run_name("pipeline"), log_prints=True)
 def pipeline(
-    recipe: Recipe | None = None, refresh: list[StepName] | None = None, recipe_path: str = DEFAULT_RECIPE_PATH
+    recipe: Recipe | None = None,
+    refresh: list[StepName] | None = None,
+    recipe_path: str = DEFAULT_RECIPE_PATH,
+    shared_influence: bool = False,
 ) -> dict:
     """Runs every step (cached) and writes the report; returns the run's refs and output paths.
 
@@ -276,10 +279,13 @@ def pipeline(
         refresh: Steps to recompute even when their artifacts are cached (normally none).
         recipe_path: A recipe file (relative to the project root), used when `recipe` is empty: what a
             scheduled run of a deployment runs.
+        shared_influence: With `seeds`: build the warmup, features and influence once (the first seed's) and
+            vary only random selection and fine-tuning over the seeds (the influence selectors then pick the same
+            rows in every seed; the intervals leave out warmup variance). Cheaper by a pass per seed.
     """
     recipe = resolve_recipe(recipe, recipe_path)
     if recipe.seeds:  # repeats over seeds, then the paired comparison
-        return run_experiment(recipe, _check_refresh(refresh), output_dir(recipe), run_steps)
+        return run_experiment(recipe, _check_refresh(refresh), output_dir(recipe), run_steps, shared_influence)
     out = run_steps(recipe, _check_refresh(refresh), output_dir(recipe), f"BIDS run: {recipe.name}")
     out.pop("refs")
     return out

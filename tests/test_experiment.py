@@ -116,12 +116,11 @@ def test_seeds_with_shared_influence_vary_only_random_selection_and_fine_tuning(
         {
             "run_root": str(tmp_path / "runs"),
             "seeds": [0, 1],
-            "shared_influence": True,
             "selection.methods": ["random", "less"],
             "evaluation.generate": {"gsm8k": 0, "humaneval": 0, "mbpp": 0, "bbh": 0},
         }
     )
-    out = pipeline(recipe)
+    out = pipeline(recipe, shared_influence=True)
     refs = [json.loads(p.read_text())["refs"] for p in sorted((Path(recipe.run_root) / "run-records").glob("*.json"))]
     assert len(refs) == 2
     for step in ("warmup", "features", "influence"):
