@@ -57,12 +57,14 @@ def test_pure_noise_gives_an_interval_around_zero_and_pairing_narrows_it():
 
 @pytest.mark.e2e
 def test_a_recipe_with_seeds_runs_each_seed_and_compares_methods(tmp_path, prefect_harness):
-    """Seeds share the data and the base model's evaluation; warmup, selection and fine-tuning follow the seed."""
+    """Seeds share the data and the base model's evaluation; warmup, selection and fine-tuning follow the seed
+    (with `shared_influence`, only random selection and fine-tuning)."""
     import json
     from pathlib import Path
 
     from bidsml.config import load_recipe
     from flows.pipeline import pipeline
+    from storage.runs import list_runs
 
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "tiny.yaml").with_overrides(
         {
@@ -101,31 +103,15 @@ def test_a_recipe_with_seeds_runs_each_seed_and_compares_methods(tmp_path, prefe
     assert sum(n.startswith("recorded") for n in notes) == 1 and sum(n.startswith("reused") for n in notes) == 6
     assert len(list((Path(recipe.run_root) / "trunk").glob("*.safetensors"))) == 1
 
-
-@pytest.mark.e2e
-def test_seeds_with_shared_influence_vary_only_random_selection_and_fine_tuning(tmp_path, prefect_harness):
-    """`shared_influence`: one warmup / features / influence (the first seed's); the influence selectors pick the
-    same rows in every seed, random picks and fine-tunes follow the seed."""
-    import json
-    from pathlib import Path
-
-    from bidsml.config import load_recipe
-    from flows.pipeline import pipeline
-
-    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "tiny.yaml").with_overrides(
-        {
-            "run_root": str(tmp_path / "runs"),
-            "seeds": [0, 1],
-            "selection.methods": ["random", "less"],
-            "evaluation.generate": {"gsm8k": 0, "humaneval": 0, "mbpp": 0, "bbh": 0},
-        }
-    )
-    out = pipeline(recipe, shared_influence=True)
-    refs = [json.loads(p.read_text())["refs"] for p in sorted((Path(recipe.run_root) / "run-records").glob("*.json"))]
-    assert len(refs) == 2
+    # --shared-influence: seed 1 reuses seed 0's warmup / features / influence (from the cache above); the
+    # influence selectors pick the same rows in both seeds, random picks and fine-tunes still follow the seed
+    shared = pipeline(recipe.with_overrides({"name": recipe.name + "-shared"}), shared_influence=True)
+    assert "warmup, features and influence are seed 0's in every seed" in Path(shared["report"]).read_text()
+    runs = [r["refs"] for r in list_runs(Path(recipe.run_root))]  # oldest first: seeds 0, 1, then shared 0, 1
+    old, new = runs[:2], runs[2:]
+    assert len(new) == 2
     for step in ("warmup", "features", "influence"):
-        assert refs[0][step]["main"]["digest"] == refs[1][step]["main"]["digest"], step
-    assert refs[0]["selection"]["less@8"]["digest"] == refs[1]["selection"]["less@8"]["digest"]
-    assert refs[0]["selection"]["random@8"]["digest"] != refs[1]["selection"]["random@8"]["digest"]
-    assert refs[0]["finetune"]["less@8"]["digest"] != refs[1]["finetune"]["less@8"]["digest"]
-    assert "warmup, features and influence are seed 0's in every seed" in Path(out["report"]).read_text()
+        assert new[0][step]["main"]["digest"] == new[1][step]["main"]["digest"] == old[0][step]["main"]["digest"]
+    assert new[0]["selection"]["less@8"]["digest"] == new[1]["selection"]["less@8"]["digest"]
+    assert new[0]["selection"]["random@8"]["digest"] != new[1]["selection"]["random@8"]["digest"]
+    assert new[0]["finetune"]["less@8"]["digest"] != new[1]["finetune"]["less@8"]["digest"]
