@@ -140,7 +140,7 @@ def tuning_section(recipe: Recipe, tuning: pd.DataFrame) -> str:
             "random pool rows scored by the targets' validation NLL (never the scored items): the lowest mean over "
             "targets wins.",
             "",
-            markdown_table(tuning.round(5)),
+            markdown_table(tuning.round(5).astype({"lr": str})),  # 1e-4 and 3e-4 stay apart
             "",
             "",
         ]
