@@ -40,8 +40,9 @@ def test_serve_builds_pipeline_and_step_deployments():
     from flows.pipeline import pipeline
 
     schema = parameter_schema(pipeline.fn).model_dump()
-    assert set(schema["properties"]) == {"recipe", "refresh", "recipe_path"}
+    assert set(schema["properties"]) == {"recipe", "refresh", "recipe_path", "shared_influence"}
     assert schema["properties"]["recipe_path"]["default"] == "recipes/demo.yaml" and not schema.get("required")
+    assert schema["properties"]["shared_influence"]["default"] is False  # a checkbox, off: per-seed influence
     assert "Recipe" in schema["definitions"] and "selection" in schema["definitions"]["Recipe"]["properties"]
     assert pipe.entrypoint.endswith("flows/pipeline.py:pipeline"), pipe.entrypoint
 
