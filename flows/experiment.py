@@ -3,9 +3,9 @@
 Each seed is a whole pipeline run (warmup order, random selection and
 fine-tuning follow the seed; data and scored items follow the data seed, so
 the data step and the base model's evaluation are computed once). With
-`shared_influence` (a flow parameter, `bidsflow run --shared-influence`), the warmup, features and
-influence are the first seed's
-in every seed, and only random selection and fine-tuning vary. Then every
+`shared_influence` (a flow parameter, `bidsflow run --shared-influence`),
+the warmup, features and influence are the first seed's in every seed, and
+only random selection and fine-tuning vary. Then every
 method's per-item scores go into a paired bootstrap against `random` and
 `less` (bidsml.experiment), written as experiment.csv, experiment.png and
 experiment.md in the run's outputs and posted to the UI.
@@ -228,17 +228,16 @@ def experiment_report(
     """Returns the experiment's markdown: headline table, every benchmark, composition, per-seed reports."""
     n_items = items[items["method"] == "base"].groupby("benchmark")["id"].nunique().to_dict()
     n_decoded = items[(items["method"] == "base") & items["score"].notna()].groupby("benchmark")["id"].nunique()
+    varies = (
+        f"random selection, fine-tuning; warmup, features and influence are seed {recipe.seeds[0]}'s in every seed"
+        if shared_influence
+        else "warmup data order, random selection, fine-tuning"
+    )
     lines = [
         f"# Experiment: {recipe.name}",
         "",
-        f"Seeds {list(recipe.seeds)} ("
-        + (
-            f"random selection, fine-tuning; warmup, features and influence are seed {recipe.seeds[0]}'s in every seed"
-            if shared_influence
-            else "warmup data order, random selection, fine-tuning"
-        )
-        + f"); data and scored items from "
-        f"data seed {recipe.sampling_seed}. Differences are method minus baseline with paired-bootstrap 95% "
+        f"Seeds {list(recipe.seeds)} ({varies}); data and scored items from data seed {recipe.sampling_seed}. "
+        "Differences are method minus baseline with paired-bootstrap 95% "
         "intervals (seeds and items resampled together); `score` is each benchmark's standard metric (higher is "
         "better), `nll` the gold-answer NLL (lower is better).",
         "",
