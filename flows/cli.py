@@ -26,10 +26,11 @@ _DEBUG = {"on": False}
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error.")) -> None:
     """BIDS data selection as cached Prefect flows."""
-    from flows.processes import graceful_sigterm
+    from flows.processes import graceful_sigterm, watch_stop_signals
 
     _DEBUG["on"] = debug
     graceful_sigterm()  # SIGTERM unwinds like Ctrl-C: clusters, temporary servers and runners are stopped
+    watch_stop_signals()  # ... and steps running in worker threads stop at their next progress point
 
 
 def _recipe(path: Path, overrides: list[str]):

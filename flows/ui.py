@@ -17,6 +17,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_run_logger
 
 from bidsml.markdown import artifact_key, png_markdown, round_sig
+from flows.processes import raise_if_stopping
 from storage.lineage import record_artifact
 from storage.names import BUILD_INFO
 from storage.refs import ArtifactRef, built_before
@@ -144,6 +145,7 @@ class Progress:
     def update(self, done: float, total: float, **info: Any) -> None:
         from tqdm.auto import tqdm
 
+        raise_if_stopping()  # SIGTERM / Ctrl-C: a step in a worker thread stops here
         if self.bar is None:
             self.bar = tqdm(total=total, desc=self.description, leave=False)
         self.bar.total = total

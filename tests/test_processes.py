@@ -159,3 +159,41 @@ def test_sigterm_to_bidsflow_run_stops_its_cluster_and_temporary_server(tmp_path
         if run.poll() is None:
             run.kill()
         _kill_all(list(seen.values()))
+
+
+def test_ctrl_c_to_bidsflow_run_stops_a_fine_tune_running_in_a_worker_thread(tmp_path):
+    """A fine-tune runs in a task-runner thread: Ctrl-C (SIGINT; SIGTERM takes the same path) stops it at its next
+    training step, not when it ends.
+
+    Before: Prefect's task runner waited for the running branch (fine-tune and
+    evaluation) to finish before the run unwound: 219 s for this recipe.
+    """
+    runs = tmp_path / "runs"
+    cmd = [BIDSFLOW, "run", "--recipe", str(REPO / "recipes" / "tiny.yaml"), "--set", f"run_root={runs}"]
+    cmd += ["--set", "finetune.epochs=300"]  # ~3 min of training here: far longer than the allowed stop
+    log_path = tmp_path / "run.log"
+    run = subprocess.Popen(cmd, cwd=REPO, env=_env(tmp_path), stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 400
+        while (
+            time.time() < deadline
+            and run.poll() is None
+            and "finetune random@8 training steps" not in log_path.read_text()
+        ):
+            time.sleep(0.5)
+        assert run.poll() is None, f"the run ended before its fine-tune:\n{log_path.read_text()[-3000:]}"
+        time.sleep(2)  # a few optimizer steps in
+        sent = time.time()
+        run.send_signal(signal.SIGINT)
+        run.wait(timeout=60)
+        stopped_s = time.time() - sent
+        log = log_path.read_text()
+        assert stopped_s < 30, f"stopped {stopped_s:.0f} s after SIGINT"
+        assert "Finished in state Crashed" in log and "Task run 'finetune random@8'" in log
+        assert run.returncode != 0
+        finetunes = runs / "artifacts" / "finetune"
+        assert not list(finetunes.glob("*/manifest.json")), "an interrupted fine-tune was published"
+        assert list(finetunes.glob("*.partial")), "the interrupted fine-tune's work folder (to resume from) is gone"
+    finally:
+        if run.poll() is None:
+            run.kill()
