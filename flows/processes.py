@@ -121,7 +121,7 @@ def watch_stop_signals() -> None:
     thread reads it and sets the event. Bytes for a wakeup fd installed
     before this one are passed on to it.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or _WAKEUP:  # once per process
         return
     read, write = socket.socketpair()
     write.setblocking(False)
