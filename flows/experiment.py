@@ -177,7 +177,8 @@ def evidence_section(
             "",
         ]
     last = {**records[0], "wall_s": round(time.time() - started, 1)}
-    last["gate_passed"] = all(r["gate_passed"] for r in records)
+    last["gate_passed"] = all(r["gate_passed"] for r in records)  # at every budget; each budget's own just below
+    last["gate_passed_by_budget"] = {str(r["budget"]): r["gate_passed"] for r in records}
     (out / "evidence.json").write_text("".join(json.dumps(r) + "\n" for r in [*records[1:], last]))
     lines += [
         "## Retrieval before fine-tuning",
@@ -194,6 +195,15 @@ def evidence_section(
     if tuning is not None:
         lines.insert(2, tuning_section(recipe, tuning))
     return "\n".join(lines) + "\n"
+
+
+def _shown_path(path) -> str:
+    """Returns `path` relative to the working directory when under it (as the user typed the run root), else whole."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
 
 
 def _plot_retrieval(summary: pd.DataFrame, path: Path) -> None:
@@ -263,7 +273,7 @@ def experiment_report(
         "",
         "## Per-seed runs",
         "",
-        *[f"- seed {s}: `{r['report']}`" for s, r in seed_runs.items()],
+        *[f"- seed {s}: `{_shown_path(r['report'])}`" for s, r in seed_runs.items()],
         "",
         f"Wall time of this invocation (cached steps count their lookup only): {seconds / 60:.1f} min.",
         "",

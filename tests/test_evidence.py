@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +93,47 @@ def test_tune_trials_score_validation_nll_and_the_experiment_takes_the_lowest(tm
     assert one.path == again.path and one.meta["val_nll_macro"] in set(table["val_nll_macro"])
     with pytest.raises(ValueError, match="every lr and epoch count must be > 0"):
         TuningConfig(lrs=(0.0,))
+
+
+def test_evidence_section_reports_the_gate_per_budget_and_ends_the_json_with_the_first_budgets_headline(tmp_path):
+    """Two budgets, the oracle passing at the larger one only: the report says so per budget; the JSON's last line
+    is the first budget's headline, with `gate_passed` true only when every budget passed."""
+    from flows.experiment import evidence_section
+
+    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml")
+    recipe = recipe.model_copy(update={"selection": recipe.selection.model_copy(update={"budgets": (5, 10)})})
+    effects = {"random@5": -0.02, "oracle@5": -0.02, "less@5": -0.02, "bids@5": -0.02}
+    effects |= {"random@10": -0.02, "oracle@10": -0.2, "less@10": -0.1, "bids@10": -0.12}
+    items = _items(effects)
+    tables = [
+        compare_methods(
+            items,
+            ["base", f"random@{b}", f"oracle@{b}", f"less@{b}", f"bids@{b}"],
+            [f"random@{b}", f"less@{b}", "base"],
+            metrics=("nll",),
+            n_boot=300,
+        ).assign(budget=b)
+        for b in (5, 10)
+    ]
+    table = pd.concat(tables, ignore_index=True)
+    pool = ["t"] * 20 + [None] * 80
+    picked = [
+        {
+            "selection": f"{m}@{b}",
+            "method": m,
+            "budget": b,
+            "seed": 0,
+            "planted_for": ["t"] * (b // 2) + [None] * (b - b // 2),
+        }
+        for m in ("random", "oracle", "less", "bids")
+        for b in (5, 10)
+    ]
+    text = evidence_section(recipe, table, pool, picked, None, tmp_path, started=0.0)
+    assert "## Validity gate at budget 5: NOT passed" in text and "## Validity gate at budget 10: passed" in text
+    lines = [json.loads(x) for x in (tmp_path / "evidence.json").read_text().splitlines()]
+    assert [r["budget"] for r in lines] == [10, 5]
+    last = lines[-1]
+    assert last["gate_passed"] is False and last["gate_passed_by_budget"] == {"5": False, "10": True}
+    assert last["oracle_minus_random_nll_hi"] > 0 and lines[0]["oracle_minus_random_nll_hi"] < 0  # the gate's reason
+    assert last["planted_share_bids"] == pytest.approx(0.4) and last["planted_base_rate"] == pytest.approx(0.2)
+    assert (tmp_path / "retrieval.png").stat().st_size > 0
