@@ -18,8 +18,15 @@ $(VENV)/.installed: pyproject.toml
 	# with an older pip in a throwaway venv, then install the local file (no deps: we only read its task files)
 	python3 -m venv $(VENV)/fetch-env
 	$(VENV)/fetch-env/bin/python -m pip install -q "pip>=23,<24"
-	$(VENV)/fetch-env/bin/python -m pip download -q --no-deps --no-binary :all: bigbench==1.0.0 -d $(VENV)/downloads
-	$(PIP) install -q --no-deps $(VENV)/downloads/bigbench-1.0.0.tar.gz
+	# When the registry does not serve that archive, the 24 task files BBH reads (third_party/README.md) become a
+	# local `bigbench` package
+	if $(VENV)/fetch-env/bin/python -m pip download -q --no-deps --no-binary :all: bigbench==1.0.0 -d $(VENV)/downloads; \
+	then $(PIP) install -q --no-deps $(VENV)/downloads/bigbench-1.0.0.tar.gz; \
+	else echo "bigbench 1.0.0 not served: installing the vendored BBH task files (third_party/)"; \
+	  site=$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	  mkdir -p $$site/bigbench/benchmark_tasks && touch $$site/bigbench/__init__.py && \
+	  $(PY) -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+	    third_party/bigbench-bbh-tasks.tar.gz $$site/bigbench/benchmark_tasks; fi
 	rm -rf $(VENV)/fetch-env
 	touch $@
 
