@@ -262,7 +262,7 @@ def part_store(n: int, m: int, baseline_ns: list[int], big_n: int) -> dict:
     if max_n:
         print(json.dumps({"store_select_ours_at_baseline_n": {"n": max_n, **same}}), flush=True)
     out = {
-        "store_select_s": round(ours["seconds"], 1),
+        "store_select_s": round(ours["seconds"], 3),
         "store_select_peak_rss_mb": round(ours["peak_rss_mb"]),
         "n": n,
         "m": m,
@@ -270,10 +270,10 @@ def part_store(n: int, m: int, baseline_ns: list[int], big_n: int) -> dict:
         "task_stats_s": round(ours["task_stats_s"], 2),
         "bids_s": round(ours["bids_s"], 1),
         "store_gb": ours["store_gb"],
-        "matmul_s": round(limit["matmul_s"], 1),
-        "write_bytes_s": round(limit["write_s"], 1),
-        "read_bytes_s": round(limit["read_s"], 1),
-        "limit_s": round(limit["limit_s"], 1),
+        "matmul_s": round(limit["matmul_s"], 3),
+        "write_bytes_s": round(limit["write_s"], 3),
+        "read_bytes_s": round(limit["read_s"], 3),
+        "limit_s": round(limit["limit_s"], 3),
         "ratio_to_limit": round(ours["seconds"] / limit["limit_s"], 2),
         f"same_sequence_as_in_memory_at_{n // 1000}k": ours.get("same_sequence_as_in_memory"),
         "targets": {

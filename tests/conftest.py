@@ -80,17 +80,34 @@ STEP_TASKS = {
 }
 
 
+def runs_since(since, kind: str) -> list:
+    """Returns every flow or task run (`kind` "flow" / "task") created at or after `since`, newest first.
+
+    Pages through the API sorted by expected start time (set when a run is created), so a session-wide
+    server holding hundreds of earlier runs cannot push this test's runs past one page.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
+
+    out: list = []
+    with get_client(sync_client=True) as client:
+        for offset in range(0, 100_000, 200):
+            if kind == "flow":
+                page = client.read_flow_runs(limit=200, offset=offset, sort=FlowRunSort.EXPECTED_START_TIME_DESC)
+            else:
+                page = client.read_task_runs(limit=200, offset=offset, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
+            out += [r for r in page if r.created >= since]
+            if len(page) < 200 or all(r.created < since for r in page):
+                break
+    return out
+
+
 def task_run_states(since) -> dict[str, list[str]]:
     """Returns {step: [state names]} of the step tasks (flows/runner.py) started after `since`."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.sorting import TaskRunSort
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
     out: dict[str, list[str]] = {}
-    for r in sorted(runs, key=lambda r: r.created):
+    for r in sorted(runs_since(since, "task"), key=lambda r: r.created):
         name = r.name.split(" ")[0]  # `<step> <label>`; task runs standing for subflows are keyed by the flow
-        if r.created >= since and r.task_key.startswith("_materialize") and name in STEP_TASKS:
+        if r.task_key.startswith("_materialize") and name in STEP_TASKS:
             out.setdefault(name, []).append(r.state.name)
     return out
 
@@ -144,11 +161,7 @@ def run_names(since) -> tuple[list[str], list[str]]:
 
     The task runs Prefect creates to stand for subflow calls (the UI shows the flow run instead) are left out.
     """
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        flows = [r for r in client.read_flow_runs(limit=200) if r.created >= since]
-        tasks = [r for r in client.read_task_runs(limit=200) if r.created >= since]
+    flows, tasks = runs_since(since, "flow"), runs_since(since, "task")
     parents = {r.parent_task_run_id for r in flows}
     return [r.name for r in flows], [r.name for r in tasks if r.id not in parents]
 

@@ -12,7 +12,7 @@ import pytest
 
 from bidsml.config import load_recipe
 from storage.names import FEATURES_STORE
-from tests.conftest import run_names, store_arrays, unreadable
+from tests.conftest import run_names, runs_since, store_arrays, unreadable
 
 pytestmark = pytest.mark.e2e
 
@@ -36,11 +36,7 @@ def _features(recipe):
 
 
 def _shard_runs(since) -> list[str]:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(limit=200)
-    return [r.state.name for r in runs if r.name.startswith("feature shard ") and r.created >= since]
+    return [r.state.name for r in runs_since(since, "task") if r.name.startswith("feature shard ")]
 
 
 def test_dask_shards_build_the_same_store_as_one_process(tmp_path, prefect_harness):
