@@ -172,7 +172,15 @@ def test_ctrl_c_to_bidsflow_run_stops_a_fine_tune_running_in_a_worker_thread(tmp
     cmd = [BIDSFLOW, "run", "--recipe", str(REPO / "recipes" / "tiny.yaml"), "--set", f"run_root={runs}"]
     cmd += ["--set", "finetune.epochs=300"]  # ~3 min of training here: far longer than the allowed stop
     log_path = tmp_path / "run.log"
-    run = subprocess.Popen(cmd, cwd=REPO, env=_env(tmp_path), stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    # as a terminal's foreground job: a shell's background job (CI under `cmd &`) inherits SIGINT ignored
+    run = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=_env(tmp_path),
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.time() + 400
         while (
