@@ -32,6 +32,28 @@ def _seed_suffix(recipe: Any) -> str:
     return f" · seed {_get(recipe, 'seed')}"
 
 
+def _round_suffix(meta: Any) -> str:
+    """` · round r of n` for a selection (or its fine-tune) of an iterative method run over several rounds."""
+    rounds, r = _get(meta, "rounds"), _get(meta, "round")
+    return f" · round {r} of {rounds}" if rounds and rounds > 1 and r is not None else ""
+
+
+def _rounds(choice: dict) -> int:
+    """How many rounds the chosen selection method runs (1 when the method or its options do not parse)."""
+    from steps.selection import SelectionParams, rounds_of
+
+    try:
+        return rounds_of(
+            SelectionParams(method=choice["method"], budget=choice["budget"], options=choice.get("options") or {})
+        )
+    except Exception:  # a name is made for every run, even one whose parameters are wrong: the run says why
+        return 1
+
+
+def _meta(ref: Any) -> Any:
+    return _get(ref, "meta")
+
+
 def describe(step: str, params: dict[str, Any]) -> str:
     """Returns the readable name of a step run from its parameters."""
     recipe = params.get("recipe")
@@ -41,8 +63,10 @@ def describe(step: str, params: dict[str, Any]) -> str:
     inputs = params.get("inputs") or {}
     if step in ("selection", "select-finetune-evaluate"):
         what = f"{step} {selection_label(choice.get('method') or '?', choice.get('budget') or 0)}"
+        what += _round_suffix({"round": choice.get("round") or 0, "rounds": _rounds(choice)})
     elif step == "finetune":
         what = f"finetune {_ref_label(inputs.get('selection')) or params.get('label') or 'latest selection'}"
+        what += _round_suffix(_meta(inputs.get("selection")))
     elif step == "evaluation":
         what = f"evaluation {_ref_label(inputs.get('adapter')) or params.get('label') or 'base'}"
     elif step == "probe" and choice.get("arm"):

@@ -370,7 +370,14 @@ def test_kmq_iterative_builds_a_selection_and_a_fine_tune_per_round_with_lineage
     from storage.selections import load_selection_table
 
     two = recipe.with_overrides({"selection.options": {"kmq-iterative": {"rounds": 2}}})
+    since = _now()
     out = reselect(two, method="kmq-iterative", budget=8)
+    flows, _ = run_names(since)
+    rounds = [f"selection kmq-iterative@8 · round {r} of 2" for r in (0, 1)] + [
+        "finetune kmq-iterative@8 · round 0 of 2",
+        "finetune kmq-iterative@8 · round 1 of 2",
+    ]
+    assert set(rounds) <= set(flows), flows  # the UI tells the rounds apart
     rec = load_run(Path(recipe.run_root), out["run_id"])
     final = rec["refs"]["selection"]["kmq-iterative@8"]
     assert final["meta"]["round"] == 1 and final["meta"]["k"] == 8
