@@ -63,6 +63,7 @@ def test_prefect_deploy_all_with_a_worker_per_pool(tmp_path):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_API_URL": api,
+        "PREFECT_WORKER_QUERY_SECONDS": "2",  # workers poll every 2 s, not 10: each run starts sooner
     }
     env.pop("BIDSFLOW_REPO", None)  # unset: the pull step uses the project root
     logs = {n: tmp_path / f"{n}.log" for n in ("ui", "worker-cpu", "worker-gpu")}

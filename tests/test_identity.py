@@ -118,8 +118,8 @@ def _artifacts(run_root: Path) -> dict[tuple[str, str], dict[str, str]]:
 
 @pytest.mark.e2e
 def test_two_fresh_processes_with_different_hash_seeds_build_identical_artifacts(tmp_path):
-    runs = {}
-    for seed in ("1", "2"):
+    procs = {}
+    for seed in ("1", "2"):  # started together: two fresh processes, and half the wall time
         env = {
             **os.environ,
             "PYTHONHASHSEED": seed,
@@ -132,9 +132,20 @@ def test_two_fresh_processes_with_different_hash_seeds_build_identical_artifacts
         # the custom-target recipe: a user's jsonl target and rds-plus, end to end
         cmd = [sys.executable, "-m", "flows.cli", "run", "--recipe", str(ROOT / "recipes" / "custom-target.yaml")]
         cmd += ["--set", f"run_root={root}", "--set", "evaluation.benchmarks={mmlu: 2, unit_conversion: 6}"]
-        done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        runs[seed] = _artifacts(root)
+        procs[seed] = (
+            root,
+            subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+        )
+    runs = {}
+    try:
+        for seed, (root, proc) in procs.items():
+            out = proc.communicate(timeout=900)[0]
+            assert proc.returncode == 0, out[-6000:]
+            runs[seed] = _artifacts(root)
+    finally:
+        for _, proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
     a, b = runs["1"], runs["2"]
     kinds = {k for k, _ in a}
     assert {
