@@ -50,10 +50,6 @@ def _rounds(choice: dict) -> int:
         return 1
 
 
-def _meta(ref: Any) -> Any:
-    return _get(ref, "meta")
-
-
 def describe(step: str, params: dict[str, Any]) -> str:
     """Returns the readable name of a step run from its parameters."""
     recipe = params.get("recipe")
@@ -66,7 +62,7 @@ def describe(step: str, params: dict[str, Any]) -> str:
         what += _round_suffix({"round": choice.get("round") or 0, "rounds": _rounds(choice)})
     elif step == "finetune":
         what = f"finetune {_ref_label(inputs.get('selection')) or params.get('label') or 'latest selection'}"
-        what += _round_suffix(_meta(inputs.get("selection")))
+        what += _round_suffix(_get(inputs.get("selection"), "meta"))
     elif step == "evaluation":
         what = f"evaluation {_ref_label(inputs.get('adapter')) or params.get('label') or 'base'}"
     elif step == "probe" and choice.get("arm"):

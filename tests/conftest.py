@@ -86,16 +86,20 @@ def runs_since(since, kind: str) -> list:
     Pages through the API sorted by expected start time (set when a run is created), so a session-wide
     server holding hundreds of earlier runs cannot push this test's runs past one page.
     """
+    import itertools
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 
     out: list = []
     with get_client(sync_client=True) as client:
-        for offset in range(0, 100_000, 200):
-            if kind == "flow":
-                page = client.read_flow_runs(limit=200, offset=offset, sort=FlowRunSort.EXPECTED_START_TIME_DESC)
-            else:
-                page = client.read_task_runs(limit=200, offset=offset, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
+        read, sort = (
+            (client.read_flow_runs, FlowRunSort.EXPECTED_START_TIME_DESC)
+            if kind == "flow"
+            else (client.read_task_runs, TaskRunSort.EXPECTED_START_TIME_DESC)
+        )
+        for offset in itertools.count(0, 200):
+            page = read(limit=200, offset=offset, sort=sort)
             out += [r for r in page if r.created >= since]
             if len(page) < 200 or all(r.created < since for r in page):
                 break
