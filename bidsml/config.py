@@ -247,6 +247,13 @@ class EvalConfig(_Stage):
         "match, pass@1, BBH exact match); the others get the gold NLL only. Unset: every item of a generation "
         "benchmark is decoded.",
     )
+    formulation: dict[str, Literal["mc", "rc"]] = Field(
+        default_factory=dict,
+        description="Benchmark -> how its multiple-choice items are put to the model: 'mc' (lettered options, the "
+        "answer letter scored: for models well above chance, ~1B+) or 'rc' (cloze: each choice's text scored as a "
+        "continuation, accuracy by log-likelihood per character, as OLMES scores small models). Unset: the "
+        "benchmark's default (mc).",
+    )
     sandbox_timeout_s: float = Field(10.0, gt=0, description="Wall-clock limit per generated program.")
     sandbox_memory_mb: int = Field(1024, gt=64, description="Address-space limit per generated program.")
     decontamination_ngram: int = Field(13, gt=3, description="Word n-gram size of the pool/test overlap check.")
@@ -268,6 +275,9 @@ class EvalConfig(_Stage):
                 raise ValueError(f"evaluation.generate: {name!r} is not in evaluation.benchmarks")
             if n < 0:
                 raise ValueError(f"evaluation.generate: {name!r} must be >= 0")
+        for name in self.formulation:
+            if name not in self.benchmarks:
+                raise ValueError(f"evaluation.formulation: {name!r} is not in evaluation.benchmarks")
         return self
 
 
@@ -386,6 +396,10 @@ class Recipe(_Stage):
                     raise ValueError(f"evaluation.benchmarks: {err} (or the task of a data target)") from None
                 if name == "jsonl":
                     raise ValueError("evaluation.benchmarks: name the jsonl target by its task, not 'jsonl'")
+        for name, form in self.evaluation.formulation.items():
+            offered = _registered("benchmark")[target_for(self.data, name).kind or name].formulations
+            if form not in offered:
+                raise ValueError(f"evaluation.formulation.{name}: {form!r} is not offered ({', '.join(offered)})")
         return self
 
     @property

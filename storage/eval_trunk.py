@@ -26,7 +26,7 @@ def shared_trunk(recipe, run_root: Path, model, items: list[BenchItem]) -> tuple
     key = {
         "model": model_identity(recipe.model),
         "layer": layer,
-        "items": items_digest([(it.id, it.prompt, it.gold_text, str(it.messages)) for it in items]),
+        "items": items_digest([(it.id, it.prompt, it.gold_text, str(it.messages), str(it.choice_texts)) for it in items]),
         "max_length": ec.max_length,
         "batch_size": ec.batch_size,
         "dtype": str(next(model.parameters()).dtype),

@@ -152,3 +152,12 @@ def test_the_experiment_recipes_can_name_the_diversity_selectors(name):
     r = load_recipe(RECIPES / name).with_overrides({"selection.methods": methods})
     assert r.selection.methods == tuple(methods)
     assert "representations" in [s.name for s in per_run_steps(r)]
+
+
+def test_a_formulation_the_benchmark_does_not_offer_is_named():
+    ok = parse_recipe({**BASE, "evaluation": {"benchmarks": {"mmlu": 4, "gsm8k": 2}, "formulation": {"mmlu": "rc"}}})
+    assert ok.evaluation.formulation == {"mmlu": "rc"}
+    with pytest.raises(RecipeError, match=r"evaluation.formulation.gsm8k: 'rc' is not offered \(generate\)"):
+        parse_recipe({**BASE, "evaluation": {"benchmarks": {"gsm8k": 2}, "formulation": {"gsm8k": "rc"}}})
+    with pytest.raises(RecipeError, match="formulation: 'arc_challenge' is not in evaluation.benchmarks"):
+        parse_recipe({**BASE, "evaluation": {"benchmarks": {"mmlu": 4}, "formulation": {"arc_challenge": "rc"}}})

@@ -1,5 +1,7 @@
 """Evaluation harness: batched scoring and generation equal one-at-a-time; metrics; protocols; decontamination."""
 
+import math
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from bidsml.benchmarks import (
 )
 from bidsml.benchmarks.bbh import BBH_TASKS
 from bidsml.data import Example
+from bidsml.errors import DataError
 from bidsml.evaluation.aggregate import summarize
 from bidsml.evaluation.answers import final_number, program
 from bidsml.evaluation.generation import generate
@@ -118,6 +121,54 @@ def test_mc_accuracy_picks_the_most_likely_letter(model, tokenizer):
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
         assert row["score"] == float(int(torch.argmax(logits[letter_ids])) == it.gold)
         assert row["nll"] > 0 and row["metric"] == "accuracy" and row["capability"] == "knowledge"
+
+
+def _logprob(model, tokenizer, prompt, cont):
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(cont, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([p + c])).logits[0].float(), -1)
+    return sum(logp[len(p) - 1 + t, c[t]].item() for t in range(len(c))), len(c)
+
+
+def test_rc_items_pick_by_loglikelihood_per_character_and_report_bits_per_byte(model, tokenizer):
+    texts = [" red", " a long shade of green", " blue sky colour", " x"]
+    items = [
+        BenchItem(
+            id=f"rc{i}",
+            benchmark="arc_challenge",
+            task="arc_challenge",
+            prompt=f"Question: what colour is thing {i}?\nAnswer:",
+            gold_text=texts[g],
+            question="",
+            choice_texts=texts,
+            gold=g,
+        )
+        for i, g in enumerate([0, 1, 2, 3, 1])
+    ]
+    rows = evaluate_benchmark_items(model, tokenizer, items, 3, 3, 128, 8, LIMITS)
+    for it, row in zip(items, rows):
+        ref = [_logprob(model, tokenizer, it.prompt, t) for t in texts]
+        per_char = max(range(4), key=lambda j: (ref[j][0] / len(texts[j]), -j))
+        per_token = max(range(4), key=lambda j: (ref[j][0] / ref[j][1], -j))
+        assert row["score"] == float(per_char == it.gold)
+        assert row["score_per_token"] == float(per_token == it.gold)
+        lp, n = ref[it.gold]
+        assert row["nll"] == pytest.approx(-lp / n, abs=1e-4)
+        assert row["bpb"] == pytest.approx(-lp / (math.log(2) * len(it.gold_text.encode())), abs=1e-4)
+
+
+def test_mmlu_and_arc_offer_a_cloze_formulation_on_the_same_items():
+    for name, shots in (("mmlu", 5), ("arc_challenge", 5)):
+        mc, rc = load_benchmark(name, "mc"), load_benchmark(name, "rc")
+        assert [it.id for it in mc] == [it.id for it in rc] and len(rc) > 1000
+        it = rc[0]
+        assert it.prompt.count("Question:") == shots + 1 and it.prompt.endswith("\nAnswer:")
+        assert it.choices is None and len(it.choice_texts) >= 3 and it.gold_text == it.choice_texts[it.gold]
+        assert all(t.startswith(" ") and len(t) > 1 for t in it.choice_texts)
+        assert [x.gold for x in mc[:50]] == [x.gold for x in rc[:50]]
+    with pytest.raises(DataError, match="no formulation 'rc'.*offers: generate"):
+        load_benchmark("gsm8k", "rc")
 
 
 def test_canonical_solutions_pass_and_the_harness_scores_pass_at_1():

@@ -1,4 +1,8 @@
-"""ARC-Challenge: 5-shot letter multiple choice (OLMES requests); accuracy. Validation: its validation split."""
+"""ARC-Challenge, 5-shot (OLMES request files); accuracy. Validation: its validation split.
+
+Formulations: `mc` (lettered options, the letter scored) and `rc` (cloze: "Question: ...\nAnswer:" and each
+choice's text scored as the continuation; accuracy by log-likelihood per character, as OLMES scores small models).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ def _validation() -> list[Example]:
     return val
 
 
-def _items() -> list[BenchItem]:
+def _items(formulation: str) -> list[BenchItem]:
+    if formulation == "rc":
+        return _rc_items()
     items = []
     for doc, req in request_pairs("arc_challenge", "test_mc_5shot"):
         n = len(doc["choices"]) if isinstance(doc.get("choices"), list) else 4
@@ -38,14 +44,35 @@ def _items() -> list[BenchItem]:
     return items
 
 
+def _rc_items() -> list[BenchItem]:
+    items = []
+    for doc, req in request_pairs("arc_challenge", "test_rc_5shot"):
+        texts = [f" {c}" for c in doc["choices"]]
+        gold = int(doc["gold"])
+        items.append(
+            BenchItem(
+                id=f"arc_challenge/{doc['id']}",
+                benchmark="arc_challenge",
+                task="arc_challenge",
+                prompt=req["context"],
+                gold_text=texts[gold],
+                question=doc["query"],
+                choice_texts=texts,
+                gold=gold,
+            )
+        )
+    return items
+
+
 @register_benchmark
 class ARCChallenge(Benchmark):
     name = "arc_challenge"
     capability = "reasoning"
     metric = "accuracy"
+    formulations = ("mc", "rc")
 
     def load_validation(self) -> list[Example]:
         return _validation()
 
-    def load_items(self) -> list[BenchItem]:
-        return _items()
+    def load_items(self, formulation: str) -> list[BenchItem]:
+        return _items(formulation)

@@ -30,7 +30,10 @@ class BenchItem:
     gold_text: str  # gold continuation (its NLL is reported)
     question: str  # the item's own text (for decontamination)
     choices: list[str] | None = None  # MC: candidate first tokens (" A", " B", ...)
-    gold: int | None = None  # MC: index of the correct choice
+    gold: int | None = None  # MC and RC: index of the correct choice
+    # RC (cloze): each choice's answer text, scored as a whole continuation of the prompt (gold_text is the
+    # gold one); accuracy by log-likelihood per character, also reported per token
+    choice_texts: list[str] | None = None
     answers: list[str] = field(default_factory=list)  # generation: accepted answers (exact match)
     stop: list[str] = field(default_factory=list)  # generation: stop sequences
     max_new_tokens: int = 0  # generation budget (0: no generation)
@@ -48,6 +51,9 @@ class Benchmark:
     name: str = ""  # registry name (a target's `kind`)
     capability: str = ""
     metric: str = ""  # accuracy | exact_match | pass@1 | gold_nll
+    # how its items are put to the model; the first is the default. Multiple choice offers "mc" (letter options,
+    # one letter scored) and "rc" (cloze: each answer text scored as a continuation; what small models can move)
+    formulations: tuple[str, ...] = ("generate",)
 
     def __init__(self, target=None):
         self.target = target  # the recipe's TargetTask (None: defaults)
@@ -60,7 +66,7 @@ class Benchmark:
     def load_validation(self) -> list[Example]:
         raise NotImplementedError
 
-    def load_items(self) -> list[BenchItem]:
+    def load_items(self, formulation: str) -> list[BenchItem]:
         raise NotImplementedError
 
     def files(self) -> list[str]:
@@ -71,11 +77,23 @@ class Benchmark:
         """Returns the validation candidates (never scored)."""
         return list(_cached(self, "load_validation"))
 
-    def items(self) -> list[BenchItem]:
-        """Returns every scored item, checked disjoint from the validation candidates."""
+    def formulation(self, asked: str | None = None) -> str:
+        """Returns the formulation to score with: `asked` (checked against `formulations`), else the default."""
+        if asked is None:
+            return self.formulations[0]
+        if asked not in self.formulations:
+            raise DataError(
+                f"benchmark {self.task!r} has no formulation {asked!r}; it offers: {', '.join(self.formulations)}"
+            )
+        return asked
+
+    def items(self, formulation: str | None = None) -> list[BenchItem]:
+        """Returns every scored item in a formulation (default: the benchmark's first), checked disjoint from the
+        validation candidates."""
+        form = self.formulation(formulation)
         items = [
             replace(it, capability=self.capability, metric=it.metric or self.metric)
-            for it in _cached(self, "load_items")
+            for it in _cached(self, "load_items", form)
         ]
         shared = {e.id for e in self.validation()} & {it.id for it in items}
         if shared:
@@ -91,10 +109,10 @@ def _key(bench: Benchmark) -> tuple:
 _CACHE: dict[tuple, tuple] = {}
 
 
-def _cached(bench: Benchmark, method: str) -> tuple:
-    key = (*_key(bench), method)
+def _cached(bench: Benchmark, method: str, *args) -> tuple:
+    key = (*_key(bench), method, *args)
     if key not in _CACHE:
-        _CACHE[key] = tuple(getattr(bench, method)())
+        _CACHE[key] = tuple(getattr(bench, method)(*args))
     return _CACHE[key]
 
 
@@ -127,9 +145,9 @@ def builtin_benchmark(name: str) -> Benchmark:
     return BENCHMARKS[name]()
 
 
-def load_benchmark(name: str) -> tuple[BenchItem, ...]:
+def load_benchmark(name: str, formulation: str | None = None) -> tuple[BenchItem, ...]:
     """Returns every scored item of a built-in benchmark (never its few-shot / validation material)."""
-    return tuple(builtin_benchmark(name).items())
+    return tuple(builtin_benchmark(name).items(formulation))
 
 
 def sample_items(items: list[BenchItem] | tuple[BenchItem, ...], limit: int | None, seed: int) -> list[BenchItem]:

@@ -127,5 +127,5 @@ class BBH(Benchmark):
     def load_validation(self) -> list[Example]:
         return bbh_validation()
 
-    def load_items(self) -> list[BenchItem]:
+    def load_items(self, formulation: str) -> list[BenchItem]:
         return _items()

@@ -60,5 +60,5 @@ class GSM8K(Benchmark):
     def load_validation(self) -> list[Example]:
         return _validation()
 
-    def load_items(self) -> list[BenchItem]:
+    def load_items(self, formulation: str) -> list[BenchItem]:
         return _items()

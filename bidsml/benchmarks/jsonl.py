@@ -108,7 +108,7 @@ class JSONLBenchmark(Benchmark):
             out.append(ex.model_copy(update=extra))
         return out
 
-    def load_items(self) -> list[BenchItem]:
+    def load_items(self, formulation: str) -> list[BenchItem]:
         items = []
         for where, rec in _records(self.target.items_path, "items_path", self.task):
             ex = check_example(_example_fields(rec, self.task), where)

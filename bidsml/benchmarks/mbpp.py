@@ -67,5 +67,5 @@ class MBPP(Benchmark):
     def load_validation(self) -> list[Example]:
         return _validation()
 
-    def load_items(self) -> list[BenchItem]:
+    def load_items(self, formulation: str) -> list[BenchItem]:
         return _items()

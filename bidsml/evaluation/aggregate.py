@@ -6,7 +6,7 @@ import pandas as pd
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Returns summary rows (level, name, capability, metric, n, score, nll).
+    """Returns summary rows (level, name, capability, metric, n, score, nll, bpb).
 
     Levels: `task` (subject / subtask), `benchmark` (its standard metric,
     micro-averaged over its items), `capability` (mean of its benchmarks),
@@ -32,6 +32,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "n": int(g["n"].sum()),
                 "score": float(g["score"].mean()),
                 "nll": float(g["nll"].mean()),
+                "bpb": float(g["bpb"].mean()),
             }
         )
     out.append(
@@ -43,6 +44,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             "n": int(b["n"].sum()),
             "score": float(b["score"].mean()),
             "nll": float(b["nll"].mean()),
+            "bpb": float(b["bpb"].mean()),
         }
     )
     worst = b.loc[b["score"].idxmin()]
@@ -55,6 +57,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             "n": int(worst["n"]),
             "score": float(worst["score"]),
             "nll": float(b["nll"].max()),
+            "bpb": float(b["bpb"].max()),
         }
     )
     return out
@@ -69,4 +72,5 @@ def _row(level: str, name: str, g: pd.DataFrame) -> dict:
         "n": len(g),
         "score": float(g["score"].mean()),
         "nll": float(g["nll"].mean()),
+        "bpb": float(g["bpb"].mean()) if "bpb" in g else float("nan"),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import replace
 from typing import Callable
@@ -28,19 +29,31 @@ def evaluate_benchmark_items(
     on_progress: Callable[[int, int], None] | None = None,
     trunk: TrunkStates | None = None,
 ) -> list[dict]:
-    """Returns one row per item: ids, benchmark, task, capability, metric, score (0/1), gold NLL, output.
+    """Returns one row per item: ids, benchmark, task, capability, metric, score (0/1), score_per_token, gold NLL
+    (per token), gold bits per byte (bpb), output.
 
     MC items: the highest-scoring option letter after the prompt (one forward
-    pass, which also gives the gold NLL). Generation items: greedy decoding,
+    pass, which also gives the gold NLL). RC (cloze) items: every choice's text
+    scored as a continuation; `score` picks by log-likelihood per character,
+    `score_per_token` by log-likelihood per token (ties: the first choice).
+    Every item's `bpb` is the gold continuation's negative log-likelihood in
+    bits over its UTF-8 bytes, comparable across tokenizers and tasks. Generation items: greedy decoding,
     exact match (GSM8K's final number, BBH's answer) or pass@1 by running the
     benchmark's tests in the sandbox. `trunk`: see `continuation_logprobs`.
     """
     items = [replace(it, prompt=chat_prompt(tokenizer, it.messages)) if it.messages else it for it in items]
-    pairs = [(it.prompt, it.gold_text) for it in items]
+    pairs, cands, owner = [], [], []  # one pair per item, or per choice of an RC item
+    for k, it in enumerate(items):
+        for text in it.choice_texts or [it.gold_text]:
+            pairs.append((it.prompt, text))
+            cands.append([_tokens(tokenizer, c)[0] for c in it.choices] if it.choices else None)
+            owner.append(k)
     n_phases = 2 + len({it.benchmark for it in items if it.max_new_tokens})
     report = on_progress or (lambda done, total: None)
-    cands = [[_tokens(tokenizer, c)[0] for c in it.choices] if it.choices else None for it in items]
-    scored = continuation_logprobs(model, tokenizer, pairs, batch_size, max_len, cands, desc="score", trunk=trunk)
+    flat = continuation_logprobs(model, tokenizer, pairs, batch_size, max_len, cands, desc="score", trunk=trunk)
+    per_item: list[list] = [[] for _ in items]
+    for k, res in zip(owner, flat):
+        per_item[k].append(res)
     report(1, n_phases)
     outputs: dict[int, str] = {}
     by_bench: dict[str, list[int]] = defaultdict(list)
@@ -66,9 +79,14 @@ def evaluate_benchmark_items(
     passed = {k: float(r.passed) for k, r in zip(code, results)}
     report(n_phases, n_phases)
     rows = []
-    for k, (it, (lp, cnt, first)) in enumerate(zip(items, scored)):
-        if it.choices:
-            score = float(max(range(len(first)), key=lambda j: (first[j], -j)) == it.gold)
+    for k, (it, results) in enumerate(zip(items, per_item)):
+        lp, cnt, first = results[it.gold if it.choice_texts else 0]
+        per_token = float("nan")
+        if it.choice_texts:
+            score = float(_best([r[0] / max(len(t), 1) for r, t in zip(results, it.choice_texts)]) == it.gold)
+            per_token = float(_best([r[0] / max(r[1], 1) for r in results]) == it.gold)
+        elif it.choices:
+            score = per_token = float(_best(first) == it.gold)
         elif k in passed:
             score = passed[k]
         elif k in outputs:
@@ -83,8 +101,15 @@ def evaluate_benchmark_items(
                 "capability": it.capability,
                 "metric": it.metric,
                 "score": score,
+                "score_per_token": per_token,
                 "nll": -lp / max(cnt, 1),
+                "bpb": -lp / (math.log(2) * max(len(it.gold_text.encode("utf-8")), 1)),
                 "output": outputs.get(k),
             }
         )
     return rows
+
+
+def _best(values: list[float]) -> int:
+    """Returns the index of the highest value (ties: the first)."""
+    return max(range(len(values)), key=lambda j: (values[j], -j))
