@@ -166,10 +166,11 @@ def reference_kmq_loop(labels: np.ndarray, n_clusters: int, q: np.ndarray, k: in
 def kmq_case(n: int, d: int, frac: float, seed: int) -> dict:
     from bidsml.clusters import kmeans_labels
     from bidsml.selectors import run_selector
+    from bidsml.selectors.kmq import kmq_cluster_count
 
     x = diversity_inputs("kmq", n, d, seed)
     k = int(round(frac * n))
-    n_clusters = min(1024, k)
+    n_clusters = kmq_cluster_count(k, x.options)
     with PeakRSS() as mem:
         t = time.perf_counter()
         sel = run_selector("kmq", x, k, seed)

@@ -85,7 +85,18 @@ def selector_inputs(
     if "pool" in sel.needs:
         pool = pool if pool is not None else load_split(data, "train")
         inputs.pool = PoolFields.from_examples(pool, where=f"pool of data artifact {data.digest[:12]}")
+    if "text" in sel.needs:
+        pool = pool if pool is not None else load_split(data, "train")
+        val = load_split(data, "val")
+        if len(val) != len(tasks):
+            raise SelectionError(f"method {method!r}: {len(val)} validation examples but {len(tasks)} columns")
+        inputs.texts = {"train": [example_text(e) for e in pool], "val": [example_text(e) for e in val]}
     return inputs
+
+
+def example_text(ex) -> str:
+    """Returns an example's text: its messages' contents, one per line."""
+    return "\n".join(m.content for m in ex.messages)
 
 
 def round_losses(b: Build, previous: np.ndarray) -> np.ndarray:

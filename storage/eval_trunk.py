@@ -26,7 +26,9 @@ def shared_trunk(recipe, run_root: Path, model, items: list[BenchItem]) -> tuple
     key = {
         "model": model_identity(recipe.model),
         "layer": layer,
-        "items": items_digest([(it.id, it.prompt, it.gold_text, str(it.messages), str(it.choice_texts)) for it in items]),
+        "items": items_digest(
+            [(it.id, it.prompt, it.gold_text, str(it.messages), str(it.choice_texts)) for it in items]
+        ),
         "max_length": ec.max_length,
         "batch_size": ec.batch_size,
         "dtype": str(next(model.parameters()).dtype),
@@ -55,5 +57,3 @@ def keep_trunk(trunk: TrunkStates | None, path: Path | None, log) -> str:
         note = f"reused layers 0-{trunk.layer - 1} states ({size}) from {path.name}: only the top layers ran"
     log(f"trunk states: {note}")
     return note
-
-

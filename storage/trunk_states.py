@@ -77,4 +77,3 @@ def library_versions() -> dict[str, str]:
     import transformers
 
     return {"torch": torch.__version__, "transformers": transformers.__version__}
-

@@ -260,3 +260,70 @@ def test_kmq_reads_embeddings_from_a_users_file_and_refuses_a_wrong_shape(tmp_pa
     np.save(path, field[:20])
     with pytest.raises(SelectionError, match=r"emb.npy: shape \(20, 3\), expected \(30, d\)"):
         run_selector("kmq", inputs("kmq", n=30, clusters=3, embeddings=str(path)), 9, seed=0)
+
+
+def test_kmq_default_clusters_hold_about_ten_rows_each_never_one_per_row():
+    from bidsml.selectors.kmq import KMQIterativeOptions, KMQOptions, iterative_clusters, kmq_cluster_count
+
+    assert kmq_cluster_count(305, KMQOptions()) == 30  # not 305 clusters of one row
+    assert kmq_cluster_count(100_000, KMQOptions()) == 1024 and kmq_cluster_count(5, KMQOptions()) == 1
+    assert (
+        kmq_cluster_count(305, KMQOptions(clusters=50)) == 50 and kmq_cluster_count(20, KMQOptions(clusters=50)) == 20
+    )
+    assert iterative_clusters(305, KMQIterativeOptions()) == 10  # 101 rows per round / 10
+    x = inputs("kmq", n=400)
+    rows = run_selector("kmq", x, 100, seed=0)
+    labels = kmeans_labels(x.representations["train_weighted"], 10, 0)
+    assert sorted(Counter(labels[rows].tolist()).values()) == [10] * 10  # 10 clusters x 10 rows
+
+
+# ---- bm25 (the lexical control) ---------------------------------------------------------------------------------
+
+
+def _lucene_bm25(docs: list[list[str]], query: list[str], k1=1.5, b=0.75) -> np.ndarray:
+    """A transcription of Lucene's BM25 (idf = ln(1 + (N - df + 0.5) / (df + 0.5)), no (k1 + 1) factor)."""
+    n, avgdl = len(docs), np.mean([len(d) for d in docs])
+    out = np.zeros(n)
+    for term in set(query):
+        df = sum(term in d for d in docs)
+        if df == 0:
+            continue
+        idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+        for i, d in enumerate(docs):
+            tf = d.count(term)
+            out[i] += idf * tf / (tf + k1 * (1 - b + b * len(d) / avgdl))
+    return out
+
+
+def test_bm25_scores_equal_lucene_bm25_and_the_selection_balances_tasks_as_bids_does():
+    from bidsml.selection import bids_iterate, normalize_columns
+    from bidsml.selectors.bm25 import bm25_scores
+
+    docs = [
+        "cats purr softly",
+        "dogs bark loudly at cats",
+        "integrate the function",
+        "derivative of function",
+        "function returns list",
+        "cats sleep",
+        "the weather today",
+        "compile python code",
+        "python list code",
+    ]
+    queries = ["why do cats purr", "function derivative", "python code list"]
+    S = bm25_scores(docs, queries, selector_options("bm25", {"stopwords": None}))
+    for j, q in enumerate(queries):
+        ref = _lucene_bm25([d.split() for d in docs], q.split())
+        np.testing.assert_allclose(S[:, j], ref, rtol=1e-5, atol=1e-6)
+    x = SelectorInputs(
+        tasks=["pets", "math", "code"], texts={"train": docs, "val": queries}, options=selector_options("bm25")
+    )
+    rows = run_selector("bm25", x, 3, seed=0)
+    Z, _ = normalize_columns(bm25_scores(docs, queries))
+    assert rows.tolist() == bids_iterate(Z, 3).tolist()
+    assert {0, 3, 8} == set(rows.tolist())  # one row per query's best match: balanced across the three tasks
+    with pytest.raises(SelectionError, match="shares a word"):
+        run_selector(
+            "bm25", SelectorInputs(tasks=["t"], texts={"train": ["apple pie", "cherry tart"], "val": ["zzz"]}), 1
+        )
+    assert not bm25_scores(["a b", "c d"], ["a"]).any()  # no word in the pool (bm25s keeps 2+ letter words)

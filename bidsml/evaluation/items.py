@@ -24,5 +24,3 @@ def evaluation_items(recipe) -> list[BenchItem]:
             chosen = [it if it.id in decoded else replace(it, max_new_tokens=0) for it in chosen]
         items += chosen
     return items
-
-

@@ -1,4 +1,5 @@
 """Selection methods, registered by name, one module per family: influence-based (influence.py), RDS (rds.py),
+BM25 (bm25.py, the lexical control),
 RDS+ (rds_plus.py), source-balanced random (balanced.py), kMQ and its iterative refinement (kmq.py), MIG (mig.py).
 
 To add a selector, add one module here with a `@register_selector(name,

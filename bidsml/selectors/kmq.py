@@ -7,7 +7,9 @@ cluster (as the reference's KMenasRandomDeita). The reference returns fewer
 than K rows when clusters are small or k does not divide K; here what is left
 is drawn the same way, in passes: an equal share per cluster with rows left,
 and a share of 0 gives one row each to the clusters with most rows left
-(ties: lower cluster). Clusters: the paper's 1024, never more than K.
+(ties: lower cluster). Clusters: K / `rows_per_cluster` (10), at most the
+paper's 1024: the paper draws 10k+ rows from 1024 clusters, about 10 per
+cluster; with k = K every cluster gives one row and kMQ is stratified random.
 
 kmq-iterative (the reference's KMeansIter + iter.py): R rounds. Round 0 draws
 floor(K/R/k) rows per cluster uniformly (and fills to K/R as above); after
@@ -19,8 +21,8 @@ their selected rows' mean score (clusters the model has not learned get
 more), and the next K/R rows are drawn: cluster counts from that
 distribution (with replacement), rows uniformly within each cluster among
 the unselected (a cluster with too few rows left: the shortfall is drawn
-again over the clusters with rows left). Clusters: the reference's 512,
-never more than K/R (so round 0 covers every cluster).
+again over the clusters with rows left). Clusters: (K/R) / `rows_per_cluster`,
+at most the reference's 512 (so round 0 covers every cluster, ~10 rows each).
 """
 
 from __future__ import annotations
@@ -44,11 +46,17 @@ FIELDS = {"quality": "quality", "embeddings": "embedding"}
 
 
 class KMQOptions(PoolInputOptions):
-    clusters: int | None = Field(None, ge=1, description="k-means clusters (default: the paper's 1024, at most K).")
+    clusters: int | None = Field(
+        None, ge=1, description="k-means clusters (default: K / rows_per_cluster, at most the paper's 1024)."
+    )
+    rows_per_cluster: int = Field(10, ge=1, description="Default clusters: the budget over this (the paper's ~10).")
 
 
 class KMQIterativeOptions(PoolInputOptions):
-    clusters: int | None = Field(None, ge=1, description="k-means clusters (default: 512, at most K / rounds).")
+    clusters: int | None = Field(
+        None, ge=1, description="k-means clusters (default: K / rounds / rows_per_cluster, at most 512)."
+    )
+    rows_per_cluster: int = Field(10, ge=1, description="Default clusters: a round's rows over this (~10).")
     rounds: int = Field(3, ge=1, description="Rounds (the reference's 3); a fine-tune after each but the last.")
 
 
@@ -113,12 +121,20 @@ def kmq_clusters(x: SelectorInputs, n_clusters: int, seed: int) -> tuple[np.ndar
 )
 def select_kmq(x: SelectorInputs, k: int, seed: int) -> np.ndarray:
     """kMQ: k-means clusters of embeddings, each sampled by softmax(quality) (diversity, then quality)."""
-    n_clusters = min(x.options.clusters or 1024, k)
+    n_clusters = kmq_cluster_count(k, x.options)
     _, members = kmq_clusters(x, n_clusters, seed)
     q = pool_quality(x, x.options.quality)
     rng = np.random.default_rng(seed)
     taken = np.zeros(x.n, dtype=bool)
     return np.concatenate(fill_clusters(members, k, rng, q, taken, first_share=k // len(members)))
+
+
+def kmq_cluster_count(k: int, opts: KMQOptions) -> int:
+    """Returns kmq's cluster count at budget K: the options' `clusters` (at most K), else K / rows_per_cluster, at
+    most 1024 and at least 1."""
+    if opts.clusters:
+        return min(opts.clusters, k)
+    return max(1, min(1024, k // opts.rows_per_cluster))
 
 
 def round_sizes(k: int, rounds: int) -> list[int]:
@@ -127,7 +143,8 @@ def round_sizes(k: int, rounds: int) -> list[int]:
 
 
 def iterative_clusters(k_final: int, opts: KMQIterativeOptions) -> int:
-    return max(1, min(opts.clusters or 512, k_final // opts.rounds))
+    per_round = k_final // opts.rounds
+    return max(1, min(opts.clusters, per_round) if opts.clusters else min(512, per_round // opts.rows_per_cluster))
 
 
 @register_selector(

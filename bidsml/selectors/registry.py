@@ -3,7 +3,8 @@
 A selector declares the inputs it needs (`influence`: the N x M influence
 matrix; `representations`: pooled hidden states and the quality proxy of pool
 and validation examples; `pool`: the pool records' source and optional
-quality / labels / embedding fields) and, optionally, its options (a pydantic
+quality / labels / embedding fields; `text`: the pool's and the validation
+examples' text) and, optionally, its options (a pydantic
 model: the recipe's `selection.options.<name>`) and a recipe check that
 fails before any step runs; the pipeline computes and passes exactly those.
 """
@@ -21,7 +22,7 @@ from bidsml.errors import SelectionError
 from bidsml.selection import check_inputs, resolve_budget
 from bidsml.streamed import as_source
 
-INPUTS = ("influence", "representations", "pool")
+INPUTS = ("influence", "representations", "pool", "text")
 
 
 class NoOptions(BaseModel):
@@ -77,6 +78,7 @@ class SelectorInputs:
     representations: dict[str, np.ndarray] = field(default_factory=dict)
     pool: PoolFields | None = None
     options: Any = None  # the selector's options model (NoOptions when it has none)
+    texts: dict[str, list[str]] | None = None  # {"train": each pool row's text, "val": each validation column's}
     extra: dict[str, Any] = field(default_factory=dict)  # what a multi-round selector's pipeline adds (kmq-iterative)
 
     @property
@@ -85,6 +87,8 @@ class SelectorInputs:
             return int(self.influence.shape[0])
         if self.pool is not None:
             return len(self.pool.sources)
+        if self.texts is not None:
+            return len(self.texts["train"])
         return int(next(v for k, v in self.representations.items() if k.startswith("train")).shape[0])
 
 
@@ -144,6 +148,8 @@ def run_selector(name: str, inputs: SelectorInputs, budget: float, seed: int = 0
             raise SelectionError(f"method {name!r} needs the representations artifact (the representations step)")
         if need == "pool" and inputs.pool is None:
             raise SelectionError(f"method {name!r} needs the pool's records (the data artifact)")
+        if need == "text" and inputs.texts is None:
+            raise SelectionError(f"method {name!r} needs the pool's and the validation examples' text")
     if inputs.options is None:
         inputs.options = sel.options()
     k = resolve_budget(budget, inputs.n)

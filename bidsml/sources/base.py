@@ -28,9 +28,7 @@ class Source:
 SOURCES: dict[str, Source] = {}
 
 
-def register_source(
-    name: str, contaminates: str | None = None, needs_path: bool = False, plants: str | None = None
-):
+def register_source(name: str, contaminates: str | None = None, needs_path: bool = False, plants: str | None = None):
     """Registers a pool source under `name` (a name registered twice is refused).
 
     `plants`: the source holds material of target `plants`'s own task family and format, drawn from outside its
