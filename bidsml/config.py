@@ -103,6 +103,11 @@ class TargetTask(_Stage):
 class DataConfig(_Stage):
     pool: list[PoolSource] = Field(..., min_length=1, description="Instruction pool sources.")
     targets: list[TargetTask] = Field(..., min_length=1, description="Target tasks.")
+    val_seed: int | None = Field(
+        None,
+        description="Seed of the validation-example draw; unset: the data seed. An experiment's independent seeds "
+        "set it to the seed, so each seed draws its own validation examples from the same candidates.",
+    )
 
 
 class LoraConfig(_Stage):
@@ -335,6 +340,39 @@ class TuningConfig(_Stage):
         return self
 
 
+class EvidenceConfig(_Stage):
+    """The comparisons that carry a claim, fixed before the run: the report's headline is exactly these (with a
+    Holm adjustment across them); every other difference it shows is labelled exploratory."""
+
+    comparisons: tuple[str, ...] = Field(
+        ...,
+        min_length=1,
+        description='"method - baseline" pairs of selection methods (or "base", the model before fine-tuning), '
+        'e.g. "bids - random".',
+    )
+    metric: Literal["bpb", "nll", "score"] = Field(
+        "bpb", description="bpb: gold bits per byte (lower is better); nll: per token; score: standard metric."
+    )
+    summaries: tuple[Literal["macro-average", "worst-task"], ...] = Field(
+        ("macro-average", "worst-task"), min_length=1, description="Over benchmarks: their mean, their worst."
+    )
+    budget: float = Field(..., gt=0, description="The budget the comparisons are read at (one of selection.budgets).")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise error rate of the Holm-adjusted comparisons.")
+
+    @field_validator("comparisons")
+    @classmethod
+    def _pairs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for c in v:
+            parts = [p.strip() for p in c.split(" - ")]
+            if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+                raise ValueError(f"comparison {c!r}: write it as 'method - baseline'")
+        return v
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Returns the comparisons as (method, baseline) pairs."""
+        return [tuple(p.strip() for p in c.split(" - ")) for c in self.comparisons]  # type: ignore[misc]
+
+
 def target_for(data: DataConfig, name: str) -> TargetTask:
     """Returns the data target of that task name, or a default target of the built-in benchmark `name`."""
     for t in data.targets:
@@ -353,9 +391,10 @@ class Recipe(_Stage):
     )
     seeds: tuple[int, ...] | None = Field(
         None,
-        description="Repeats: the pipeline runs once per seed (warmup data order, random selection, fine-tuning) on "
-        "the same data (`data_seed`, default the first seed) and the report compares methods with paired-bootstrap "
-        "95% intervals. Each seed's artifacts are content-addressed like any run.",
+        description="Repeats: the pipeline runs once per seed, each a whole independent pipeline (warmup data order "
+        "and LoRA init, projection seed, validation draw, selection, fine-tuning) on the same pool sources and scored "
+        "items (`data_seed`, default the first seed); the report compares methods with hierarchical-bootstrap 95% "
+        "intervals (seeds, then items). Each seed's artifacts are content-addressed like any run.",
     )
     run_root: str = Field(
         "runs", description="Folder for artifacts, caches and run records (relative to the recipe's cwd)."
@@ -372,6 +411,9 @@ class Recipe(_Stage):
     tuning: TuningConfig | None = Field(
         None, description="Fine-tuning settings an experiment (`seeds`) chooses among before its runs."
     )
+    evidence: EvidenceConfig | None = Field(
+        None, description="An experiment's primary comparisons, fixed before the run (the report's headline)."
+    )
 
     @model_validator(mode="after")
     def _selector_inputs_exist(self) -> Recipe:
@@ -383,6 +425,19 @@ class Recipe(_Stage):
             sel = get_selector(m)
             if sel.check is not None:
                 sel.check(self, selector_options(m, self.selection.options_of(m)))
+        return self
+
+    @model_validator(mode="after")
+    def _evidence_names_the_run(self) -> Recipe:
+        ev = self.evidence
+        if ev is None:
+            return self
+        for method, baseline in ev.pairs():
+            for name in (method, baseline):
+                if name != "base" and name not in self.selection.methods:
+                    raise ValueError(f"evidence.comparisons: {name!r} is not in selection.methods (or 'base')")
+        if ev.budget not in self.selection.budgets:
+            raise ValueError(f"evidence.budget: {ev.budget} is not in selection.budgets {list(self.selection.budgets)}")
         return self
 
     @model_validator(mode="after")
@@ -410,8 +465,18 @@ class Recipe(_Stage):
         return self.seeds[0] if self.seeds else self.seed
 
     def for_seed(self, seed: int) -> Recipe:
-        """Returns the single-seed recipe of one repeat (same data seed; `seeds` cleared)."""
-        return self.model_copy(update={"seed": seed, "data_seed": self.sampling_seed, "seeds": None})
+        """Returns the single-seed recipe of one independent repeat: its own warmup (data order, LoRA init: `seed`),
+        projection (`features.proj_seed` + seed) and validation draw (`data.val_seed`); the same pool sources and
+        scored items (the data seed); `seeds` cleared."""
+        return self.model_copy(
+            update={
+                "seed": seed,
+                "data_seed": self.sampling_seed,
+                "seeds": None,
+                "data": self.data.model_copy(update={"val_seed": seed}),
+                "features": self.features.model_copy(update={"proj_seed": self.features.proj_seed + seed}),
+            }
+        )
 
     def target(self, name: str) -> TargetTask:
         """Returns the data target of that task name, or a default target of the built-in benchmark `name`."""

@@ -73,37 +73,143 @@ def retrieval_summary(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _diff(table: pd.DataFrame, bench: str, method: str, baseline: str) -> tuple[float, float, float]:
-    r = table[(table["metric"] == "nll") & (table["benchmark"] == bench) & (table["method"] == method)]
+def _diff(
+    table: pd.DataFrame, bench: str, method: str, baseline: str, metric: str = "nll"
+) -> tuple[float, float, float]:
+    r = table[(table["metric"] == metric) & (table["benchmark"] == bench) & (table["method"] == method)]
     if r.empty or f"diff_vs_{baseline}" not in r or pd.isna(r.iloc[0][f"diff_vs_{baseline}"]):
         return (float("nan"),) * 3
     r = r.iloc[0]
     return float(r[f"diff_vs_{baseline}"]), float(r[f"lo_vs_{baseline}"]), float(r[f"hi_vs_{baseline}"])
 
 
-def gate(table: pd.DataFrame, oracle: str, random: str) -> dict:
-    """Returns the validity gate on the macro-average NLL: oracle - base and oracle - random (each with its
-    interval) and whether both intervals lie below 0."""
-    vs_base = _diff(table, MACRO, oracle, "base")
-    vs_random = _diff(table, MACRO, oracle, random)
+def gate(table: pd.DataFrame, oracle: str, random: str, metric: str = "nll") -> dict:
+    """Returns the validity gate on the macro-average of a lower-is-better metric (gold NLL or bits per byte):
+    oracle - base and oracle - random (each with its interval) and whether both intervals lie below 0."""
+    vs_base = _diff(table, MACRO, oracle, "base", metric)
+    vs_random = _diff(table, MACRO, oracle, random, metric)
     passed = bool(vs_base[2] < 0 and vs_random[2] < 0)
     return {"oracle_minus_base": vs_base, "oracle_minus_random": vs_random, "passed": passed}
 
 
-def headline(table: pd.DataFrame, summary: pd.DataFrame, budget: float, label) -> dict:
-    """Returns the headline figures at one budget (`label(method, budget)` names a selection)."""
+def headline(table: pd.DataFrame, summary: pd.DataFrame, budget: float, label, metric: str = "nll") -> dict:
+    """Returns the headline figures at one budget (`label(method, budget)` names a selection): macro-average
+    differences of `metric` with their intervals (keys end in the metric), and every arm's planted share."""
     out: dict = {}
 
     def put(key: str, value: tuple[float, float, float]) -> None:
         out[key], out[f"{key}_lo"], out[f"{key}_hi"] = (round(v, 5) for v in value)
 
-    put("oracle_minus_base_nll", _diff(table, MACRO, label("oracle", budget), "base"))
-    put("oracle_minus_random_nll", _diff(table, MACRO, label("oracle", budget), label("random", budget)))
-    put("less_minus_random_nll", _diff(table, MACRO, label("less", budget), label("random", budget)))
-    put("bids_minus_random_nll", _diff(table, MACRO, label("bids", budget), label("random", budget)))
-    put("bids_minus_less_worst_nll", _diff(table, WORST, label("bids", budget), label("less", budget)))
+    def diff(a: str, b: str, bench: str = MACRO) -> tuple[float, float, float]:
+        return _diff(
+            table, bench, label(a, budget) if a != "base" else a, label(b, budget) if b != "base" else b, metric
+        )
+
+    put(f"oracle_minus_base_{metric}", diff("oracle", "base"))
+    for a, b in [
+        ("oracle", "random"),
+        ("less", "random"),
+        ("bids", "random"),
+        ("bm25", "random"),
+        ("bids", "bm25"),
+        ("bids", "rds-plus"),
+        ("bids", "oracle"),
+        ("bids", "less"),
+    ]:
+        put(f"{a}_minus_{b}_{metric}".replace("-", "_"), diff(a, b))
+    put(f"bids_minus_less_worst_{metric}", diff("bids", "less", WORST))
     at = summary[summary["budget"] == budget].set_index("method")
-    for m in ("less", "bids", "random"):
+    for m in sorted(set(at.index) | {"less", "bids", "random"}):
         out[f"planted_share_{m}"] = round(float(at.loc[m, "planted_share"]), 4) if m in at.index else None
     out["planted_base_rate"] = round(float(at["base_rate"].iloc[0]), 4) if len(at) else None
+    return out
+
+
+def holm(p: list[float]) -> list[float]:
+    """Returns Holm's step-down adjusted p-values (same order as `p`): the i-th smallest is multiplied by
+    (m - i) and made monotone, capped at 1."""
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def bootstrap_p(diffs: np.ndarray) -> float:
+    """Returns the two-sided bootstrap p-value of a difference being 0: twice the smaller tail share of the
+    replicates at or beyond 0, with the (count + 1) / (B + 1) correction so it is never 0."""
+    b = len(diffs)
+    tail = min(int((diffs <= 0).sum()), int((diffs >= 0).sum()))
+    return min(1.0, 2 * (tail + 1) / (b + 1))
+
+
+def primary_comparisons(rows: pd.DataFrame, pairs, metric: str, summaries, budget: float, label, seed: int = 0):
+    """Returns one dict per (comparison, summary), in the recipe's order: the estimate, its 95% hierarchical-
+    bootstrap interval, the per-seed differences, the bootstrap p-value and the Holm-adjusted p across all of them.
+
+    `pairs`: (method, baseline) names; `label(method, budget)` names a selection ("base" stays "base").
+    """
+    from bidsml.experiment import bootstrap_means, item_matrix, point_means
+
+    name = {m: m if m == "base" else label(m, budget) for pair in pairs for m in pair}
+    arms = list(dict.fromkeys(name.values()))
+    mats = item_matrix(rows, metric, arms)
+    reps = bootstrap_means(mats, arms, metric)
+    means = point_means(mats, arms, metric)
+    per_seed = _per_seed_means(mats, arms, metric)
+    out = []
+    for method, baseline in pairs:
+        a, b = name[method], name[baseline]
+        for summary in summaries:
+            d = reps[summary][a] - reps[summary][b]
+            out.append(
+                {
+                    "comparison": f"{method} - {baseline}",
+                    "metric": f"{metric} {summary}",
+                    "estimate": round(means[summary][a] - means[summary][b], 5),
+                    "lo": round(float(np.percentile(d, 2.5)), 5),
+                    "hi": round(float(np.percentile(d, 97.5)), 5),
+                    "per_seed": [round(x - y, 5) for x, y in zip(per_seed[summary][a], per_seed[summary][b])],
+                    "p": round(bootstrap_p(d), 5),
+                }
+            )
+    for r, adj in zip(out, holm([r["p"] for r in out])):
+        r["holm_p"] = round(adj, 5)
+    return out
+
+
+def _per_seed_means(mats, arms, metric: str) -> dict[str, dict[str, list[float]]]:
+    """Returns {macro/worst: {arm: [value in each seed]}} (each seed's per-benchmark means, then over benchmarks)."""
+    from bidsml.experiment import MACRO, WORST, _worst
+
+    benches = sorted(mats)
+    by_bench = {arm: np.array([np.nanmean(mats[b][arm], axis=1) for b in benches]) for arm in arms}  # (B, S)
+    return {
+        MACRO: {arm: v.mean(axis=0).tolist() for arm, v in by_bench.items()},
+        WORST: {arm: _worst(metric)(v, axis=0).tolist() for arm, v in by_bench.items()},
+    }
+
+
+def above_chance(rows: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dict[str, dict]:
+    """Returns, per multiple-choice benchmark of the base model's rows: its accuracy, the chance rate (mean of
+    1 / choices) and the 95% item-bootstrap interval of accuracy - chance."""
+    base = rows[(rows["method"] == "base") & rows["n_choices"].notna() & (rows["n_choices"] > 0)]
+    base = base.drop_duplicates("id")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for bench, g in base.groupby("benchmark", sort=True):
+        acc = g["score"].to_numpy(float)
+        excess = acc - 1.0 / g["n_choices"].to_numpy(float)
+        draws = rng.integers(0, len(g), size=(n_boot, len(g)))
+        boot = excess[draws].mean(axis=1)
+        out[bench] = {
+            "accuracy": round(float(acc.mean()), 4),
+            "chance": round(float((1.0 / g["n_choices"]).mean()), 4),
+            "lo": round(float(np.percentile(boot, 2.5)), 4),
+            "hi": round(float(np.percentile(boot, 97.5)), 4),
+            "n": int(len(g)),
+        }
     return out

@@ -1,10 +1,12 @@
 """Comparing selection methods over seeds: per-benchmark means, macro-average, worst task, paired bootstrap CIs.
 
 Every method is evaluated on the same scored items (the data seed fixes them)
-once per seed. A difference "method - baseline" is resampled in pairs: one
-bootstrap replicate draws seeds with replacement and, per benchmark, items
-with replacement, and applies the same draw to both methods, so item
-difficulty and seed luck cancel in the difference. The macro-average (mean
+once per seed. A difference "method - baseline" is resampled in pairs by a
+hierarchical bootstrap: one replicate draws seeds with replacement, then,
+within each drawn seed and per benchmark, items with replacement (a fresh
+draw per seed), and applies the same draw to both methods, so item
+difficulty cancels in the difference while seed variance (each seed its own
+warmup, projection and validation draw) stays in the interval. The macro-average (mean
 over benchmarks) and the worst task (the lowest score, the highest NLL) are computed
 inside each replicate, so their intervals are exact for those statistics.
 
@@ -74,9 +76,11 @@ def bootstrap_means(
     reps: dict[str, dict[str, np.ndarray]] = {}
     for b in benches:
         n_items = next(iter(mats[b].values())).shape[1]
-        item_w = rng.multinomial(n_items, np.full(n_items, 1 / n_items), size=n_boot).astype(float)  # (B, I)
+        # items drawn afresh within each seed: (B, S, I) counts (a seed drawn twice in a replicate keeps one draw,
+        # weighted twice: the two-stage bootstrap of nested data)
+        item_w = rng.multinomial(n_items, np.full(n_items, 1 / n_items), size=(n_boot, n_seeds)).astype(float)
         reps[b] = {
-            m: np.einsum("rs,si,ri->r", seed_w, np.nan_to_num(mats[b][m]), item_w) / (n_seeds * n_items)
+            m: np.einsum("rs,si,rsi->r", seed_w, np.nan_to_num(mats[b][m]), item_w) / (n_seeds * n_items)
             for m in methods
         }
     reps[MACRO] = {m: np.mean([reps[b][m] for b in benches], axis=0) for m in methods}

@@ -77,7 +77,7 @@ def run(
         False,
         "--shared-influence",
         help="A recipe with seeds: one warmup / features / influence (the first seed's); seeds vary random "
-        "selection and fine-tuning only.",
+        "selection and fine-tuning only. A quick mode: the report says so, and it is never evidence.",
     ),
 ):
     """Run the whole pipeline (every step cached)."""
@@ -353,6 +353,21 @@ def validate(
             f"LDS over {out['lds_models']} half-pool models: {out['lds']:.3f} [{out['lds_lo']:.3f}, {out['lds_hi']:.3f}]"
         )
     console.print(f"[green]done[/green] in {out['seconds']:.1f}s  outputs: {out['outputs']}")
+
+
+@app.command("readme-results")
+def readme_results(
+    json_path: Path = typer.Option(Path("results/evidence-cpu.json"), "--json", help="The evidence experiment's JSON."),
+    readme: Path = typer.Option(Path("README.md"), "--readme", help="The README whose result block is rewritten."),
+) -> None:
+    """Writes the README's evidence result (between its evidence-result markers) from the experiment's JSON."""
+    from flows.readme_results import update_readme
+
+    try:
+        changed = update_readme(readme, json_path)
+    except (OSError, ValueError, KeyError) as err:
+        _fail(err)
+    console.print(f"{readme}: {'result block rewritten from ' + str(json_path) if changed else 'already up to date'}")
 
 
 @app.command("select")

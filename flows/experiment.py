@@ -1,8 +1,8 @@
 """Repeats over seeds and the paired comparison of methods (a recipe with `seeds`).
 
-Each seed is a whole pipeline run (warmup order, random selection and
-fine-tuning follow the seed; data and scored items follow the data seed, so
-the data step and the base model's evaluation are computed once). With
+Each seed is a whole, independent pipeline run (warmup data order and LoRA
+init, projection seed, validation draw, random selection and fine-tuning
+follow the seed; the pool sources and scored items follow the data seed). With
 `shared_influence` (a flow parameter, `bidsflow run --shared-influence`),
 the warmup, features and influence are the first seed's in every seed, and
 only random selection and fine-tuning vary. Then every
@@ -13,6 +13,7 @@ experiment.md in the run's outputs and posted to the UI.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import pandas as pd
 from prefect.artifacts import create_markdown_artifact
 
 from bidsml.config import Recipe
-from bidsml.evidence import gate, headline, retrieval_summary, retrieval_table
+from bidsml.evidence import above_chance, gate, headline, primary_comparisons, retrieval_summary, retrieval_table
 from bidsml.experiment import MACRO, WORST, compare_methods, plot_differences, verdict
 from bidsml.markdown import artifact_key, inline_images
 from bidsml.report import composition_frame, markdown_table
@@ -32,7 +33,9 @@ from storage.evaluations import load_evaluation_items
 from storage.runs import MAIN
 from storage.selections import load_subset
 
-BASELINES = ("random", "less")
+BASELINES = ("random", "less")  # every method is compared with these (the plot draws them)
+# with an evidence recipe, also with these (its JSON reports BIDS - BM25, BIDS - RDS+, BIDS - oracle)
+EVIDENCE_BASELINES = ("bm25", "rds-plus", "oracle")
 
 
 def run_experiment(
@@ -41,6 +44,7 @@ def run_experiment(
     """Runs the pipeline (`run_steps`, flows.pipeline's) once per seed, then compares methods; returns paths.
     `shared_influence`: every seed's warmup, features and influence are the first seed's."""
     started = time.time()
+    recipe_sha = recipe_sha256(recipe)  # as given, before the tuning replaces the fine-tuning settings
     recipe, tuning = choose_finetune(recipe)
     rows, selections, seed_runs, picked, data_ref = [], [], {}, [], None
     front = recipe.for_seed(recipe.seeds[0]) if shared_influence else None
@@ -70,22 +74,31 @@ def run_experiment(
     budgets = recipe.selection.budgets
     methods = ["base"] + [selection_label(m, b) for b in budgets for m in recipe.selection.methods]
     tables = []
+    metrics = [m for m in ("score", "nll", "bpb") if m in items.columns]
     for b in budgets:
-        base = [selection_label(m, b) for m in BASELINES if m in recipe.selection.methods]
+        names = BASELINES + (EVIDENCE_BASELINES if planted else ())
+        base = [selection_label(m, b) for m in names if m in recipe.selection.methods]
         base += ["base"] if planted else []  # the evidence gate: the oracle against the base model
         ms = ["base"] + [selection_label(m, b) for m in recipe.selection.methods]
-        tables.append(compare_methods(items, ms, base).assign(budget=b))
+        tables.append(compare_methods(items, ms, base, metrics).assign(budget=b))
     table = pd.concat(tables, ignore_index=True)
     baselines = [c.removeprefix("diff_vs_") for c in table.columns if c.startswith("diff_vs_")]
+    drawn = [b for b in baselines if b.split("@")[0] in BASELINES] or baselines
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "experiment.csv", index=False)
-    plot_differences(table[table["method"] != "base"], baselines, out / "experiment.png")
+    plot_differences(table[table["method"] != "base"], drawn, out / "experiment.png")
     comp = composition_frame(selections).assign(seed=[s["seed"] for s in selections])
     comp.to_csv(out / "experiment-composition.csv", index=False)
     report = out / "experiment.md"
-    text = experiment_report(recipe, table, comp, baselines, seed_runs, items, time.time() - started, shared_influence)
+    text = experiment_report(recipe, table, comp, drawn, seed_runs, items, time.time() - started, shared_influence)
     if planted:
-        text = evidence_section(recipe, table, pool_planted, picked, tuning, out, started) + text
+        extra = {
+            "items": items,
+            "recipe_sha256": recipe_sha,
+            "seeds_independent": not shared_influence,
+            "selections": selections,
+        }
+        text = evidence_section(recipe, table, pool_planted, picked, tuning, out, started, **extra) + text
     elif tuning is not None:
         text = tuning_section(recipe, tuning) + text
     report.write_text(text)
@@ -147,27 +160,49 @@ def tuning_section(recipe: Recipe, tuning: pd.DataFrame) -> str:
     )
 
 
+def recipe_sha256(recipe: Recipe) -> str:
+    """Returns the sha256 of the recipe's canonical JSON (every setting, defaults included): a later edit shows."""
+    return hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
 def evidence_section(
-    recipe: Recipe, table: pd.DataFrame, pool_planted: list, picked: list[dict], tuning, out: Path, started: float
+    recipe: Recipe,
+    table: pd.DataFrame,
+    pool_planted: list,
+    picked: list[dict],
+    tuning,
+    out: Path,
+    started: float,
+    items: pd.DataFrame | None = None,
+    recipe_sha256: str = "",
+    seeds_independent: bool = True,
+    selections: list[dict] | None = None,
 ) -> str:
     """Writes evidence.json (the last line: the headline figures), retrieval.csv and retrieval.png; returns the
-    report's first section: the oracle gate, then retrieval, then the headline differences."""
+    report's first section: the primary comparisons fixed in the recipe (`evidence`, with `items` the per-item
+    rows), the oracle gate, then retrieval; every other difference in the report is exploratory."""
     retrieval = retrieval_table(pool_planted, picked)
     summary = retrieval_summary(retrieval)
     retrieval.to_csv(out / "retrieval.csv", index=False)
     summary.to_csv(out / "retrieval-summary.csv", index=False)
     _plot_retrieval(summary, out / "retrieval.png")
+    ev = recipe.evidence
+    metric = ev.metric if ev is not None and ev.metric != "score" else "nll"  # the gate's: lower is better
     lines = [f"# Evidence: {recipe.name}", ""]
+    primary = []
+    if ev is not None and items is not None:
+        primary = primary_comparisons(items, ev.pairs(), ev.metric, ev.summaries, ev.budget, selection_label)
+        lines += primary_section(recipe, primary, recipe_sha256, seeds_independent)
     records = []
     for b in recipe.selection.budgets:
-        g = gate(table, selection_label("oracle", b), selection_label("random", b))
-        h = headline(table, summary, b, selection_label)
+        g = gate(table, selection_label("oracle", b), selection_label("random", b), metric)
+        h = headline(table, summary, b, selection_label, metric)
         records.append({"budget": b, **h, "gate_passed": g["passed"]})
         ob, orr = g["oracle_minus_base"], g["oracle_minus_random"]
         lines += [
             f"## Validity gate at budget {b}: {'passed' if g['passed'] else 'NOT passed'}",
             "",
-            f"Oracle (every planted row, padded with random rows) minus base model, macro-average gold NLL: "
+            f"Oracle (every planted row, padded with random rows) minus base model, macro-average {METRIC_NAMES[metric]}: "
             f"{ob[0]:+.4f} [{ob[1]:+.4f}, {ob[2]:+.4f}]; minus random: {orr[0]:+.4f} [{orr[1]:+.4f}, {orr[2]:+.4f}]. "
             + (
                 "Selection can matter here: the comparisons below are read."
@@ -176,10 +211,13 @@ def evidence_section(
             ),
             "",
         ]
-    last = {**records[0], "wall_s": round(time.time() - started, 1)}
+    first = next((r for r in records if ev is not None and r["budget"] == ev.budget), records[0])
+    last = {**first, "wall_s": round(time.time() - started, 1)}
     last["gate_passed"] = all(r["gate_passed"] for r in records)  # at every budget; each budget's own just below
     last["gate_passed_by_budget"] = {str(r["budget"]): r["gate_passed"] for r in records}
-    (out / "evidence.json").write_text("".join(json.dumps(r) + "\n" for r in [*records[1:], last]))
+    if ev is not None:
+        last |= evidence_keys(recipe, primary, items, selections or [], recipe_sha256, seeds_independent)
+    (out / "evidence.json").write_text("".join(json.dumps(r) + "\n" for r in [*records, last] if r is not first))
     lines += [
         "## Retrieval before fine-tuning",
         "",
@@ -195,6 +233,80 @@ def evidence_section(
     if tuning is not None:
         lines.insert(2, tuning_section(recipe, tuning))
     return "\n".join(lines) + "\n"
+
+
+METRIC_NAMES = {"nll": "gold NLL per token", "bpb": "gold bits per byte", "score": "standard metric"}
+
+
+def primary_section(recipe: Recipe, primary: list[dict], sha: str, seeds_independent: bool) -> list[str]:
+    """Returns the report's headline: exactly the recipe's primary comparisons, Holm-adjusted."""
+    ev = recipe.evidence
+    better = "higher" if ev.metric == "score" else "lower"
+    rows = pd.DataFrame(
+        [
+            {
+                "comparison": r["comparison"],
+                "metric": r["metric"],
+                "estimate [95% CI]": f"{r['estimate']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}]",
+                "per seed": ", ".join(f"{v:+.4f}" for v in r["per_seed"]),
+                "p": f"{r['p']:.4f}",
+                "Holm p": f"{r['holm_p']:.4f}",
+                "reading": holm_reading(r, ev.alpha, ev.metric),
+            }
+            for r in primary
+        ]
+    )
+    seeds = (
+        "independent seeds (each its own warmup, projection and validation draw)"
+        if seeds_independent
+        else ("seeds sharing one warmup, projection and influence (--shared-influence: a quick mode, not evidence)")
+    )
+    return [
+        f"## Primary comparisons (fixed in the recipe before the run), budget {ev.budget}",
+        "",
+        f"Recipe sha256 `{sha}`. {len(recipe.seeds or [])} {seeds}. Metric: {METRIC_NAMES[ev.metric]} "
+        f"({better} is better); hierarchical bootstrap (seeds, then items within seed), 95% percentile intervals; "
+        f"bootstrap p-values Holm-adjusted across the {len(primary)} comparisons (family-wise alpha {ev.alpha}). "
+        "Everything after this table is exploratory.",
+        "",
+        markdown_table(rows),
+        "",
+    ]
+
+
+def holm_reading(r: dict, alpha: float, metric: str) -> str:
+    """Returns 'better', 'worse' or 'no difference' for a primary comparison after Holm's adjustment."""
+    if r["holm_p"] >= alpha:
+        return "no difference"
+    lower_better = metric != "score"
+    return "better" if (r["estimate"] < 0) == lower_better else "worse"
+
+
+def evidence_keys(recipe: Recipe, primary, items, selections: list[dict], sha: str, independent: bool) -> dict:
+    """Returns the evidence JSON's last-line keys beyond the headline differences: the formulation per benchmark,
+    whether seeds were independent, the primary comparisons, kMQ's cluster count, the base model's accuracy
+    against chance per multiple-choice benchmark and the recipe's hash."""
+    from bidsml.benchmarks import benchmark_for
+    from bidsml.selectors import selector_options
+    from bidsml.selectors.kmq import kmq_cluster_count
+
+    ev = recipe.evidence
+    forms = {
+        name: benchmark_for(recipe.target(name)).formulation(recipe.evaluation.formulation.get(name))
+        for name in recipe.evaluation.benchmarks
+    }
+    kmq = [s for s in selections if s.get("method") == "kmq" and s.get("budget") == ev.budget]
+    opts = selector_options("kmq", recipe.selection.options_of("kmq"))
+    return {
+        "formulation": forms,
+        "seeds_independent": independent,
+        "primary": [
+            {k: r[k] for k in ("comparison", "metric", "estimate", "lo", "hi", "per_seed", "holm_p")} for r in primary
+        ],
+        "kmq_k": sorted({kmq_cluster_count(int(s["k"]), opts) for s in kmq}) if kmq else None,
+        "accuracy_above_chance_base": above_chance(items) if items is not None and "n_choices" in items else {},
+        "recipe_sha256": sha,
+    }
 
 
 def _shown_path(path) -> str:
@@ -241,15 +353,21 @@ def experiment_report(
     varies = (
         f"random selection, fine-tuning; warmup, features and influence are seed {recipe.seeds[0]}'s in every seed"
         if shared_influence
-        else "warmup data order, random selection, fine-tuning"
+        else "each seed a whole pipeline: warmup data order and LoRA init, projection seed, validation draw, "
+        "selection, fine-tuning"
     )
     lines = [
         f"# Experiment: {recipe.name}",
         "",
         f"Seeds {list(recipe.seeds)} ({varies}); data and scored items from data seed {recipe.sampling_seed}. "
-        "Differences are method minus baseline with paired-bootstrap 95% "
-        "intervals (seeds and items resampled together); `score` is each benchmark's standard metric (higher is "
-        "better), `nll` the gold-answer NLL (lower is better).",
+        "Differences are method minus baseline with paired hierarchical-bootstrap "
+        "95% intervals (seeds, then items within each seed); `score` is each benchmark's standard metric (higher is "
+        "better), `nll` the gold answer's NLL per token and `bpb` its bits per byte (lower is better)."
+        + (
+            " These differences are exploratory: the claims are the primary comparisons above."
+            if recipe.evidence
+            else ""
+        ),
         "",
         "Scored items per benchmark (gold NLL): "
         + ", ".join(f"{b} {n}" for b, n in sorted(n_items.items()))

@@ -34,7 +34,8 @@ def build(b: Build) -> dict:
     recipe = b.recipe
     tok = load_tokenizer(recipe.model)
     fits = bidsml.prepare.fits_in(tok, recipe.model.max_seq_length)
-    val, target_counts = bidsml.prepare.load_targets(recipe.data, recipe.sampling_seed, fits)
+    val_seed = recipe.data.val_seed if recipe.data.val_seed is not None else recipe.sampling_seed
+    val, target_counts = bidsml.prepare.load_targets(recipe.data, val_seed, fits)
     drop = None
     if plants(recipe):  # planted rows never share a 13-gram with a scored item or a validation example
         from bidsml.benchmarks.contamination import overlap_filter

@@ -137,3 +137,104 @@ def test_evidence_section_reports_the_gate_per_budget_and_ends_the_json_with_the
     assert last["oracle_minus_random_nll_hi"] > 0 and lines[0]["oracle_minus_random_nll_hi"] < 0  # the gate's reason
     assert last["planted_share_bids"] == pytest.approx(0.4) and last["planted_base_rate"] == pytest.approx(0.2)
     assert (tmp_path / "retrieval.png").stat().st_size > 0
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    from bidsml.evidence import holm
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3 x 0.01; max(2 x 0.03, 1 x 0.04)
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm([0.001]) == pytest.approx([0.001])
+
+
+def _bpb_items(effects: dict[str, list[float]], n_items=80, benches=("a", "b")) -> pd.DataFrame:
+    """Per-item bpb rows: method m in seed s shifts every item by effects[m][s] (+ small item noise)."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for bench in benches:
+        base = rng.normal(1.0, 0.2, n_items)
+        rows += [
+            {"method": "base", "seed": None, "benchmark": bench, "id": f"{bench}{i}", "bpb": base[i]}
+            for i in range(n_items)
+        ]
+        for m, per_seed in effects.items():
+            for s, eff in enumerate(per_seed):
+                noise = rng.normal(0, 0.01, n_items)
+                rows += [
+                    {"method": m, "seed": s, "benchmark": bench, "id": f"{bench}{i}", "bpb": base[i] + eff + noise[i]}
+                    for i in range(n_items)
+                ]
+    return pd.DataFrame(rows)
+
+
+def test_primary_comparisons_keep_seed_variance_in_the_interval_and_adjust_across_comparisons():
+    from bidsml.evidence import primary_comparisons
+
+    items = _bpb_items({"random@5": [0, 0, 0], "bids@5": [-0.1, -0.1, -0.1], "less@5": [-0.2, 0.0, 0.2]})
+    label = lambda m, b: f"{m}@{b}"  # noqa: E731
+    pairs = [("bids", "random"), ("less", "random")]
+    out = primary_comparisons(items, pairs, "bpb", ("macro-average", "worst-task"), 5, label)
+    assert [(r["comparison"], r["metric"]) for r in out] == [
+        ("bids - random", "bpb macro-average"),
+        ("bids - random", "bpb worst-task"),
+        ("less - random", "bpb macro-average"),
+        ("less - random", "bpb worst-task"),
+    ]
+    bids, less = out[0], out[2]
+    assert bids["estimate"] == pytest.approx(-0.1, abs=0.005) and bids["hi"] < 0 and bids["holm_p"] < 0.05
+    assert bids["per_seed"] == pytest.approx([-0.1, -0.1, -0.1], abs=0.005)
+    # the effect flips between seeds: the seeds' spread is in the interval (items alone would give +-0.003)
+    assert less["per_seed"] == pytest.approx([-0.2, 0.0, 0.2], abs=0.005)
+    assert less["lo"] < -0.1 and less["hi"] > 0.1 and less["holm_p"] > 0.05
+    assert all(r["holm_p"] >= r["p"] for r in out)
+
+
+def test_an_evidence_recipe_fixes_its_comparisons_and_the_json_carries_them(tmp_path):
+    from bidsml.config import parse_recipe
+    from bidsml.errors import RecipeError
+    from flows.experiment import evidence_section, recipe_sha256
+
+    raw = load_recipe(ROOT / "recipes" / "evidence-cpu.yaml").model_dump(mode="json")
+    raw["selection"] |= {"methods": ["random", "oracle", "less", "bids"], "budgets": [5]}
+    with pytest.raises(RecipeError, match="evidence.comparisons: 'bm25' is not in selection.methods"):
+        parse_recipe(raw | {"evidence": {"comparisons": ["bids - bm25"], "budget": 5}})
+    with pytest.raises(RecipeError, match=r"evidence.budget: 0.1 is not in selection.budgets \[5.0\]"):
+        parse_recipe(raw | {"evidence": {"comparisons": ["bids - less"], "budget": 0.1}})
+    with pytest.raises(RecipeError, match="write it as 'method - baseline'"):
+        parse_recipe(raw | {"evidence": {"comparisons": ["bids vs less"], "budget": 5}})
+    recipe = parse_recipe(raw | {"evidence": {"comparisons": ["bids - random", "bids - less"], "budget": 5}})
+    items = _bpb_items({"random@5": [0] * 3, "oracle@5": [-0.3] * 3, "less@5": [-0.05] * 3, "bids@5": [-0.1] * 3})
+    items["score"], items["n_choices"] = np.nan, 0
+    methods = ["base", "random@5", "oracle@5", "less@5", "bids@5"]
+    table = compare_methods(items, methods, ["random@5", "less@5", "oracle@5", "base"], ("bpb",), n_boot=300)
+    table["budget"] = 5
+    picked = [
+        {"selection": f"{m}@5", "method": m, "budget": 5, "seed": 0, "planted_for": ["t"] * 5}
+        for m in ("random", "oracle", "less", "bids")
+    ]
+    sha = recipe_sha256(recipe)
+    text = evidence_section(
+        recipe,
+        table,
+        ["t"] * 20 + [None] * 80,
+        picked,
+        None,
+        tmp_path,
+        0.0,
+        items=items,
+        recipe_sha256=sha,
+        seeds_independent=True,
+        selections=[],
+    )
+    assert "## Primary comparisons (fixed in the recipe before the run), budget 5" in text and sha in text
+    assert text.index("Primary comparisons") < text.index("Validity gate")
+    last = json.loads((tmp_path / "evidence.json").read_text().splitlines()[-1])
+    assert [p["comparison"] for p in last["primary"]] == ["bids - random"] * 2 + ["bids - less"] * 2
+    assert last["seeds_independent"] is True and last["recipe_sha256"] == sha and len(sha) == 64
+    assert last["gate_passed"] is True and last["oracle_minus_base_bpb_hi"] < 0
+    assert last["bids_minus_oracle_bpb"] == pytest.approx(0.2, abs=0.01)
+    forms = recipe.evaluation.formulation
+    assert last["formulation"] == {
+        b: forms.get(b, "mc" if b in ("mmlu", "arc_challenge") else "generate") for b in recipe.evaluation.benchmarks
+    }
+    assert recipe_sha256(recipe.with_overrides({"seed": 7})) != sha

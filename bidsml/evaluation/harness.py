@@ -102,6 +102,7 @@ def evaluate_benchmark_items(
                 "metric": it.metric,
                 "score": score,
                 "score_per_token": per_token,
+                "n_choices": len(it.choice_texts or it.choices or []),
                 "nll": -lp / max(cnt, 1),
                 "bpb": -lp / (math.log(2) * max(len(it.gold_text.encode("utf-8")), 1)),
                 "output": outputs.get(k),
