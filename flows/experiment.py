@@ -271,6 +271,8 @@ def primary_section(recipe: Recipe, primary: list[dict], sha: str, seeds_indepen
         "",
         markdown_table(rows),
         "",
+        *[f"Proxy inputs of `{m}`: {why}." for m, why in PROXIES.items() if m in recipe.selection.methods],
+        "",
     ]
 
 
@@ -280,6 +282,14 @@ def holm_reading(r: dict, alpha: float, metric: str) -> str:
         return "no difference"
     lower_better = metric != "score"
     return "better" if (r["estimate"] < 0) == lower_better else "worse"
+
+
+# what the diversity baselines read in place of their papers' inputs (named wherever their results are shown)
+PROXIES = {
+    "mig": "labels: source + k-means cluster of the embeddings (the paper: InsTag tags); quality: the base model's "
+    "mean response log-probability, as a pool percentile (the paper: Deita quality x complexity)",
+    "kmq": "quality: the base model's mean response log-probability (the reference: Deita scores)",
+}
 
 
 def evidence_keys(recipe: Recipe, primary, items, selections: list[dict], sha: str, independent: bool) -> dict:
@@ -304,6 +314,12 @@ def evidence_keys(recipe: Recipe, primary, items, selections: list[dict], sha: s
             {k: r[k] for k in ("comparison", "metric", "estimate", "lo", "hi", "per_seed", "holm_p")} for r in primary
         ],
         "kmq_k": sorted({kmq_cluster_count(int(s["k"]), opts) for s in kmq}) if kmq else None,
+        "encoder": {
+            m: sorted({s["embeddings"] for s in selections if s.get("method") == m and s.get("embeddings")})
+            for m in ("kmq", "mig")
+            if m in recipe.selection.methods
+        },
+        "proxies": {m: PROXIES[m] for m in PROXIES if m in recipe.selection.methods},
         "accuracy_above_chance_base": above_chance(items) if items is not None and "n_choices" in items else {},
         "recipe_sha256": sha,
     }

@@ -43,15 +43,29 @@ def probe(recipe: Recipe, data, infl, params: dict):
 
 
 def plan_probes(tasks: list[str], k: int, seeds: int, base: int, n_lds: int) -> list[dict]:
-    """Returns every probe's parameters: per task top, bottom and remove-top; shared random arms per seed."""
+    """Returns every probe's parameters: per seed, per task top, bottom and remove-top, and the shared random arms."""
     out = []
-    for t in tasks:
-        out += [{"arm": arm, "task": t, "k": k, "seed": 0, "base": base} for arm in ("top", "bottom", "remove-top")]
     for s in range(seeds):
+        for t in tasks:
+            out += [{"arm": arm, "task": t, "k": k, "seed": s, "base": base} for arm in ("top", "bottom", "remove-top")]
         out += [{"arm": arm, "task": "", "k": k, "seed": s, "base": base} for arm in ("random", "remove-random")]
     out += [{"arm": "half", "task": "", "k": k, "seed": s, "base": base} for s in range(n_lds)]
     assert all(p["task"] == "" for p in out if p["arm"] in SHARED_ARMS)
     return out
+
+
+def probe_settings(recipe: Recipe, k: int) -> tuple[Recipe, pd.DataFrame | None]:
+    """Returns the recipe the probes train with: fine-tuning lr and epochs chosen for k rows (the recipe's tuning
+    grid, each trial a cached `tune` step on k random rows, scored by validation NLL) and the trials; the run's
+    settings and None without a tuning grid or with `probes.tune` off."""
+    from flows.experiment import choose_finetune
+
+    t = recipe.tuning
+    if not recipe.probes.tune or t is None or not (t.lrs or t.epochs):
+        return recipe, None
+    at_k = recipe.model_copy(update={"tuning": t.model_copy(update={"budget": float(k)})})
+    chosen, table = choose_finetune(at_k)
+    return chosen.model_copy(update={"tuning": t}), table
 
 
 def check_request(recipe: Recipe, record: dict, k: int | None, seeds: int, n_lds: int) -> tuple:
@@ -139,6 +153,7 @@ def validate(
     record = load_run(Path(run_root).resolve(), run)
     recipe = Recipe.model_validate(record["recipe"]).with_overrides({"run_root": str(Path(run_root).resolve())})
     data, infl, tasks, n, k, base = check_request(recipe, record, k, seeds, lds)
+    recipe, tuning = probe_settings(recipe, k)
     params = plan_probes(tasks, k, seeds, base, lds)
     log.info(
         f"validate run {record['run_id']}: {len(params)} probe models (k = {k} of {n} pool rows, removal base "
@@ -153,10 +168,16 @@ def validate(
         gpu=True,
     )
     probes = {probe_label(p["arm"], p["task"], p["seed"]): ref for p, ref in zip(params, refs)}
-    rows = task_table({lab: item_nll(ref) for lab, ref in probes.items()}, tasks, list(range(seeds)))
+    rows = task_table(
+        {lab: item_nll(ref) for lab, ref in probes.items()}, tasks, list(range(seeds)), recipe.probes.min_items
+    )
     result = {
         "run": record["run_id"],
         "k": k,
+        "min_items": recipe.probes.min_items,
+        "probe_lr": recipe.finetune.lr,
+        "probe_epochs": recipe.finetune.epochs,
+        "probe_settings": "chosen for k rows by the recipe's tuning grid" if tuning is not None else "the run's",
         "n_pool": n,
         "removal_base": base,
         "seeds": seeds,
@@ -197,11 +218,14 @@ def markdown(result: dict, plot: str) -> str:
     lines = [
         "## Does influence work on this run's data?",
         "",
-        f"Run `{result['run']}`: for each target, fine-tunes (the run's own settings) on the top-{result['k']} and "
-        f"bottom-{result['k']} pool rows by the task's influence and on {result['k']} random rows "
-        f"({result['seeds']} seeds); and on a random base subset of {result['removal_base']} rows with its top "
-        f"{result['k']} or {result['k']} random rows removed. Gold NLL on the task's scored items (lower is "
-        "better); differences are paired over items, 95% bootstrap intervals.",
+        f"Run `{result['run']}`: for each target, fine-tunes on the top-{result['k']} and "
+        f"bottom-{result['k']} pool rows by the task's influence and on {result['k']} random rows; and on a "
+        f"random base subset of {result['removal_base']} rows with its top {result['k']} or {result['k']} random "
+        f"rows removed; every arm once per probe seed ({result['seeds']} seeds). Probe fine-tunes: lr "
+        f"{result.get('probe_lr')}, {result.get('probe_epochs')} epochs ({result.get('probe_settings', 'the run')}"
+        "). Gold NLL on the task's scored items (lower is better); each arm minus the same seed's random arm, "
+        "hierarchical bootstrap (seeds, then items), 95% intervals; a task with fewer than "
+        f"{result.get('min_items', 0)} scored items gets no verdict.",
         "",
         "| task | items | top - random | bottom - random | remove top - remove random | verdict |",
         "|---|---|---|---|---|---|",

@@ -1,8 +1,9 @@
 """Step `probe`: one model of the influence check (`bidsflow validate`): a subset, its fine-tune, its gold NLL.
 
 The subset is an arm of bidsml/validate.py (top / bottom / random / remove-top /
-remove-random / half) at k rows; the fine-tune is the run's own (its LoRA,
-finetune settings and seed); the evaluation is the gold NLL of every target's
+remove-random / half) at k rows; the fine-tune is the run's LoRA with the
+settings `bidsflow validate` passes (chosen for k rows by the recipe's tuning
+grid, else the run's), seeded by the run's seed plus the probe seed; the evaluation is the gold NLL of every target's
 scored items (no decoding). One artifact per probe, content-addressed like
 every step: a killed `validate` resumes from the probes already built.
 """
@@ -42,7 +43,9 @@ class ProbeParams(BaseModel):
     arm: Literal[ARMS] = Field(..., description="top, bottom, random, remove-top, remove-random or half.")  # type: ignore[valid-type]
     task: str = Field("", description="The target task whose influence ranks the rows (top, bottom, remove-top).")
     k: int = Field(..., ge=0, description="Rows selected (top, bottom, random) or removed (remove-top/-random).")
-    seed: int = Field(0, description="Seed of the random rows (random, remove-random, half).")
+    seed: int = Field(
+        0, description="Probe seed: the random rows (random, remove-random, half) and the fine-tune's seed offset."
+    )
     base: int = Field(0, ge=0, description="Size of the removal arms' random base subset of the pool.")
 
 
@@ -74,7 +77,7 @@ def build(b: Build) -> dict:
         recipe.finetune,
         examples,
         b.work / "train",
-        recipe.seed,
+        recipe.seed + p.seed,  # each probe seed its own fine-tune (data order, LoRA init)
         save_every_epoch=False,
         progress=False,
         on_step=lambda s, t, loss: progress.update(s, t, loss=loss),

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from bidsml.clusters import embeddings_used
 from bidsml.config import FeaturesConfig
 from bidsml.errors import SelectionError
 from bidsml.selection import resolve_budget, selection_label, task_means
@@ -64,7 +65,7 @@ def rounds_of(params: SelectionParams) -> int:
 def options_file(recipe, inputs, params: SelectionParams) -> dict:
     """Returns the content hash of an embeddings file the options name (its path alone is not its content)."""
     emb = (params.options or {}).get("embeddings") if params is not None else None
-    if emb in (None, "auto", "representations", "field"):
+    if emb in (None, "auto", "representations", "field", "sentence"):
         return {}
     return {"embeddings_file": file_sha256(Path(emb))}
 
@@ -160,6 +161,8 @@ def build(b: Build) -> dict:
             b.log(f"round {r}: mean loss of the {len(previous)} rows so far {inputs.extra['losses'].mean():.4f}")
         budget = round_sizes(k_final, rounds)[r]
     rows = run_selector(method, inputs, budget, b.recipe.seed)
+    choice = getattr(inputs.options, "embeddings", None)  # kmq, mig: what they clustered
+    embeddings = embeddings_used(inputs, choice) if choice is not None else None
     del inputs
     sources = train["source"].to_numpy()
     comp = composition(read_influence_rows(infl.path, rows), mean, std, constant, tasks, sources[rows].tolist())
@@ -178,6 +181,7 @@ def build(b: Build) -> dict:
         "k": len(rows),
         **({"round": b.params.round, "rounds": rounds} if rounds > 1 else {}),
         **({"options": b.params.options} if b.params.options else {}),
+        **({"embeddings": embeddings} if embeddings else {}),
         "n_pool": int(n),
         "dropped_constant_columns": np.flatnonzero(constant).tolist(),
         **comp,

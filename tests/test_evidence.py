@@ -238,3 +238,18 @@ def test_an_evidence_recipe_fixes_its_comparisons_and_the_json_carries_them(tmp_
         b: forms.get(b, "mc" if b in ("mmlu", "arc_challenge") else "generate") for b in recipe.evaluation.benchmarks
     }
     assert recipe_sha256(recipe.with_overrides({"seed": 7})) != sha
+
+
+def test_validate_probes_train_with_the_setting_the_tuning_grid_picks_at_their_k(tmp_path):
+    """A probe trains k rows: its lr and epochs are chosen by tune steps at k, not the run's budget's setting."""
+    from flows.validate import probe_settings
+
+    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml").with_overrides({"run_root": str(tmp_path / "runs")})
+    assert probe_settings(recipe, 8) == (recipe, None)  # no grid: the run's settings
+    grid = TuningConfig(lrs=(1e-4, 5e-2), epochs=(1,), budget=0.5)
+    tuned = recipe.model_copy(update={"tuning": grid})
+    chosen, table = probe_settings(tuned, 8)
+    assert (table["k"] == 8).all() and len(table) == 2
+    assert chosen.finetune.lr == table["lr"].iloc[0] and chosen.tuning == grid  # the recipe's grid kept as it was
+    off = tuned.model_copy(update={"probes": tuned.probes.model_copy(update={"tune": False})})
+    assert probe_settings(off, 8) == (off, None)

@@ -245,7 +245,7 @@ def test_validate_trains_the_arms_reports_per_task_and_resumes_from_cache(first_
     import numpy as np
     from typer.testing import CliRunner
 
-    from bidsml.validate import paired_difference
+    from bidsml.validate import seeded_difference
     from flows.cli import app
     from storage.influence_store import load_influence_tables, read_influence_matrix
     from storage.runs import load_run, run_ref
@@ -261,15 +261,20 @@ def test_validate_trains_the_arms_reports_per_task_and_resumes_from_cache(first_
     assert result["k"] == 4 and result["removal_base"] == 16 and result["lds_models"] == 3
     assert (out_dir / "validate.png").stat().st_size > 0
     assert "## Does influence work on this run's data?" in Path(first_run[0]["report"]).read_text()
+    assert result["min_items"] == 30 and result["probe_settings"] == "the run's"  # tiny.yaml has no tuning grid
     for r in result["tasks"]:
-        assert r["verdict"] in ("influence predicts the effect on t", "no evidence")
+        assert r["n_seeds"] == 2
+        # the tiny recipe scores a handful of items per task: no verdict is earned on so few
+        assert r["verdict"] == f"too few scored items ({r['n_items']} < 30)"
         assert r["top_minus_random_nll_lo"] <= r["top_minus_random_nll"] <= r["top_minus_random_nll_hi"]
     # the probes: artifacts of the run's root, the top arm trained on the top-4 rows by mmlu's mean influence
     root = Path(recipe.run_root) / "artifacts" / "probe"
     built = [p for p in root.iterdir() if (p / "meta.json").exists()]
     probes = {json.loads((p / "meta.json").read_text())["summary"]["probe"]: p for p in built}
-    assert {"top[mmlu]", "bottom[gsm8k]", "remove-top[mmlu]", "random#0", "random#1", "half#2"} <= set(probes)
-    assert len(probes) == 2 * 3 + 2 * 2 + 3
+    assert {"top[mmlu]", "top[mmlu]#1", "bottom[gsm8k]#1", "remove-top[mmlu]", "random#0", "random#1", "half#2"} <= set(
+        probes
+    )
+    assert len(probes) == 2 * (2 * 3 + 2) + 3  # per seed: 2 tasks x 3 arms + 2 shared arms; 3 halves
     infl = run_ref(load_run(Path(recipe.run_root), run_id), "influence")
     _, val = load_influence_tables(infl.path)
     mmlu = read_influence_matrix(infl.path)[:, (val["task"] == "mmlu").to_numpy()].mean(1)
@@ -279,8 +284,10 @@ def test_validate_trains_the_arms_reports_per_task_and_resumes_from_cache(first_
         name: pd.read_parquet(p / "items.parquet").query("task == 'mmlu'").set_index("id")["nll"]
         for name, p in probes.items()
     }
-    random = (items["random#0"] + items["random#1"]) / 2
-    want = paired_difference(items["top[mmlu]"], random.loc[items["top[mmlu]"].index])
+    ids = items["top[mmlu]"].index
+    top = np.stack([items["top[mmlu]"].loc[ids], items["top[mmlu]#1"].loc[ids]])
+    random = np.stack([items["random#0"].loc[ids], items["random#1"].loc[ids]])
+    want = seeded_difference(top, random)
     got = next(r for r in result["tasks"] if r["task"] == "mmlu")
     assert got["top_minus_random_nll"] == pytest.approx(want[0]) and got["top_minus_random_nll_lo"] == pytest.approx(
         want[1]

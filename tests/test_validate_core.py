@@ -6,7 +6,16 @@ import pytest
 
 from bidsml.errors import SelectionError
 from bidsml.fidelity import spearman
-from bidsml.validate import BASE_SEED, arm_rows, lds, paired_difference, probe_label, task_table, verdict
+from bidsml.validate import (
+    BASE_SEED,
+    arm_rows,
+    lds,
+    paired_difference,
+    probe_label,
+    seeded_difference,
+    task_table,
+    verdict,
+)
 
 
 def test_arms_take_top_bottom_random_and_removals_of_a_shared_base():
@@ -42,21 +51,42 @@ def test_paired_difference_and_verdict():
     assert verdict((-0.2, -0.3, -0.1), (0.2, -0.1, 0.3)) == "no evidence"
 
 
-def test_task_table_pairs_items_and_averages_random_seeds():
+def test_task_table_pairs_each_arm_with_the_same_seeds_random_arm():
     idx = pd.MultiIndex.from_tuples([("t", "a"), ("t", "b"), ("t", "c")], names=["task", "id"])
     s = lambda *v: pd.Series(v, index=idx)  # noqa: E731
     nll = {
         probe_label("top", "t", 0): s(1.0, 1.0, 1.0),
+        probe_label("top", "t", 1): s(1.0, 1.0, 2.0),
         probe_label("bottom", "t", 0): s(3.0, 3.0, 3.0),
+        probe_label("bottom", "t", 1): s(3.0, 3.0, 4.0),
         probe_label("remove-top", "t", 0): s(2.5, 2.5, 2.5),
+        probe_label("remove-top", "t", 1): s(2.5, 2.5, 2.5),
         "random#0": s(2.0, 2.0, 1.0),
         "random#1": s(2.0, 2.0, 3.0),
         "remove-random#0": s(2.0, 2.0, 2.0),
         "remove-random#1": s(2.0, 2.0, 2.0),
     }
+    assert probe_label("top", "t", 1) == "top[t]#1" and probe_label("top", "t", 0) == "top[t]"
     (row,) = task_table(nll, ["t"], [0, 1])
-    assert row["random_nll"] == 2.0 and row["top_minus_random_nll"] == -1.0 and row["bottom_minus_random_nll"] == 1.0
+    # seed 0: top - random = (-1, -1, 0); seed 1: (-1, -1, -1): mean -5/6
+    assert row["random_nll"] == 2.0 and row["top_minus_random_nll"] == pytest.approx(-5 / 6)
+    assert row["bottom_minus_random_nll"] == pytest.approx(7 / 6) and row["n_seeds"] == 2
     assert row["removal_top_minus_random_nll"] == 0.5 and row["verdict"] == "influence predicts the effect on t"
+    (few,) = task_table(nll, ["t"], [0, 1], min_items=30)
+    assert few["verdict"] == "too few scored items (3 < 30)" and few["removal"].startswith("too few scored items")
+
+
+def test_seeded_difference_keeps_the_probe_seeds_spread_in_the_interval():
+    rng = np.random.default_rng(0)
+    items = rng.normal(2.0, 0.5, 50)
+    b = np.stack([items, items])
+    same = np.stack([items - 0.1, items - 0.1])  # both seeds: -0.1
+    split = np.stack([items - 0.3, items + 0.1])  # seeds disagree: -0.3 and +0.1
+    m, lo, hi = seeded_difference(same, b)
+    assert (m, lo, hi) == pytest.approx((-0.1, -0.1, -0.1))
+    m, lo, hi = seeded_difference(split, b)
+    assert m == pytest.approx(-0.1) and lo == pytest.approx(-0.3) and hi == pytest.approx(0.1)  # seed draws only
+    assert seeded_difference(items[None] - 0.2, items[None])[0] == pytest.approx(-0.2)  # one seed: items only
 
 
 def test_lds_is_the_mean_per_query_spearman_across_models():
