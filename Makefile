@@ -37,7 +37,7 @@ demo: install
 	$(VENV)/bin/bidsflow run --recipe recipes/demo.yaml
 
 test: install
-	$(PY) -m pytest -q --durations=30; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q --durations=30
 
 clean-runs:
 	rm -rf runs

@@ -286,8 +286,8 @@ def runs(run_root: Path = typer.Option(Path("runs"), help="Run root to list.")):
 
 @app.command()
 def query(
-    run: str = typer.Argument(..., help="Run id (prefix) or 'latest'."),
-    sql: str = typer.Argument(..., help="SQL over the run's stores (tables, views, selections)."),
+    sql: list[str] = typer.Argument(..., help="SQL over the run's stores (tables, views, selections)."),
+    run: str = typer.Option("latest", "--run", help="The run: 'latest' or a run id (prefix)."),
     run_root: Path = typer.Option(Path("runs"), help="Run root holding the run records."),
     limit: int = typer.Option(50, help="Rows to print."),
 ):
@@ -305,6 +305,12 @@ def query(
     from storage.query import open_run, reads_scores
     from storage.runs import load_run
 
+    if len(sql) == 2:  # the earlier form `bidsflow query RUN SQL`: still understood
+        run, sql = sql[0], sql[1:]
+        console.print(f"[dim]note: name the run with --run {run} (bidsflow query SQL --run RUN)[/dim]")
+    if len(sql) != 1:
+        _fail(typer.BadParameter(f"expected one SQL statement (quoted), got {len(sql)} arguments"))
+    sql = sql[0]
     try:
         con = open_run(load_run(run_root.resolve(), run), reads_scores(sql), lambda m: console.print(f"[dim]{m}[/dim]"))
     except (BidsError, FileNotFoundError) as err:
@@ -314,6 +320,9 @@ def query(
         if rel is None:
             return
         cols, rows = rel.columns, rel.limit(limit).fetchall()
+    except duckdb.CatalogException as err:
+        names = sorted(r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall())
+        _fail(ValueError(f"{str(err).splitlines()[0]}\n  tables and views of this run: {', '.join(names)}"))
     except duckdb.Error as err:
         _fail(err)
     table = Table(*cols)

@@ -107,6 +107,7 @@ def build(b: Build) -> dict:
     return {
         "k": choice.k,
         "projector": choice.projector,
+        "proj_seed": fc.proj_seed,
         "mode": fc.proj_dim if isinstance(fc.proj_dim, str) else "fixed",
         "reason": choice.reason,
         "warning": choice.warning,

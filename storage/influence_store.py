@@ -48,7 +48,7 @@ SCORES_DIR = "scores"
 BLOCKS_DONE_DIR = "blocks_done"
 BLOCK_ROWS = STATS_ROWS  # rows per block: ~64 MB of float32 scores at M = 1,000
 
-# Views users query (`bidsflow query RUN "SQL"`); normalised = z-score of a
+# Views users query (`bidsflow query "SQL" --run RUN`); normalised = z-score of a
 # validation column over all training rows (sample std), as BIDS does. They scan all N*M scores.
 SCORE_VIEWS = [
     f"""CREATE TEMP VIEW normalized_influence AS

@@ -57,8 +57,9 @@ def test_pure_noise_gives_an_interval_around_zero_and_pairing_narrows_it():
 
 @pytest.mark.e2e
 def test_a_recipe_with_seeds_runs_each_seed_and_compares_methods(tmp_path, prefect_harness):
-    """Seeds share the data and the base model's evaluation; warmup, selection and fine-tuning follow the seed
-    (with `shared_influence`, only random selection and fine-tuning)."""
+    """Seeds share the pool sources and the scored items; each is a whole independent pipeline (warmup, projection
+    seed, validation draw, selection, fine-tuning follow the seed); with `shared_influence` only random selection and
+    fine-tuning do."""
     import json
     from pathlib import Path
 
@@ -78,7 +79,7 @@ def test_a_recipe_with_seeds_runs_each_seed_and_compares_methods(tmp_path, prefe
     out = pipeline(recipe)
     table = pd.read_csv(out["table"])
     assert set(table["method"]) == {"base", "random@8", "less@8", "bids@8"}
-    assert {MACRO, WORST, "mmlu", "bbh"} <= set(table["benchmark"]) and set(table["metric"]) == {"score", "nll"}
+    assert {MACRO, WORST, "mmlu", "bbh"} <= set(table["benchmark"]) and set(table["metric"]) == {"score", "nll", "bpb"}
     assert (table["n_seeds"] == 2).all()
     nll = table[(table["metric"] == "nll") & (table["method"] == "bids@8")]
     assert (nll["lo_vs_random@8"] <= nll["diff_vs_random@8"]).all() and (
@@ -92,15 +93,25 @@ def test_a_recipe_with_seeds_runs_each_seed_and_compares_methods(tmp_path, prefe
     records = sorted((Path(recipe.run_root) / "run-records").glob("*.json"))
     refs = [json.loads(p.read_text())["refs"] for p in records]
     assert len(refs) == 2
-    assert refs[0]["data"]["main"]["digest"] == refs[1]["data"]["main"]["digest"]  # one pool, one validation set
-    assert refs[0]["evaluation"]["base"]["digest"] == refs[1]["evaluation"]["base"]["digest"]
+    # each seed its own validation draw (so its own data artifact) and projection seed; one set of scored items
+    assert refs[0]["data"]["main"]["digest"] != refs[1]["data"]["main"]["digest"]
+    from storage.datasets import load_split
+    from storage.evaluations import load_evaluation_items
+    from storage.refs import ArtifactRef
+
+    val = [{e.id for e in load_split(ArtifactRef.model_validate(r["data"]["main"]), "val")} for r in refs]
+    assert val[0] != val[1]
+    base = [load_evaluation_items(ArtifactRef.model_validate(r["evaluation"]["base"])) for r in refs]
+    assert base[0]["id"].tolist() == base[1]["id"].tolist() and base[0]["nll"].tolist() == base[1]["nll"].tolist()
+    assert refs[0]["projection"]["main"]["meta"]["proj_seed"] != refs[1]["projection"]["main"]["meta"]["proj_seed"]
     assert (
         refs[0]["warmup"]["main"]["identity"] != refs[1]["warmup"]["main"]["identity"]
     )  # the warmup order follows the seed
     assert refs[0]["selection"]["random@8"]["digest"] != refs[1]["selection"]["random@8"]["digest"]
     # shared trunk: the first evaluation recorded layer 0's states once; every other model reused them
-    notes = {e["digest"]: e["meta"]["trunk"] for r in refs for e in r["evaluation"].values()}.values()
-    assert sum(n.startswith("recorded") for n in notes) == 1 and sum(n.startswith("reused") for n in notes) == 6
+    # (keyed by identity: the two seeds' base evaluations hold equal files, so they share a content digest)
+    notes = {e["identity"]: e["meta"]["trunk"] for r in refs for e in r["evaluation"].values()}.values()
+    assert sum(n.startswith("recorded") for n in notes) == 1 and sum(n.startswith("reused") for n in notes) == 7
     assert len(list((Path(recipe.run_root) / "trunk").glob("*.safetensors"))) == 1
 
     # --shared-influence: seed 1 reuses seed 0's warmup / features / influence (from the cache above); the

@@ -174,21 +174,25 @@ def test_cli_query_views_and_select_on_run(first_run, recipe, tmp_path):
     from flows.cli import app
 
     runner = CliRunner()
-    res = runner.invoke(app, ["query", "latest", "SELECT task, n_val FROM task_stats", "--run-root", recipe.run_root])
+    res = runner.invoke(
+        app, ["query", "SELECT task, n_val FROM task_stats", "--run", "latest", "--run-root", recipe.run_root]
+    )
     assert res.exit_code == 0 and "mmlu" in res.output and "gsm8k" in res.output, res.output
+    old = runner.invoke(app, ["query", "latest", "SELECT task, n_val FROM task_stats", "--run-root", recipe.run_root])
+    assert old.exit_code == 0 and "--run latest" in old.output and "mmlu" in old.output  # the earlier form, noted
     res = runner.invoke(
         app,
         [
             "query",
-            "latest",
             "SELECT method, sum(n) AS n FROM selection_composition GROUP BY ALL",
             "--run-root",
             recipe.run_root,
         ],
     )
     assert res.exit_code == 0 and "bids" in res.output and "rds" in res.output, res.output
-    res = runner.invoke(app, ["query", "latest", "SELECT * FROM nope", "--run-root", recipe.run_root])
+    res = runner.invoke(app, ["query", "SELECT * FROM nope", "--run-root", recipe.run_root])
     assert res.exit_code == 2 and "nope" in res.output
+    assert "tables and views of this run:" in res.output and "task_stats" in res.output and "selections" in res.output
     out = tmp_path / "sel.json"
     res = runner.invoke(
         app,

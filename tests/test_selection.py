@@ -87,6 +87,12 @@ def test_random_is_seeded_and_all_methods_return_k_distinct_rows():
             influence=A,
             representations=reps if "representations" in sel.needs else {},
             pool=pool if "pool" in sel.needs else None,
+            texts={
+                "train": [f"row {i} word{i % 5} topic{i % 3}" for i in range(50)],
+                "val": [f"word{j} topic{j % 3}" for j in range(6)],
+            }
+            if "text" in sel.needs
+            else None,
         )
         if m == "kmq-iterative":  # one round of three; the pipeline fine-tunes between rounds
             x.extra = {"round": 0, "final_k": 10}
