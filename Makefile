@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install demo test clean-runs
+.PHONY: install demo test docs clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -38,6 +38,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q --durations=30
+
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict   # the site in site/ (docs/ + README + CHANGELOG)
 
 clean-runs:
 	rm -rf runs

@@ -3,8 +3,9 @@
 A recipe is a YAML file (see recipes/). Each stage's settings live in their own
 model with a help text per field; unknown keys are refused, so a typo fails at
 load time with the key's dotted path instead of silently using a default.
-Each step's artifact identity hashes only the stage models it reads (see
-`Recipe.stage_config`), so changing the selection budget leaves features alone.
+Each step's artifact identity hashes only the recipe sections its declaration
+names (`Step.sections`, tasks/step.py), so changing the selection budget leaves
+features alone.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def step(
 ):
     """Run one step on its own, from the artifacts of an existing run."""
     from bidsml.errors import BidsError
-    from steps.registry import get_step
+    from tasks.registry import get_step
 
     try:
         the_step = get_step(name)
@@ -181,7 +181,7 @@ def _step_params(step, pairs: list[str], recipe) -> dict | None:
 @app.command()
 def steps():
     """List the steps: what each builds, from which inputs and recipe sections, on which pool."""
-    from steps.registry import STEPS
+    from tasks.registry import STEPS
 
     table = Table()
     table.add_column("step", no_wrap=True)  # the name a user types: never cut
@@ -364,6 +364,23 @@ def validate(
     console.print(f"[green]done[/green] in {out['seconds']:.1f}s  outputs: {out['outputs']}")
 
 
+@app.command("deployments")
+def deployments_file(
+    write: bool = typer.Option(False, "--write", help="Rewrite deployments/prefect.yaml (else: check it is current)."),
+) -> None:
+    """deployments/prefect.yaml from the step declarations: --write rewrites it; without, exit 1 when it is stale."""
+    from flows.deploy_spec import PREFECT_YAML, render, write as write_spec
+
+    if write:
+        changed = write_spec()
+        console.print(f"{PREFECT_YAML}: {'rewritten' if changed else 'already current'}")
+        return
+    if not PREFECT_YAML.exists() or PREFECT_YAML.read_text() != render():
+        console.print(f"[red]{PREFECT_YAML} is stale:[/red] run `bidsflow deployments --write`")
+        raise typer.Exit(1)
+    console.print(f"{PREFECT_YAML}: current ({render().count('- name: step-')} step deployments)")
+
+
 @app.command("readme-results")
 def readme_results(
     json_path: Path = typer.Option(Path("results/evidence-cpu.json"), "--json", help="The evidence experiment's JSON."),
@@ -412,7 +429,7 @@ def select_cmd(
             ids = None
         else:
             from bidsml.selectors import get_selector, run_selector
-            from steps.selection import SelectionParams, rounds_of, selector_inputs
+            from tasks.selection import SelectionParams, rounds_of, selector_inputs
             from storage.influence_store import load_influence_tables
             from storage.runs import load_run, run_ref
 

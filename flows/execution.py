@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from bidsml.config import Recipe
 from bidsml.errors import ClusterError
 from bidsml.model import torch_threads  # noqa: F401  (every step runs under execution.threads)
-from steps.step import executor  # noqa: F401  (who computes: recorded per feature chunk)
+from tasks.step import executor  # noqa: F401  (who computes: recorded per feature chunk)
 
 WORKER_COMMAND = "dask worker {address} --nworkers 1 --nthreads 1"  # the README's command, one per GPU
 
@@ -144,10 +144,10 @@ _CODE_AT_START: list[str] = []  # on a worker: the project's code when its first
 
 
 def project_code() -> str:
-    """Returns one hash over the code identity of every step (steps/*: what builds artifacts), as the files are now."""
+    """Returns one hash over the code identity of every step (tasks/*: what builds artifacts), as the files are now."""
     import hashlib
 
-    from steps.registry import step_identities
+    from tasks.registry import step_identities
 
     ids = sorted(step_identities().items())
     return hashlib.sha256("".join(f"{n}={i};" for n, i in ids).encode()).hexdigest()[:16]

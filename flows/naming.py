@@ -40,7 +40,7 @@ def _round_suffix(meta: Any) -> str:
 
 def _rounds(choice: dict) -> int:
     """How many rounds the chosen selection method runs (1 when the method or its options do not parse)."""
-    from steps.selection import SelectionParams, rounds_of
+    from tasks.selection import SelectionParams, rounds_of
 
     try:
         return rounds_of(

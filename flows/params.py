@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Literal
 
 from bidsml.selectors import SELECTORS
-from steps.registry import STEPS
+from tasks.registry import STEPS
 
-STEP_NAMES = tuple(STEPS)  # every declared step (steps/), in pipeline order
+STEP_NAMES = tuple(STEPS)  # every declared step (tasks/), in pipeline order
 
 MethodName = Literal[tuple(sorted(SELECTORS))]  # type: ignore[valid-type]
 StepName = Literal[STEP_NAMES]  # type: ignore[valid-type]

@@ -30,9 +30,9 @@ from flows.params import DEFAULT_RECIPE_PATH, MethodName, StepName, resolve_reci
 from flows.preflight import preflight
 from flows.runner import map_on_runner
 from flows.step_flows import STEP_FLOWS
-from steps.registry import STEPS
-from steps.selection import SelectionParams, rounds_of
-from steps.step import Step
+from tasks.registry import STEPS
+from tasks.selection import SelectionParams, rounds_of
+from tasks.step import Step
 from storage.lineage import mermaid, run_lineage
 from storage.names import BUILD_INFO
 from storage.names import DIAGNOSTICS_PLOT as PLOT

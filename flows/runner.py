@@ -1,7 +1,7 @@
 """The one way a step runs: `run_step(step, recipe, inputs, params)`.
 
 It plans the call once (identity = the build's code + the declared recipe
-sections + the input digests + the parameters, steps/registry.py), and
+sections + the input digests + the parameters, tasks/registry.py), and
 `materialize` is the cache: a published artifact with that identity is
 returned as is, else `build` writes a new one. Prefect sees the same plan:
 the step's task is keyed by the identity (a cache hit shows `Cached` in the
@@ -41,14 +41,14 @@ from flows.execution import (
     torch_threads,
 )
 from flows.ui import Progress, asset_key, logger, mark_cached, post_table, publish
-from steps.registry import plan
-from steps.step import Sections, Step
+from tasks.registry import plan
+from tasks.step import Sections, Step
 from storage.names import BUILD_INFO, PREFECT_RESULTS_DIR
 from storage.refs import ArtifactRef, Plan, built_before, current_digest, materialize, stable_hash
 
 
 class StepBuild:
-    """What a step's `build` is given (the `Build` protocol of steps/step.py), inside the run of its step."""
+    """What a step's `build` is given (the `Build` protocol of tasks/step.py), inside the run of its step."""
 
     def __init__(self, step: Step, recipe, inputs: dict, params: BaseModel | None, work: Path, tag: str):
         self.step, self.tag, self._recipe = step, tag, recipe

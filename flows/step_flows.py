@@ -1,4 +1,4 @@
-"""One flow per step, derived from the step declarations (steps/): nothing here names a step.
+"""One flow per step, derived from the step declarations (tasks/): nothing here names a step.
 
 (Not `flows/steps.py`: Prefect puts a deployment's script folder first on sys.path, where a module named
 `steps` would hide the `steps` package.)
@@ -27,8 +27,8 @@ from flows.naming import flow_run_name
 from flows.params import DEFAULT_RECIPE_PATH, resolve_recipe
 from flows.preflight import preflight
 from flows.runner import run_step
-from steps.registry import STEPS
-from steps.step import Step
+from tasks.registry import STEPS
+from tasks.step import Step
 from storage.refs import ArtifactRef
 from storage.runs import load_run, run_ref
 

@@ -70,7 +70,7 @@ def probe_settings(recipe: Recipe, k: int) -> tuple[Recipe, pd.DataFrame | None]
 
 def check_request(recipe: Recipe, record: dict, k: int | None, seeds: int, n_lds: int) -> tuple:
     """Returns (data, influence, targets, n, k, base) after checking the run and the options; errors name them."""
-    from steps.probe import scored_items
+    from tasks.probe import scored_items
 
     data, infl = run_ref(record, "data"), run_ref(record, "influence")
     for ref in (data, infl):
@@ -112,7 +112,7 @@ def lds_result(probes: dict, infl, tasks: list[str], n_lds: int) -> dict:
     """Returns the LDS over the `half` probes: predicted loss = minus the summed task-mean influence of their rows."""
     import numpy as np
 
-    from steps.probe import ROWS_FILE
+    from tasks.probe import ROWS_FILE
 
     _, val = load_influence_tables(infl.path)
     src = influence_matrix_array(infl.path)

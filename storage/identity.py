@@ -21,7 +21,7 @@ from pathlib import Path
 from bidsml.filehash import file_digest_cached
 
 # Top-level packages whose code shapes artifacts (flows/ and deployments/ only orchestrate).
-PROJECT_PACKAGES = ("bidsml", "storage", "tasks")
+PROJECT_PACKAGES = ("bidsml", "storage")  # tasks/ count through their build functions (function_identity)
 
 
 # Functions whose imports only validate names against registries: they shape no artifact, so the code

@@ -18,6 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bidsml.config import LoraConfig, ModelConfig
 from bidsml.data import Example
+from tasks.registry import STEPS
 
 TINY = ModelConfig(tiny=True, max_seq_length=64)
 TINY_LORA = LoraConfig(r=4, alpha=8, dropout=0.0)
@@ -66,18 +67,8 @@ def prefect_harness():
         yield
 
 
-STEP_TASKS = {
-    "data",
-    "warmup",
-    "projection",
-    "features",
-    "influence",
-    "diagnostics",
-    "representations",
-    "selection",
-    "finetune",
-    "evaluation",
-}
+
+STEP_TASKS = set(STEPS)  # the step tasks of flows/runner.py are named `<step> <label>`
 
 
 def runs_since(since, kind: str) -> list:
@@ -190,7 +181,7 @@ def free_port() -> int:
 class Cluster:
     """`dask scheduler --port P` and `dask worker tcp://127.0.0.1:P --nworkers 1 --nthreads 1` processes.
 
-    Started as the README starts them, as separate processes from `node`, a
+    Started as docs/cluster.md starts them, as separate processes from `node`, a
     working directory holding folders named like the project's packages.
     """
 
@@ -198,7 +189,7 @@ class Cluster:
         self.node, self.port = node, port or free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen] = []
-        for name in ("storage", "steps", "bidsml"):  # decoys: folders named like the project's packages
+        for name in ("storage", "tasks", "bidsml"):  # decoys: folders named like the project's packages
             (node / name).mkdir(parents=True, exist_ok=True)
 
     def _start(self, args: list[str], log: str) -> subprocess.Popen:

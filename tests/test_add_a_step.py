@@ -1,6 +1,6 @@
 """Adding a step is adding one file: a declaration and its build, nothing else.
 
-A copy of the project gets `steps/source_counts.py`; the pipeline runs it,
+A copy of the project gets `tasks/source_counts.py`; the pipeline runs it,
 `bidsflow step` runs it, `bidsflow steps` lists it, and its deployment and
 UI form exist, with no other file touched.
 """
@@ -21,7 +21,7 @@ TOY_STEP = '''"""Step `source_counts`: the pool's examples per source."""
 
 import json
 
-from steps.step import Build, Input, Step
+from tasks.step import Build, Input, Step
 from storage.datasets import load_split
 
 
@@ -55,9 +55,9 @@ FORM = (
 @pytest.fixture()
 def project_with_a_new_step(tmp_path):
     copy = tmp_path / "project"
-    for item in ("bidsml", "storage", "steps", "flows", "deployments", "recipes"):
+    for item in ("bidsml", "storage", "tasks", "flows", "deployments", "recipes"):
         shutil.copytree(ROOT / item, copy / item, ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / "steps" / "source_counts.py").write_text(TOY_STEP)
+    (copy / "tasks" / "source_counts.py").write_text(TOY_STEP)
     return copy
 
 

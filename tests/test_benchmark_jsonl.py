@@ -101,7 +101,7 @@ def test_missing_settings_and_files_are_named(tmp_path):
 
 def test_the_data_step_takes_validation_examples_from_the_users_file(tmp_path):
     from flows.runner import run_step
-    from steps.registry import STEPS, plan
+    from tasks.registry import STEPS, plan
 
     recipe = load_recipe(RECIPE).with_overrides({"run_root": str(tmp_path / "runs")})
     ref = run_step(STEPS["data"], recipe, {})

@@ -1,4 +1,4 @@
-"""A real Dask cluster, started the way the README says: `dask scheduler` + `dask worker` processes.
+"""A real Dask cluster, started the way docs/cluster.md says: `dask scheduler` + `dask worker` processes.
 
 The scheduler and workers are separate processes started from another
 working directory, one that holds folders named `storage`, `tasks` and
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
 RECIPE = REPO / "recipes" / "tiny.yaml"
-# the README's worker command (without --resources GPU=1: no GPU here); threads=1 on both sides (see execution.threads)
+# docs/cluster.md's worker command (without --resources GPU=1: no GPU here); threads=1 on both sides (see execution.threads)
 SAME = ["--set", "execution.threads=1", "--set", "features.chunk_rows=4", "--set", "selection.methods=[random,bids]"]
 
 
@@ -77,11 +77,11 @@ def one_process(tmp_path_factory):
 
 
 def test_step_identities_do_not_depend_on_cwd_sys_path_or_process(cluster, tmp_path):
-    from steps.registry import step_identities
+    from tasks.registry import step_identities
 
     here = step_identities()
     assert len(here) >= 9
-    probe = "import json; from steps.registry import step_identities; print(json.dumps(step_identities()))"
+    probe = "import json; from tasks.registry import step_identities; print(json.dumps(step_identities()))"
     for cwd in (REPO, cluster.node):  # a fresh process; one whose cwd (first on sys.path) holds decoy packages
         out = subprocess.run([sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, check=True)
         assert json.loads(out.stdout) == here, f"cwd {cwd}"

@@ -1,4 +1,4 @@
-"""What a team with Prefect workers does, command by command (the README's "Deployments with workers").
+"""What a team with Prefect workers does, command by command (docs/cluster.md, "Deployments with Prefect workers").
 
 A fresh server (`bidsflow ui`), two process work pools, `prefect deploy --all`
 from `deployments/prefect.yaml` unedited, a `prefect worker start` per pool
@@ -78,7 +78,7 @@ def test_prefect_deploy_all_with_a_worker_per_pool(tmp_path):
                 return False
 
         wait_for(healthy, 180, "the server", list(logs.values()))
-        # the README's commands, in order
+        # docs/cluster.md's commands, in order
         _prefect(env, "work-pool", "create", "bids-cpu", "--type", "process")
         _prefect(env, "work-pool", "create", "bids-gpu", "--type", "process")
         _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout=300)

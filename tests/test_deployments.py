@@ -9,28 +9,10 @@ RECIPE = Path(__file__).parents[1] / "recipes" / "tiny.yaml"
 
 def test_serve_builds_pipeline_and_step_deployments():
     deps = {d.name: d for d in deployments(str(RECIPE))}
-    assert set(deps) == {
-        "bids-pipeline",
-        "select",
-        "validate",
-        *(
-            f"step-{s}"
-            for s in (
-                "data",
-                "warmup",
-                "projection",
-                "features",
-                "influence",
-                "representations",
-                "diagnostics",
-                "probe",
-                "selection",
-                "finetune",
-                "evaluation",
-                "tune",
-            )
-        ),
-    }
+    from tasks.registry import STEPS
+
+    assert set(deps) == {"bids-pipeline", "select", "validate", *(f"step-{s}" for s in STEPS)}
+    assert {"step-data", "step-features", "step-evaluation", "step-probe", "step-tune"} <= set(deps)
     pipe = deps["bids-pipeline"]
     assert pipe.parameters["recipe"]["name"] == "tiny"
     assert any(getattr(s.schedule, "cron", None) == NIGHTLY for s in pipe.schedules)
@@ -93,7 +75,7 @@ def test_prefect_yaml_matches_the_step_declarations():
     import yaml
     from prefect.flows import load_flow_from_entrypoint
 
-    from steps.registry import STEPS
+    from tasks.registry import STEPS
 
     spec = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "prefect.yaml").read_text())
     by_name = {d["name"]: d for d in spec["deployments"]}
@@ -105,6 +87,18 @@ def test_prefect_yaml_matches_the_step_declarations():
         assert fl.name == expected[d["name"]], (d["name"], fl.name)
     for name, step in STEPS.items():
         assert by_name[f"step-{name}"]["work_pool"]["name"] == f"bids-{step.pool}", name
+
+
+def test_prefect_yaml_is_what_bidsflow_deployments_writes():
+    """The committed file is derived from the declarations: a new step file without `--write` fails here."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.deploy_spec import PREFECT_YAML, render
+
+    assert PREFECT_YAML.read_text() == render(), "deployments/prefect.yaml is stale: run `bidsflow deployments --write`"
+    res = CliRunner().invoke(app, ["deployments"])
+    assert res.exit_code == 0 and "current (12 step deployments)" in res.output, res.output
 
 
 def test_prefect_yaml_gives_every_deployment_something_to_run():

@@ -72,8 +72,8 @@ def test_tune_trials_score_validation_nll_and_the_experiment_takes_the_lowest(tm
     """Each trial is a cached `tune` artifact trained on the same random rows; the choice never reads scored items."""
     from flows.experiment import choose_finetune
     from flows.runner import run_step
-    from steps.registry import STEPS
-    from steps.tune import TuneParams
+    from tasks.registry import STEPS
+    from tasks.tune import TuneParams
 
     recipe = (
         load_recipe(ROOT / "recipes" / "tiny.yaml")

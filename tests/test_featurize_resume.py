@@ -20,7 +20,7 @@ KILL_AFTER = 3  # compute calls (chunks of rows, all checkpoints each) before th
 CHILD = """
 import os, signal, sys
 from bidsml.config import load_recipe
-import steps.features as tf
+import tasks.features as tf
 from flows.step_flows import STEP_FLOWS as F
 
 # one thread: a matmul's last bits depend on the thread count and, on a loaded machine, its scheduling
@@ -43,7 +43,7 @@ F["features"](recipe, inputs={"data": data, "warmup": warm, "projection": F["pro
 def test_sigkilled_featurize_step_resumes_without_recomputing_finished_chunks(tmp_path, prefect_harness, monkeypatch):
     from prefect.settings import get_current_settings
 
-    import steps.features as tf
+    import tasks.features as tf
     from flows.step_flows import STEP_FLOWS as F
 
     run_root = tmp_path / "runs"

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from steps.registry import STEPS as DECLARED
+from tasks.registry import STEPS as DECLARED
 
 ROOT = Path(__file__).parents[1]
 STEPS = sorted(DECLARED)  # every step of the project
 DUMP = (
-    "import json, sys; sys.path.insert(0, sys.argv[1]); from steps.registry import step_identities; "
+    "import json, sys; sys.path.insert(0, sys.argv[1]); from tasks.registry import step_identities; "
     "print(json.dumps(step_identities()))"
 )
 
@@ -30,14 +30,14 @@ def _identities(tree: Path) -> dict[str, str]:
 def pristine(tmp_path_factory) -> dict[str, str]:
     """The identities of an unedited copy of the code (identities depend on content only: one probe serves all)."""
     tree = tmp_path_factory.mktemp("pristine")
-    for pkg in ("bidsml", "storage", "steps", "flows"):
+    for pkg in ("bidsml", "storage", "tasks", "flows"):
         shutil.copytree(ROOT / pkg, tree / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     return _identities(tree)
 
 
 @pytest.fixture()
 def code_copy(tmp_path):
-    for pkg in ("bidsml", "storage", "steps", "flows"):
+    for pkg in ("bidsml", "storage", "tasks", "flows"):
         shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     return tmp_path
 
@@ -56,7 +56,7 @@ def test_editing_a_build_function_recomputes_that_step_only(code_copy, pristine)
     before = _identities(code_copy)
     assert before == pristine  # stable across processes and folders
     # the composition rule of the selection step
-    _edit(code_copy / "steps" / "selection.py", "means.mean(axis=0).round(4)", "means.mean(axis=0).round(3)")
+    _edit(code_copy / "tasks" / "selection.py", "means.mean(axis=0).round(4)", "means.mean(axis=0).round(3)")
     assert _changed(before, _identities(code_copy)) == {"selection"}
 
 
@@ -81,7 +81,7 @@ def test_editing_core_code_recomputes_every_step_that_runs_it(code_copy, pristin
 def test_comments_and_docstrings_do_not_change_identities(code_copy, pristine):
     before = pristine
     _edit(
-        code_copy / "steps" / "selection.py",
+        code_copy / "tasks" / "selection.py",
         '"""Runs one selection method;',
         '"""Runs one selection method (edited doc);',
     )
@@ -98,8 +98,8 @@ def test_progress_summaries_report_and_declarations_are_outside_every_identity(c
     _edit(ui, "rows.append((key, str(round_sig(v))))", "rows.append((key, repr(v)))")  # the summary card's table
     _edit(code_copy / "bidsml" / "report.py", "## Evaluation", "## Evaluation results")  # the run report's layout
     _edit(code_copy / "bidsml" / "evaluation" / "aggregate.py", '"worst-task"', '"worst task"')
-    _edit(code_copy / "steps" / "features.py", 'pool="gpu"', 'pool="cpu"')
-    _edit(code_copy / "steps" / "warmup.py", 'doc="Trains the warmup LoRA', 'doc="Trains a warmup LoRA')
+    _edit(code_copy / "tasks" / "features.py", 'pool="gpu"', 'pool="cpu"')
+    _edit(code_copy / "tasks" / "warmup.py", 'doc="Trains the warmup LoRA', 'doc="Trains a warmup LoRA')
     assert _identities(code_copy) == before
     # while the scoring the evaluation runs is inside its identity
     _edit(code_copy / "bidsml" / "evaluation" / "answers.py", '.replace(",", "")', '.replace(",", "").strip()')

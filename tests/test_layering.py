@@ -7,7 +7,7 @@ from pathlib import Path
 from storage.identity import function_closure
 
 ROOT = Path(__file__).parents[1]
-PACKAGES = ("bidsml", "storage", "steps", "flows")
+PACKAGES = ("bidsml", "storage", "tasks", "flows")
 
 
 def _imports(path: Path) -> set[str]:
@@ -35,9 +35,9 @@ def _graph() -> dict[str, set[str]]:
 
 def test_bidsml_and_storage_do_not_import_prefect_or_upper_layers():
     for pkg, forbidden in (
-        ("bidsml", {"prefect", "steps", "flows", "storage"}),
-        ("storage", {"prefect", "steps", "flows"}),
-        ("steps", {"prefect", "flows", "dask"}),
+        ("bidsml", {"prefect", "tasks", "flows", "storage"}),
+        ("storage", {"prefect", "tasks", "flows"}),
+        ("tasks", {"prefect", "flows", "dask"}),
     ):
         files = list((ROOT / pkg).rglob("*.py"))
         assert len(files) > 5
@@ -48,10 +48,10 @@ def test_bidsml_and_storage_do_not_import_prefect_or_upper_layers():
 
 def test_steps_do_not_import_each_other():
     graph = _graph()
-    shared = {"steps", "steps.step", "steps.registry"}  # the declaration types and the registry
+    shared = {"tasks", "tasks.step", "tasks.registry"}  # the declaration types and the registry
     for mod, deps in graph.items():
-        if mod.startswith("steps.") and mod not in shared:
-            others = {d for d in deps if d.startswith("steps") and d not in shared}
+        if mod.startswith("tasks.") and mod not in shared:
+            others = {d for d in deps if d.startswith("tasks") and d not in shared}
             assert not others, f"{mod} imports {sorted(others)}: shared code belongs in storage/ or bidsml/"
 
 
@@ -74,14 +74,14 @@ def test_no_import_cycles():
 
 
 def test_a_step_identity_covers_every_module_it_runs_and_nothing_people_only_look_at():
-    closure = set(function_closure("steps.features", "build", "precision"))
+    closure = set(function_closure("tasks.features", "build", "precision"))
     # the core code the build calls and what that imports
     assert {"bidsml.features", "bidsml.projection", "bidsml.model", "bidsml.model_sources"} <= closure
     assert "storage.gradients" in closure and "storage.checkpoint_states" in closure
     # importing a registry package covers every registered module (they are found by scanning the package)
-    evaluation = set(function_closure("steps.evaluation", "build", "benchmark_inputs"))
+    evaluation = set(function_closure("tasks.evaluation", "build", "benchmark_inputs"))
     assert {"bidsml.benchmarks.mmlu", "bidsml.benchmarks.jsonl", "bidsml.evaluation.scoring"} <= evaluation
     # progress, logs, UI cards, the run report and the evaluation's aggregation are outside every identity
     for mods in (closure, evaluation):
-        assert not any(m.startswith(("flows", "steps")) for m in mods), mods
+        assert not any(m.startswith(("flows", "tasks")) for m in mods), mods
         assert not {"bidsml.report", "bidsml.markdown", "bidsml.evaluation.aggregate"} & mods, mods

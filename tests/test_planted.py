@@ -78,7 +78,7 @@ def test_the_data_step_plants_reports_and_its_identity_follows_the_scored_items(
     import json
 
     from flows.runner import run_step
-    from steps.registry import STEPS, plan
+    from tasks.registry import STEPS, plan
 
     r = _recipe([{"source": "gsm8k_unscored", "n": 30}, {"source": "sciq", "n": 20}])
     r = r.with_overrides({"run_root": str(tmp_path / "runs")})

@@ -93,7 +93,7 @@ def test_two_runs_started_together_on_one_run_root_build_each_artifact_once(tmp_
 KILLED_PIPELINE = """
 import os, signal, sys
 from bidsml.config import load_recipe
-import steps.influence as ti
+import tasks.influence as ti
 from flows.pipeline import pipeline
 
 ti.BLOCK_ROWS = 8
@@ -115,7 +115,7 @@ def test_pipeline_sigkilled_during_influence_resumes_at_the_first_unfinished_blo
 ):
     from prefect.settings import get_current_settings
 
-    import steps.influence as ti
+    import tasks.influence as ti
     from flows.pipeline import pipeline
     from storage.influence_store import BLOCKS_DONE_DIR, read_influence_matrix
 

@@ -12,7 +12,7 @@ from bidsml.evaluation.harness import evaluate_benchmark_items
 from bidsml.evaluation.items import evaluation_items
 from bidsml.model import load_base_model, load_lora, load_tokenizer
 from bidsml.sandbox import Limits
-from steps.step import Build, Input, Step
+from tasks.step import Build, Input, Step
 from storage.checkpoints import adapter_path
 from storage.datasets import load_split
 from storage.eval_trunk import keep_trunk, shared_trunk

@@ -20,7 +20,7 @@ from bidsml.features import CheckpointState, compute_features_checkpoints, lora_
 from bidsml.model import load_tokenizer, resolve_device, torch_threads
 from bidsml.projection import ExactProjector, make_projector
 from bidsml.train_trunk import TRUNK_CHECK_TOLERANCE, check_trunk
-from steps.step import Build, Input, Step, executor
+from tasks.step import Build, Input, Step, executor
 from storage.checkpoint_states import feature_model
 from storage.checkpoints import load_checkpoints
 from storage.datasets import SPLIT_FILES, load_split

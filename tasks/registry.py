@@ -1,6 +1,6 @@
 """The step registry: every module of this package declares one `STEP`; `plan` turns a call into an identity.
 
-Adding a step is adding a module here (see steps/step.py); nothing else lists steps.
+Adding a step is adding a module here (see tasks/step.py); nothing else lists steps.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from bidsml.errors import ArtifactError
-from steps.step import Step
+from tasks.step import Step
 
 _NOT_STEPS = {"step", "registry", "__init__"}
 
@@ -22,14 +22,14 @@ _NOT_STEPS = {"step", "registry", "__init__"}
 def discover() -> dict[str, Step]:
     """Returns {step name: Step} of every module of this folder that declares `STEP`, in pipeline order.
 
-    The modules are listed from this file's folder, not from the `steps` package's search path: a working
-    directory holding a folder named `steps` (a Dask worker's scratch space, say) would otherwise hide them.
+    The modules are listed from this file's folder, not from the `tasks` package's search path: a working
+    directory holding a folder named `tasks` (a Dask worker's scratch space, say) would otherwise hide them.
     """
     found: dict[str, Step] = {}
     for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.name in _NOT_STEPS:
             continue
-        module = importlib.import_module(f"steps.{info.name}")
+        module = importlib.import_module(f"tasks.{info.name}")
         step = getattr(module, "STEP", None)
         if step is None:
             continue
@@ -106,7 +106,7 @@ def plan(step: Step, recipe, inputs: dict[str, Any], params: BaseModel | None = 
     Every given input is checked to be intact on disk (a changed or deleted
     input raises ArtifactError naming it).
     """
-    from steps.step import Sections
+    from tasks.step import Sections
     from storage.refs import Plan, check_ref
 
     view = Sections(step.name, recipe, step.sections)

@@ -22,7 +22,7 @@ from bidsml.errors import SelectionError
 from bidsml.selection import resolve_budget, selection_label, task_means
 from bidsml.selectors import DEFAULT_METHOD, SELECTORS, PoolFields, SelectorInputs, get_selector, run_selector
 from bidsml.selectors.kmq import round_sizes
-from steps.step import Build, Input, Step
+from tasks.step import Build, Input, Step
 from storage.checkpoints import adapter_path
 from storage.datasets import load_split
 from storage.influence_store import (

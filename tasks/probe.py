@@ -26,7 +26,7 @@ from bidsml.model import load_base_model, load_lora, load_tokenizer
 from bidsml.streamed import row_scores
 from bidsml.train import train_lora
 from bidsml.validate import ARMS, arm_rows, probe_label
-from steps.step import Build, Input, Step
+from tasks.step import Build, Input, Step
 from storage.checkpoints import adapter_path
 from storage.datasets import load_split
 from storage.eval_trunk import keep_trunk, shared_trunk

@@ -18,7 +18,7 @@ from bidsml.data import tokenize_all
 from bidsml.model import load_base_model, load_lora, load_tokenizer
 from bidsml.represent import response_nll
 from bidsml.train import train_lora
-from steps.step import Build, Input, Step
+from tasks.step import Build, Input, Step
 from storage.checkpoints import adapter_path
 from storage.datasets import load_split
 from storage.train_trunk import training_trunk

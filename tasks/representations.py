@@ -9,7 +9,7 @@ from bidsml.model import load_base_model, load_tokenizer
 from bidsml.represent import pooled_states
 from bidsml.selectors import get_selector
 from bidsml.sentence import ENCODER, encoder_version, sentence_embeddings
-from steps.step import Build, Input, Step
+from tasks.step import Build, Input, Step
 from storage.datasets import SPLIT_FILES, load_split
 from storage.representations import save_representations
 

@@ -10,7 +10,7 @@ import bidsml.prepare
 from bidsml.config import EvalConfig
 from bidsml.model import load_tokenizer
 from bidsml.sources import SOURCES
-from steps.step import Build, Step
+from tasks.step import Build, Step
 from storage.datasets import save_data
 from storage.refs import file_sha256
 

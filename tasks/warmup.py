@@ -7,7 +7,7 @@ import random
 from bidsml.data import tokenize_all
 from bidsml.model import load_tokenizer
 from bidsml.train import checkpoint_weights, train_lora
-from steps.step import Build, Input, Step
+from tasks.step import Build, Input, Step
 from storage.checkpoints import save_checkpoints
 from storage.datasets import load_split
 from storage.train_trunk import training_trunk

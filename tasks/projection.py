@@ -21,7 +21,7 @@ from bidsml.fidelity import fidelity_sample
 from bidsml.influence_plots import plot_projection_fidelity
 from bidsml.model import load_tokenizer
 from bidsml.projection import make_projector
-from steps.step import Build, Input, Step
+from tasks.step import Build, Input, Step
 from storage.checkpoint_states import feature_model
 from storage.checkpoints import load_checkpoints
 from storage.datasets import load_split

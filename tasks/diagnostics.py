@@ -11,7 +11,7 @@ from bidsml.data import tokenize_all
 from bidsml.fidelity import exact_influence, fidelity_sample, fidelity_table, fidelity_warnings
 from bidsml.influence_plots import plot_influence_distributions
 from bidsml.model import load_tokenizer
-from steps.step import Build, Input, Step
+from tasks.step import Build, Input, Step
 from storage.checkpoint_states import feature_model
 from storage.checkpoints import load_checkpoints
 from storage.datasets import load_split

@@ -7,7 +7,7 @@ import shutil
 from bidsml.data import tokenize_all
 from bidsml.model import load_tokenizer
 from bidsml.train import train_lora
-from steps.step import Build, Input, Step
+from tasks.step import Build, Input, Step
 from storage.checkpoints import adapter_path
 from storage.datasets import load_split
 from storage.selections import load_selection_table, selected_by, subset_digest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bidsml.influence import influence_block
-from steps.step import Build, Input, Step
+from tasks.step import Build, Input, Step
 from storage.checkpoints import load_checkpoints
 from storage.datasets import load_split
 from storage.gradients import load_examples_meta, read_feature_rows, read_features
