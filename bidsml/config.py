@@ -341,6 +341,17 @@ class TuningConfig(_Stage):
         return self
 
 
+class PruneConfig(_Stage):
+    """A pruned copy of the model (PASER's setting: recover a pruned model with a small budget of data)."""
+
+    method: Literal["magnitude", "wanda"] = Field(
+        "wanda", description="magnitude: smallest |W| per matrix; wanda: smallest |W| x input norm per output row."
+    )
+    sparsity: float = Field(0.5, gt=0, lt=1, description="Share of each decoder linear's weights set to zero.")
+    calibration_rows: int = Field(64, gt=0, description="wanda: pool rows (seeded sample) whose inputs are measured.")
+    seed: int = Field(0, description="Seed of the calibration sample.")
+
+
 class ProbesConfig(_Stage):
     """`bidsflow validate`'s probe models (the counterfactual check of a run's influence)."""
 
@@ -426,6 +437,11 @@ class Recipe(_Stage):
         None, description="Fine-tuning settings an experiment (`seeds`) chooses among before its runs."
     )
     probes: ProbesConfig = Field(ProbesConfig(), description="`bidsflow validate`'s probe models.")
+    prune: PruneConfig | None = Field(
+        None,
+        description="Prune the model first (a `prune` step) and run every later step on the pruned model: the "
+        "recovery setting of PASER. The `degradation` step compares it with the original.",
+    )
     evidence: EvidenceConfig | None = Field(
         None, description="An experiment's primary comparisons, fixed before the run (the report's headline)."
     )

@@ -450,8 +450,18 @@ def select_cmd(
                         f"build: add {method!r} to its recipe's selection.methods and rerun (cached steps are reused)"
                     )
                 reps = run_ref(rec, "representations")
+            degradation = None
+            if "degradation" in needs:
+                if "degradation" not in rec["refs"]:
+                    raise SelectionError(
+                        f"method {method!r} needs the degradation artifact, which run {rec['run_id']} did not build: "
+                        f"give its recipe a `prune` section, add {method!r} to selection.methods and rerun"
+                    )
+                degradation = run_ref(rec, "degradation")
             options = (rec["recipe"].get("selection") or {}).get("options", {}).get(method, {})
-            inputs = selector_inputs(method, options, labels, run_ref(rec, "influence"), reps, run_ref(rec, "data"))
+            inputs = selector_inputs(
+                method, options, labels, run_ref(rec, "influence"), reps, run_ref(rec, "data"), None, degradation
+            )
             n = len(train)
         if scores is not None:
             rows = select(method, A, labels, budget, seed)

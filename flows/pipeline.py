@@ -34,6 +34,7 @@ from tasks.registry import STEPS
 from tasks.selection import SelectionParams, rounds_of
 from tasks.step import Step
 from storage.lineage import mermaid, run_lineage
+from storage.models import pruned_model_config
 from storage.names import BUILD_INFO
 from storage.names import DIAGNOSTICS_PLOT as PLOT
 from storage.refs import ArtifactRef, built_before
@@ -104,6 +105,9 @@ def step_table(refs: dict[str, ArtifactRef], timings: dict[str, float], since: f
     return rows
 
 
+ON_THE_ORIGINAL = ("data", "prune", "degradation")  # steps that read the unpruned model (a recipe with `prune`)
+
+
 def per_run_steps(recipe: Recipe) -> list[Step]:
     """Returns the steps a run builds once (in pipeline order), without those no method of the recipe needs."""
     return [s for s in STEPS.values() if s.per_run and (s.run_if is None or s.run_if(recipe))]
@@ -114,25 +118,32 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
     since = time.time()
     refs: dict[str, dict[str, ArtifactRef]] = {}
 
-    def timed(name: str, label: str, rec: Recipe = recipe, **kw) -> ArtifactRef:
+    def timed(name: str, label: str, rec: Recipe | None = None, **kw) -> ArtifactRef:
         t = time.time()
-        result = STEP_FLOWS[name](rec, refresh=name in refresh, **kw)
+        result = STEP_FLOWS[name](rec or recipe, refresh=name in refresh, **kw)  # `recipe` as it is now (pruned)
         key = name if label == MAIN else f"{name}:{label}"
         timings[key] = time.time() - t
         log_step(key, result, timings[key], t)
         refs.setdefault(name, {})[label] = result
         return result
 
-    for step in per_run_steps(recipe):  # data, warmup, features, influence, diagnostics, ... in dependency order
-        timed(step.name, MAIN, front, inputs={i.key: refs[i.kind][MAIN] for i in step.inputs if i.kind in refs})
+    original = front  # with a `prune` section, the steps after `prune` run on the pruned model; these two do not
+    for step in per_run_steps(recipe):  # data, prune, warmup, features, influence, ... in dependency order
+        rec = original if step.name in ON_THE_ORIGINAL else front
+        timed(step.name, MAIN, rec, inputs={i.key: refs[i.kind][MAIN] for i in step.inputs if i.kind in refs})
+        if step.name == "prune":
+            pruned = pruned_model_config(front.model, refs["prune"][MAIN])
+            front, recipe = (r.model_copy(update={"model": pruned}) for r in (front, recipe))
     data, infl = refs["data"][MAIN], refs["influence"][MAIN]
-    reps = refs.get("representations", {}).get(MAIN)
-    timed("evaluation", "base", inputs={"data": data})
+    side = {k: refs[k][MAIN] for k in ("representations", "degradation") if k in refs}
+    timed("evaluation", "base", inputs={"data": data})  # the model fine-tunes start from (the pruned one, if any)
+    if "prune" in refs:
+        timed("evaluation", "original", original, inputs={"data": data})  # the unpruned model: what recovery aims at
     pairs = [(m, b) for m in recipe.selection.methods for b in recipe.selection.budgets]
     results = map_on_runner(
         recipe,
         branch,
-        [(recipe, m, b, data, infl, reps, sorted(refresh)) for m, b in pairs],
+        [(recipe, m, b, data, infl, side, sorted(refresh)) for m, b in pairs],
         [f"branch {selection_label(m, b)}" for m, b in pairs],
         "method x budget branches",
         gpu=True,
@@ -143,7 +154,10 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
             refs.setdefault(name, {})[label] = ref
             log_step(f"{name}:{label}", ref, timings.get(f"{name}:{label}", 0.0), since)
     selections = list(refs["selection"].values())
-    evals = list(refs["evaluation"].values())
+    evals = [
+        e if label != "original" else e.model_copy(update={"meta": {**e.meta, "model": "original (unpruned)"}})
+        for label, e in refs["evaluation"].items()
+    ]
     diag = refs["diagnostics"][MAIN]
     subsets = {label: str(subset_path(s.path)) for label, s in refs["selection"].items()}
     by_step = {
@@ -197,7 +211,7 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
 
 
 def branch(
-    recipe: Recipe, method: str, budget: float, data, infl, reps, refresh: list[str]
+    recipe: Recipe, method: str, budget: float, data, infl, side: dict, refresh: list[str]
 ) -> tuple[dict[str, tuple[str, ArtifactRef]], dict[str, float]]:
     """Runs one method x budget branch: selection -> finetune -> evaluation; returns {step: (label, ref)} and times.
 
@@ -215,7 +229,7 @@ def branch(
         return ref
 
     params = {"method": method, "budget": budget, "options": recipe.selection.options_of(method)}
-    upstream = {"data": data, "influence": infl, "representations": reps}
+    upstream = {"data": data, "influence": infl, **side}  # side: representations, degradation (when built)
     sel = timed("selection", inputs=upstream, params=params)
     for r in range(1, rounds_of(SelectionParams(**params))):  # kmq-iterative: fine-tune, reweight, draw more
         ft = timed("finetune", inputs={"selection": sel, "data": data})

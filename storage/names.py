@@ -55,3 +55,10 @@ SELECTION_SUMMARY = "summary.json"
 # evaluation artifact
 EVAL_ITEMS = "items.parquet"
 EVAL_TABLE = "results.json"
+
+# prune artifact: a model folder (config, safetensors, tokenizer)
+MODEL_DIR = "model"
+
+# degradation artifact: per pool row, the pruned model's divergence from the original
+DEGRADATION_PARQUET = "degradation.parquet"
+DEGRADATION_CHUNKS_DIR = "chunks"  # one .npy per finished block of rows (resume)

@@ -25,6 +25,7 @@ from bidsml.selectors.kmq import round_sizes
 from tasks.step import Build, Input, Step
 from storage.checkpoints import adapter_path
 from storage.datasets import load_split
+from storage.degradation import load_degradation
 from storage.influence_store import (
     influence_matrix_array,
     load_column_stats,
@@ -53,6 +54,10 @@ def needs_representations(params: SelectionParams | None) -> bool:
     return params is not None and "representations" in get_selector(params.method).needs
 
 
+def needs_degradation(params: SelectionParams | None) -> bool:
+    return params is not None and "degradation" in get_selector(params.method).needs
+
+
 def later_round(params: SelectionParams | None) -> bool:
     return params is not None and params.round > 0
 
@@ -71,10 +76,11 @@ def options_file(recipe, inputs, params: SelectionParams) -> dict:
 
 
 def selector_inputs(
-    method: str, options: dict, tasks: list[str], infl, reps, data, pool: list | None = None
+    method: str, options: dict, tasks: list[str], infl, reps, data, pool: list | None = None, degradation=None
 ) -> SelectorInputs:
     """Returns what selector `method` declared it needs, loaded from the artifacts (influence, representations,
-    data refs), with its options. `pool`: the data's pool examples when the caller has read them already."""
+    data, degradation refs), with its options. `pool`: the data's pool examples when the caller has read them
+    already."""
     sel = get_selector(method)
     inputs = SelectorInputs(tasks=tasks, options=sel.options(**(options or {})))
     if "influence" in sel.needs:
@@ -86,6 +92,10 @@ def selector_inputs(
     if "pool" in sel.needs:
         pool = pool if pool is not None else load_split(data, "train")
         inputs.pool = PoolFields.from_examples(pool, where=f"pool of data artifact {data.digest[:12]}")
+    if "degradation" in sel.needs:
+        if degradation is None:
+            raise SelectionError(f"method {method!r} needs the degradation artifact (a recipe with a `prune` section)")
+        inputs.degradation = load_degradation(degradation)
     if "text" in sel.needs:
         pool = pool if pool is not None else load_split(data, "train")
         val = load_split(data, "val")
@@ -147,7 +157,7 @@ def build(b: Build) -> dict:
     mean, std, constant = load_column_stats(infl.path)
     pool = load_split(b.inputs["data"], "train")
     reps, data = b.inputs.get("representations"), b.inputs["data"]
-    inputs = selector_inputs(method, b.params.options, tasks, infl, reps, data, pool)
+    inputs = selector_inputs(method, b.params.options, tasks, infl, reps, data, pool, b.inputs.get("degradation"))
     k_final = int(resolve_budget(budget, n))
     rounds = rounds_of(b.params)
     if rounds > 1:  # one round of a multi-round method: its share of K, from the previous round and its fine-tune
@@ -208,6 +218,7 @@ STEP = Step(
         Input("data"),
         Input("influence"),
         Input("representations", optional=True, when=needs_representations),
+        Input("degradation", optional=True, when=needs_degradation),
         # kmq-iterative, rounds > 0: the previous round's selection and the fine-tune trained on it
         Input("selection", name="previous", optional=True, when=later_round, loop=True),
         Input("finetune", name="adapter", optional=True, when=later_round, loop=True),

@@ -31,7 +31,18 @@ from pydantic import BaseModel
 
 # Recipe fields a step may declare. `execution` is never one: how a step runs does not change what it builds
 # (every build can read it as `Build.execution`).
-SECTIONS = ("model", "data", "lora", "warmup", "features", "finetune", "evaluation", "seed", "sampling_seed")
+SECTIONS = (
+    "model",
+    "data",
+    "lora",
+    "warmup",
+    "features",
+    "finetune",
+    "evaluation",
+    "seed",
+    "sampling_seed",
+    "prune",
+)
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,8 @@ def test_random_is_seeded_and_all_methods_return_k_distinct_rows():
             if "text" in sel.needs
             else None,
         )
+        if "degradation" in sel.needs:  # paser: the pruned model's per-row divergence
+            x.degradation = {"jsd_sum": rng.random(50), "n_tokens": np.full(50, 20), "output_chars": np.full(50, 80)}
         if m == "kmq-iterative":  # one round of three; the pipeline fine-tunes between rounds
             x.extra = {"round": 0, "final_k": 10}
             assert len(run_selector(m, x, 3)) == 3

@@ -4,7 +4,8 @@ A selector declares the inputs it needs (`influence`: the N x M influence
 matrix; `representations`: pooled hidden states and the quality proxy of pool
 and validation examples; `pool`: the pool records' source and optional
 quality / labels / embedding fields; `text`: the pool's and the validation
-examples' text) and, optionally, its options (a pydantic
+examples' text; `degradation`: per pool row, a pruned model's divergence from
+the original, from the `degradation` step) and, optionally, its options (a pydantic
 model: the recipe's `selection.options.<name>`) and a recipe check that
 fails before any step runs; the pipeline computes and passes exactly those.
 """
@@ -22,7 +23,7 @@ from bidsml.errors import SelectionError
 from bidsml.selection import check_inputs, resolve_budget
 from bidsml.streamed import as_source
 
-INPUTS = ("influence", "representations", "pool", "text")
+INPUTS = ("influence", "representations", "pool", "text", "degradation")
 
 
 class NoOptions(BaseModel):
@@ -79,6 +80,7 @@ class SelectorInputs:
     pool: PoolFields | None = None
     options: Any = None  # the selector's options model (NoOptions when it has none)
     texts: dict[str, list[str]] | None = None  # {"train": each pool row's text, "val": each validation column's}
+    degradation: Any = None  # per pool row: jsd_sum, jsd_mean, n_tokens, output_chars (a DataFrame, pool order)
     extra: dict[str, Any] = field(default_factory=dict)  # what a multi-round selector's pipeline adds (kmq-iterative)
 
     @property
@@ -148,6 +150,10 @@ def run_selector(name: str, inputs: SelectorInputs, budget: float, seed: int = 0
             raise SelectionError(f"method {name!r} needs the representations artifact (the representations step)")
         if need == "pool" and inputs.pool is None:
             raise SelectionError(f"method {name!r} needs the pool's records (the data artifact)")
+        if need == "degradation" and inputs.degradation is None:
+            raise SelectionError(
+                f"method {name!r} needs the degradation artifact (a recipe with a `prune` section builds it)"
+            )
         if need == "text" and inputs.texts is None:
             raise SelectionError(f"method {name!r} needs the pool's and the validation examples' text")
     if inputs.options is None:
