@@ -442,25 +442,27 @@ def select_cmd(
                 )
             train, val = load_influence_tables(run_ref(rec, "influence").path)  # the matrix: selector_inputs
             labels, ids = val["task"].tolist(), train["id"].tolist()
-            reps = None
-            if "representations" in needs:
-                if "representations" not in rec["refs"]:
+            how = {  # the per-run artifacts a selector may need, and what builds them
+                "representations": f"add {method!r} to its recipe's selection.methods",
+                "degradation": f"give its recipe a `prune` section, add {method!r} to selection.methods",
+            }
+            side = {}
+            for kind in [k for k in how if k in needs]:
+                if kind not in rec["refs"]:
                     raise SelectionError(
-                        f"method {method!r} needs the representations artifact, which run {rec['run_id']} did not "
-                        f"build: add {method!r} to its recipe's selection.methods and rerun (cached steps are reused)"
+                        f"method {method!r} needs the {kind} artifact, which run {rec['run_id']} did not build: "
+                        f"{how[kind]} and rerun (cached steps are reused)"
                     )
-                reps = run_ref(rec, "representations")
-            degradation = None
-            if "degradation" in needs:
-                if "degradation" not in rec["refs"]:
-                    raise SelectionError(
-                        f"method {method!r} needs the degradation artifact, which run {rec['run_id']} did not build: "
-                        f"give its recipe a `prune` section, add {method!r} to selection.methods and rerun"
-                    )
-                degradation = run_ref(rec, "degradation")
+                side[kind] = run_ref(rec, kind)
             options = (rec["recipe"].get("selection") or {}).get("options", {}).get(method, {})
             inputs = selector_inputs(
-                method, options, labels, run_ref(rec, "influence"), reps, run_ref(rec, "data"), None, degradation
+                method,
+                options,
+                labels,
+                run_ref(rec, "influence"),
+                side.get("representations"),
+                run_ref(rec, "data"),
+                degradation=side.get("degradation"),
             )
             n = len(train)
         if scores is not None:
