@@ -29,14 +29,15 @@ def _response_logprob(causal_lm, h: torch.Tensor, labels: torch.Tensor) -> torch
 
 
 @torch.no_grad()
-def pooled_states(model, items: list[Tokenized], pad_id: int, max_tokens: int) -> dict[str, torch.Tensor]:
+def pooled_states(model, items: list[Tokenized], pad_id: int, max_tokens: int, on_rows=None) -> dict[str, torch.Tensor]:
     """Returns {pooling: (N, H) float32 L2-normalised pooled last hidden states} for POOLINGS, and
-    {"quality": (N,) float64 mean response-token log-probability}."""
+    {"quality": (N,) float64 mean response-token log-probability}. `on_rows(done, total)`: progress."""
     device = next(model.parameters()).device
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     H = causal_lm.config.hidden_size
     out = {p: torch.zeros(len(items), H) for p in POOLINGS}
     quality = torch.zeros(len(items), dtype=torch.float64)
+    done = 0
     for idx in iter_batches(items, max_tokens):
         ids, mask, labels = (t.to(device) for t in collate([items[i] for i in idx], pad_id))
         h = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
@@ -47,6 +48,9 @@ def pooled_states(model, items: list[Tokenized], pad_id: int, max_tokens: int) -
         for name, w in (("mean", m), ("weighted", pos)):
             w = w / w.sum(1, keepdim=True)
             out[name][idx] = torch.einsum("bt,bth->bh", w, h).cpu()
+        done += len(idx)
+        if on_rows is not None:
+            on_rows(done, len(items))
     pooled = {p: v / v.norm(dim=1, keepdim=True).clamp_min(1e-30) for p, v in out.items()}
     return {**pooled, "quality": quality}
 

@@ -34,9 +34,9 @@ def build(b: Build) -> dict:
     for split in SPLIT_FILES:
         examples = load_split(b.inputs["data"], split)
         items, _ = tokenize_all(tok, examples, recipe.model.max_seq_length)
-        pooled = {
-            p: v.numpy() for p, v in pooled_states(model, items, tok.pad_token_id, recipe.features.max_tokens).items()
-        }
+        progress = b.progress(f"{split} rows")
+        states = pooled_states(model, items, tok.pad_token_id, recipe.features.max_tokens, on_rows=progress.update)
+        pooled = {p: v.numpy() for p, v in states.items()}
         if use_encoder:
             pooled["sentence"] = sentence_embeddings([instruction(e) for e in examples])
         save_representations(b.work, split, pooled)
