@@ -178,7 +178,7 @@ def _browser_checks(base: str, api: str, pipeline_run: str, select_run: str, sho
             page.screenshot(path=str(shots / "select-run.png"))
             # the artifacts page: one card per key
             page.goto(f"{base}/artifacts")
-            page.get_by_text("tiny-pipeline-report").first.wait_for(timeout=30_000)
+            page.get_by_placeholder("Search artifacts").wait_for(timeout=60_000)  # the page is up; keys: below
             page.screenshot(path=str(shots / "artifacts.png"), full_page=True)
             # the page lists the most recent keys first and loads more on scrolling, so a key is looked up with the
             # page's own search box (as a person would), never by hoping it is among the first cards
