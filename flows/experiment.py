@@ -217,6 +217,9 @@ def evidence_section(
     last["gate_passed_by_budget"] = {str(r["budget"]): r["gate_passed"] for r in records}
     if ev is not None:
         last |= evidence_keys(recipe, primary, items, selections or [], recipe_sha256, seeds_independent)
+        for key in ("bm25_minus_random", "bids_minus_bm25", "bids_minus_rds_plus", "bids_minus_oracle"):
+            m = f"{key}_{metric}"  # the macro-average of the gate's metric, as {estimate, lo, hi}
+            last[key] = {"metric": metric, "estimate": last[m], "lo": last[f"{m}_lo"], "hi": last[f"{m}_hi"]}
     (out / "evidence.json").write_text("".join(json.dumps(r) + "\n" for r in [*records, last] if r is not first))
     lines += [
         "## Retrieval before fine-tuning",

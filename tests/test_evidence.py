@@ -233,6 +233,11 @@ def test_an_evidence_recipe_fixes_its_comparisons_and_the_json_carries_them(tmp_
     assert last["seeds_independent"] is True and last["recipe_sha256"] == sha and len(sha) == 64
     assert last["gate_passed"] is True and last["oracle_minus_base_bpb_hi"] < 0
     assert last["bids_minus_oracle_bpb"] == pytest.approx(0.2, abs=0.01)
+    assert (
+        last["bids_minus_oracle"]["estimate"] == last["bids_minus_oracle_bpb"]
+        and last["bids_minus_oracle"]["metric"] == "bpb"
+    )
+    assert set(last) >= {"bm25_minus_random", "bids_minus_bm25", "bids_minus_rds_plus", "kmq_k", "encoder", "proxies"}
     forms = recipe.evaluation.formulation
     assert last["formulation"] == {
         b: forms.get(b, "mc" if b in ("mmlu", "arc_challenge") else "generate") for b in recipe.evaluation.benchmarks
