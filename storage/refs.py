@@ -103,6 +103,11 @@ def write_manifest(root: Path) -> str:
     return manifest_digest(entries)
 
 
+def file_digest_in(ref: ArtifactRef, rel: str) -> str:
+    """Returns the sha256 its manifest records for one file of a published artifact (nothing is re-read)."""
+    return json.loads((ref.path / MANIFEST).read_text())[rel]["sha256"]
+
+
 def manifest_digest(entries: dict) -> str:
     """Returns the content digest: the payload files only, not meta.json (which names the inputs).
 

@@ -17,19 +17,22 @@ from bidsml.data import collate, tokenize_all
 from bidsml.model import load_base_model, load_tokenizer
 from bidsml.pruning import magnitude_prune, sparsity_of, wanda_prune
 from bidsml.represent import response_nll
-from storage.datasets import load_split
+from storage.datasets import SPLIT_FILES, load_split
 from storage.models import model_folder
+from storage.refs import file_digest_in
 from tasks.step import Build, Input, Step
 
 HELD_OUT = 64  # pool rows (not calibration rows) whose NLL the summary reports
 
 
 def calibration(recipe, inputs, params) -> dict:
-    """Wanda's calibration rows are part of the identity (the data and the sample's seed); magnitude reads none."""
+    """Wanda's calibration rows are part of the identity: the pool file's content (not the data artifact's digest,
+    which a seed's validation draw changes) and the sample's size and seed; magnitude reads none."""
     p = recipe.prune
     if p is None or p.method != "wanda":
         return {}
-    return {"calibration": {"data": inputs["data"].digest, "rows": p.calibration_rows, "seed": p.seed}}
+    pool = file_digest_in(inputs["data"], SPLIT_FILES["train"])
+    return {"calibration": {"pool": pool, "rows": p.calibration_rows, "seed": p.seed}}
 
 
 def build(b: Build) -> dict:
