@@ -36,6 +36,7 @@ from functools import cache
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from bidsml.clusters import pool_embeddings
 from bidsml.errors import SelectionError
 from bidsml.selectors.registry import SelectorInputs, register_selector
 
@@ -176,15 +177,6 @@ def select_in_clusters(
     return out
 
 
-def _embeddings(x: SelectorInputs) -> np.ndarray:
-    choice = x.options.embeddings
-    if choice == "sentence" or (choice == "auto" and "train_sentence" in x.representations):
-        if "train_sentence" not in x.representations:
-            raise SelectionError("paser embeddings: 'sentence', but the sentence encoder is not installed")
-        return x.representations["train_sentence"]
-    return x.representations["train_weighted"]
-
-
 @register_selector(
     "paser",
     needs=("representations", "text", "degradation"),
@@ -197,7 +189,8 @@ def select_paser(x: SelectorInputs, k: int, seed: int) -> np.ndarray:
         raise SelectionError(f"paser clusters with N x N affinities: {x.n} rows is over its {MAX_ROWS:,}-row limit")
     deg = x.degradation
     n_clusters = min(x.options.num_clusters, x.n - 1)
-    clusters = nmf_clusters(diffusion_embedding(_embeddings(x), n_clusters), n_clusters, seed)
+    embedding = pool_embeddings(x, x.options.embeddings)  # the sentence encoder's when installed (kmq, mig alike)
+    clusters = nmf_clusters(diffusion_embedding(embedding, n_clusters), n_clusters, seed)
     jsd = np.asarray(deg["jsd_sum"], dtype=np.float64)
     means = {int(c): float(jsd[clusters == c].mean()) for c in np.unique(clusters)}
     scores = row_scores(jsd, deg["n_tokens"], deg["output_chars"])
