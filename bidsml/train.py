@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -93,122 +95,193 @@ def finished_epochs(out_dir: Path) -> list[int]:
     return sorted(done)
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """What one LoRA training run is: the model, the adapter, the optimizer schedule and the seed.
+
+    `save_every_epoch`: a checkpoint per epoch (the warmup's, LESS's features read each), else only the last.
+    `progress_bar`: a terminal bar per epoch (steps reported through `on_step` either way).
+    """
+
+    model: ModelConfig
+    lora: LoraConfig
+    train: TrainConfig
+    seed: int
+    save_every_epoch: bool = True
+    progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class TrunkRows:
+    """A training trunk and the trunk row of each training example (example i is row `rows[i]`)."""
+
+    trunk: TrainTrunk
+    rows: list[int]
+
+
+@dataclass
+class _Run:
+    """The state of one training run: model, optimizer, schedule and where it stands."""
+
+    model: torch.nn.Module
+    named: list
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    steps_per_epoch: int
+    total: int
+
+
 def train_lora(
-    model_cfg: ModelConfig,
-    lora_cfg: LoraConfig,
-    train_cfg: TrainConfig,
+    settings: TrainSettings,
     examples: list[Tokenized],
     out_dir: Path,
-    seed: int,
-    save_every_epoch: bool = True,
-    progress: bool = True,
+    trunk: TrunkRows | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
-    trunk: TrainTrunk | None = None,
-    trunk_rows: list[int] | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Trains a fresh LoRA on `examples` and returns one dict per saved checkpoint.
 
-    Checkpoints go to ``out_dir/epoch_<e>/`` (every epoch with
-    `save_every_epoch`, else only the last). Each dict has ``epoch``, ``step``,
-    ``mean_lr`` and ``path``. `on_step(step, total_steps, loss)` is called after every optimizer step.
+    Checkpoints go to ``out_dir/epoch_<e>/`` (every epoch with `settings.save_every_epoch`, else only the last).
+    Each dict has ``epoch``, ``step``, ``mean_lr`` and ``path``. `on_step(step, total_steps, loss)` is called
+    after every optimizer step. A folder holding finished epochs resumes after the last of them.
 
-    `trunk` (states entering the first adapted layer; example i is its row `trunk_rows[i]`): only the adapted
-    layers run (bidsml/train_trunk.py). It is checked on the first batch against a full pass and dropped, with
+    `trunk`: only the adapted layers run, from the saved states entering the first of them
+    (bidsml/train_trunk.py). It is checked on the first batch against a full pass and dropped, with
     `on_warning`, when it disagrees.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    tok = load_tokenizer(model_cfg)
-    model = add_lora(load_base_model(model_cfg), lora_cfg, seed)
-    device = next(model.parameters()).device
+    tok = load_tokenizer(settings.model)
+    run = _adamw(settings, len(examples))
+    if trunk is not None:
+        trunk = _checked_trunk(run.model, settings, trunk, examples, tok, on_warning)
+    done = finished_epochs(out_dir)
+    start_epoch = _resume(run, out_dir / f"epoch_{done[-1]}") + 1 if done else 0
+    results = [json.loads((out_dir / f"epoch_{e}" / CHECKPOINT_META).read_text()) for e in done]
+    step = start_epoch * run.steps_per_epoch
+    for epoch in range(start_epoch, settings.train.epochs):
+        step, lrs = _train_epoch(run, settings, examples, epoch, step, tok.pad_token_id, trunk, on_step)
+        if settings.save_every_epoch or epoch == settings.train.epochs - 1:
+            results.append(_save_checkpoint(run, out_dir / f"epoch_{epoch}", epoch, step, lrs, settings.train))
+    return results
+
+
+def train_adapter(
+    settings: TrainSettings,
+    examples: list[Tokenized],
+    adapter_dir: Path,
+    trunk: TrunkRows | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> dict:
+    """Trains a LoRA and keeps only its final adapter, at `adapter_dir`; returns the last checkpoint's dict.
+
+    Trains in `adapter_dir`'s sibling folder `train/` (resumable there), then moves the last checkpoint.
+    """
+    work = Path(adapter_dir).parent / "train"
+    last = train_lora(replace(settings, save_every_epoch=False), examples, work, trunk, on_step, on_warning)[-1]
+    (work / last["path"]).rename(adapter_dir)
+    shutil.rmtree(work)
+    return last
+
+
+def _adamw(settings: TrainSettings, n_examples: int) -> _Run:
+    """Returns a fresh seeded LoRA on the base model with its AdamW and linear schedule."""
+    cfg = settings.train
+    model = add_lora(load_base_model(settings.model), settings.lora, settings.seed)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = optimizer_record(train_cfg)
+    optimizer = optimizer_record(cfg)
     opt = torch.optim.AdamW(
         [p for _, p in named],
-        lr=train_cfg.lr,
+        lr=cfg.lr,
         betas=tuple(optimizer["betas"]),
         eps=optimizer["eps"],
         weight_decay=optimizer["weight_decay"],
     )
-    steps_per_epoch = math.ceil(len(examples) / train_cfg.batch_size)
-    total = steps_per_epoch * train_cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, total, train_cfg.warmup_ratio))
-
-    if trunk is not None:
-        trunk = _checked_trunk(model, lora_cfg, trunk, trunk_rows, examples, train_cfg, seed, tok, on_warning)
-    start_epoch = 0
-    done = finished_epochs(out_dir)
-    if done:  # resume after the last finished epoch
-        last = out_dir / f"epoch_{done[-1]}"
-        state = torch.load(last / TRAINER_FILE, weights_only=False)
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(model, load_file(last / "adapter_model.safetensors"))
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch = done[-1] + 1
-
-    results = [json.loads((out_dir / f"epoch_{e}" / CHECKPOINT_META).read_text()) for e in done]
-    step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, train_cfg.epochs):
-        model.train()
-        order = epoch_order(len(examples), seed, epoch)
-        lrs = []
-        bar = tqdm(range(steps_per_epoch), desc=f"train epoch {epoch + 1}/{train_cfg.epochs}", disable=not progress)
-        for b in bar:
-            rows = order[b * train_cfg.batch_size : (b + 1) * train_cfg.batch_size]
-            ids, mask, labels = (t.to(device) for t in collate([examples[i] for i in rows], tok.pad_token_id))
-            lrs.append(opt.param_groups[0]["lr"])
-            if trunk is not None:
-                h = trunk.batch([trunk_rows[i] for i in rows], device, next(model.parameters()).dtype)
-                loss = top_loss(model, trunk.layer, h, mask, labels)
-            else:
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if on_step is not None:
-                on_step(step, total, loss.item())
-        model.eval()
-        last_epoch = epoch == train_cfg.epochs - 1
-        if save_every_epoch or last_epoch:
-            ck = out_dir / f"epoch_{epoch}"
-            model.save_pretrained(ck)
-            canonicalize_adapter_config(ck)
-            states = {n: {k: opt.state[p][k].detach().cpu() for k in ("exp_avg", "exp_avg_sq")} for n, p in named}
-            torch.save(states, ck / OPTIMIZER_FILE)
-            torch.save(
-                {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
-                ck / TRAINER_FILE,
-            )
-            meta = {
-                "epoch": epoch,
-                "step": step,
-                "mean_lr": sum(lrs) / len(lrs),
-                "path": ck.name,
-                "optimizer": optimizer,  # the features' Adam transform reads these back
-            }
-            (ck / CHECKPOINT_META).write_text(json.dumps(meta))  # written last: marks the checkpoint complete
-            results.append(meta)
-    return results
+    steps_per_epoch = math.ceil(n_examples / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, total, cfg.warmup_ratio))
+    return _Run(model, named, opt, sched, steps_per_epoch, total)
 
 
-def _checked_trunk(model, lora_cfg, trunk, trunk_rows, examples, train_cfg, seed, tok, on_warning):
+def _resume(run: _Run, last: Path) -> int:
+    """Loads a finished epoch's adapter, optimizer, schedule and RNG state; returns that epoch."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = torch.load(last / TRAINER_FILE, weights_only=False)
+    set_peft_model_state_dict(run.model, load_file(last / "adapter_model.safetensors"))
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return json.loads((last / CHECKPOINT_META).read_text())["epoch"]
+
+
+def _train_epoch(run, settings, examples, epoch, step, pad_id, trunk, on_step) -> tuple[int, list[float]]:
+    """Runs one epoch of optimizer steps in the seeded order; returns (the step count after it, each step's lr)."""
+    model, opt, cfg = run.model, run.opt, settings.train
+    device = next(model.parameters()).device
+    model.train()
+    order = epoch_order(len(examples), settings.seed, epoch)
+    lrs = []
+    desc = f"train epoch {epoch + 1}/{cfg.epochs}"
+    bar = tqdm(range(run.steps_per_epoch), desc=desc, disable=not settings.progress_bar)
+    for b in bar:
+        rows = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        ids, mask, labels = (t.to(device) for t in collate([examples[i] for i in rows], pad_id))
+        lrs.append(opt.param_groups[0]["lr"])
+        if trunk is not None:
+            h = trunk.trunk.batch([trunk.rows[i] for i in rows], device, next(model.parameters()).dtype)
+            loss = top_loss(model, trunk.trunk.layer, h, mask, labels)
+        else:
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        run.sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if on_step is not None:
+            on_step(step, run.total, loss.item())
+    model.eval()
+    return step, lrs
+
+
+def _save_checkpoint(run: _Run, ck: Path, epoch: int, step: int, lrs: list[float], cfg: TrainConfig) -> dict:
+    """Writes the adapter, the Adam moments by parameter name and the trainer state; returns the checkpoint's dict
+    (its `checkpoint.json`, written last: it marks the checkpoint complete)."""
+    run.model.save_pretrained(ck)
+    canonicalize_adapter_config(ck)
+    states = {n: {k: run.opt.state[p][k].detach().cpu() for k in ("exp_avg", "exp_avg_sq")} for n, p in run.named}
+    torch.save(states, ck / OPTIMIZER_FILE)
+    torch.save(
+        {"optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "torch_rng": torch.get_rng_state()},
+        ck / TRAINER_FILE,
+    )
+    meta = {
+        "epoch": epoch,
+        "step": step,
+        "mean_lr": sum(lrs) / len(lrs),
+        "path": ck.name,
+        "optimizer": optimizer_record(cfg),  # the features' Adam transform reads these back
+    }
+    (ck / CHECKPOINT_META).write_text(json.dumps(meta))
+    return meta
+
+
+def _checked_trunk(model, settings: TrainSettings, trunk: TrunkRows, examples, tok, on_warning) -> TrunkRows | None:
     """Returns the trunk when it serves this model (its layer, and the first batch equal to a full pass), else None."""
     warn = on_warning or (lambda message: None)
-    layer = training_layer(model, lora_cfg.layers)
-    if layer != trunk.layer or trunk_rows is None or len(trunk_rows) != len(examples):
-        warn(f"trunk of layer {trunk.layer} does not serve this model (its first adapted layer: {layer}): full passes")
+    layer = training_layer(model, settings.lora.layers)
+    if layer != trunk.trunk.layer or len(trunk.rows) != len(examples):
+        warn(
+            f"trunk of layer {trunk.trunk.layer} does not serve this model (its first adapted layer: {layer}): "
+            "full passes"
+        )
         return None
-    rows = epoch_order(len(examples), seed, 0)[: train_cfg.batch_size]
+    rows = epoch_order(len(examples), settings.seed, 0)[: settings.train.batch_size]
     device = next(model.parameters()).device
-    states = trunk.batch([trunk_rows[i] for i in rows], device, next(model.parameters()).dtype)
-    diff = check_trunk(model, trunk.layer, [examples[i] for i in rows], tok.pad_token_id, states)
+    states = trunk.trunk.batch([trunk.rows[i] for i in rows], device, next(model.parameters()).dtype)
+    diff = check_trunk(model, trunk.trunk.layer, [examples[i] for i in rows], tok.pad_token_id, states)
     if not diff <= TRUNK_CHECK_TOLERANCE:
         warn(
             f"the trunk path's loss differs from a full pass by {diff:.2e} (> {TRUNK_CHECK_TOLERANCE}) on the first "

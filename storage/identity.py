@@ -22,6 +22,8 @@ from bidsml.filehash import file_digest_cached
 
 # Top-level packages whose code shapes artifacts (flows/ and deployments/ only orchestrate).
 PROJECT_PACKAGES = ("bidsml", "storage")  # tasks/ count through their build functions (function_identity)
+# Modules of tasks/ that are not steps but code steps build with: a step importing one counts its whole code.
+SHARED_STEP_MODULES = ("tasks.adapters",)
 
 
 # Functions whose imports only validate names against registries: they shape no artifact, so the code
@@ -33,7 +35,7 @@ VALIDATION_ONLY = {
 
 
 def _is_project(name: str) -> bool:
-    return name.split(".")[0] in PROJECT_PACKAGES
+    return name.split(".")[0] in PROJECT_PACKAGES or name in SHARED_STEP_MODULES
 
 
 # The folder holding the project's top-level packages (this file is <root>/storage/identity.py). Project modules
@@ -51,7 +53,7 @@ def _spec_origin(name: str) -> tuple[str | None, bool]:
     neither sys.path nor the working directory can change the answer.
     """
     top, *rest = name.split(".")
-    if top not in PROJECT_PACKAGES:
+    if top not in PROJECT_PACKAGES and name not in SHARED_STEP_MODULES:
         return None, False
     path = PROJECT_ROOT.joinpath(top, *rest)
     if (path / "__init__.py").is_file():

@@ -12,7 +12,7 @@ from bidsml.fidelity import exact_influence, fidelity_sample, fidelity_table, fi
 from bidsml.influence_plots import plot_influence_distributions
 from bidsml.model import load_tokenizer
 from tasks.step import Build, Input, Step
-from storage.checkpoint_states import feature_model
+from bidsml.checkpoints import feature_model
 from storage.checkpoints import load_checkpoints
 from storage.datasets import load_split
 from storage.influence_store import load_influence_tables, open_influence, read_influence_rows
@@ -30,7 +30,7 @@ def influence_fidelity(recipe, infl, data, warm) -> list[dict]:
     tok = load_tokenizer(recipe.model)
     train_items, _ = tokenize_all(tok, [pool[i] for i in rows], recipe.model.max_seq_length)
     val_items, _ = tokenize_all(tok, val, recipe.model.max_seq_length)
-    model, states, precision = feature_model(recipe, warm)
+    model, states, precision = feature_model(recipe.model, recipe.features, warm.path, load_checkpoints(warm))
     weights = [c["weight"] for c in load_checkpoints(warm)]
     exact = exact_influence(
         model, train_items, val_items, states, weights, tok.pad_token_id, recipe.features.max_tokens, precision

@@ -21,7 +21,7 @@ from bidsml.model import load_tokenizer, resolve_device, torch_threads
 from bidsml.projection import ExactProjector, make_projector
 from bidsml.train_trunk import TRUNK_CHECK_TOLERANCE, check_trunk
 from tasks.step import Build, Input, Step, executor
-from storage.checkpoint_states import feature_model
+from bidsml.checkpoints import feature_model
 from storage.checkpoints import load_checkpoints
 from storage.datasets import SPLIT_FILES, load_split
 from storage.gradients import chunk_builders, create_groups, save_examples_meta, write_chunks_checkpoints
@@ -58,7 +58,9 @@ class FeatureContext:
     def loaded(self) -> FeatureContext:
         if self.model is None:
             fc = self.recipe.features
-            model, self.states, self.precision = feature_model(self.recipe, self.warm)
+            model, self.states, self.precision = feature_model(
+                self.recipe.model, self.recipe.features, self.warm.path, load_checkpoints(self.warm)
+            )
             shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
             self.projector = (
                 ExactProjector(shapes)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-
 from bidsml.data import tokenize_all
 from bidsml.model import load_tokenizer
-from bidsml.train import train_lora
+from tasks.adapters import train_on_pool_rows
 from tasks.step import Build, Input, Step
-from storage.checkpoints import adapter_path
 from storage.datasets import load_split
 from storage.selections import load_selection_table, selected_by, subset_digest
-from storage.train_trunk import training_trunk
 
 
 def subset(recipe, inputs, params) -> dict:
@@ -26,29 +22,11 @@ def build(b: Build) -> dict:
     tok = load_tokenizer(recipe.model)
     pool_items, _ = tokenize_all(tok, load_split(b.inputs["data"], "train"), recipe.model.max_seq_length)
     rows = load_selection_table(selection)["train_idx"].tolist()  # the subset's pool rows, in subset order
-    items = [pool_items[i] for i in rows]
-    trunk = training_trunk(recipe, pool_items, b.run_root, lambda: b.progress("pool trunk states (rows)"))
-    progress = b.progress("training steps")
-    ckpts = train_lora(
-        recipe.model,
-        recipe.lora,
-        recipe.finetune,
-        items,
-        b.work / "train",
-        recipe.seed,
-        save_every_epoch=False,
-        on_step=lambda s, t, loss: progress.update(s, t, loss=loss),
-        trunk=trunk,
-        trunk_rows=rows,
-        on_warning=lambda m: b.log(m, warning=True),
-    )
-    last = b.work / "train" / ckpts[-1]["path"]
-    last.rename(adapter_path(b.work))
-    shutil.rmtree(b.work / "train")
+    last = train_on_pool_rows(b, pool_items, rows, recipe.finetune, recipe.seed, progress_bar=True)
     return {
-        "n_train": len(items),
+        "n_train": len(rows),
         **selected_by(selection).model_dump(),  # method and budget: the label of this fine-tune and its evaluation
-        "steps": ckpts[-1]["step"],
+        "steps": last["step"],
     }
 
 

@@ -11,7 +11,6 @@ every step: a killed `validate` resumes from the probes already built.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 from typing import Literal
 
@@ -24,15 +23,14 @@ from bidsml.evaluation.harness import evaluate_benchmark_items
 from bidsml.evaluation.items import evaluation_items
 from bidsml.model import load_base_model, load_lora, load_tokenizer
 from bidsml.streamed import row_scores
-from bidsml.train import train_lora
 from bidsml.validate import ARMS, arm_rows, probe_label
+from tasks.adapters import train_on_pool_rows
 from tasks.step import Build, Input, Step
 from storage.checkpoints import adapter_path
 from storage.datasets import load_split
 from storage.eval_trunk import keep_trunk, shared_trunk
 from storage.influence_store import influence_matrix_array, load_influence_tables
 from storage.names import EVAL_ITEMS
-from storage.train_trunk import training_trunk
 
 ROWS_FILE = "rows.json"
 
@@ -68,25 +66,8 @@ def build(b: Build) -> dict:
     rows = arm_rows(p.arm, scores, len(train), p.k, p.seed, p.base)
     tok = load_tokenizer(recipe.model)
     pool_items, _ = tokenize_all(tok, load_split(b.inputs["data"], "train"), recipe.model.max_seq_length)
-    examples = [pool_items[i] for i in rows]
-    trunk = training_trunk(recipe, pool_items, b.run_root, lambda: b.progress("pool trunk states (rows)"))
-    progress = b.progress("training steps")
-    ckpts = train_lora(
-        recipe.model,
-        recipe.lora,
-        recipe.finetune,
-        examples,
-        b.work / "train",
-        recipe.seed + p.seed,  # each probe seed its own fine-tune (data order, LoRA init)
-        save_every_epoch=False,
-        progress=False,
-        on_step=lambda s, t, loss: progress.update(s, t, loss=loss),
-        trunk=trunk,
-        trunk_rows=rows.tolist(),
-        on_warning=lambda m: b.log(m, warning=True),
-    )
-    (b.work / "train" / ckpts[-1]["path"]).rename(adapter_path(b.work))
-    shutil.rmtree(b.work / "train")
+    # each probe seed its own fine-tune (data order, LoRA init)
+    last = train_on_pool_rows(b, pool_items, rows.tolist(), recipe.finetune, recipe.seed + p.seed)
     model = load_lora(load_base_model(recipe.model), adapter_path(b.work)).eval()
     items = scored_items(recipe)
     trunk, trunk_file = shared_trunk(recipe, b.run_root, model, items)
@@ -105,7 +86,7 @@ def build(b: Build) -> dict:
         "k": p.k,
         "seed": p.seed,
         "n_train": len(rows),
-        "steps": ckpts[-1]["step"],
+        "steps": last["step"],
         "mean_nll": {t: round(float(v), 4) for t, v in table.groupby("task")["nll"].mean().items()},
     }
 

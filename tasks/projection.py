@@ -22,7 +22,7 @@ from bidsml.influence_plots import plot_projection_fidelity
 from bidsml.model import load_tokenizer
 from bidsml.projection import make_projector
 from tasks.step import Build, Input, Step
-from storage.checkpoint_states import feature_model
+from bidsml.checkpoints import feature_model
 from storage.checkpoints import load_checkpoints
 from storage.datasets import load_split
 from storage.names import PROJECTION_CANDIDATES, PROJECTION_PLOT
@@ -31,7 +31,7 @@ from storage.names import PROJECTION_CANDIDATES, PROJECTION_PLOT
 def candidates(recipe, data, warm, b: Build) -> tuple[int, list[dict]]:
     """Returns (D, one row per candidate k < D with each task's fidelity on the sample at the first checkpoint)."""
     fc = recipe.features
-    model, states, precision = feature_model(recipe, warm)
+    model, states, precision = feature_model(recipe.model, recipe.features, warm.path, load_checkpoints(warm))
     shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
     total = sum(a * c for a, c in shapes.values())
     if fc.proj_dim == "exact":

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from bidsml.errors import ArtifactError
 from tasks.step import Step
 
-_NOT_STEPS = {"step", "registry", "__init__"}
+_NOT_STEPS = {"step", "registry", "adapters", "__init__"}  # adapters: code steps share (not a step)
 
 
 def discover() -> dict[str, Step]:

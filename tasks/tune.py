@@ -8,8 +8,6 @@ cached like every step.
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
@@ -17,11 +15,10 @@ from pydantic import BaseModel, Field
 from bidsml.data import tokenize_all
 from bidsml.model import load_base_model, load_lora, load_tokenizer
 from bidsml.represent import response_nll
-from bidsml.train import train_lora
+from tasks.adapters import train_on_pool_rows
 from tasks.step import Build, Input, Step
 from storage.checkpoints import adapter_path
 from storage.datasets import load_split
-from storage.train_trunk import training_trunk
 
 VAL_NLL_FILE = "validation_nll.parquet"
 
@@ -46,25 +43,8 @@ def build(b: Build) -> dict:
     pool_items, _ = tokenize_all(tok, load_split(b.inputs["data"], "train"), recipe.model.max_seq_length)
     k = min(p.k, len(pool_items))
     rows = np.sort(np.random.default_rng(p.seed).choice(len(pool_items), size=k, replace=False))
-    trunk = training_trunk(recipe, pool_items, b.run_root, lambda: b.progress("pool trunk states (rows)"))
-    progress = b.progress("training steps")
     train_cfg = recipe.finetune.model_copy(update={"lr": p.lr, "epochs": p.epochs})
-    ckpts = train_lora(
-        recipe.model,
-        recipe.lora,
-        train_cfg,
-        [pool_items[i] for i in rows],
-        b.work / "train",
-        recipe.seed,
-        save_every_epoch=False,
-        progress=False,
-        on_step=lambda s, t, loss: progress.update(s, t, loss=loss),
-        trunk=trunk,
-        trunk_rows=rows.tolist(),
-        on_warning=lambda m: b.log(m, warning=True),
-    )
-    (b.work / "train" / ckpts[-1]["path"]).rename(adapter_path(b.work))
-    shutil.rmtree(b.work / "train")
+    last = train_on_pool_rows(b, pool_items, rows.tolist(), train_cfg, recipe.seed)
     val = load_split(b.inputs["data"], "val")
     val_items, _ = tokenize_all(tok, val, recipe.model.max_seq_length)
     model = load_lora(load_base_model(recipe.model), adapter_path(b.work)).eval()
@@ -78,7 +58,7 @@ def build(b: Build) -> dict:
         "epochs": p.epochs,
         "k": k,
         "seed": p.seed,
-        "steps": ckpts[-1]["step"],
+        "steps": last["step"],
         "val_nll": {t: round(float(v), 5) for t, v in per_task.items()},
         "val_nll_macro": round(float(per_task.mean()), 5),
     }

@@ -6,11 +6,11 @@ import random
 
 from bidsml.data import tokenize_all
 from bidsml.model import load_tokenizer
-from bidsml.train import checkpoint_weights, train_lora
+from bidsml.train import TrainSettings, TrunkRows, checkpoint_weights, train_lora
+from tasks.adapters import training_trunk
 from tasks.step import Build, Input, Step
 from storage.checkpoints import save_checkpoints
 from storage.datasets import load_split
-from storage.train_trunk import training_trunk
 
 
 def warmup_subset(n: int, fraction: float, seed: int) -> list[int]:
@@ -32,15 +32,11 @@ def build(b: Build) -> dict:
         trunk = training_trunk(recipe, items, b.run_root, lambda: b.progress("warmup trunk states (rows)"))
     progress = b.progress("training steps")
     ckpts = train_lora(
-        recipe.model,
-        recipe.lora,
-        recipe.warmup,
+        TrainSettings(recipe.model, recipe.lora, recipe.warmup, recipe.seed),
         items,
         b.work,
-        recipe.seed,
+        trunk=TrunkRows(trunk, list(range(len(items)))) if trunk is not None else None,
         on_step=lambda s, t, loss: progress.update(s, t, loss=loss),
-        trunk=trunk,
-        trunk_rows=list(range(len(items))),
         on_warning=lambda m: b.log(m, warning=True),
     )
     weights = checkpoint_weights([c["mean_lr"] for c in ckpts])

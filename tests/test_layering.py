@@ -4,7 +4,7 @@ other; no cycles."""
 import ast
 from pathlib import Path
 
-from storage.identity import function_closure
+from storage.identity import SHARED_STEP_MODULES, function_closure
 
 ROOT = Path(__file__).parents[1]
 PACKAGES = ("bidsml", "storage", "tasks", "flows")
@@ -48,11 +48,12 @@ def test_bidsml_and_storage_do_not_import_prefect_or_upper_layers():
 
 def test_steps_do_not_import_each_other():
     graph = _graph()
-    shared = {"tasks", "tasks.step", "tasks.registry"}  # the declaration types and the registry
+    # the declaration types, the registry and the code steps share (counted in their identities)
+    shared = {"tasks", "tasks.step", "tasks.registry", *SHARED_STEP_MODULES}
     for mod, deps in graph.items():
         if mod.startswith("tasks.") and mod not in shared:
             others = {d for d in deps if d.startswith("tasks") and d not in shared}
-            assert not others, f"{mod} imports {sorted(others)}: shared code belongs in storage/ or bidsml/"
+            assert not others, f"{mod} imports {sorted(others)}: shared code belongs in storage/, bidsml/ or a SHARED_STEP_MODULES module"
 
 
 def test_no_import_cycles():
@@ -77,7 +78,7 @@ def test_a_step_identity_covers_every_module_it_runs_and_nothing_people_only_loo
     closure = set(function_closure("tasks.features", "build", "precision"))
     # the core code the build calls and what that imports
     assert {"bidsml.features", "bidsml.projection", "bidsml.model", "bidsml.model_sources"} <= closure
-    assert "storage.gradients" in closure and "storage.checkpoint_states" in closure
+    assert "storage.gradients" in closure and "bidsml.checkpoints" in closure
     # importing a registry package covers every registered module (they are found by scanning the package)
     evaluation = set(function_closure("tasks.evaluation", "build", "benchmark_inputs"))
     assert {"bidsml.benchmarks.mmlu", "bidsml.benchmarks.jsonl", "bidsml.evaluation.scoring"} <= evaluation
@@ -85,3 +86,18 @@ def test_a_step_identity_covers_every_module_it_runs_and_nothing_people_only_loo
     for mods in (closure, evaluation):
         assert not any(m.startswith(("flows", "tasks")) for m in mods), mods
         assert not {"bidsml.report", "bidsml.markdown", "bidsml.evaluation.aggregate"} & mods, mods
+
+
+def test_the_training_shared_by_steps_counts_in_their_identities():
+    """finetune, tune and probe train through tasks/adapters.py: its code (and what it runs) is theirs."""
+    for step in ("finetune", "tune", "probe"):
+        closure = set(function_closure(f"tasks.{step}", "build"))
+        assert {"tasks.adapters", "bidsml.train", "bidsml.train_trunk", "storage.train_trunk"} <= closure, step
+
+
+def test_storage_stores_it_loads_no_model():
+    """storage/ reads and writes files; computing with a model (loading one) is bidsml's and tasks' work."""
+    loaders = ("load_base_model", "load_lora", "load_tokenizer", "from_pretrained")
+    for path in sorted((ROOT / "storage").glob("*.py")):
+        text = path.read_text()
+        assert not [w for w in loaders if w in text], f"{path.name} loads a model: move that to bidsml/ or tasks/"

@@ -9,8 +9,8 @@ from bidsml.data import tokenize_all
 from bidsml.features import AdamTransform, CheckpointState, compute_features_checkpoints, lora_linears
 from bidsml.model import load_base_model
 from bidsml.projection import make_projector
-from bidsml.train import add_lora, train_lora
-from storage.train_trunk import pool_trunk
+from bidsml.train import TrainSettings, TrunkRows, add_lora, train_lora
+from tasks.adapters import pool_trunk
 from tests.conftest import TINY, make_examples
 
 TOP = LoraConfig(r=4, alpha=8, dropout=0.1, layers=(1,))
@@ -39,29 +39,14 @@ def test_training_from_the_trunk_equals_full_passes(pool, tokenizer, tmp_path):
     np.testing.assert_array_equal(np.asarray(again.states), np.asarray(trunk.states))
     losses = {"full": [], "trunk": []}
     warnings = []
-    full = train_lora(
-        TINY,
-        TOP,
-        TRAIN,
-        subset,
-        tmp_path / "full",
-        0,
-        save_every_epoch=False,
-        progress=False,
-        on_step=lambda s, t, loss: losses["full"].append(loss),
-    )
+    settings = TrainSettings(TINY, TOP, TRAIN, 0, save_every_epoch=False, progress_bar=False)
+    full = train_lora(settings, subset, tmp_path / "full", on_step=lambda s, t, loss: losses["full"].append(loss))
     fast = train_lora(
-        TINY,
-        TOP,
-        TRAIN,
+        settings,
         subset,
         tmp_path / "trunk",
-        0,
-        save_every_epoch=False,
-        progress=False,
+        trunk=TrunkRows(trunk, rows),
         on_step=lambda s, t, loss: losses["trunk"].append(loss),
-        trunk=trunk,
-        trunk_rows=rows,
         on_warning=warnings.append,
     )
     assert warnings == [] and len(losses["full"]) == 6
@@ -77,15 +62,10 @@ def test_a_trunk_that_disagrees_with_a_full_pass_is_dropped_with_a_warning(pool,
     trunk.states = np.asarray(trunk.states) + 1.0  # not the base model's states
     warnings, losses = [], []
     train_lora(
-        TINY,
-        TOP,
-        TrainConfig(epochs=1, lr=1e-3, batch_size=3),
+        TrainSettings(TINY, TOP, TrainConfig(epochs=1, lr=1e-3, batch_size=3), 0, progress_bar=False),
         pool[:6],
         tmp_path / "t",
-        0,
-        progress=False,
-        trunk=trunk,
-        trunk_rows=list(range(6)),
+        trunk=TrunkRows(trunk, list(range(6))),
         on_warning=warnings.append,
         on_step=lambda s, t, loss: losses.append(loss),
     )

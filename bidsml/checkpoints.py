@@ -1,30 +1,33 @@
-"""Warmup checkpoints read back for gradient features: the LoRA model and each checkpoint's weights and Adam state."""
+"""Warmup checkpoints read back for gradient features: the LoRA model and each checkpoint's weights and Adam state.
+
+`ckpts` are the warmup artifact's checkpoint dicts (storage/checkpoints.py `load_checkpoints`), each with its
+folder `path` relative to the warmup's folder `warm_path`.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from bidsml.config import Recipe
+from pathlib import Path
+
+from bidsml.config import FeaturesConfig, ModelConfig
 from bidsml.errors import FeatureError
 from bidsml.features import AdamTransform, CheckpointState, lora_linears, resolve_precision
 from bidsml.model import load_base_model, load_lora
 from bidsml.train import OPTIMIZER_FILE
-from storage.checkpoints import load_checkpoints
-from storage.refs import ArtifactRef
 
 
-def feature_model(recipe: Recipe, warm: ArtifactRef):
+def feature_model(model_cfg: ModelConfig, features: FeaturesConfig, warm_path: Path, ckpts: list[dict]):
     """Returns (model with the warmup LoRA, trainable LoRA only; each checkpoint's state; forward precision)."""
-    ckpts = load_checkpoints(warm)
-    model = load_lora(load_base_model(recipe.model), warm.path / ckpts[0]["path"])
+    model = load_lora(load_base_model(model_cfg), Path(warm_path) / ckpts[0]["path"])
     model.eval()
     for n, p in model.named_parameters():
         p.requires_grad_("lora_" in n)
-    precision = resolve_precision(recipe.features.precision, next(model.parameters()).device)
-    return model, checkpoint_states(model, warm, ckpts, recipe.features.eps_inside_sqrt), precision
+    precision = resolve_precision(features.precision, next(model.parameters()).device)
+    return model, checkpoint_states(model, warm_path, ckpts, features.eps_inside_sqrt), precision
 
 
-def checkpoint_states(model, warm: ArtifactRef, ckpts: list[dict], eps_inside_sqrt: bool) -> list[CheckpointState]:
+def checkpoint_states(model, warm_path: Path, ckpts: list[dict], eps_inside_sqrt: bool) -> list[CheckpointState]:
     """Returns every checkpoint's LoRA weights (on the model's device, keyed like the model) and Adam transform."""
     from safetensors.torch import load_file
 
@@ -32,7 +35,7 @@ def checkpoint_states(model, warm: ArtifactRef, ckpts: list[dict], eps_inside_sq
     params = dict(lora_linears(model))
     states = []
     for ck in ckpts:
-        adapter = warm.path / ck["path"]
+        adapter = Path(warm_path) / ck["path"]
         saved = load_file(str(adapter / "adapter_model.safetensors"))
         weights = {}
         for name in params:
