@@ -31,14 +31,14 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # run as a script from a
 
 import torch  # noqa: E402
 
-from bidsml.benchmarks import load_benchmark, sample_items  # noqa: E402
+from bidsml.evaluation.benchmarks import load_benchmark, sample_items  # noqa: E402
 from bidsml.config import ModelConfig  # noqa: E402
 from bidsml.config import LoraConfig  # noqa: E402
 from bidsml.evaluation.trunk import TrunkStates  # noqa: E402
 from bidsml.evaluation.scoring import continuation_logprobs  # noqa: E402
 from bidsml.evaluation.generation import generate  # noqa: E402
 from bidsml.model import load_base_model, load_tokenizer  # noqa: E402
-from bidsml.train import add_lora  # noqa: E402
+from bidsml.training.lora import add_lora  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -26,13 +26,13 @@ import torch
 
 from bench.common import PeakRSS
 from bidsml.config import LoraConfig, ModelConfig
-from bidsml.data import collate, tokenize_all
-from bidsml.features import AdamTransform, compute_features, lora_linears
+from bidsml.data.examples import collate, tokenize_all
+from bidsml.gradients.features import AdamTransform, compute_features, lora_linears
 from bidsml.model import load_base_model, load_tokenizer
-from bidsml.prepare import fits_in
-from bidsml.projection import make_projector
-from bidsml.sources import load_source
-from bidsml.train import add_lora
+from bidsml.data.prepare import fits_in
+from bidsml.gradients.projection import make_projector
+from bidsml.data.sources import load_source
+from bidsml.training.lora import add_lora
 
 SHAPES = {  # random-initialised models of a given shape (no weights needed)
     "llama3-8b": dict(

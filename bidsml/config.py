@@ -22,18 +22,18 @@ from bidsml.errors import RecipeError
 def _registered(kind: str) -> dict:
     """Returns a registry by kind (imported here, lazily: the registries import the data layer)."""
     if kind == "benchmark":
-        from bidsml.benchmarks import BENCHMARKS
+        from bidsml.evaluation.benchmarks import BENCHMARKS
 
         return BENCHMARKS
     if kind == "source":
-        from bidsml.sources import SOURCES
+        from bidsml.data.sources import SOURCES
 
         return SOURCES
     if kind == "selector":
         from bidsml.selectors import SELECTORS
 
         return SELECTORS
-    from bidsml.projection import PROJECTORS
+    from bidsml.gradients.projection import PROJECTORS
 
     return PROJECTORS
 
@@ -75,7 +75,9 @@ class ModelConfig(_Stage):
 
 
 class PoolSource(_Stage):
-    source: str = Field(..., description="A registered pool source (bidsml.sources): built-in, or 'jsonl'/'hf_disk'.")
+    source: str = Field(
+        ..., description="A registered pool source (bidsml.data.sources): built-in, or 'jsonl'/'hf_disk'."
+    )
     path: str | None = Field(None, description="File or folder for sources that read one ('jsonl', 'hf_disk').")
     n: int | None = Field(None, gt=0, description="Examples to take from this source (seeded sample); all if unset.")
 
@@ -89,7 +91,9 @@ class PoolSource(_Stage):
 
 class TargetTask(_Stage):
     task: str = Field(..., description="Target task label; also the benchmark kind unless `kind` is set.")
-    kind: str | None = Field(None, description="A registered benchmark (bidsml.benchmarks); default: `task`.")
+    kind: str | None = Field(
+        None, description="A registered benchmark (bidsml.evaluation.benchmarks); default: `task`."
+    )
     n_val: int = Field(2, gt=0, description="Validation examples (dev/few-shot material) used for influence.")
     capability: str | None = Field(None, description="Capability of a 'jsonl' target (built-ins have their own).")
     validation_path: str | None = Field(None, description="'jsonl' targets: validation examples (JSONL).")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from bidsml.data import IGNORE_INDEX, Tokenized, collate, iter_batches
+from bidsml.data.examples import IGNORE_INDEX, Tokenized, collate, iter_batches
 
 POOLINGS = ("mean", "weighted")
 

@@ -28,7 +28,7 @@ def resolve_budget(budget: float, n: int) -> int:
 
 
 def check_inputs(A, tasks: list[str], k: int) -> None:
-    """Raises SelectionError when scores (an array or a `bidsml.streamed.MatrixSource`), labels or budget are
+    """Raises SelectionError when scores (an array or a `bidsml.influence.streamed.MatrixSource`), labels or budget are
     unusable."""
     if len(A.shape) != 2:
         raise SelectionError(f"influence matrix must be 2-D (N train x M validation), got shape {A.shape}")

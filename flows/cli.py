@@ -256,7 +256,7 @@ def serve(
 ):
     """Serve the pipeline, `select` (select + fine-tune + evaluate) and every step as deployments."""
     from bidsml.errors import BidsError
-    from deployments.serve import serve_all
+    from flows.serve import serve_all
 
     try:
         serve_all(str(recipe), schedule)

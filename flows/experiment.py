@@ -7,7 +7,7 @@ follow the seed; the pool sources and scored items follow the data seed). With
 the warmup, features and influence are the first seed's in every seed, and
 only random selection and fine-tuning vary. Then every
 method's per-item scores go into a paired bootstrap against `random` and
-`less` (bidsml.experiment), written as experiment.csv, experiment.png and
+`less` (bidsml.report.experiment), written as experiment.csv, experiment.png and
 experiment.md in the run's outputs and posted to the UI.
 """
 
@@ -23,10 +23,10 @@ import pandas as pd
 from prefect.artifacts import create_markdown_artifact
 
 from bidsml.config import Recipe
-from bidsml.evidence import above_chance, gate, headline, primary_comparisons, retrieval_summary, retrieval_table
-from bidsml.experiment import MACRO, WORST, compare_methods, plot_differences, verdict
-from bidsml.markdown import artifact_key, inline_images
-from bidsml.report import composition_frame, markdown_table
+from bidsml.report.evidence import above_chance, gate, headline, primary_comparisons, retrieval_summary, retrieval_table
+from bidsml.report.experiment import MACRO, WORST, compare_methods, plot_differences, verdict
+from bidsml.report.markdown import artifact_key, inline_images
+from bidsml.report.run import composition_frame, markdown_table
 from bidsml.selection import resolve_budget, selection_label
 from storage.datasets import load_split
 from storage.evaluations import load_evaluation_items
@@ -299,7 +299,7 @@ def evidence_keys(recipe: Recipe, primary, items, selections: list[dict], sha: s
     """Returns the evidence JSON's last-line keys beyond the headline differences: the formulation per benchmark,
     whether seeds were independent, the primary comparisons, kMQ's cluster count, the base model's accuracy
     against chance per multiple-choice benchmark and the recipe's hash."""
-    from bidsml.benchmarks import benchmark_for
+    from bidsml.evaluation.benchmarks import benchmark_for
     from bidsml.selectors import selector_options
     from bidsml.selectors.kmq import kmq_cluster_count
 

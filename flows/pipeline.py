@@ -19,8 +19,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from bidsml.config import Recipe
-from bidsml.markdown import artifact_key, inline_images, png_markdown, round_sig, run_tag
-from bidsml.report import composition_frame, evaluation_frame, evaluation_pivot, plot_lineage, write_report
+from bidsml.report.markdown import artifact_key, inline_images, png_markdown, round_sig, run_tag
+from bidsml.report.run import composition_frame, evaluation_frame, evaluation_pivot, plot_lineage, write_report
 from bidsml.selection import selection_label
 from bidsml.selectors import DEFAULT_METHOD
 from flows.execution import cluster

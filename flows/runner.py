@@ -30,7 +30,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import MaterializingTask
 from pydantic import BaseModel
 
-from bidsml.markdown import artifact_key, round_sig, run_tag
+from bidsml.report.markdown import artifact_key, round_sig, run_tag
 from flows.execution import (
     cluster,
     dask_runner,

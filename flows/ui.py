@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_run_logger
 
-from bidsml.markdown import artifact_key, png_markdown, round_sig
+from bidsml.report.markdown import artifact_key, png_markdown, round_sig
 from flows.processes import raise_if_stopping
 from storage.lineage import record_artifact
 from storage.names import BUILD_INFO

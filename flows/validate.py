@@ -19,9 +19,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from bidsml.config import Recipe
 from bidsml.errors import ArtifactError, SelectionError
-from bidsml.markdown import artifact_key, inline_images, round_sig
+from bidsml.report.markdown import artifact_key, inline_images, round_sig
 from bidsml.selection import resolve_budget
-from bidsml.streamed import row_scores
+from bidsml.influence.streamed import row_scores
 from bidsml.validate import SHARED_ARMS, plot_validation, probe_label, task_table
 from bidsml.validate import lds as lds_score
 from flows.naming import flow_run_name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bidsml.data import Example, read_jsonl, write_jsonl
+from bidsml.data.examples import Example, read_jsonl, write_jsonl
 from storage.names import DATA_REPORT, POOL_FILE, VAL_FILE
 from storage.refs import ArtifactRef
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from bidsml.benchmarks import BenchItem
+from bidsml.evaluation.benchmarks import BenchItem
 from bidsml.evaluation.trunk import TrunkStates, trunk_layer
 from storage.trunk_states import items_digest, library_versions, load_trunk, save_trunk, trunk_bytes, trunk_path
 

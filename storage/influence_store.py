@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from bidsml.errors import ArtifactError
 from bidsml.selection import STATS_ROWS, ColumnMoments, zscore
-from bidsml.streamed import sample_rows
+from bidsml.influence.streamed import sample_rows
 from storage.names import INFLUENCE_DB, T_CKPT, T_COLSTATS, T_INFLUENCE, T_TASKSTATS, T_TRAIN, T_VAL
 
 INFLUENCE_NPY = "influence.npy"
@@ -99,7 +99,8 @@ def check_disk_space(root: Path, n: int, m: int) -> None:
 
 
 class StoredMatrix:
-    """The store's N x M matrix as a `bidsml.streamed.MatrixSource`: row blocks and single rows read from disk."""
+    """The store's N x M matrix as a `bidsml.influence.streamed.MatrixSource`: row blocks and single rows read from
+    disk."""
 
     def __init__(self, root: Path):
         self.root = Path(root)

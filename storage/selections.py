@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from bidsml.data import Example, read_jsonl, write_jsonl
+from bidsml.data.examples import Example, read_jsonl, write_jsonl
 from bidsml.selection import selection_label
 from storage.names import SELECTION_PARQUET, SELECTION_SUMMARY, SUBSET_JSONL
 from storage.refs import ArtifactRef, check_ref, file_sha256

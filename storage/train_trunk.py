@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bidsml.train_trunk import TrainTrunk
+from bidsml.training.trunk import TrainTrunk
 
 MEMORY_BUDGET_BYTES = 2 * 2**30  # larger trunks are memory-mapped
 

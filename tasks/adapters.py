@@ -8,9 +8,9 @@ import hashlib
 import json
 
 from bidsml.config import TrainConfig
-from bidsml.data import Tokenized
-from bidsml.train import TrainSettings, TrunkRows, train_adapter
-from bidsml.train_trunk import TrainTrunk, compute_trunk
+from bidsml.data.examples import Tokenized
+from bidsml.training.lora import TrainSettings, TrunkRows, train_adapter
+from bidsml.training.trunk import TrainTrunk, compute_trunk
 from storage.checkpoints import adapter_path
 from storage.train_trunk import load_train_trunk, save_train_trunk, train_trunk_path
 from storage.trunk_states import library_versions
@@ -45,7 +45,7 @@ def pool_trunk(
         "device": model_cfg.device,
         "threads": torch.get_num_threads(),  # a matmul's last bits depend on it
         "versions": library_versions(),
-        "code": code_identity("bidsml.train_trunk"),
+        "code": code_identity("bidsml.training.trunk"),
     }
     path = train_trunk_path(run_root, key)
     saved = load_train_trunk(path, layer)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-import bidsml.prepare
+import bidsml.data.prepare
 from bidsml.config import EvalConfig
 from bidsml.model import load_tokenizer
-from bidsml.sources import SOURCES
+from bidsml.data.sources import SOURCES
 from tasks.step import Build, Step
 from storage.datasets import save_data
 from storage.refs import file_sha256
@@ -23,7 +23,8 @@ def plants(recipe) -> bool:
 def user_files(recipe, inputs, params) -> dict:
     """Returns {path: sha256} of the user's pool and target files: their content is part of the data's identity;
     with a planted source, also the evaluation's settings (which items are scored decides what is planted)."""
-    out = {"user_files": {p: file_sha256(Path(p)) for p in bidsml.prepare.user_files(recipe.data) if Path(p).is_file()}}
+    files = bidsml.data.prepare.user_files(recipe.data)
+    out = {"user_files": {p: file_sha256(Path(p)) for p in files if Path(p).is_file()}}
     if plants(recipe):
         out["scored_items"] = recipe.evaluation.model_dump(mode="json", include={"benchmarks"})
     return out
@@ -33,17 +34,17 @@ def build(b: Build) -> dict:
     """Loads pool and targets, rejects malformed/untrainable records; returns the data report."""
     recipe = b.recipe
     tok = load_tokenizer(recipe.model)
-    fits = bidsml.prepare.fits_in(tok, recipe.model.max_seq_length)
+    fits = bidsml.data.prepare.fits_in(tok, recipe.model.max_seq_length)
     val_seed = recipe.data.val_seed if recipe.data.val_seed is not None else recipe.sampling_seed
-    val, target_counts = bidsml.prepare.load_targets(recipe.data, val_seed, fits)
+    val, target_counts = bidsml.data.prepare.load_targets(recipe.data, val_seed, fits)
     drop = None
     if plants(recipe):  # planted rows never share a 13-gram with a scored item or a validation example
-        from bidsml.benchmarks.contamination import overlap_filter
+        from bidsml.evaluation.benchmarks.contamination import overlap_filter
         from bidsml.evaluation.items import evaluation_items
 
         drop = overlap_filter(evaluation_items(recipe), val)
-    pool, pool_counts = bidsml.prepare.load_pool(recipe.data, recipe.sampling_seed, drop)
-    kept, rejected, truncated = bidsml.prepare.drop_untrainable(tok, pool, recipe.model)
+    pool, pool_counts = bidsml.data.prepare.load_pool(recipe.data, recipe.sampling_seed, drop)
+    kept, rejected, truncated = bidsml.data.prepare.drop_untrainable(tok, pool, recipe.model)
     report = {
         "pool_in": len(pool),
         "pool_out": len(kept),

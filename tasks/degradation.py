@@ -1,5 +1,5 @@
 """Step `degradation`: per pool row, how far the pruned model's next-token distributions are from the original's
-on the row's instruction (PASER's capability degradation score; bidsml/degradation.py).
+on the row's instruction (PASER's capability degradation score; bidsml/pruning/degradation.py).
 
 Two forward passes per row, batched and length-sorted; rows are done in blocks of `BLOCK`, each saved as it
 finishes, so a killed run resumes at the next block. Also stored per row: the instruction's token count and the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bidsml.degradation import instruction_jsd
+from bidsml.pruning.degradation import instruction_jsd
 from bidsml.model import load_base_model, load_tokenizer
 from storage.datasets import load_split
 from storage.models import pruned_model_config

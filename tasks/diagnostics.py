@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 
-from bidsml.data import tokenize_all
-from bidsml.fidelity import exact_influence, fidelity_sample, fidelity_table, fidelity_warnings
-from bidsml.influence_plots import plot_influence_distributions
+from bidsml.data.examples import tokenize_all
+from bidsml.gradients.fidelity import exact_influence, fidelity_sample, fidelity_table, fidelity_warnings
+from bidsml.influence.plots import plot_influence_distributions
 from bidsml.model import load_tokenizer
 from tasks.step import Build, Input, Step
-from bidsml.checkpoints import feature_model
+from bidsml.gradients.checkpoints import feature_model
 from storage.checkpoints import load_checkpoints
 from storage.datasets import load_split
 from storage.influence_store import load_influence_tables, open_influence, read_influence_rows

@@ -1,28 +1,30 @@
-"""Step `evaluation`: the base model or a fine-tuned adapter on the benchmarks (bidsml.benchmarks)."""
+"""Step `evaluation`: the base model or a fine-tuned adapter on the benchmarks (bidsml.evaluation.benchmarks)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from bidsml.benchmarks import benchmark_for, contamination
+from bidsml.evaluation.benchmarks import benchmark_for, contamination
 from bidsml.config import target_for
 from bidsml.evaluation.aggregate import summarize
 from bidsml.evaluation.harness import evaluate_benchmark_items
 from bidsml.evaluation.items import evaluation_items
 from bidsml.model import load_base_model, load_lora, load_tokenizer
-from bidsml.sandbox import Limits
+from bidsml.evaluation.sandbox import Limits
 from tasks.step import Build, Input, Step
 from storage.checkpoints import adapter_path
-from storage.datasets import load_split
+from storage.datasets import SPLIT_FILES, load_split
 from storage.eval_trunk import keep_trunk, shared_trunk
 from storage.evaluations import load_evaluation_items, save_evaluation
-from storage.refs import check_ref, file_sha256
+from storage.refs import check_ref, file_digest_in, file_sha256
 from storage.selections import selected_by
 
 
 def benchmark_inputs(recipe, inputs=None, params=None) -> dict:
-    """Returns, per evaluated benchmark, its item limit, its target settings and the content of its files."""
+    """Returns, per evaluated benchmark, its item limit, its target settings and the content of its files; and the
+    pool file's content (the contamination check reads it): not the data artifact's digest, which each independent
+    seed's validation draw changes, so the base model is scored once for every seed."""
     out = {}
     for name, limit in recipe.evaluation.benchmarks.items():
         target = target_for(recipe.data, name)
@@ -32,7 +34,8 @@ def benchmark_inputs(recipe, inputs=None, params=None) -> dict:
             "target": target.model_dump(mode="json", exclude={"n_val"}),
             "files": {f: file_sha256(Path(f)) for f in files},
         }
-    return {"benchmarks": out}
+    pool = file_digest_in(inputs["data"], SPLIT_FILES["train"]) if inputs and "data" in inputs else None
+    return {"benchmarks": out, "pool": pool}
 
 
 def model_label(adapter) -> str:
@@ -101,11 +104,16 @@ def tables(ref, table) -> dict:
 STEP = Step(
     name="evaluation",
     doc="Evaluates the base model (no adapter) or a fine-tuned adapter on the benchmarks.",
-    inputs=(Input("data"), Input("finetune", name="adapter", optional=True, labelled=True)),
+    # the data: its pool file's content counts (benchmark_inputs), not its validation draw
+    inputs=(Input("data", hashed=False), Input("finetune", name="adapter", optional=True, labelled=True)),
     # lora.layers: where the trunk states shared by the base model and every adapter end
     sections=("model", "data", "lora", "evaluation", "sampling_seed"),
-    ignore={"evaluation": ("benchmarks",), "data": ("pool",), "lora": ("r", "alpha", "dropout", "target_modules")},
-    identity=benchmark_inputs,  # per benchmark: its limit, target settings and the content of its files
+    ignore={
+        "evaluation": ("benchmarks",),
+        "data": ("pool", "val_seed"),
+        "lora": ("r", "alpha", "dropout", "target_modules"),
+    },
+    identity=benchmark_inputs,  # per benchmark: its limit, target settings, its files' content; the pool's content
     pool="gpu",
     label=label,
     per_run=False,

@@ -13,15 +13,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from bidsml.data import tokenize_all
+from bidsml.data.examples import tokenize_all
 from bidsml.evaluation.model_calls import _causal_lm
 from bidsml.evaluation.trunk import trunk_layer
-from bidsml.features import CheckpointState, compute_features_checkpoints, lora_linears, resolve_precision
+from bidsml.gradients.features import CheckpointState, compute_features_checkpoints, lora_linears, resolve_precision
 from bidsml.model import load_tokenizer, resolve_device, torch_threads
-from bidsml.projection import ExactProjector, make_projector
-from bidsml.train_trunk import TRUNK_CHECK_TOLERANCE, check_trunk
+from bidsml.gradients.projection import ExactProjector, make_projector
+from bidsml.training.trunk import TRUNK_CHECK_TOLERANCE, check_trunk
 from tasks.step import Build, Input, Step, executor
-from bidsml.checkpoints import feature_model
+from bidsml.gradients.checkpoints import feature_model
 from storage.checkpoints import load_checkpoints
 from storage.datasets import SPLIT_FILES, load_split
 from storage.gradients import chunk_builders, create_groups, save_examples_meta, write_chunks_checkpoints

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bidsml.data import tokenize_all
+from bidsml.data.examples import tokenize_all
 from bidsml.model import load_tokenizer
 from tasks.adapters import train_on_pool_rows
 from tasks.step import Build, Input, Step

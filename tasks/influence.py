@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bidsml.influence import influence_block
+from bidsml.influence.scores import influence_block
 from tasks.step import Build, Input, Step
 from storage.checkpoints import load_checkpoints
 from storage.datasets import load_split

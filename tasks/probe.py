@@ -17,12 +17,12 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from bidsml.data import tokenize_all
+from bidsml.data.examples import tokenize_all
 from bidsml.errors import SelectionError
 from bidsml.evaluation.harness import evaluate_benchmark_items
 from bidsml.evaluation.items import evaluation_items
 from bidsml.model import load_base_model, load_lora, load_tokenizer
-from bidsml.streamed import row_scores
+from bidsml.influence.streamed import row_scores
 from bidsml.validate import ARMS, arm_rows, probe_label
 from tasks.adapters import train_on_pool_rows
 from tasks.step import Build, Input, Step

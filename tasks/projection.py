@@ -4,7 +4,7 @@ Before the pool is featurized, the exact (unprojected) task-mean influence of
 the fidelity sample (`features.fidelity_rows` seeded pool rows) at the first
 warmup checkpoint is compared with the projected one at k = 2^10 ... 2^17;
 the smallest k whose worst task reaches `features.min_fidelity` (Spearman) is
-chosen (bidsml/autoproj.py). A fixed integer k (or `exact`) skips the
+chosen (bidsml/gradients/autoproj.py). A fixed integer k (or `exact`) skips the
 comparison. Either way the features store's size is said before anything is
 written, and a store over `features.max_store_gb` stops the run here.
 """
@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bidsml.autoproj import CANDIDATE_DIMS, Choice, candidate_table, choose_dim, gb, store_bytes, task_mean_influence
-from bidsml.data import tokenize_all
+from bidsml.gradients.autoproj import CANDIDATE_DIMS, Choice, candidate_table, choose_dim, gb, store_bytes, task_mean_influence
+from bidsml.data.examples import tokenize_all
 from bidsml.errors import FeatureError
-from bidsml.features import lora_linears
-from bidsml.fidelity import fidelity_sample
-from bidsml.influence_plots import plot_projection_fidelity
+from bidsml.gradients.features import lora_linears
+from bidsml.gradients.fidelity import fidelity_sample
+from bidsml.influence.plots import plot_projection_fidelity
 from bidsml.model import load_tokenizer
-from bidsml.projection import make_projector
+from bidsml.gradients.projection import make_projector
 from tasks.step import Build, Input, Step
-from bidsml.checkpoints import feature_model
+from bidsml.gradients.checkpoints import feature_model
 from storage.checkpoints import load_checkpoints
 from storage.datasets import load_split
 from storage.names import PROJECTION_CANDIDATES, PROJECTION_PLOT

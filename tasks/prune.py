@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bidsml.data import collate, tokenize_all
+from bidsml.data.examples import collate, tokenize_all
 from bidsml.model import load_base_model, load_tokenizer
-from bidsml.pruning import magnitude_prune, sparsity_of, wanda_prune
+from bidsml.pruning.prune import magnitude_prune, sparsity_of, wanda_prune
 from bidsml.represent import response_nll
 from storage.datasets import SPLIT_FILES, load_split
 from storage.models import model_folder

@@ -4,14 +4,17 @@ sentence encoder's package is installed, its embedding of each example's instruc
 from __future__ import annotations
 
 from bidsml.config import FeaturesConfig
-from bidsml.data import tokenize_all
+from bidsml.data.examples import tokenize_all
 from bidsml.model import load_base_model, load_tokenizer
 from bidsml.represent import pooled_states
 from bidsml.selectors import get_selector
 from bidsml.sentence import ENCODER, encoder_version, sentence_embeddings
 from tasks.step import Build, Input, Step
 from storage.datasets import SPLIT_FILES, load_split
-from storage.representations import save_representations
+from storage.identity import function_identity, model_identity
+from storage.refs import file_digest_in
+from storage.representations import load_split_cache, save_representations, save_split_cache, split_cache_path
+from storage.trunk_states import library_versions
 
 
 def encoder(recipe, inputs, params) -> dict:
@@ -24,21 +27,54 @@ def instruction(ex) -> str:
     return "\n".join(m.content for m in ex.messages if m.role == "user")
 
 
+def split_key(recipe, data, split: str) -> dict:
+    """Returns what determines one split's representations: the model, the split file's content, the encoder, the
+    code that computes them, the thread count (a matmul's last bits depend on it) and the library versions."""
+    import torch
+
+    return {
+        "model": model_identity(recipe.model),
+        "device": recipe.model.device,
+        "split": file_digest_in(data, SPLIT_FILES[split]),
+        "sentence_encoder": encoder_version(),
+        "code": function_identity("tasks.representations", "split_representations"),
+        "threads": torch.get_num_threads(),
+        "versions": library_versions(),
+    }
+
+
+def split_representations(recipe, model, tok, examples, use_encoder: bool, on_rows) -> dict:
+    """Returns {pooling: array} of one split: pooled hidden states, and the encoder's instruction embeddings."""
+    items, _ = tokenize_all(tok, examples, recipe.model.max_seq_length)
+    states = pooled_states(model, items, tok.pad_token_id, recipe.features.max_tokens, on_rows=on_rows)
+    pooled = {p: v.numpy() for p, v in states.items()}
+    if use_encoder:
+        pooled["sentence"] = sentence_embeddings([instruction(e) for e in examples])
+    return pooled
+
+
 def build(b: Build) -> dict:
     """Computes normalised pooled hidden states of the base model (mean and position-weighted), the mean
-    response-token log-probability (the quality proxy) and the sentence encoder's instruction embedding per split."""
+    response-token log-probability (the quality proxy) and the sentence encoder's instruction embedding per split.
+
+    A split whose content was represented before (the pool, in every independent seed) is read from the run
+    root's cache: the same arrays, not recomputed."""
     recipe = b.recipe
     tok = load_tokenizer(recipe.model)
-    model = load_base_model(recipe.model)
+    model = None
     use_encoder = encoder_version() is not None
+    reused = []
     for split in SPLIT_FILES:
-        examples = load_split(b.inputs["data"], split)
-        items, _ = tokenize_all(tok, examples, recipe.model.max_seq_length)
-        progress = b.progress(f"{split} rows")
-        states = pooled_states(model, items, tok.pad_token_id, recipe.features.max_tokens, on_rows=progress.update)
-        pooled = {p: v.numpy() for p, v in states.items()}
-        if use_encoder:
-            pooled["sentence"] = sentence_embeddings([instruction(e) for e in examples])
+        cache = split_cache_path(b.run_root, split_key(recipe, b.inputs["data"], split))
+        pooled = load_split_cache(cache)
+        if pooled is None:
+            model = model or load_base_model(recipe.model)
+            examples = load_split(b.inputs["data"], split)
+            progress = b.progress(f"{split} rows")
+            pooled = split_representations(recipe, model, tok, examples, use_encoder, progress.update)
+            save_split_cache(cache, pooled)
+        else:
+            reused.append(split)
         save_representations(b.work, split, pooled)
     if not use_encoder:
         b.log(
@@ -46,6 +82,8 @@ def build(b: Build) -> dict:
             "(a proxy for the papers' sentence encoders)",
             warning=True,
         )
+    if reused:
+        b.log(f"representations of {', '.join(reused)} read from {cache.parent} (same content, same model)")
     return {
         "hidden_size": int(pooled["mean"].shape[1]),
         "poolings": sorted(pooled),

@@ -112,7 +112,7 @@ def example_text(ex) -> str:
 
 def round_losses(b: Build, previous: np.ndarray) -> np.ndarray:
     """Returns the mean response NLL of each previous-round row under the fine-tune trained on them."""
-    from bidsml.data import tokenize_all
+    from bidsml.data.examples import tokenize_all
     from bidsml.model import load_base_model, load_lora, load_tokenizer
     from bidsml.represent import response_nll
 

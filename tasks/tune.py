@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from bidsml.data import tokenize_all
+from bidsml.data.examples import tokenize_all
 from bidsml.model import load_base_model, load_lora, load_tokenizer
 from bidsml.represent import response_nll
 from tasks.adapters import train_on_pool_rows

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from bidsml.data import tokenize_all
+from bidsml.data.examples import tokenize_all
 from bidsml.model import load_tokenizer
-from bidsml.train import TrainSettings, TrunkRows, checkpoint_weights, train_lora
+from bidsml.training.lora import TrainSettings, TrunkRows, checkpoint_weights, train_lora
 from tasks.adapters import training_trunk
 from tasks.step import Build, Input, Step
 from storage.checkpoints import save_checkpoints

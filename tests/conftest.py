@@ -17,7 +17,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bidsml.config import LoraConfig, ModelConfig
-from bidsml.data import Example
+from bidsml.data.examples import Example
 from tasks.registry import STEPS
 
 TINY = ModelConfig(tiny=True, max_seq_length=64)
@@ -124,7 +124,7 @@ def adam_states(model, seed: int) -> dict:
     """Returns a seeded stand-in for a warmup checkpoint's Adam state (exp_avg, exp_avg_sq) of every LoRA linear."""
     import torch
 
-    from bidsml.features import lora_linears
+    from bidsml.gradients.features import lora_linears
 
     g = torch.Generator().manual_seed(seed)
     return {
@@ -141,7 +141,7 @@ def make_lora_model():
     import torch
 
     from bidsml.model import load_base_model
-    from bidsml.train import add_lora
+    from bidsml.training.lora import add_lora
 
     model = add_lora(load_base_model(TINY), TINY_LORA, seed=0)
     torch.manual_seed(1)

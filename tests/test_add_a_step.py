@@ -44,7 +44,7 @@ STEP = Step(
 '''
 
 FORM = (
-    "import json; from flows.step_flows import DEPLOYED; from deployments.serve import deployments; "
+    "import json; from flows.step_flows import DEPLOYED; from flows.serve import deployments; "
     "from prefect.utilities.callables import parameter_schema; "
     "form = parameter_schema(DEPLOYED['source_counts'].fn).model_dump(); "
     "names = [d.name for d in deployments('recipes/tiny.yaml')]; "

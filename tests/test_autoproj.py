@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from bidsml.autoproj import candidate_table, choose_dim, store_bytes, task_mean_influence
-from bidsml.data import tokenize_all
+from bidsml.gradients.autoproj import candidate_table, choose_dim, store_bytes, task_mean_influence
+from bidsml.data.examples import tokenize_all
 from bidsml.errors import FeatureError
-from bidsml.features import AdamTransform, CheckpointState, compute_features, lora_linears
-from bidsml.fidelity import exact_influence
-from bidsml.projection import make_projector
+from bidsml.gradients.features import AdamTransform, CheckpointState, compute_features, lora_linears
+from bidsml.gradients.fidelity import exact_influence
+from bidsml.gradients.projection import make_projector
 from tests.conftest import adam_states, make_examples, make_lora_model
 
 

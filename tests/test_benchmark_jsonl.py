@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from bidsml.benchmarks import benchmark_for
+from bidsml.evaluation.benchmarks import benchmark_for
 from bidsml.config import TargetTask, load_recipe
 from bidsml.errors import DataError
 from bidsml.evaluation.aggregate import summarize
 from bidsml.evaluation.harness import evaluate_benchmark_items
 from bidsml.model import load_base_model
-from bidsml.sandbox import Limits
+from bidsml.evaluation.sandbox import Limits
 from tests.conftest import TINY
 
 ROOT = Path(__file__).parents[1]

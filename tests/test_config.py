@@ -46,7 +46,7 @@ def test_full_recipe_meets_the_gpu_run_spec():
 def test_experiment_recipe_meets_the_experiment_spec():
     """>= 2,000 examples from >= 10 sources, every target with >= 8 validation examples, >= 3 seeds, the methods,
     one 10% budget, >= 200 scored items per benchmark (HumanEval: every item not used for validation)."""
-    from bidsml.benchmarks import benchmark_for
+    from bidsml.evaluation.benchmarks import benchmark_for
 
     r = load_recipe(RECIPES / "experiment-cpu.yaml")
     assert sum(s.n for s in r.data.pool) >= 2000 and len({s.source for s in r.data.pool}) >= 10

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bidsml.data import IGNORE_INDEX, Example, iter_batches, read_jsonl, tokenize_example
+from bidsml.data.examples import IGNORE_INDEX, Example, iter_batches, read_jsonl, tokenize_example
 from bidsml.errors import DataError
 
 
@@ -98,7 +98,7 @@ def test_read_jsonl_names_file_line_and_field(tmp_path):
 
 
 def test_batches_respect_token_budget_and_cover_all(tokenizer):
-    from bidsml.data import tokenize_all
+    from bidsml.data.examples import tokenize_all
     from tests.conftest import make_examples
 
     items, _ = tokenize_all(tokenizer, make_examples(30), 128)
@@ -113,7 +113,7 @@ def test_batches_respect_token_budget_and_cover_all(tokenizer):
 def test_hf_disk_loader_validates_records(tmp_path):
     import datasets
 
-    from bidsml.data import read_hf_disk
+    from bidsml.data.examples import read_hf_disk
 
     rows = [
         {
@@ -144,7 +144,7 @@ def _pool_cfg(pool, targets=({"task": "mmlu"},)):
 def test_pool_loading_errors_name_the_source_entry(tmp_path):
     import json
 
-    from bidsml.prepare import load_pool
+    from bidsml.data.prepare import load_pool
 
     f = tmp_path / "pool.jsonl"
     f.write_text(

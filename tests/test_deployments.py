@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from deployments.serve import NIGHTLY, deployments
+from flows.serve import NIGHTLY, deployments
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "tiny.yaml"
 

@@ -5,15 +5,15 @@ import math
 import pytest
 import torch
 
-from bidsml.benchmarks import (
+from bidsml.evaluation.benchmarks import (
     BenchItem,
     builtin_benchmark,
     contamination,
     load_benchmark,
     sample_items,
 )
-from bidsml.benchmarks.bbh import BBH_TASKS
-from bidsml.data import Example
+from bidsml.evaluation.benchmarks.bbh import BBH_TASKS
+from bidsml.data.examples import Example
 from bidsml.errors import DataError
 from bidsml.evaluation.aggregate import summarize
 from bidsml.evaluation.answers import final_number, program
@@ -22,7 +22,7 @@ from bidsml.evaluation.harness import evaluate_benchmark_items
 from bidsml.evaluation.prefix import prefix_groups
 from bidsml.evaluation.scoring import continuation_logprobs
 from bidsml.model import load_base_model
-from bidsml.sandbox import Limits, run_program
+from bidsml.evaluation.sandbox import Limits, run_program
 from tests.conftest import TINY
 
 LIMITS = Limits(timeout_s=5, cpu_s=5, memory_mb=512)
@@ -261,7 +261,7 @@ def test_contamination_finds_shared_ngrams():
 
 def _lora_model(layers):
     from bidsml.config import LoraConfig
-    from bidsml.train import add_lora
+    from bidsml.training.lora import add_lora
 
     lm = add_lora(load_base_model(TINY), LoraConfig(r=4, alpha=8, dropout=0.0, layers=layers), seed=0)
     torch.manual_seed(1)

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from bidsml.config import TuningConfig, load_recipe
-from bidsml.evidence import gate, headline, retrieval_summary, retrieval_table
-from bidsml.experiment import compare_methods
+from bidsml.report.evidence import gate, headline, retrieval_summary, retrieval_table
+from bidsml.report.experiment import compare_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,7 +140,7 @@ def test_evidence_section_reports_the_gate_per_budget_and_ends_the_json_with_the
 
 
 def test_holm_adjusts_step_down_and_keeps_the_order():
-    from bidsml.evidence import holm
+    from bidsml.report.evidence import holm
 
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3 x 0.01; max(2 x 0.03, 1 x 0.04)
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
@@ -168,7 +168,7 @@ def _bpb_items(effects: dict[str, list[float]], n_items=80, benches=("a", "b")) 
 
 
 def test_primary_comparisons_keep_seed_variance_in_the_interval_and_adjust_across_comparisons():
-    from bidsml.evidence import primary_comparisons
+    from bidsml.report.evidence import primary_comparisons
 
     items = _bpb_items({"random@5": [0, 0, 0], "bids@5": [-0.1, -0.1, -0.1], "less@5": [-0.2, 0.0, 0.2]})
     label = lambda m, b: f"{m}@{b}"  # noqa: E731

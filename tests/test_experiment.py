@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bidsml.experiment import MACRO, WORST, compare_methods, verdict
+from bidsml.report.experiment import MACRO, WORST, compare_methods, verdict
 
 
 def _rows(effects: dict[str, float], n_items=60, seeds=(0, 1, 2), noise=0.0, rng_seed=0) -> pd.DataFrame:
@@ -72,13 +72,13 @@ def test_a_recipe_with_seeds_runs_each_seed_and_compares_methods(tmp_path, prefe
             "run_root": str(tmp_path / "runs"),
             "seeds": [0, 1],
             "lora.layers": [1],  # the fine-tunes share layer 0 with the base model: its states are scored once
-            "selection.methods": ["random", "less", "bids"],
+            "selection.methods": ["random", "less", "bids", "rds-plus"],
             "evaluation.generate": {"gsm8k": 0, "humaneval": 0, "mbpp": 0, "bbh": 1},
         }
     )
     out = pipeline(recipe)
     table = pd.read_csv(out["table"])
-    assert set(table["method"]) == {"base", "random@8", "less@8", "bids@8"}
+    assert set(table["method"]) == {"base", "random@8", "less@8", "bids@8", "rds-plus@8"}
     assert {MACRO, WORST, "mmlu", "bbh"} <= set(table["benchmark"]) and set(table["metric"]) == {"score", "nll", "bpb"}
     assert (table["n_seeds"] == 2).all()
     nll = table[(table["metric"] == "nll") & (table["method"] == "bids@8")]
@@ -103,15 +103,24 @@ def test_a_recipe_with_seeds_runs_each_seed_and_compares_methods(tmp_path, prefe
     assert val[0] != val[1]
     base = [load_evaluation_items(ArtifactRef.model_validate(r["evaluation"]["base"])) for r in refs]
     assert base[0]["id"].tolist() == base[1]["id"].tolist() and base[0]["nll"].tolist() == base[1]["nll"].tolist()
+    # what does not depend on the validation draw is computed once for every seed: the base model's scores (one
+    # artifact: its identity reads the pool file's content, not the data artifact) and the pool's representations
+    assert refs[0]["evaluation"]["base"]["identity"] == refs[1]["evaluation"]["base"]["identity"]
+    assert refs[0]["representations"]["main"]["identity"] != refs[1]["representations"]["main"]["identity"]
+    assert len(list((Path(recipe.run_root) / "cache" / "representations").glob("*.npz"))) == 3  # pool + 2 val draws
+    from storage.representations import load_representations
+
+    reps = [load_representations(ArtifactRef.model_validate(r["representations"]["main"])) for r in refs]
+    assert all((reps[0][k] == reps[1][k]).all() for k in reps[0] if k.startswith("train_"))
     assert refs[0]["projection"]["main"]["meta"]["proj_seed"] != refs[1]["projection"]["main"]["meta"]["proj_seed"]
     assert (
         refs[0]["warmup"]["main"]["identity"] != refs[1]["warmup"]["main"]["identity"]
     )  # the warmup order follows the seed
     assert refs[0]["selection"]["random@8"]["digest"] != refs[1]["selection"]["random@8"]["digest"]
-    # shared trunk: the first evaluation recorded layer 0's states once; every other model reused them
-    # (keyed by identity: the two seeds' base evaluations hold equal files, so they share a content digest)
+    # shared trunk: the first evaluation (the base model's, one for both seeds) recorded layer 0's states once;
+    # every fine-tune (4 methods x 2 seeds) reused them
     notes = {e["identity"]: e["meta"]["trunk"] for r in refs for e in r["evaluation"].values()}.values()
-    assert sum(n.startswith("recorded") for n in notes) == 1 and sum(n.startswith("reused") for n in notes) == 7
+    assert sum(n.startswith("recorded") for n in notes) == 1 and sum(n.startswith("reused") for n in notes) == 8
     assert len(list((Path(recipe.run_root) / "trunk").glob("*.safetensors"))) == 1
 
     # --shared-influence: seed 1 reuses seed 0's warmup / features / influence (from the cache above); the

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from bidsml.data import tokenize_all
+from bidsml.data.examples import tokenize_all
 from bidsml.errors import FeatureError
-from bidsml.features import AdamTransform, compute_features, lora_linears, reference_flat_grads
-from bidsml.projection import make_projector
+from bidsml.gradients.features import AdamTransform, compute_features, lora_linears, reference_flat_grads
+from bidsml.gradients.projection import make_projector
 from tests.conftest import adam_states, make_examples, make_lora_model
 
 
@@ -81,7 +81,7 @@ def test_missing_optimizer_state_names_the_parameter(lora_model, tokenizer):
 
 
 def test_empty_label_mask_and_nan_gradients_name_the_example(lora_model, tokenizer):
-    from bidsml.data import Tokenized
+    from bidsml.data.examples import Tokenized
 
     items, _ = tokenize_all(tokenizer, make_examples(3), 64)
     proj, _ = _identity_projector(lora_model)
@@ -99,7 +99,7 @@ def test_empty_label_mask_and_nan_gradients_name_the_example(lora_model, tokeniz
 
 
 def test_all_checkpoints_in_one_pass_equal_one_checkpoint_at_a_time(lora_model, tokenizer):
-    from bidsml.features import CheckpointState, compute_features_checkpoints
+    from bidsml.gradients.features import CheckpointState, compute_features_checkpoints
 
     items, _ = tokenize_all(tokenizer, make_examples(7, seed=5), 64)
     proj, _ = _identity_projector(lora_model)
@@ -134,7 +134,7 @@ def test_all_checkpoints_in_one_pass_equal_one_checkpoint_at_a_time(lora_model, 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_autocast_features_stay_close_to_fp32(lora_model, tokenizer, precision):
-    from bidsml.features import resolve_precision
+    from bidsml.gradients.features import resolve_precision
 
     items, _ = tokenize_all(tokenizer, make_examples(5, seed=9), 64)
     shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(lora_model)}

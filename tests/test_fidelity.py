@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from bidsml.data import tokenize_all
-from bidsml.features import AdamTransform, CheckpointState, compute_features, lora_linears, reference_flat_grads
-from bidsml.fidelity import exact_influence, fidelity_table, fidelity_warnings, spearman
-from bidsml.projection import make_projector
+from bidsml.data.examples import tokenize_all
+from bidsml.gradients.features import AdamTransform, CheckpointState, compute_features, lora_linears, reference_flat_grads
+from bidsml.gradients.fidelity import exact_influence, fidelity_table, fidelity_warnings, spearman
+from bidsml.gradients.projection import make_projector
 from tests.conftest import adam_states, make_examples, make_lora_model
 
 

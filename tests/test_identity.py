@@ -63,7 +63,7 @@ def test_editing_a_build_function_recomputes_that_step_only(code_copy, pristine)
 def test_editing_core_code_recomputes_every_step_that_runs_it(code_copy, pristine):
     before = pristine
     _edit(
-        code_copy / "bidsml" / "train.py", "    torch.manual_seed(seed)\n", "    torch.manual_seed(seed + 1)\n"
+        code_copy / "bidsml" / "training" / "lora.py", "    torch.manual_seed(seed)\n", "    torch.manual_seed(seed + 1)\n"
     )  # add_lora
     # the steps that attach or train a LoRA change (and everything downstream of them, through their digests);
     # projection and diagnostics load the warmup LoRA for the exact-influence comparisons
@@ -96,7 +96,7 @@ def test_progress_summaries_report_and_declarations_are_outside_every_identity(c
     ui = code_copy / "flows" / "ui.py"
     _edit(ui, 'f"{self.description}: {int(done)}/{int(total)} ({pct:.0f}%){extra}"', 'f"{self.description} {pct:.1f}%"')
     _edit(ui, "rows.append((key, str(round_sig(v))))", "rows.append((key, repr(v)))")  # the summary card's table
-    _edit(code_copy / "bidsml" / "report.py", "## Evaluation", "## Evaluation results")  # the run report's layout
+    _edit(code_copy / "bidsml" / "report" / "run.py", "## Evaluation", "## Evaluation results")  # the run report's layout
     _edit(code_copy / "bidsml" / "evaluation" / "aggregate.py", '"worst-task"', '"worst task"')
     _edit(code_copy / "tasks" / "features.py", 'pool="gpu"', 'pool="cpu"')
     _edit(code_copy / "tasks" / "warmup.py", 'doc="Trains the warmup LoRA', 'doc="Trains a warmup LoRA')
@@ -166,8 +166,8 @@ def test_two_fresh_processes_with_different_hash_seeds_build_identical_artifacts
 
 def test_adding_a_benchmark_file_leaves_the_expensive_steps_alone(code_copy, pristine):
     before = pristine
-    (code_copy / "bidsml" / "benchmarks" / "mybench.py").write_text(
-        "from bidsml.benchmarks.base import Benchmark, register_benchmark\n\n\n"
+    (code_copy / "bidsml" / "evaluation" / "benchmarks" / "mybench.py").write_text(
+        "from bidsml.evaluation.benchmarks.base import Benchmark, register_benchmark\n\n\n"
         "@register_benchmark\nclass Mine(Benchmark):\n    name = 'mine'\n"
     )
     # the data step, evaluation and the probes (which score the items) read benchmarks; warmup, features do not

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bidsml.influence import influence_matrix
+from bidsml.influence.scores import influence_matrix
 
 
 def _normalised(rng, n, k):

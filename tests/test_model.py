@@ -11,7 +11,7 @@ from bidsml.config import LoraConfig, ModelConfig
 from bidsml.errors import ArtifactError, RecipeError
 from bidsml.model import load_base_model, load_tokenizer, model_dir
 from bidsml.model_sources import DEFAULT_CACHE, digest_cache, packaged_gguf
-from bidsml.train import add_lora
+from bidsml.training.lora import add_lora
 from storage.identity import weights_digest
 from tests.conftest import TINY
 

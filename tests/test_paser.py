@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from bidsml.degradation import position_jsd
+from bidsml.pruning.degradation import position_jsd
 from bidsml.model import load_base_model
-from bidsml.pruning import decoder_layers, layer_linears, magnitude_prune, sparsity_of, wanda_prune
+from bidsml.pruning.prune import decoder_layers, layer_linears, magnitude_prune, sparsity_of, wanda_prune
 from bidsml.selectors.paser import (
     ConceptGraph,
     allocate,

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bidsml.benchmarks.contamination import ngrams, overlap_filter
+from bidsml.evaluation.benchmarks.contamination import ngrams, overlap_filter
 from bidsml.config import parse_recipe
 from bidsml.errors import RecipeError
 from bidsml.evaluation.items import evaluation_items
-from bidsml.prepare import load_pool, load_targets
+from bidsml.data.prepare import load_pool, load_targets
 from bidsml.selectors import PoolFields, SelectorInputs, run_selector
 
 
@@ -63,7 +63,7 @@ def test_oracle_takes_every_planted_row_then_random_and_needs_a_planted_source()
 
 
 def test_planted_sources_hold_their_targets_format():
-    from bidsml.sources import load_source
+    from bidsml.data.sources import load_source
 
     arc, _ = load_source("arc_easy")
     assert len(arc) > 500 and arc[0].choices and arc[0].messages[-1].content[:2] in {f"{c}." for c in "ABCDE"}
@@ -114,8 +114,8 @@ def test_mmlu_planted_rows_exclude_every_scored_item_by_id_even_when_too_short_f
 
 
 def test_bbh_planted_rows_are_the_subtasks_test_pairs_in_the_shots_format():
-    from bidsml.benchmarks.bbh import bbh_validation
-    from bidsml.sources import load_source
+    from bidsml.evaluation.benchmarks.bbh import bbh_validation
+    from bidsml.data.sources import load_source
 
     rows, _ = load_source("bbh_unscored")
     shots = bbh_validation()
@@ -125,8 +125,8 @@ def test_bbh_planted_rows_are_the_subtasks_test_pairs_in_the_shots_format():
 
 
 def test_humaneval_planted_rows_are_mbpp_problems_in_humaneval_form_disjoint_from_mbpp_planted():
-    from bidsml.benchmarks.humaneval import _validation as he_validation
-    from bidsml.sources.planted import _mbpp_humaneval, _mbpp_unscored
+    from bidsml.evaluation.benchmarks.humaneval import _validation as he_validation
+    from bidsml.data.sources.planted import _mbpp_humaneval, _mbpp_unscored
 
     he, mb = _mbpp_humaneval(), _mbpp_unscored()
     assert len(he) >= 180 and all(e.planted_for == "humaneval" for e in he)

@@ -6,7 +6,7 @@ import time
 import psutil
 import pytest
 
-from bidsml.sandbox import Limits, run_program, run_programs
+from bidsml.evaluation.sandbox import Limits, run_program, run_programs
 
 FAST = Limits(timeout_s=5, cpu_s=3, memory_mb=512)
 

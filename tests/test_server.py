@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from deployments.serve import deployments
+from flows.serve import deployments
 from tests.conftest import start_process, stop_process, wait_for
 
 pytestmark = pytest.mark.e2e  # slow end-to-end: skip with -m "not e2e"

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import bidsml.streamed as streamed
+import bidsml.influence.streamed as streamed
 from bidsml.errors import ArtifactError
 from bidsml.selection import bids_iterate, bids_naive, normalize_columns, task_means, top_k
 from bidsml.selectors import SelectorInputs, run_selector
-from bidsml.streamed import ArraySource, bids_streamed
+from bidsml.influence.streamed import ArraySource, bids_streamed
 from storage.influence_store import StoredMatrix, ensure_scores, open_influence, save_influence, write_influence_blocks
 
 

@@ -5,8 +5,8 @@ import json
 import torch
 
 from bidsml.config import TrainConfig
-from bidsml.data import tokenize_all
-from bidsml.train import OPTIMIZER_FILE, TrainSettings, checkpoint_weights, linear_schedule, train_adapter, train_lora
+from bidsml.data.examples import tokenize_all
+from bidsml.training.lora import OPTIMIZER_FILE, TrainSettings, checkpoint_weights, linear_schedule, train_adapter, train_lora
 from tests.conftest import TINY, TINY_LORA, make_examples
 
 

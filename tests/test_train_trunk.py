@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from bidsml.config import LoraConfig, TrainConfig
-from bidsml.data import tokenize_all
-from bidsml.features import AdamTransform, CheckpointState, compute_features_checkpoints, lora_linears
+from bidsml.data.examples import tokenize_all
+from bidsml.gradients.features import AdamTransform, CheckpointState, compute_features_checkpoints, lora_linears
 from bidsml.model import load_base_model
-from bidsml.projection import make_projector
-from bidsml.train import TrainSettings, TrunkRows, add_lora, train_lora
+from bidsml.gradients.projection import make_projector
+from bidsml.training.lora import TrainSettings, TrunkRows, add_lora, train_lora
 from tasks.adapters import pool_trunk
 from tests.conftest import TINY, make_examples
 
@@ -98,7 +98,7 @@ def test_features_from_the_trunk_equal_the_full_path(pool, tokenizer):
 
 
 def test_a_trunk_over_the_memory_budget_is_written_and_read_memory_mapped(pool, tokenizer, tmp_path, monkeypatch):
-    import bidsml.train_trunk as core
+    import bidsml.training.trunk as core
     import storage.train_trunk as store
 
     held = pool_trunk(TINY, TOP.layers, pool, tmp_path / "held", tokenizer.pad_token_id, 512)

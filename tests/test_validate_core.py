@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from bidsml.errors import SelectionError
-from bidsml.fidelity import spearman
+from bidsml.gradients.fidelity import spearman
 from bidsml.validate import (
     BASE_SEED,
     arm_rows,

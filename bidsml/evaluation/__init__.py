@@ -6,7 +6,7 @@ log-probability after the prompt wins, and the same pass gives the gold
 NLL (mean per-token negative log-likelihood, a smooth metric that small
 models still move). Generation items (GSM8K, HumanEval, MBPP, BBH) are
 decoded greedily in left-padded batches with a KV cache and stop sequences;
-code runs in `bidsml.sandbox`. See `bidsml.benchmarks` for the protocols.
+code runs in `bidsml.evaluation.sandbox`. See `bidsml.evaluation.benchmarks` for the protocols.
 
 Two ways scoring avoids recomputing what it already knows: prompts sharing a
 few-shot prefix encode it once (`prefix_groups`), and, with `TrunkStates`, the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from bidsml.benchmarks.base import BenchItem
+from bidsml.evaluation.benchmarks.base import BenchItem
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 

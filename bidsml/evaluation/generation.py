@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from bidsml.data import length_batches
+from bidsml.data.examples import length_batches
 
 
 def _tokens(tokenizer, text: str) -> list[int]:

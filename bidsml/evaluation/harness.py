@@ -7,13 +7,13 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Callable
 
-from bidsml.benchmarks.base import BenchItem
-from bidsml.data import chat_prompt
+from bidsml.evaluation.benchmarks.base import BenchItem
+from bidsml.data.examples import chat_prompt
 from bidsml.evaluation.answers import program, score_generation
 from bidsml.evaluation.generation import _tokens, generate
 from bidsml.evaluation.scoring import continuation_logprobs
 from bidsml.evaluation.trunk import TrunkStates
-from bidsml.sandbox import Limits, run_programs
+from bidsml.evaluation.sandbox import Limits, run_programs
 
 
 def evaluate_benchmark_items(

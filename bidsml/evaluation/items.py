@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bidsml.benchmarks import BenchItem, benchmark_for, sample_items
+from bidsml.evaluation.benchmarks import BenchItem, benchmark_for, sample_items
 from bidsml.config import target_for
 
 

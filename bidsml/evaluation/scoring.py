@@ -8,7 +8,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
-from bidsml.data import length_batches
+from bidsml.data.examples import length_batches
 from bidsml.evaluation.model_calls import _hidden_states, _lm_head
 from bidsml.evaluation.prefix import _expand_cache, _prefix_cache, _suffix_ids, prefix_groups
 from bidsml.evaluation.trunk import TRUNK_TOLERANCE, TrunkStates, _record_trunk, _top_hidden_states, _top_prefix_cache

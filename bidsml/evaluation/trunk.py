@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from bidsml.data import length_batches
+from bidsml.data.examples import length_batches
 from bidsml.evaluation.model_calls import _cache_kw, _causal_lm
 from bidsml.evaluation.prefix import _expand_cache, _suffix_ids
 

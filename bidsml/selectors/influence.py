@@ -1,7 +1,7 @@
 """Influence-based selectors: LESS (task-max), its variants, and BIDS.
 
 Each takes the influence matrix A (N pool rows x M validation columns) as an
-array or a `bidsml.streamed.MatrixSource` (the store, read in row blocks: out of
+array or a `bidsml.influence.streamed.MatrixSource` (the store, read in row blocks: out of
 core), the validation task labels, K and a seed; ties go to the lower training
 index. Scores per row are computed block by block and BIDS iterates on sorted
 column prefixes (`bids_streamed`), so an array and the store it was written to
@@ -15,7 +15,7 @@ import numpy as np
 from bidsml.errors import SelectionError
 from bidsml.selection import bids_iterate, task_means, top_k, zscore
 from bidsml.selectors.registry import SelectorInputs, register_selector
-from bidsml.streamed import as_source, bids_streamed, row_scores
+from bidsml.influence.streamed import as_source, bids_streamed, row_scores
 
 
 @register_selector("random")

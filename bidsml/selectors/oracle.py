@@ -15,7 +15,7 @@ from bidsml.selectors.registry import SelectorInputs, register_selector
 
 
 def _check(recipe, opts) -> None:
-    from bidsml.sources import SOURCES
+    from bidsml.data.sources import SOURCES
 
     if not any(SOURCES[s.source].plants for s in recipe.data.pool):
         planted = sorted(n for n, s in SOURCES.items() if s.plants)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bidsml.errors import SelectionError
 from bidsml.selection import check_inputs, resolve_budget
-from bidsml.streamed import as_source
+from bidsml.influence.streamed import as_source
 
 INPUTS = ("influence", "representations", "pool", "text", "degradation")
 
@@ -75,7 +75,7 @@ class SelectorInputs:
     the task labels (M) and the selector's options."""
 
     tasks: list[str]
-    influence: Any = None  # an array, or a bidsml.streamed.MatrixSource (the store, read in row blocks)
+    influence: Any = None  # an array, or a bidsml.influence.streamed.MatrixSource (the store, read in row blocks)
     representations: dict[str, np.ndarray] = field(default_factory=dict)
     pool: PoolFields | None = None
     options: Any = None  # the selector's options model (NoOptions when it has none)

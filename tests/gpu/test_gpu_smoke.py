@@ -5,11 +5,11 @@ import copy
 import pytest
 import torch
 
-from bidsml.data import tokenize_all
+from bidsml.data.examples import tokenize_all
 from bidsml.evaluation.scoring import continuation_logprobs
-from bidsml.features import compute_features, lora_linears
+from bidsml.gradients.features import compute_features, lora_linears
 from bidsml.model import load_base_model
-from bidsml.projection import make_projector
+from bidsml.gradients.projection import make_projector
 from tests.conftest import TINY, make_examples, make_lora_model
 
 pytestmark = [
