@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from bidsml.evaluation.benchmarks import BenchItem
 from bidsml.evaluation.trunk import TrunkStates, trunk_layer
-from storage.trunk_states import items_digest, library_versions, load_trunk, save_trunk, trunk_bytes, trunk_path
+from storage.speed_caches import machine_key
+from storage.trunk_states import items_digest, load_trunk, save_trunk, trunk_bytes, trunk_path
 
 
 def shared_trunk(recipe, run_root: Path, model, items: list[BenchItem]) -> tuple[TrunkStates | None, Path | None]:
@@ -33,8 +32,7 @@ def shared_trunk(recipe, run_root: Path, model, items: list[BenchItem]) -> tuple
         "batch_size": ec.batch_size,
         "dtype": str(next(model.parameters()).dtype),
         "device": next(model.parameters()).device.type,
-        "threads": torch.get_num_threads(),
-        "versions": library_versions(),
+        **machine_key(),
         "code": code_identity("bidsml.evaluation.trunk"),
     }
     path = trunk_path(run_root, key)

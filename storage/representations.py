@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from storage.refs import ArtifactRef
+from storage.speed_caches import cache_file
 
 
 def representations_path(root: Path, split: str, pooling: str) -> Path:
@@ -40,8 +39,7 @@ def representations_exist(root: Path) -> bool:
 
 def split_cache_path(run_root: str | Path, key: dict) -> Path:
     """Returns the cache file of one split's representations named by the digest of `key`."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    return Path(run_root) / "cache" / "representations" / f"{digest[:24]}.npz"
+    return cache_file(run_root, "cache/representations", key, ".npz")
 
 
 def load_split_cache(path: Path) -> dict[str, np.ndarray] | None:

@@ -12,22 +12,20 @@ tasks/adapters.py's (storage stores; it loads no model).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from bidsml.training.trunk import TrainTrunk
+from storage.speed_caches import cache_file
 
 MEMORY_BUDGET_BYTES = 2 * 2**30  # larger trunks are memory-mapped
 
 
 def train_trunk_path(run_root: str | Path, key: dict) -> Path:
     """Returns the trunk file named by the digest of `key` (what determines the states)."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    return Path(run_root) / "trunk" / f"train-{digest[:24]}.npy"
+    return cache_file(run_root, "trunk", key, ".npy", prefix="train-")
 
 
 def save_train_trunk(path: Path, states: np.ndarray, offsets: np.ndarray) -> None:

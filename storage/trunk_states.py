@@ -17,17 +17,15 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from bidsml.evaluation.trunk import TrunkStates
+from storage.speed_caches import cache_file
 
 FORMAT = 1
 
 
 def trunk_path(run_root: str | Path, key: dict) -> Path:
     """Returns the file that holds the trunk states identified by `key` (a JSON-able dict)."""
-    digest = hashlib.sha256(json.dumps({"format": FORMAT, **key}, sort_keys=True).encode()).hexdigest()
-    return Path(run_root) / "trunk" / f"{digest[:24]}.safetensors"
+    return cache_file(run_root, "trunk", {"format": FORMAT, **key}, ".safetensors")
 
 
 def items_digest(pairs: list[tuple[str, str]]) -> str:
@@ -71,9 +69,3 @@ def save_trunk(path: Path, trunk: TrunkStates) -> None:
 def trunk_bytes(trunk: TrunkStates) -> int:
     """Returns the size of the states in memory."""
     return sum(t.numel() * t.element_size() for t in [*trunk.prefixes.values(), *trunk.items.values()])
-
-
-def library_versions() -> dict[str, str]:
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__}

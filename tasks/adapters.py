@@ -13,7 +13,7 @@ from bidsml.training.lora import TrainSettings, TrunkRows, train_adapter
 from bidsml.training.trunk import TrainTrunk, compute_trunk
 from storage.checkpoints import adapter_path
 from storage.train_trunk import load_train_trunk, save_train_trunk, train_trunk_path
-from storage.trunk_states import library_versions
+from storage.speed_caches import machine_key
 
 
 def pool_trunk(
@@ -43,8 +43,7 @@ def pool_trunk(
         "items": hashlib.sha256(json.dumps([t.input_ids for t in items]).encode()).hexdigest(),
         "dtype": model_cfg.dtype,
         "device": model_cfg.device,
-        "threads": torch.get_num_threads(),  # a matmul's last bits depend on it
-        "versions": library_versions(),
+        **machine_key(),
         "code": code_identity("bidsml.training.trunk"),
     }
     path = train_trunk_path(run_root, key)

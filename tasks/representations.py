@@ -14,7 +14,7 @@ from storage.datasets import SPLIT_FILES, load_split
 from storage.identity import function_identity, model_identity
 from storage.refs import file_digest_in
 from storage.representations import load_split_cache, save_representations, save_split_cache, split_cache_path
-from storage.trunk_states import library_versions
+from storage.speed_caches import machine_key
 
 
 def encoder(recipe, inputs, params) -> dict:
@@ -29,17 +29,14 @@ def instruction(ex) -> str:
 
 def split_key(recipe, data, split: str) -> dict:
     """Returns what determines one split's representations: the model, the split file's content, the encoder, the
-    code that computes them, the thread count (a matmul's last bits depend on it) and the library versions."""
-    import torch
-
+    code that computes them, the thread count and the library versions."""
     return {
         "model": model_identity(recipe.model),
         "device": recipe.model.device,
         "split": file_digest_in(data, SPLIT_FILES[split]),
         "sentence_encoder": encoder_version(),
         "code": function_identity("tasks.representations", "split_representations"),
-        "threads": torch.get_num_threads(),
-        "versions": library_versions(),
+        **machine_key(),
     }
 
 
