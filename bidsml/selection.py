@@ -7,10 +7,10 @@ themselves are registered by name in `bidsml.selectors`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
+from numba import njit
 
+from bidsml.bids_picks import ColumnLists, bids_loop, lowest_tied_row, set_tops
 from bidsml.errors import SelectionError
 
 
@@ -116,8 +116,22 @@ def column_stats(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def zscore(block: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Returns float32 z-scores of a block of rows (columns as mean/std give them), computed in float64."""
-    return ((block.astype(np.float64) - mean) / std).astype(np.float32)
+    """Returns float32 z-scores of a block of rows (columns as mean/std give them), computed in float64.
+
+    Each is float32((float64(x) - mean) / std), the bits BIDS's loop uses (compiled for 2-D blocks).
+    """
+    if block.ndim != 2:
+        return ((block.astype(np.float64) - mean) / std).astype(np.float32)
+    return _zscore_2d(block, np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64))
+
+
+@njit(cache=True)
+def _zscore_2d(block, mean, std):
+    out = np.empty(block.shape, dtype=np.float32)
+    for i in range(block.shape[0]):
+        for j in range(block.shape[1]):
+            out[i, j] = np.float32((np.float64(block[i, j]) - mean[j]) / std[j])
+    return out
 
 
 def normalize_columns(A: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -138,67 +152,72 @@ def normalize_columns(A: np.ndarray, overwrite: bool = False) -> tuple[np.ndarra
 
 
 class _ColumnBlocks:
-    """For each column, a sorted prefix (value desc, row asc) of its unselected rows, refilled on demand."""
+    """For each column, a sorted prefix (value desc, row asc) of its top B unselected rows, refilled on demand."""
 
     def __init__(self, Z: np.ndarray, selected: np.ndarray, block: int):
-        self.Z, self.selected, self.block = Z, selected, block
+        self.Z, self.selected = Z, selected
         N, M = Z.shape
-        self.rows: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * M
-        self.ptr = np.zeros(M, dtype=np.int64)
+        self.width = np.full(M, block, dtype=np.int64)  # each column's block size (doubled by long ties)
+        self.lists = ColumnLists(M, Z.dtype)
         self.top_row = np.zeros(M, dtype=np.int64)
         self.top_val = np.zeros(M, dtype=np.float64)
+        self.tops = np.zeros(1, dtype=np.int64)  # no ring of new tops: the matrix is in memory
+        first = []
         for j0 in range(0, M, 64):  # column blocks: one contiguous copy per 64 columns
             cols = np.ascontiguousarray(Z[:, j0 : j0 + 64].T)
-            for d, col in enumerate(cols):
-                self._fill(j0 + d, col, np.arange(N))
+            first += [self._prefix(j0 + d, col, np.arange(N)) for d, col in enumerate(cols)]
+        bounds = np.cumsum([0] + [len(rows) for rows, _ in first])
+        self.lists.put(np.arange(M), np.concatenate([r for r, _ in first]), np.concatenate([v for _, v in first]), bounds)
+        self._set_tops(np.arange(M))
 
-    def _fill(self, j: int, col: np.ndarray, cand: np.ndarray) -> None:
-        vals = col[cand]
-        if len(cand) > self.block:
+    def _prefix(self, j: int, col: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Returns the first B of the rows cand in column j's order (value desc, row asc), and their values."""
+        vals, block = col[cand], int(self.width[j])
+        if len(cand) > block:
             # exact prefix: all values above the B-th largest, then the lowest rows among its ties
-            t = np.partition(vals, len(vals) - self.block)[len(vals) - self.block]
+            t = np.partition(vals, len(vals) - block)[len(vals) - block]
             above = cand[vals > t]
-            ties = cand[vals == t][: self.block - len(above)]
+            ties = cand[vals == t][: block - len(above)]
             cand = np.concatenate([above, ties])
             vals = col[cand]
         order = np.lexsort((cand, -vals.astype(np.float64)))
-        self.rows[j] = cand[order]
-        self.ptr[j] = 0
-        self._set_top(j)
+        return cand[order].astype(np.int64), vals[order]
 
-    def _set_top(self, j: int) -> None:
-        rows, p = self.rows[j], self.ptr[j]
-        while p < len(rows) and self.selected[rows[p]]:
-            p += 1
-        if p == len(rows):  # block used up: refill from the unselected rows
+    def _fill(self, j: int, col: np.ndarray, cand: np.ndarray) -> None:
+        rows, vals = self._prefix(j, col, cand)
+        self.lists.put(np.array([j]), rows, vals, np.array([0, len(rows)]))
+
+    def _set_tops(self, cols: np.ndarray) -> None:
+        L, exhausted = self.lists, np.zeros(len(self.top_val), dtype=bool)
+        set_tops(L.rows, L.vals, L.pos, L.end, cols, self.selected, self.top_row, self.top_val, exhausted, self.tops)
+        for j in np.flatnonzero(exhausted):  # block used up: refill from the unselected rows
             cand = np.flatnonzero(~self.selected)
             if len(cand) == 0:
                 self.top_val[j] = -np.inf
-                return
-            self._fill(j, self.Z[:, j], cand)
-            return
-        self.ptr[j] = p
-        self.top_row[j] = rows[p]
-        self.top_val[j] = self.Z[rows[p], j]
+                continue
+            self._fill(int(j), self.Z[:, j], cand)
+            self._set_tops(np.array([j]))
 
-    def advance(self, winner: int) -> None:
-        for j in np.flatnonzero(self.top_row == winner):
-            self._set_top(int(j))
+    def refill(self, cols: np.ndarray, step: int, k: int) -> None:
+        """Refills the lists that ran out (`bids_loop` calls it)."""
+        self._set_tops(cols)
+
+    def tie_past_list(self, j: int, step: int, k: int) -> bool:
+        """A tie ran past the end of column j's block: refills it from the unselected rows with twice the block
+        (returns True: pick again), unless the block already holds every unselected row (False)."""
+        rows, _ = self.lists.remaining(j)
+        left = int(np.count_nonzero(~self.selected[rows]))
+        unselected = np.flatnonzero(~self.selected)
+        if left >= len(unselected):
+            return False
+        self.width[j] = max(2 * self.width[j], 2 * left)
+        self._fill(j, self.Z[:, j], unselected)
+        self._set_tops(np.array([j]))
+        return True
 
     def lowest_tied_row(self, j: int, r_j: float, best: float) -> int:
         """Returns the lowest unselected row z with Z[z, j] - r_j == best (rounded as the naive loop does)."""
-        rows, Z = self.rows[j], self.Z
-        low = None
-        for p in range(self.ptr[j], len(rows)):
-            z = rows[p]
-            if self.selected[z]:
-                continue
-            if np.float64(Z[z, j]) - r_j != best:
-                return int(low if low is not None else z)
-            low = z if low is None else min(low, z)
-        # the ties run past the block: check the whole column
-        col = Z[:, j].astype(np.float64)
-        return int(np.flatnonzero((col - r_j == best) & ~self.selected)[0])
+        return lowest_tied_row(*self.lists.remaining(j), self.selected, r_j, best, lambda: self.Z[:, j])
 
 
 def bids_iterate(Z: np.ndarray, k: int, block: int = 4096) -> np.ndarray:
@@ -207,37 +226,13 @@ def bids_iterate(Z: np.ndarray, k: int, block: int = 4096) -> np.ndarray:
     Naive: repeat K times: u(z) = max_j (Z[z, j] - r_j) over unselected z;
     pick the lowest z with the largest u; r = mean of Z over the selected rows
     (sum accumulated in float64 in selection order). Here each column keeps a
-    sorted block of its top unselected rows with a pointer, so
-    max_z u(z) = max_j (top_j - r_j); rows whose rounded difference ties the
-    best are scanned in sorted order to keep the lowest-index rule exactly.
+    sorted block of its top unselected rows, and the compiled loop of
+    `bidsml.bids_picks` makes the picks.
     """
     N, M = Z.shape
+    Z = np.ascontiguousarray(Z)
     selected = np.zeros(N, dtype=bool)
-    return bids_loop(_ColumnBlocks(Z, selected, min(block, N)), selected, lambda z: Z[z], k)
-
-
-def bids_loop(cols, selected: np.ndarray, row: Callable[[int], np.ndarray], k: int) -> np.ndarray:
-    """Returns K rows picked by BIDS's iteration over per-column sorted prefixes of the unselected rows.
-
-    `cols` keeps each column's top unselected row and value (`top_val`,
-    `lowest_tied_row`, `advance`), `selected` is the mask it reads, `row(z)`
-    returns row z of Z (float32; r's sum is accumulated in float64 in
-    selection order).
-    """
-    r = np.zeros(len(cols.top_val))
-    r_sum = np.zeros(len(cols.top_val))
-    out = np.empty(k, dtype=np.int64)
-    for step in range(k):
-        diff = cols.top_val - r
-        best = diff.max()
-        tied = np.flatnonzero(diff == best)
-        winner = min(cols.lowest_tied_row(int(j), r[j], best) for j in tied)
-        out[step] = winner
-        selected[winner] = True
-        r_sum += row(winner)
-        r = r_sum / (step + 1)
-        cols.advance(winner)
-    return out
+    return bids_loop(_ColumnBlocks(Z, selected, min(block, N)), selected, Z, None, k)
 
 
 def bids_naive(Z: np.ndarray, k: int) -> np.ndarray:

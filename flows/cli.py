@@ -294,15 +294,14 @@ def query(
     """Run SQL against a run's influence store and selections.
 
     Tables: train_examples, val_examples, checkpoints, column_stats, task_stats.
-    Views: selections, selection_composition, and, over every score (the first
-    such query writes a Parquet copy of the scores: at 1M x 1k, minutes and
-    ~12 GB): influence, normalized_influence, task_influence,
-    top_train_for_val, top_train_for_task.
+    Views: selections, selection_composition, and, over every score (read from
+    the store's matrix in place, nothing written): influence,
+    normalized_influence, task_influence, top_train_for_val, top_train_for_task.
     """
     import duckdb
 
     from bidsml.errors import BidsError
-    from storage.query import open_run, reads_scores
+    from storage.query import open_run
     from storage.runs import load_run
 
     if len(sql) == 2:  # the earlier form `bidsflow query RUN SQL`: still understood
@@ -312,7 +311,7 @@ def query(
         _fail(typer.BadParameter(f"expected one SQL statement (quoted), got {len(sql)} arguments"))
     sql = sql[0]
     try:
-        con = open_run(load_run(run_root.resolve(), run), reads_scores(sql), lambda m: console.print(f"[dim]{m}[/dim]"))
+        con = open_run(load_run(run_root.resolve(), run))
     except (BidsError, FileNotFoundError) as err:
         _fail(err)
     try:

@@ -17,16 +17,20 @@ Layout of an influence artifact:
   second scan over N*M scores).
 
 `open_influence` returns a DuckDB session with those tables and the views
-users query. The long view `influence(train_idx, val_idx, score)` and the
+users query. The long table `influence(train_idx, val_idx, score)` and the
 views built on it (normalized_influence, task_influence, top_train_for_val,
-top_train_for_task) scan every score: they read a Parquet copy written on
-their first use, outside the artifact (`scores_dir`), never by a pipeline step.
+top_train_for_task) read the matrix file itself, streamed to DuckDB as Arrow
+record batches (`ScoreStream`): a query writes nothing beside its result.
 """
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 import shutil
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +39,6 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from bidsml.errors import ArtifactError
 from bidsml.selection import STATS_ROWS, ColumnMoments, zscore
@@ -44,20 +47,16 @@ from storage.names import INFLUENCE_DB, T_CKPT, T_COLSTATS, T_INFLUENCE, T_TASKS
 
 INFLUENCE_NPY = "influence.npy"
 STATS_NPZ = "stats.npz"
-SCORES_DIR = "scores"
 BLOCKS_DONE_DIR = "blocks_done"
 BLOCK_ROWS = STATS_ROWS  # rows per block: ~64 MB of float32 scores at M = 1,000
 
 # Views users query (`bidsflow query "SQL" --run RUN`); normalised = z-score of a
-# validation column over all training rows (sample std), as BIDS does. They scan all N*M scores.
+# validation column over all training rows (sample std), as BIDS does. They scan all N*M scores, as do the
+# streams `influence` (ScoreStream) and `task_influence` (TaskScoreStream) they are built on.
 SCORE_VIEWS = [
     f"""CREATE TEMP VIEW normalized_influence AS
     SELECT i.train_idx, i.val_idx, i.score, (i.score - c.mean) / nullif(c.std, 0) AS z
     FROM {T_INFLUENCE} i JOIN {T_COLSTATS} c ON c.val_idx = i.val_idx""",
-    f"""CREATE TEMP VIEW task_influence AS
-    SELECT n.train_idx, v.task, avg(n.score) AS score, avg(n.z) AS z
-    FROM normalized_influence n JOIN {T_VAL} v ON v.idx = n.val_idx
-    GROUP BY n.train_idx, v.task""",
     f"""CREATE TEMP VIEW top_train_for_val AS
     SELECT i.val_idx, v.id AS val_id, v.task, i.train_idx, t.id AS train_id, t.source, i.score,
            row_number() OVER (PARTITION BY i.val_idx ORDER BY i.score DESC, i.train_idx) AS rank
@@ -116,6 +115,8 @@ class StoredMatrix:
         self.block_rows = BLOCK_ROWS
         self._stats = None
         self._fd = None
+        self._map = None
+        self._tops_seen = 0  # rows of the ring `prefetch` has read ahead
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         m = self.shape[1]
@@ -148,6 +149,57 @@ class StoredMatrix:
         for i, r in enumerate(idx):
             out[i] = np.frombuffer(os.pread(self._fd, 4 * m, self.offset + 4 * int(r) * m), dtype=np.float32)
         return out
+
+    def array(self) -> np.ndarray:
+        """Returns the matrix memory-mapped read-only (a plain ndarray view: compiled loops read it in place)."""
+        if self._map is None:
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        n, m = self.shape
+        return np.frombuffer(self._map, dtype=np.float32, count=n * m, offset=self.offset).reshape(n, m)
+
+    @contextlib.contextmanager
+    def prefetch(self, tops: np.ndarray):
+        """While the block runs, a thread asks the OS to read ahead (posix_fadvise WILLNEED) every row written to
+        the ring `tops` (tops[0] counts them, tops[1:] holds the latest): BIDS's candidate rows, read from disk
+        while the loop computes instead of when it picks them."""
+        stop = threading.Event()
+        size, row_bytes = len(tops) - 1, 4 * self.shape[1]
+
+        def read_ahead():
+            fd, seen = os.open(self.path, os.O_RDONLY), self._tops_seen if self._tops_seen <= tops[0] else 0
+            try:
+                while not stop.is_set():
+                    n = int(tops[0])
+                    if n == seen:
+                        time.sleep(1e-4)
+                        continue
+                    for i in range(max(seen, n - size), n):
+                        os.posix_fadvise(fd, self.offset + row_bytes * int(tops[1 + i % size]), row_bytes,
+                                         os.POSIX_FADV_WILLNEED)
+                    seen = n
+            finally:
+                self._tops_seen = seen
+                os.close(fd)
+
+        thread = threading.Thread(target=read_ahead, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def release(self, start: int = 0, stop: int | None = None) -> None:
+        """Lets this process's memory drop the mapped pages of rows start..stop (the page cache keeps them)."""
+        if self._map is None:
+            return
+        m = self.shape[1]
+        stop = self.shape[0] if stop is None else stop
+        lo = (self.offset + 4 * start * m) // mmap.PAGESIZE * mmap.PAGESIZE
+        hi = min(len(self._map), -(-(self.offset + 4 * stop * m) // mmap.PAGESIZE) * mmap.PAGESIZE)
+        if hi > lo:
+            self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     def __del__(self):
         if getattr(self, "_fd", None) is not None:
@@ -354,53 +406,89 @@ def _quote(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def scores_dir(root: Path) -> Path:
-    """Returns where the long-format Parquet copy of a store's scores goes: beside the run's artifacts
-    (`<run_root>/cache/influence-scores/<identity>`) for an artifact, else the store's own `scores/`."""
-    root = Path(root).resolve()
-    if root.parent.parent.name == "artifacts":
-        return root.parents[2] / "cache" / "influence-scores" / root.name
-    return root / SCORES_DIR
+class ScoreStream:
+    """The store's scores as a long Arrow stream (train_idx, val_idx, score) that DuckDB scans in place of a table.
 
-
-def ensure_scores(root: Path, log: Callable[[str], None] | None = None) -> Path:
-    """Writes the long-format (train_idx, val_idx, score) Parquet copy of the matrix once; returns its folder.
-
-    Only the SQL views over every score need it (N*M rows: about 12 GB and a minute or two at 1M x 1k).
+    Each scan asks for a new stream (`__arrow_c_stream__`, the Arrow PyCapsule
+    protocol), which reads the matrix file block by block: `score` a block's
+    bytes, `train_idx` run-end encoded (one run of M per row), `val_idx` one
+    0..M-1 pattern shared by every block. No copy of the scores is written, and
+    a query holds a few blocks of rows at a time, whatever the store's size.
     """
-    out = scores_dir(root)
-    if (out / "complete").exists():
-        return out
-    src = StoredMatrix(root)
-    n, m = src.shape
-    if log:
-        log(f"writing the {n:,} x {m:,} scores as SQL rows once, to {out}")
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for i, (start, block) in enumerate(src.blocks()):
-        stop = start + len(block)
-        table = pa.table(
-            {
-                "train_idx": pa.array(np.repeat(np.arange(start, stop, dtype=np.int32), m)),
-                "val_idx": pa.array(np.tile(np.arange(m, dtype=np.int32), stop - start)),
-                "score": pa.array(block.ravel()),
-            }
-        )
-        pq.write_table(table, tmp / f"block-{i:06d}.parquet", compression="snappy", row_group_size=1 << 20)
-    (tmp / "complete").touch()
-    try:
-        tmp.replace(out)
-    except OSError:  # another process published it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    SCHEMA = pa.schema(
+        [("train_idx", pa.run_end_encoded(pa.int32(), pa.int32())), ("val_idx", pa.int32()), ("score", pa.float32())]
+    )
+
+    def __init__(self, root: Path, rows: int = BLOCK_ROWS):
+        self.matrix, self.rows = StoredMatrix(root), rows
+        n, m = self.matrix.shape
+        self.pattern = pa.array(np.tile(np.arange(m, dtype=np.int32), min(rows, n)))
+
+    def batches(self):
+        """Yields the record batches of one scan, in row order."""
+        m = self.matrix.shape[1]
+        for start, block in self.matrix.blocks(self.rows):
+            b = len(block)
+            train = pa.RunEndEncodedArray.from_arrays(
+                pa.array(np.arange(m, (b + 1) * m, m, dtype=np.int32)),
+                pa.array(np.arange(start, start + b, dtype=np.int32)),
+            )
+            yield pa.record_batch([train, self.pattern.slice(0, b * m), pa.array(block.reshape(-1))], schema=self.SCHEMA)
+
+    def __arrow_c_stream__(self, requested_schema=None):
+        return pa.RecordBatchReader.from_batches(self.SCHEMA, self.batches()).__arrow_c_stream__(requested_schema)
 
 
-def attach_influence(
-    con: duckdb.DuckDBPyConnection, root: Path, scores: bool = True, log: Callable[[str], None] | None = None
-) -> duckdb.DuckDBPyConnection:
-    """Adds a store's tables and views to a DuckDB session (temp views, so nothing is written).
+class TaskScoreStream(ScoreStream):
+    """`task_influence(train_idx, task, score, z)` as an Arrow stream: per pool row and task, the mean of the row's
+    raw scores over the task's validation columns and of their z-scores (constant columns left out, as SQL's avg
+    leaves out their NULL z), computed block by block from the matrix (N x T rows, not N x M)."""
 
-    `scores`: also the views over every score (`SCORE_VIEW_NAMES`), writing their Parquet copy on first use.
+    SCHEMA = pa.schema([("train_idx", pa.int32()), ("task", pa.string()), ("score", pa.float64()), ("z", pa.float64())])
+
+    def __init__(self, root: Path, rows: int = BLOCK_ROWS):
+        super().__init__(root, rows)
+        _, val = load_influence_tables(root)
+        mean, std, constant = self.matrix.column_stats()
+        labels = val["task"].to_numpy()
+        self.tasks = sorted(set(labels.tolist()))
+        m = len(labels)
+        self.raw = np.zeros((m, len(self.tasks)))  # block @ raw: per task, the mean score
+        self.zw = np.zeros((m, len(self.tasks)))  # block @ zw - zb: per task, the mean z-score
+        self.zb = np.zeros(len(self.tasks))
+        for i, t in enumerate(self.tasks):
+            cols = np.flatnonzero(labels == t)
+            self.raw[cols, i] = 1.0 / len(cols)
+            live = cols[~constant[cols]]
+            if len(live):
+                self.zw[live, i] = 1.0 / (std[live] * len(live))
+                self.zb[i] = (mean[live] / std[live]).sum() / len(live)
+            else:
+                self.zb[i] = np.nan  # no z-score: NULL
+        self.task_names = pa.array(self.tasks)
+
+    def batches(self):
+        t = len(self.tasks)
+        for start, block in self.matrix.blocks(self.rows):
+            b = block.astype(np.float64)
+            z = b @ self.zw - self.zb
+            yield pa.record_batch(
+                [
+                    pa.array(np.repeat(np.arange(start, start + len(b), dtype=np.int32), t)),
+                    pa.DictionaryArray.from_arrays(pa.array(np.tile(np.arange(t, dtype=np.int32), len(b))),
+                                                   self.task_names).cast(pa.string()),
+                    pa.array((b @ self.raw).reshape(-1)),
+                    pa.array(z.reshape(-1), mask=np.isnan(z).reshape(-1)),
+                ],
+                schema=self.SCHEMA,
+            )
+
+
+def attach_influence(con: duckdb.DuckDBPyConnection, root: Path) -> duckdb.DuckDBPyConnection:
+    """Adds a store's tables, and the views over every score (`SCORE_VIEW_NAMES`), to a DuckDB session.
+
+    Temp views and a registered Arrow stream (`ScoreStream`): nothing is written.
     """
     db = influence_db_path(root)
     if not db.exists():
@@ -408,11 +496,10 @@ def attach_influence(
     con.execute(f"ATTACH {_quote(str(db))} AS influence_tables (READ_ONLY)")
     for t in (T_TRAIN, T_VAL, T_CKPT, T_COLSTATS, T_TASKSTATS):
         con.execute(f"CREATE TEMP VIEW {t} AS SELECT * FROM influence_tables.{t}")
-    if scores:
-        files = str(ensure_scores(root, log) / "*.parquet")
-        con.execute(f"CREATE TEMP VIEW {T_INFLUENCE} AS SELECT * FROM read_parquet({_quote(files)})")
-        for sql in SCORE_VIEWS:
-            con.execute(sql)
+    con.register(T_INFLUENCE, ScoreStream(root))
+    con.register("task_influence", TaskScoreStream(root))
+    for sql in SCORE_VIEWS:
+        con.execute(sql)
     return con
 
 
@@ -426,9 +513,9 @@ def duckdb_session() -> duckdb.DuckDBPyConnection:
     return duckdb.connect(config={"memory_limit": DUCKDB_MEMORY})
 
 
-def open_influence(root: Path, scores: bool = True) -> duckdb.DuckDBPyConnection:
-    """Returns a DuckDB session over a published influence store (read-only); `scores`: see attach_influence."""
-    return attach_influence(duckdb_session(), root, scores)
+def open_influence(root: Path) -> duckdb.DuckDBPyConnection:
+    """Returns a DuckDB session over a published influence store (read-only): its tables and score views."""
+    return attach_influence(duckdb_session(), root)
 
 
 def read_influence_matrix(root: Path, rows: slice | None = None) -> np.ndarray:

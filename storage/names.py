@@ -33,6 +33,7 @@ EXAMPLES_META = "examples.json"  # ids and token counts per split
 # diagnostics artifact
 PROJECTION_CANDIDATES = "candidates.parquet"  # per candidate k: each task's fidelity
 PROJECTION_PLOT = "fidelity_by_k.png"
+PROJECTION_SAMPLE = "fidelity_sample.npz"  # the fidelity sample's exact and projected task-mean influence per k
 
 DIAGNOSTICS_PLOT = "influence_distributions.png"
 DIAGNOSTICS_STATS = "task_stats.json"

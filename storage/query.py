@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import duckdb
 
 from bidsml.errors import ArtifactError
-from storage.influence_store import SCORE_VIEW_NAMES, attach_influence, duckdb_session
+from storage.influence_store import attach_influence, duckdb_session
 from storage.names import SELECTION_PARQUET
 
 
@@ -16,15 +15,10 @@ def _quote(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def reads_scores(sql: str) -> bool:
-    """Returns whether SQL names a view over every score (influence, normalized_influence, ...)."""
-    return any(re.search(rf"\b{v}\b", sql, re.IGNORECASE) for v in SCORE_VIEW_NAMES)
-
-
-def open_run(record: dict, scores: bool = True, log=None) -> duckdb.DuckDBPyConnection:
+def open_run(record: dict) -> duckdb.DuckDBPyConnection:
     """Returns an in-memory DuckDB session with the run's influence store attached read-only.
 
-    `scores`: with the views over every score (their Parquet copy written on first use; `log` hears of it).
+    The views over every score read the store's matrix in place (`storage.influence_store.ScoreStream`).
 
     Tables and views of the influence store resolve unqualified; temp views
     `selections` (every selection of the run, with method and budget) and
@@ -33,7 +27,7 @@ def open_run(record: dict, scores: bool = True, log=None) -> duckdb.DuckDBPyConn
     infl = record["refs"].get("influence")
     if not infl:
         raise ArtifactError(f"run {record.get('run_id')} has no influence store")
-    con = attach_influence(duckdb_session(), Path(next(iter(infl.values()))["uri"]), scores, log)
+    con = attach_influence(duckdb_session(), Path(next(iter(infl.values()))["uri"]))
     parts = []
     for ref in record["refs"].get("selection", {}).values():
         meta = ref.get("meta", {})

@@ -51,7 +51,7 @@ def build(b: Build) -> dict:
         [{"c": i, "step": c["step"], "mean_lr": c["mean_lr"], "weight": c["weight"]} for i, c in enumerate(ckpts)]
     )
     save_influence_tables(b.work, train_df, val_df, ck_df)
-    con = open_influence(b.work, scores=False)
+    con = open_influence(b.work)
     try:
         mean, std = con.execute("SELECT avg(mean), sqrt(avg(std * std)) FROM column_stats").fetchone()
     finally:

@@ -4,9 +4,12 @@ Before the pool is featurized, the exact (unprojected) task-mean influence of
 the fidelity sample (`features.fidelity_rows` seeded pool rows) at the first
 warmup checkpoint is compared with the projected one at k = 2^10 ... 2^17;
 the smallest k whose worst task reaches `features.min_fidelity` (Spearman) is
-chosen (bidsml/gradients/autoproj.py). A fixed integer k (or `exact`) skips the
-comparison. Either way the features store's size is said before anything is
-written, and a store over `features.max_store_gb` stops the run here.
+chosen (bidsml/gradients/autoproj.py). A fixed integer k is measured the same
+way at that k alone; `exact` needs no measurement. The measurement is saved
+(`fidelity_sample.npz`): the diagnostics step reports the features' k from it,
+so the sample's exact gradients are computed once per run. Either way the
+features store's size is said before anything is written, and a store over
+`features.max_store_gb` stops the run here.
 """
 
 from __future__ import annotations
@@ -25,41 +28,49 @@ from tasks.step import Build, Input, Step
 from bidsml.gradients.checkpoints import feature_model
 from storage.checkpoints import load_checkpoints
 from storage.datasets import load_split
-from storage.names import PROJECTION_CANDIDATES, PROJECTION_PLOT
+from storage.fidelity_sample import save_measurement
+from storage.names import PROJECTION_CANDIDATES, PROJECTION_PLOT, PROJECTION_SAMPLE
 
 
-def candidates(recipe, data, warm, b: Build) -> tuple[int, list[dict]]:
-    """Returns (D, one row per candidate k < D with each task's fidelity on the sample at the first checkpoint)."""
+def lora_dim(recipe, warm) -> int:
+    """Returns D, the number of LoRA parameters whose gradients are featurized."""
+    model, _, _ = feature_model(recipe.model, recipe.features, warm.path, load_checkpoints(warm))
+    return sum(m.weight.shape[0] * m.weight.shape[1] for _, m in lora_linears(model))
+
+
+def measure(recipe, data, warm, dims: list[int] | None, b: Build) -> tuple[int, dict | None]:
+    """Returns (D, the fidelity sample's measurement) at the candidate dims (every k in CANDIDATE_DIMS below D when
+    None): the exact and projected task-mean influence of the sample at the first warmup checkpoint, which the
+    diagnostics step reports too (exact gradients computed once, here). None when nothing is measured."""
     fc = recipe.features
     model, states, precision = feature_model(recipe.model, recipe.features, warm.path, load_checkpoints(warm))
     shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
     total = sum(a * c for a, c in shapes.values())
-    if fc.proj_dim == "exact":
-        return total, []
     projectors = {}
-    for k in CANDIDATE_DIMS:
+    for k in CANDIDATE_DIMS if dims is None else dims:
         if k < total:
             try:
                 projectors[k] = make_projector(fc.projector, k, fc.proj_seed, shapes)
             except ValueError as e:  # a dense projector too large at this k
                 b.log(f"projection candidate k={k} skipped: {e}", warning=True)
-    if not projectors:
-        return total, []
+    if not projectors or not fc.fidelity_rows:
+        return total, None
     pool, val = load_split(data, "train"), load_split(data, "val")
     rows = fidelity_sample(len(pool), fc.fidelity_rows)
     tok = load_tokenizer(recipe.model)
     train_items, _ = tokenize_all(tok, [pool[i] for i in rows], recipe.model.max_seq_length)
     val_items, _ = tokenize_all(tok, val, recipe.model.max_seq_length)
     b.log(
-        f"choosing k: exact vs projected influence of {len(rows)} pool rows x {len(val)} validation examples "
-        f"(D = {total:,}) at k = {', '.join(str(k) for k in projectors)}"
+        f"influence fidelity: exact vs projected influence of {len(rows)} pool rows x {len(val)} validation "
+        f"examples (D = {total:,}) at k = {', '.join(str(k) for k in projectors)}"
     )
     progress = b.progress("fidelity sample rows", total=len(rows))
+    val_tasks = [e.task for e in val]
     tasks, exact, projected = task_mean_influence(
         model,
         train_items,
         val_items,
-        [e.task for e in val],
+        val_tasks,
         states[0],
         projectors,
         tok.pad_token_id,
@@ -67,7 +78,8 @@ def candidates(recipe, data, warm, b: Build) -> tuple[int, list[dict]]:
         precision,
         on_rows=lambda done, n: progress.update(done, n),
     )
-    return total, candidate_table(tasks, exact, projected)
+    columns = [val_tasks.count(t) for t in tasks]
+    return total, {"rows": rows, "tasks": tasks, "columns": columns, "exact": exact, "projected": projected}
 
 
 def build(b: Build) -> dict:
@@ -80,23 +92,35 @@ def build(b: Build) -> dict:
     def size(k: int) -> int:
         return store_bytes(n_rows, k, n_ckpt)
 
-    total, rows = None, []
+    total, rows, measured = None, [], None
+    def store(choice: Choice) -> str:
+        """Says the features store's size; raises FeatureError when it exceeds the budget."""
+        line = (
+            f"features store: {n_rows:,} rows x k={choice.k:,} x {n_ckpt} checkpoint(s) = {choice.store_gb} GB "
+            f"(features.max_store_gb = {fc.max_store_gb})"
+        )
+        if choice.store_gb > fc.max_store_gb:
+            raise FeatureError(f"{line}: too large; raise features.max_store_gb or lower features.proj_dim")
+        return line
+
     if isinstance(fc.proj_dim, int):
         choice = Choice(fc.proj_dim, fc.projector, "set by the recipe (features.proj_dim)", gb(size(fc.proj_dim)))
+        store(choice)  # before any gradient
+        total, measured = measure(recipe, data, warm, [fc.proj_dim], b)  # the fidelity check at the recipe's k
+    elif fc.proj_dim == "exact":
+        total = lora_dim(recipe, warm)
+        choice = Choice(total, "exact", "features.proj_dim: exact (no projection)", gb(size(total)))
     else:
-        total, rows = candidates(recipe, data, warm, b)
-        if fc.proj_dim == "exact":
-            choice = Choice(total, "exact", "features.proj_dim: exact (no projection)", gb(size(total)))
-        else:
-            choice = choose_dim(rows, fc.min_fidelity, total, size, fc.max_store_gb, fc.projector)
-    store = (
-        f"features store: {n_rows:,} rows x k={choice.k:,} x {n_ckpt} checkpoint(s) = {choice.store_gb} GB "
-        f"(features.max_store_gb = {fc.max_store_gb})"
-    )
-    if choice.store_gb > fc.max_store_gb:
-        raise FeatureError(f"{store}: too large; raise features.max_store_gb or lower features.proj_dim")
+        total, measured = measure(recipe, data, warm, None, b)
+        rows = candidate_table(measured["tasks"], measured["exact"], measured["projected"]) if measured else []
+        choice = choose_dim(rows, fc.min_fidelity, total, size, fc.max_store_gb, fc.projector)
+    if measured:
+        save_measurement(measured, b.work / PROJECTION_SAMPLE)
+        if not rows:
+            rows = candidate_table(measured["tasks"], measured["exact"], measured["projected"])
+    line = store(choice)
     b.log(f"projection k = {choice.k} ({choice.projector}): {choice.reason}")
-    b.log(store)
+    b.log(line)
     if choice.warning:
         b.log(choice.warning, warning=True)
     at_k = next((r for r in rows if r["k"] == choice.k), None)

@@ -110,9 +110,17 @@ def test_auto_k_through_the_steps_records_its_choice_and_the_features_use_it(tmp
     assert feats.meta["trunk"].startswith("layers 0-0 run once per micro-batch for all checkpoints")
     assert list((tmp_path / "trunk").glob("train-*.npy"))  # the warmup's rows' trunk, saved
 
-    # a fixed k skips the comparison; a store over the budget stops before any feature is written
+    # a fixed k is measured at that k alone (the fidelity check the diagnostics report, computed once here); a
+    # store over the budget stops before any gradient or feature
+    from storage.fidelity_sample import load_measurement
+
     fixed = F["projection"](recipe.with_overrides({"features.proj_dim": 32}), inputs={"data": data, "warmup": warm})
-    assert (fixed.meta["k"], fixed.meta["mode"], fixed.meta["candidates"]) == (32, "fixed", [])
+    assert (fixed.meta["k"], fixed.meta["mode"]) == (32, "fixed")
+    assert [r["k"] for r in fixed.meta["candidates"]] == [32] and fixed.meta["worst_task_fidelity"] < 1
+    sample = load_measurement(fixed.path / "fidelity_sample.npz")
+    assert list(sample["projected"]) == [32] and sample["exact"].shape == (24, len(sample["tasks"]))
+    # the exact side does not depend on k: the auto run measured the same values
+    np.testing.assert_array_equal(load_measurement(proj.path / "fidelity_sample.npz")["exact"], sample["exact"])
     small = recipe.with_overrides({"features.proj_dim": 4096, "features.max_store_gb": 1e-4})
     with pytest.raises(Exception, match=r"features store: [0-9]+ rows x k=4,096 x 2 checkpoint.*features.max_store_gb"):
         F["projection"](small, inputs={"data": data, "warmup": warm})

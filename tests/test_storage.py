@@ -160,7 +160,6 @@ def test_influence_blocks_resume_and_read_back_by_rows(tmp_path):
     from storage.influence_store import (
         BLOCKS_DONE_DIR,
         StoredMatrix,
-        ensure_scores,
         read_influence_matrix,
         read_influence_rows,
         write_influence_blocks,
@@ -188,13 +187,14 @@ def test_influence_blocks_resume_and_read_back_by_rows(tmp_path):
     # the statistics of the resumed pass (finished blocks read back) are the in-memory ones, bit for bit
     for got, want in zip(StoredMatrix(tmp_path).column_stats(), column_stats(A)):
         np.testing.assert_array_equal(got, want)
-    # the SQL side reads the same scores from their Parquet copy, written on first use
+    # the SQL side reads the same scores from the matrix in place
     import duckdb
 
+    from storage.influence_store import ScoreStream
+
     con = duckdb.connect()
-    got = con.execute(
-        f"SELECT train_idx, val_idx, score FROM read_parquet('{ensure_scores(tmp_path)}/*.parquet') ORDER BY ALL"
-    ).fetchnumpy()
+    con.register("scores", ScoreStream(tmp_path, rows=16))
+    got = con.execute("SELECT train_idx, val_idx, score FROM scores ORDER BY ALL").fetchnumpy()
     B = np.zeros_like(A)
     B[got["train_idx"], got["val_idx"]] = got["score"]
     np.testing.assert_array_equal(A, B)

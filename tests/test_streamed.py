@@ -11,7 +11,7 @@ from bidsml.errors import ArtifactError
 from bidsml.selection import bids_iterate, bids_naive, normalize_columns, task_means, top_k
 from bidsml.selectors import SelectorInputs, run_selector
 from bidsml.influence.streamed import ArraySource, bids_streamed
-from storage.influence_store import StoredMatrix, ensure_scores, open_influence, save_influence, write_influence_blocks
+from storage.influence_store import StoredMatrix, open_influence, save_influence, write_influence_blocks
 
 
 def _matrix(rng, n, m, ties=False, constant=False):
@@ -31,11 +31,11 @@ def test_streamed_bids_equals_the_in_memory_iteration_through_refills(seed, monk
     A = _matrix(rng, n, m, ties=seed % 2 == 0, constant=seed % 3 == 0)
     k = n if seed % 4 == 0 else int(rng.integers(n // 2, n))
     Z, _ = normalize_columns(A)
-    got, info = bids_streamed(ArraySource(A, block_rows=int(rng.integers(3, 40))), k, target=1)
+    got, info = bids_streamed(ArraySource(A, block_rows=int(rng.integers(3, 40))), k, target=1, estimate=False)
     np.testing.assert_array_equal(got, bids_iterate(Z, k, block=3))
     np.testing.assert_array_equal(got, bids_naive(Z, k))
     assert info["scans"] > 1  # refills happened
-    raw, _ = bids_streamed(ArraySource(A, block_rows=7), k, normalize=False, target=2)
+    raw, _ = bids_streamed(ArraySource(A, block_rows=7), k, normalize=False, target=2, estimate=False)
     np.testing.assert_array_equal(raw, bids_naive(A, k))
 
 
@@ -116,18 +116,35 @@ def test_task_stats_from_the_pass_equal_sql_over_every_score(tmp_path):
     np.testing.assert_allclose(got.loc[["t1", "t3"], "z_mean"], want.loc[["t1", "t3"], "z_mean"], atol=1e-6)
 
 
-def test_task_stats_queries_never_write_the_scores_copy(tmp_path):
-    from storage.query import reads_scores
+def test_score_views_read_the_matrix_in_place_and_write_nothing(tmp_path):
+    import os
 
-    A = np.arange(40, dtype=np.float32).reshape(10, 4)
-    save_influence(tmp_path, A, *_tables(10, ["a", "a", "b", "b"]))
-    con = open_influence(tmp_path, scores=False)
-    assert con.execute("SELECT count(*) FROM task_stats").fetchone()[0] == 2
+    rng = np.random.default_rng(5)
+    A = _matrix(rng, 70, 5)
+    A[:, 3] = 0.25  # constant: no z-score, so b's z is column 2's alone and c has none
+    A[:, 4] = 0.5
+    save_influence(tmp_path, A, *_tables(70, ["a", "a", "b", "b", "c"]))
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    con = open_influence(tmp_path)
+    got = con.execute("SELECT train_idx, val_idx, score FROM influence").fetchnumpy()
+    B = np.full_like(A, np.nan)
+    B[got["train_idx"], got["val_idx"]] = got["score"]
+    np.testing.assert_array_equal(B, A)  # every score once, in its cell
+    assert con.execute("SELECT count(*) FROM influence WHERE score > 0.5").fetchone()[0] == int((A > 0.5).sum())
+    top = con.execute("SELECT train_idx FROM top_train_for_task WHERE task = 'b' AND rank <= 5 ORDER BY rank").fetchall()
+    want = np.lexsort((np.arange(70), -A[:, 2:4].astype(np.float64).mean(axis=1)))[:5]
+    assert [r[0] for r in top] == want.tolist()
+    # task_influence equals SQL's per-task averages over the long scores (z: constant columns left out)
+    got = con.execute("SELECT train_idx, task, score, z FROM task_influence ORDER BY task, train_idx").df()
+    want = con.execute(
+        """SELECT n.train_idx, v.task, avg(n.score) AS score, avg(n.z) AS z FROM normalized_influence n
+        JOIN val_examples v ON v.idx = n.val_idx GROUP BY ALL ORDER BY v.task, n.train_idx"""
+    ).df()
+    np.testing.assert_allclose(got[["score", "z"]].to_numpy(float), want[["score", "z"]].to_numpy(float), rtol=1e-12)
+    assert got["train_idx"].tolist() == want["train_idx"].tolist() and got["task"].tolist() == want["task"].tolist()
     con.close()
-    assert not (tmp_path / "scores").exists()
-    assert reads_scores("select * from TOP_TRAIN_FOR_TASK") and reads_scores("SELECT * FROM influence LIMIT 3")
-    assert not reads_scores("SELECT * FROM task_stats") and not reads_scores("SELECT * FROM influence_tables.x")
-    assert ensure_scores(tmp_path) == tmp_path / "scores"
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    assert not any("scores" in p for p in os.listdir(tmp_path))
 
 
 def test_a_store_larger_than_the_free_space_is_refused_at_once_naming_run_root(tmp_path, monkeypatch):
@@ -173,3 +190,36 @@ def test_bench_scale_smoke_selects_the_in_memory_sequence_and_measures_the_limit
         last["store_select_s"] / last["limit_s"], rel=0.05
     )
     assert last["store_gb"] == 0.08 and last["n"] == 20000
+
+
+def test_the_compiled_list_sort_orders_by_column_value_descending_then_row():
+    from bidsml.influence.streamed import _sorted_lists
+
+    rng = np.random.default_rng(9)
+    n, m = 5000, 7
+    c = rng.integers(0, m, n)
+    r = np.sort(rng.integers(0, 10**7, n))  # entries arrive in row order
+    v = rng.choice(np.array([-np.inf, -2.5, -0.0, 0.0, 1e-40, 3.25, 7e30], dtype=np.float32), n)
+    v[::3] = rng.normal(size=len(v[::3])).astype(np.float32)
+    rows, vals, bounds = _sorted_lists(c, r, v, m)
+    for j in range(m):
+        sel = c == j
+        order = np.lexsort((r[sel], -v[sel].astype(np.float64)))
+        np.testing.assert_array_equal(rows[bounds[j] : bounds[j + 1]], r[sel][order])
+        np.testing.assert_array_equal(vals[bounds[j] : bounds[j + 1]], v[sel][order] + np.float32(0.0))
+
+
+def test_bids_on_a_million_rows_with_ties_is_the_same_sequence_streamed_in_memory_and_naive():
+    """1M x 6 scores rounded to 2 decimals (about 400 distinct values among a column's first 1,000 picks): 150,000
+    picks out of core (one scan), in memory and, for the first 40, by the naive loop, pick for pick."""
+    rng = np.random.default_rng(11)
+    A = np.round(rng.normal(size=(1_000_000, 6)), 2).astype(np.float32)
+    Z, _ = normalize_columns(A)
+    got, info = bids_streamed(ArraySource(A), 150_000)
+    np.testing.assert_array_equal(got, bids_iterate(Z, 150_000))
+    np.testing.assert_array_equal(got[:40], bids_naive(Z, 40))
+    assert info["scans"] == 1 and len(np.unique(got)) == 150_000
+    # without the depth estimate, lists run out and are refilled: the same sequence
+    again, info = bids_streamed(ArraySource(A), 150_000, estimate=False)
+    np.testing.assert_array_equal(again, got)
+    assert info["scans"] > 1

@@ -29,7 +29,7 @@ import torch
 from bidsml.data.examples import Tokenized, collate, iter_batches
 from bidsml.errors import FeatureError
 from bidsml.gradients.features import CheckpointState, lora_linears, per_example_grads
-from bidsml.gradients.fidelity import fidelity_table
+from bidsml.gradients.fidelity import task_fidelity_table
 from bidsml.gradients.projection import Projector
 
 CANDIDATE_DIMS = tuple(2**j for j in range(10, 18))  # 1,024 ... 131,072
@@ -135,7 +135,7 @@ def candidate_table(tasks: list[str], exact: np.ndarray, projected: dict[int, np
     """Returns one row per candidate k: the worst task's Spearman (projected vs exact) and each task's."""
     rows = []
     for k in sorted(projected):
-        table = fidelity_table(projected[k], exact, tasks)
+        table = task_fidelity_table(tasks, exact, projected[k])
         per_task = {r["task"]: round(r["spearman"], 4) for r in table if r["task"] != "all"}
         worst = min(v if v == v else -1.0 for v in per_task.values())  # nan (a constant column) counts as -1
         rows.append({"k": k, "worst_task_fidelity": worst, **{f"fidelity {t}": v for t, v in per_task.items()}})

@@ -103,6 +103,36 @@ def fidelity_table(projected: np.ndarray, exact: np.ndarray, tasks: Sequence[str
     return rows
 
 
+def task_fidelity_table(
+    tasks: Sequence[str], exact: np.ndarray, projected: np.ndarray, columns: Sequence[int] | None = None
+) -> list[dict]:
+    """Returns one row per task from task-mean influence (rows x tasks, the projection step's measurement):
+    Spearman of projected vs exact, the spread of the exact scores (std), the mean absolute error, and `all` (the
+    worst task's correlation). `columns`: each task's number of validation columns."""
+    rows = [
+        {
+            "task": t,
+            "n_rows": int(exact.shape[0]),
+            "n_columns": int(columns[i]) if columns is not None else None,
+            "spearman": spearman(projected[:, i], exact[:, i]),
+            "exact_std": float(exact[:, i].std()),
+            "abs_error": float(np.abs(projected[:, i] - exact[:, i]).mean()),
+        }
+        for i, t in enumerate(tasks)
+    ]
+    rows.append(
+        {
+            "task": "all",
+            "n_rows": int(exact.shape[0]),
+            "n_columns": int(sum(columns)) if columns is not None else None,
+            "spearman": float(np.nanmin([r["spearman"] for r in rows])),
+            "exact_std": float(exact.mean(1).std()),
+            "abs_error": float(np.abs(projected - exact).mean()),
+        }
+    )
+    return rows
+
+
 def fidelity_warnings(table: list[dict], proj_dim: int) -> list[str]:
     """Returns a warning per task whose projected ranking correlates below FIDELITY_OK with the exact one."""
     return [

@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import numpy as np
+from numba import njit
 
-from bidsml.selection import STATS_ROWS, bids_loop, column_stats, zscore
+from bidsml.bids_picks import ColumnLists, bids_loop, lowest_tied_row, set_tops
+from bidsml.selection import STATS_ROWS, bids_iterate, column_stats, zscore
 
 SAMPLE_ROWS = 16384  # evenly spaced rows the store keeps for quantiles and BIDS's first thresholds
 
@@ -32,6 +34,12 @@ class MatrixSource(Protocol):
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """Returns the rows idx (float32, in the order given)."""
+
+    def array(self) -> np.ndarray:
+        """Returns the matrix as a float32 array compiled loops read in place (memory-mapped on disk)."""
+
+    def release(self, start: int = 0, stop: int | None = None) -> None:
+        """Lets the process drop its mapped pages of rows start..stop (after a compiled loop has read them)."""
 
     def column_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns per-column (mean, sample std, is-constant), as `bidsml.selection.column_stats` computes them."""
@@ -55,6 +63,7 @@ class ArraySource:
         self.A, self.block_rows = A, block_rows
         self.shape = A.shape
         self._stats = None
+        self._array = None
 
     def blocks(self, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         step = self.block_rows
@@ -63,6 +72,14 @@ class ArraySource:
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         return np.asarray(self.A[np.asarray(idx)], dtype=np.float32)
+
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.ascontiguousarray(self.A, dtype=np.float32)
+        return self._array
+
+    def release(self, start: int = 0, stop: int | None = None) -> None:
+        pass
 
     def column_stats(self):
         if self._stats is None:
@@ -107,11 +124,77 @@ class _Transform:
         return np.nextafter(a, np.float32(-np.inf))
 
 
-def _descending_key(v: np.ndarray) -> np.ndarray:
-    """Returns uint64 keys that sort float32 values (finite; -0.0 as 0.0) in descending order."""
-    bits = (v + np.float32(0.0)).view(np.uint32).astype(np.uint64)  # + 0.0 turns -0.0 into 0.0
-    ascending = np.where(bits >> np.uint64(31), ~bits & np.uint64(0xFFFFFFFF), bits | np.uint64(0x80000000))
-    return np.uint64(0xFFFFFFFF) - ascending
+@njit(cache=True)
+def _scan_block(block, start, src_cols, floor, mean, std, t, selected, i0, out_c, out_r, out_v, n):
+    """Appends (column, row, z) for block rows i0.. that are unselected with a raw score >= floor and z > t, in row
+    order; returns (entries, the block row it stopped at: len(block) when done, earlier when the buffers are full)."""
+    m = len(src_cols)
+    for i in range(i0, block.shape[0]):
+        if selected[start + i]:
+            continue
+        if n + m > len(out_c):
+            return n, i
+        for c in range(m):
+            x = block[i, src_cols[c]]
+            if x >= floor[c]:
+                z = np.float32((np.float64(x) - mean[c]) / std[c])  # as `zscore` computes it
+                if z > t[c]:
+                    out_c[n] = c
+                    out_r[n] = start + i
+                    out_v[n] = z
+                    n += 1
+    return n, block.shape[0]
+
+
+@njit(cache=True)
+def _sorted_lists(c, r, v, n_cols):
+    """Returns (rows, values, bounds): the entries (given in row order) grouped by column, each column's sorted by
+    value descending, then row; column i's are [bounds[i]:bounds[i + 1]].
+
+    A counting sort by column, then per column a stable radix sort (three
+    11-bit passes) on a 32-bit key that orders float32 values descending
+    (-0.0 as 0.0, which no comparison of the loop tells apart).
+    """
+    n = len(c)
+    bounds = np.zeros(n_cols + 1, dtype=np.int64)
+    for i in range(n):
+        bounds[c[i] + 1] += 1
+    for j in range(n_cols):
+        bounds[j + 1] += bounds[j]
+    fill = bounds[:-1].copy()
+    key, rows = np.empty(n, dtype=np.uint32), np.empty(n, dtype=r.dtype)
+    bits = v.view(np.uint32)
+    for i in range(n):
+        p = fill[c[i]]
+        fill[c[i]] += 1
+        b = bits[i] if bits[i] != 0x80000000 else np.uint32(0)
+        key[p] = ~((~b) if b >> 31 else (b | np.uint32(0x80000000)))  # descending: the ascending key's complement
+        rows[p] = r[i]
+    key2, rows2 = np.empty(n, dtype=np.uint32), np.empty(n, dtype=r.dtype)
+    count = np.zeros(2049, dtype=np.int64)
+    for j in range(n_cols):
+        lo, hi = bounds[j], bounds[j + 1]
+        sk, sr, dk, dr = key, rows, key2, rows2
+        for shift in (0, 11, 22):
+            count[:] = 0
+            for i in range(lo, hi):
+                count[((sk[i] >> shift) & 2047) + 1] += 1
+            for d in range(2048):
+                count[d + 1] += count[d]
+            for i in range(lo, hi):
+                d = (sk[i] >> shift) & 2047
+                q = lo + count[d]
+                count[d] += 1
+                dk[q] = sk[i]
+                dr[q] = sr[i]
+            sk, sr, dk, dr = dk, dr, sk, sr
+    # three passes: the sorted entries are in key2 / rows2
+    vals = np.empty(n, dtype=np.float32)
+    vb = vals.view(np.uint32)
+    for i in range(n):
+        asc = ~key2[i]
+        vb[i] = (asc & np.uint32(0x7FFFFFFF)) if asc >> 31 else ~asc
+    return rows2, vals, bounds
 
 
 class _StreamedColumns:
@@ -119,128 +202,153 @@ class _StreamedColumns:
 
     Such a list is an exact prefix of the column's order over its unselected
     rows, whatever its length, which is all BIDS's iteration needs (the
-    in-memory `_ColumnBlocks` keeps the first B instead). Thresholds come from
-    the store's evenly spaced sample (about twice `target` rows above them);
-    a used-up list is refilled, with a doubled target, in one scan over the
-    matrix that also refills every list with under half its target left.
+    in-memory `_ColumnBlocks` keeps the first B instead). How deep each column
+    will be read is estimated by running BIDS on the store's evenly spaced
+    sample (`estimate`); thresholds come from the sample's unselected rows
+    (about 1.5 times the target above them). When lists run out, one scan over
+    the matrix refills them and every list that, at the rate it has been used,
+    would run out before the K-th pick.
     """
 
-    def __init__(self, src: MatrixSource, tf: _Transform, selected: np.ndarray, target: int):
+    def __init__(self, src: MatrixSource, tf: _Transform, selected: np.ndarray, target: int, k: int, estimate: bool):
         self.src, self.tf, self.selected = src, tf, selected
         N, M = src.shape[0], len(tf.kept)
-        _, sample = src.sample()
-        self.sample = np.sort(np.ascontiguousarray(tf(sample).T), axis=1)[:, ::-1]  # (M, s): per column, descending
+        self.sample_rows, sample = src.sample()
+        zs = tf(sample)
+        self.sample = np.ascontiguousarray(zs.T)  # (M, s): each column's values over the sample rows
         self.target = np.full(M, min(target, N), dtype=np.int64)
-        self.rows: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * M
-        self.vals: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * M
-        self.ptr = np.zeros(M, dtype=np.int64)
+        if estimate:
+            self.target = np.maximum(self.target, _depth_estimate(zs, N, k))
+        self.lists = ColumnLists(M, np.float32)
+        self.complete = np.zeros(M, dtype=bool)  # the list holds every unselected row of its column
+        self.filled_at = np.zeros(M, dtype=np.int64)  # the pick count when each list was filled
         self.top_row = np.zeros(M, dtype=np.int64)
         self.top_val = np.zeros(M, dtype=np.float64)
+        self.top_row[:] = -1
+        self.tops = np.zeros(1 + (1 << 16), dtype=np.int64)  # a ring of the rows that become tops (prefetch)
         self.scans = 0
+        self.entries = 0  # list entries the scans collected
         self._refill(np.arange(M))
-        for j in range(M):
-            self._set_top(j)
+        self._set_tops(np.arange(M))
 
-    def _thresholds(self, cols: np.ndarray, factor: int) -> np.ndarray:
+    def _thresholds(self, cols: np.ndarray, factor: float) -> np.ndarray:
+        """Returns per column the sample value with about factor * target unselected pool rows above it (-inf when
+        the sample's unselected rows are fewer)."""
         N, s = self.src.shape[0], self.sample.shape[1]
         rank = np.ceil(factor * self.target[cols] * s / N).astype(np.int64) + 2
+        left = ~self.selected[self.sample_rows]
         t = np.full(len(cols), -np.inf, dtype=np.float32)
-        ok = rank < s
-        t[ok] = self.sample[cols[ok], rank[ok]]
+        for i, j in enumerate(cols):
+            vals = self.sample[j] if left.all() else self.sample[j][left]
+            if rank[i] < len(vals):
+                t[i] = -np.partition(-vals, rank[i])[rank[i]]
         return t
 
     def _refill(self, cols: np.ndarray) -> None:
-        factor = 2
+        factor = 1.5
         while len(cols):
-            self._scan(cols, self._thresholds(cols, factor))
+            t = self._thresholds(cols, factor)
+            self._scan(cols, t)
+            self.complete[cols] = t == -np.inf
             # a threshold above every unselected row of a column leaves it empty: lower it
-            empty = np.array([len(self.rows[j]) == 0 for j in cols], dtype=bool)
-            low = self._thresholds(cols, factor) == -np.inf
-            cols = cols[empty & ~low & ~self.selected.all()]
+            L = self.lists
+            empty = L.end[cols] == L.start[cols]
+            cols = cols[empty & ~self.complete[cols]]
             factor *= 4
 
     def _scan(self, cols: np.ndarray, t: np.ndarray) -> None:
         """One pass over the matrix: each column in cols gets its unselected rows with Z > t, sorted."""
         self.scans += 1
         floor = self.tf.raw_floor(t.astype(np.float64), cols)
-        src_cols = self.tf.kept[cols]
-        found_c, found_r, found_v = [], [], []
-        every = len(src_cols) == self.src.shape[1] and bool((src_cols == np.arange(len(src_cols))).all())
-        for start, block in self.src.blocks():
-            sub = block if every else block[:, src_cols]
-            mask = sub >= floor
-            mask &= ~self.selected[start : start + len(block), None]
-            r, c = np.nonzero(mask)
-            if not len(r):
-                continue
-            v = zscore(sub[r, c], self.tf.mean[cols[c]], self.tf.std[cols[c]])
-            keep = v > t[c]
-            found_c.append(c[keep])
-            found_r.append(r[keep] + start)
-            found_v.append(v[keep])
-        c = np.concatenate(found_c) if found_c else np.empty(0, dtype=np.int64)
-        r = np.concatenate(found_r) if found_r else np.empty(0, dtype=np.int64)
-        v = np.concatenate(found_v) if found_v else np.empty(0, dtype=np.float32)
-        # rows arrive in ascending order, so one stable sort by (column, value descending) leaves ties by row
-        order = np.argsort((c.astype(np.uint64) << np.uint64(32)) | _descending_key(v), kind="stable")
-        c, r, v = c[order], r[order], v[order]
-        bounds = np.searchsorted(c, np.arange(len(cols) + 1))
-        for i, j in enumerate(cols):
-            self.rows[j] = r[bounds[i] : bounds[i + 1]].astype(np.int64)
-            self.vals[j] = v[bounds[i] : bounds[i + 1]]
-            self.ptr[j] = 0
+        src_cols = self.tf.kept[cols].astype(np.int64)
+        mean, std = self.tf.mean[cols], self.tf.std[cols]
+        size = max(1 << 16, int(1.7 * self.target[cols].sum()) + len(cols))
+        row_type = np.int32 if self.src.shape[0] < 2**31 else np.int64
+        c, r, v = np.empty(size, dtype=np.int32), np.empty(size, dtype=row_type), np.empty(size, dtype=np.float32)
+        n, A, step = 0, self.src.array(), STATS_ROWS
+        for start in range(0, len(A), step):  # the matrix read in place, block by block
+            block, i = A[start : start + step], 0
+            while True:
+                n, i = _scan_block(block, start, src_cols, floor, mean, std, t, self.selected, i, c, r, v, n)
+                if i == len(block):
+                    break
+                c, r, v = (np.concatenate([x, np.empty_like(x)]) for x in (c, r, v))  # full: double the buffers
+            self.src.release(start, start + len(block))
+        self.entries += n
+        self.lists.put(cols, *_sorted_lists(c[:n], r[:n], v[:n], len(cols)))
 
-    def _set_top(self, j: int) -> None:
-        rows, p = self.rows[j], self.ptr[j]
-        while p < len(rows) and self.selected[rows[p]]:
-            p += 1
-        self.ptr[j] = p
-        if p == len(rows):
-            if self.selected.all():
-                self.top_val[j] = -np.inf
-                return
-            # used up: refill it, and in the same scan every list with under half its target left unselected
-            left = np.array([np.count_nonzero(~self.selected[r[p:]]) for r, p in zip(self.rows, self.ptr)])
-            low = left < self.target // 2
-            low[j] = True
-            cols = np.flatnonzero(low)
-            self.target[cols] *= 2
-            self._refill(cols)
-            for i in cols:  # fresh lists hold unselected rows only: no further refill
-                self._set_top(int(i))
+    def _set_tops(self, cols: np.ndarray) -> None:
+        L, exhausted = self.lists, np.zeros(len(self.top_val), dtype=bool)
+        set_tops(L.rows, L.vals, L.pos, L.end, cols, self.selected, self.top_row, self.top_val, exhausted, self.tops)
+        # a fresh list is empty only when every row is selected
+        self.top_val[np.flatnonzero(exhausted)] = -np.inf
+
+    def refill(self, cols: np.ndarray, step: int, k: int) -> None:
+        """Refills the lists in cols after `step` of k picks, in one scan with every list that would run out before
+        the end at 1.5 times the rate it has been used (`bids_loop` calls it)."""
+        if self.selected.all():
+            self.top_val[cols] = -np.inf
             return
-        self.top_row[j] = rows[p]
-        self.top_val[j] = self.vals[j][p]
+        L = self.lists
+        used = L.pos - L.start
+        need = np.ceil(1.5 * used * ((k - step) / np.maximum(step - self.filled_at, 1))).astype(np.int64)
+        low = (L.unselected_left(self.selected) < need) & ~self.complete
+        low[cols] = True
+        refill = np.flatnonzero(low)
+        grown = self.target.copy()
+        grown[cols] *= 2
+        self.target[refill] = np.clip(np.maximum(need[refill], grown[refill]), 1, self.src.shape[0])
+        self._refill(refill)
+        self.filled_at[refill] = step
+        self._set_tops(refill)  # fresh lists hold unselected rows only: no further refill
 
-    def advance(self, winner: int) -> None:
-        for j in np.flatnonzero(self.top_row == winner):
-            self._set_top(int(j))
+    def tie_past_list(self, j: int, step: int, k: int) -> bool:
+        """A tie ran past the end of column j's list: refills it (returns True: pick again), unless the list holds
+        the whole column (False: its ties are all there)."""
+        if self.complete[j]:
+            return False
+        self.refill(np.array([j]), step, k)
+        return True
 
     def lowest_tied_row(self, j: int, r_j: float, best: float) -> int:
         """Returns the lowest unselected row z with Z[z, j] - r_j == best (rounded as the naive loop does)."""
-        rows, vals = self.rows[j], self.vals[j]
-        low = None
-        for p in range(self.ptr[j], len(rows)):
-            z = rows[p]
-            if self.selected[z]:
-                continue
-            if np.float64(vals[p]) - r_j != best:
-                return int(low if low is not None else z)
-            low = z if low is None else min(low, z)
-        # the ties run past the list: read the whole column
-        col = np.concatenate([self.tf(block, np.array([j]))[:, 0] for _, block in self.src.blocks()])
-        return int(np.flatnonzero((col.astype(np.float64) - r_j == best) & ~self.selected)[0])
+        rows, vals = self.lists.remaining(j)
+        if self.complete[j]:  # every unselected row is in the list
+            return int(rows[(vals.astype(np.float64) - r_j == best) & ~self.selected[rows]].min())
+        return lowest_tied_row(rows, vals, self.selected, r_j, best, self._column(j))
+
+    def _column(self, j: int):
+        """Returns a function reading column j of Z from the source (all rows)."""
+        return lambda: np.concatenate([self.tf(block, np.array([j]))[:, 0] for _, block in self.src.blocks()])
+
+
+def _depth_estimate(zs: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Returns, per column, how many pool rows BIDS's K picks will read of it, estimated by running BIDS on the
+    sample (k * s / n picks) and scaling each column's depth there (the selected rows above its best unselected
+    one) by n / s, with a quarter more for the sampling error."""
+    s = len(zs)
+    ks = int(np.ceil(k * s / n))
+    if ks >= s:
+        return np.full(zs.shape[1], n, dtype=np.int64)
+    picked = np.zeros(s, dtype=bool)
+    picked[bids_iterate(zs, ks, block=256)] = True
+    best_left = zs[~picked].max(axis=0)
+    depth = (zs[picked] >= best_left).sum(axis=0)
+    return np.minimum(n, np.ceil(1.25 * (depth + 1) * n / s)).astype(np.int64)
 
 
 def bids_streamed(
-    src: MatrixSource, k: int, normalize: bool = True, target: int = 1024
+    src: MatrixSource, k: int, normalize: bool = True, target: int = 1024, estimate: bool = True
 ) -> tuple[np.ndarray, dict[str, int]]:
-    """Returns (BIDS's selection, {'scans': passes over the matrix}) reading the matrix in row blocks.
+    """Returns (BIDS's selection, {'scans': passes over the matrix, 'list_entries': rows the column lists held})
+    reading the matrix in row blocks.
 
     The same sequence as `bids_iterate(normalize_columns(A)[0], k)` (or on A
     itself without `normalize`): columns z-scored with the stored statistics
     (constant columns dropped), each column a sorted prefix of its unselected
-    rows (`_StreamedColumns`), and each pick's row read from the source.
+    rows (`_StreamedColumns`: at least `target` rows per column, more where
+    BIDS on the store's sample reads deeper with `estimate`), and each pick's
+    row read from the source's memory map by the compiled loop.
     """
     N, M = src.shape
     if normalize:
@@ -249,6 +357,7 @@ def bids_streamed(
     else:
         tf = _Transform(np.zeros(M), np.ones(M), np.arange(M))
     selected = np.zeros(N, dtype=bool)
-    cols = _StreamedColumns(src, tf, selected, target)
-    out = bids_loop(cols, selected, lambda z: tf(src.rows(np.array([z])))[0], k)
-    return out, {"scans": cols.scans}
+    cols = _StreamedColumns(src, tf, selected, target, k, estimate)
+    transform = (tf.kept, tf.mean, tf.std) if normalize else None
+    out = bids_loop(cols, selected, src.array(), transform, k, src.release, getattr(src, "prefetch", None))
+    return out, {"scans": cols.scans, "list_entries": cols.entries}

@@ -202,9 +202,9 @@ def _fidelity_lines(diagnostics: dict) -> list[str]:
         "## Influence fidelity (projected vs exact)",
         "",
         f"Spearman correlation, per task, of the projected influence (k={diagnostics.get('proj_dim')}) with the "
-        f"exact unprojected checkpoint-weighted cosine, on {n} sampled pool rows (the task's mean over its "
-        "validation columns; `column_spearman_median`: per column). Below 0.9, rankings are partly projection "
-        "noise; `exact_std` is the spread the ranking has to resolve.",
+        f"exact unprojected cosine, on {n} sampled pool rows at the first warmup checkpoint (the task's mean over "
+        "its validation columns; measured once, by the projection step). Below 0.9, rankings are partly "
+        "projection noise; `exact_std` is the spread the ranking has to resolve.",
         "",
         markdown_table(table.round(4)),
         "",
