@@ -147,7 +147,13 @@ def take(w, step, A, kept, mean, std, zscored, selected, r_sum, r, out):
 @njit(cache=True, nogil=True)
 def advance(w, rows, vals, pos, end, selected, top_row, top_val, exhausted, tops):
     """Moves every column whose top was row w to its next unselected entry; returns whether one ran out."""
-    return set_tops(rows, vals, pos, end, np.flatnonzero(top_row == w), selected, top_row, top_val, exhausted, tops)
+    ran_out = False
+    col = np.empty(1, dtype=np.int64)
+    for j in range(len(top_row)):
+        if top_row[j] == w:
+            col[0] = j
+            ran_out |= set_tops(rows, vals, pos, end, col, selected, top_row, top_val, exhausted, tops)
+    return ran_out
 
 
 @njit(cache=True, nogil=True)
@@ -202,7 +208,7 @@ def lowest_tied_row(rows: np.ndarray, vals: np.ndarray, selected: np.ndarray, r_
     return int(np.flatnonzero((col - r_j == best) & ~selected)[0])
 
 
-RELEASE_EVERY = 16384  # picks between calls of bids_loop's `release` (each mapped row may map a 128 KB folio)
+RELEASE_EVERY = 65536  # picks between calls of bids_loop's `release` (a mapped row may map a 128 KB folio)
 
 
 def bids_loop(

@@ -13,6 +13,7 @@ tests compare them on matrices small enough to refill every column.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -124,7 +125,7 @@ class _Transform:
         return np.nextafter(a, np.float32(-np.inf))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _scan_block(block, start, src_cols, floor, mean, std, t, selected, i0, out_c, out_r, out_v, n):
     """Appends (column, row, z) for block rows i0.. that are unselected with a raw score >= floor and z > t, in row
     order; returns (entries, the block row it stopped at: len(block) when done, earlier when the buffers are full)."""
@@ -263,19 +264,34 @@ class _StreamedColumns:
         src_cols = self.tf.kept[cols].astype(np.int64)
         mean, std = self.tf.mean[cols], self.tf.std[cols]
         size = max(1 << 16, int(1.7 * self.target[cols].sum()) + len(cols))
+        A, step = self.src.array(), STATS_ROWS
+        starts = list(range(0, len(A), step))
+        halves = [starts[: (len(starts) + 1) // 2], starts[(len(starts) + 1) // 2 :]]
         row_type = np.int32 if self.src.shape[0] < 2**31 else np.int64
-        c, r, v = np.empty(size, dtype=np.int32), np.empty(size, dtype=row_type), np.empty(size, dtype=np.float32)
-        n, A, step = 0, self.src.array(), STATS_ROWS
-        for start in range(0, len(A), step):  # the matrix read in place, block by block
-            block, i = A[start : start + step], 0
-            while True:
-                n, i = _scan_block(block, start, src_cols, floor, mean, std, t, self.selected, i, c, r, v, n)
-                if i == len(block):
-                    break
-                c, r, v = (np.concatenate([x, np.empty_like(x)]) for x in (c, r, v))  # full: double the buffers
-            self.src.release(start, start + len(block))
-        self.entries += n
-        self.lists.put(cols, *_sorted_lists(c[:n], r[:n], v[:n], len(cols)))
+
+        def scan(starts: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            """Scans the blocks at `starts` (in order) into buffers of its own; returns the entries found."""
+            part = max(1 << 16, size // 2)
+            c, r, v = np.empty(part, dtype=np.int32), np.empty(part, dtype=row_type), np.empty(part, dtype=np.float32)
+            n = 0
+            for start in starts:  # the matrix read in place, block by block
+                block, i = A[start : start + step], 0
+                while True:
+                    n, i = _scan_block(block, start, src_cols, floor, mean, std, t, self.selected, i, c, r, v, n)
+                    if i == len(block):
+                        break
+                    c, r, v = (np.concatenate([x, np.empty_like(x)]) for x in (c, r, v))  # full: double them
+                self.src.release(start, start + len(block))
+            return c[:n], r[:n], v[:n]
+
+        # two threads (the compiled scan lets go of the GIL), each on half of the rows: their entries, joined in
+        # order, are in row order
+        with ThreadPoolExecutor(2) as pool:
+            parts = list(pool.map(scan, halves))
+        c, r, v = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        del parts
+        self.entries += len(c)
+        self.lists.put(cols, *_sorted_lists(c, r, v, len(cols)))
 
     def _set_tops(self, cols: np.ndarray) -> None:
         L, exhausted = self.lists, np.zeros(len(self.top_val), dtype=bool)
