@@ -87,12 +87,9 @@ class ColumnMoments:
 
     def _merge(self, chunk: np.ndarray) -> None:
         nb = len(chunk)
-        self.lo = np.minimum(self.lo, chunk.min(axis=0))
-        self.hi = np.maximum(self.hi, chunk.max(axis=0))
-        d = chunk.astype(np.float64)
-        mb = d.sum(axis=0) / nb
-        d -= mb
-        m2b = np.einsum("ij,ij->j", d, d)
+        mb, m2b, lo, hi = _chunk_moments(chunk)
+        self.lo = np.minimum(self.lo, lo)
+        self.hi = np.maximum(self.hi, hi)
         n = self.n + nb
         delta = mb - self.mean
         self.mean = self.mean + delta * (nb / n)
@@ -105,6 +102,29 @@ class ColumnMoments:
             self._merge(self._pending.pop())
         std = np.sqrt(self.m2 / max(self.n - 1, 1))
         return self.mean, std, ~(self.hi > self.lo)  # exact constant test: the std of a constant can round to > 0
+
+
+@njit(cache=True, nogil=True)
+def _chunk_moments(chunk):
+    """Returns per column of a chunk (rows x M): the mean and the sum of squared deviations from it (two passes in
+    float64, rows summed in order), the min and the max (NaN when the column has one)."""
+    nb, m = chunk.shape
+    total, m2 = np.zeros(m), np.zeros(m)
+    lo, hi = np.full(m, np.inf), np.full(m, -np.inf)
+    for i in range(nb):
+        for j in range(m):
+            x = np.float64(chunk[i, j])
+            total[j] += x
+            if x < lo[j] or x != x:
+                lo[j] = x
+            if x > hi[j] or x != x:
+                hi[j] = x
+    mean = total / nb
+    for i in range(nb):
+        for j in range(m):
+            d = np.float64(chunk[i, j]) - mean[j]
+            m2[j] += d * d
+    return mean, m2, lo, hi
 
 
 def column_stats(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

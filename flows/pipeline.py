@@ -178,6 +178,7 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
             "fidelity": diag.meta.get("fidelity"),
             "fidelity_warnings": diag.meta.get("fidelity_warnings", []),
             "proj_dim": refs["projection"][MAIN].meta["k"],
+            "fidelity_s": refs["projection"][MAIN].meta.get("fidelity_s"),
         },
     )
     run_id = str(flow_run.get_id() or f"local-{int(time.time())}")

@@ -421,13 +421,13 @@ class ScoreStream:
     )
 
     def __init__(self, root: Path, rows: int = BLOCK_ROWS):
-        self.matrix, self.rows = StoredMatrix(root), rows
-        n, m = self.matrix.shape
-        self.pattern = pa.array(np.tile(np.arange(m, dtype=np.int32), min(rows, n)))
+        self.matrix, self.rows, self.pattern = StoredMatrix(root), rows, None
 
     def batches(self):
         """Yields the record batches of one scan, in row order."""
-        m = self.matrix.shape[1]
+        n, m = self.matrix.shape
+        if self.pattern is None:
+            self.pattern = pa.array(np.tile(np.arange(m, dtype=np.int32), min(self.rows, n)))
         for start, block in self.matrix.blocks(self.rows):
             b = len(block)
             train = pa.RunEndEncodedArray.from_arrays(
@@ -449,9 +449,16 @@ class TaskScoreStream(ScoreStream):
 
     def __init__(self, root: Path, rows: int = BLOCK_ROWS):
         super().__init__(root, rows)
-        _, val = load_influence_tables(root)
+        self.root, self.tasks = Path(root), None
+
+    def _weights(self) -> None:
+        """Sets, on the first scan, the (M, T) weights whose product with a block gives the task means."""
+        con = duckdb.connect(str(influence_db_path(self.root)), read_only=True)
+        try:
+            labels = con.sql(f"SELECT task FROM {T_VAL} ORDER BY idx").df()["task"].to_numpy()
+        finally:
+            con.close()
         mean, std, constant = self.matrix.column_stats()
-        labels = val["task"].to_numpy()
         self.tasks = sorted(set(labels.tolist()))
         m = len(labels)
         self.raw = np.zeros((m, len(self.tasks)))  # block @ raw: per task, the mean score
@@ -469,6 +476,8 @@ class TaskScoreStream(ScoreStream):
         self.task_names = pa.array(self.tasks)
 
     def batches(self):
+        if self.tasks is None:
+            self._weights()
         t = len(self.tasks)
         for start, block in self.matrix.blocks(self.rows):
             b = block.astype(np.float64)

@@ -14,6 +14,8 @@ features store's size is said before anything is written, and a store over
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 
 from bidsml.gradients.autoproj import CANDIDATE_DIMS, Choice, candidate_table, choose_dim, gb, store_bytes, task_mean_influence
@@ -114,8 +116,10 @@ def build(b: Build) -> dict:
         total, measured = measure(recipe, data, warm, None, b)
         rows = candidate_table(measured["tasks"], measured["exact"], measured["projected"]) if measured else []
         choice = choose_dim(rows, fc.min_fidelity, total, size, fc.max_store_gb, fc.projector)
+    fidelity_s = round(time.time() - started, 1) if measured else 0.0
     if measured:
         save_measurement(measured, b.work / PROJECTION_SAMPLE)
+        b.log(f"influence fidelity measured on {len(measured['rows'])} pool rows in {fidelity_s} s")
         if not rows:
             rows = candidate_table(measured["tasks"], measured["exact"], measured["projected"])
     line = store(choice)
@@ -140,6 +144,7 @@ def build(b: Build) -> dict:
         "worst_task_fidelity": at_k["worst_task_fidelity"] if at_k else (1.0 if choice.projector == "exact" else None),
         "min_fidelity": fc.min_fidelity,
         "candidates": rows,
+        "fidelity_s": fidelity_s,  # what the fidelity check cost (the sample's exact and projected influence)
     }
 
 

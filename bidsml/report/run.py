@@ -203,8 +203,10 @@ def _fidelity_lines(diagnostics: dict) -> list[str]:
         "",
         f"Spearman correlation, per task, of the projected influence (k={diagnostics.get('proj_dim')}) with the "
         f"exact unprojected cosine, on {n} sampled pool rows at the first warmup checkpoint (the task's mean over "
-        "its validation columns; measured once, by the projection step). Below 0.9, rankings are partly "
-        "projection noise; `exact_std` is the spread the ranking has to resolve.",
+        "its validation columns; measured once, by the projection step"
+        + (f", in {diagnostics['fidelity_s']} s" if diagnostics.get("fidelity_s") else "")
+        + "). Below 0.9, rankings are partly projection noise; `exact_std` is the spread the ranking has to "
+        "resolve.",
         "",
         markdown_table(table.round(4)),
         "",
