@@ -208,7 +208,7 @@ def lowest_tied_row(rows: np.ndarray, vals: np.ndarray, selected: np.ndarray, r_
     return int(np.flatnonzero((col - r_j == best) & ~selected)[0])
 
 
-RELEASE_EVERY = 8192  # picks between calls of bids_loop's `release` (a mapped row may map a 128 KB folio: <= 1 GB mapped)
+RELEASE_EVERY = 1024  # picks between calls of bids_loop's `release` (which may drop mapped pages)
 
 
 def bids_loop(

@@ -190,10 +190,22 @@ class StoredMatrix:
             stop.set()
             thread.join()
 
-    def release(self, start: int = 0, stop: int | None = None) -> None:
-        """Lets this process's memory drop the mapped pages of rows start..stop (the page cache keeps them)."""
+    def release(self, start: int = 0, stop: int | None = None, over: int | None = None) -> None:
+        """Lets this process's memory drop the mapped pages of rows start..stop (the page cache keeps them); with
+        `over`, only when the process's resident file pages exceed that many bytes (a read of /proc/self/statm).
+
+        A row read through the map maps the page cache's whole folio around it (up to 2 MB), so BIDS's picks
+        would map most of the file; dropping them when they pass a budget bounds that, and re-reading a row
+        still mapped costs nothing."""
         if self._map is None:
             return
+        if over is not None:
+            try:
+                shared = int(Path("/proc/self/statm").read_text().split()[2]) * mmap.PAGESIZE
+            except (OSError, IndexError, ValueError):
+                shared = over + 1
+            if shared <= over:
+                return
         m = self.shape[1]
         stop = self.shape[0] if stop is None else stop
         lo = (self.offset + 4 * start * m) // mmap.PAGESIZE * mmap.PAGESIZE

@@ -23,6 +23,7 @@ from bidsml.bids_picks import ColumnLists, bids_loop, lowest_tied_row, set_tops
 from bidsml.selection import STATS_ROWS, bids_iterate, column_stats, zscore
 
 SAMPLE_ROWS = 16384  # evenly spaced rows the store keeps for quantiles and BIDS's first thresholds
+MAPPED_BUDGET = 1 << 30  # bytes of the memory-mapped matrix BIDS's picks may keep mapped
 
 
 class MatrixSource(Protocol):
@@ -39,8 +40,9 @@ class MatrixSource(Protocol):
     def array(self) -> np.ndarray:
         """Returns the matrix as a float32 array compiled loops read in place (memory-mapped on disk)."""
 
-    def release(self, start: int = 0, stop: int | None = None) -> None:
-        """Lets the process drop its mapped pages of rows start..stop (after a compiled loop has read them)."""
+    def release(self, start: int = 0, stop: int | None = None, over: int | None = None) -> None:
+        """Lets the process drop its mapped pages of rows start..stop (after a compiled loop has read them); with
+        `over`, only when its resident mapped pages exceed that many bytes."""
 
     def column_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns per-column (mean, sample std, is-constant), as `bidsml.selection.column_stats` computes them."""
@@ -79,7 +81,7 @@ class ArraySource:
             self._array = np.ascontiguousarray(self.A, dtype=np.float32)
         return self._array
 
-    def release(self, start: int = 0, stop: int | None = None) -> None:
+    def release(self, start: int = 0, stop: int | None = None, over: int | None = None) -> None:
         pass
 
     def column_stats(self):
@@ -375,5 +377,6 @@ def bids_streamed(
     selected = np.zeros(N, dtype=bool)
     cols = _StreamedColumns(src, tf, selected, target, k, estimate)
     transform = (tf.kept, tf.mean, tf.std) if normalize else None
-    out = bids_loop(cols, selected, src.array(), transform, k, src.release, getattr(src, "prefetch", None))
+    release = lambda: src.release(over=MAPPED_BUDGET)  # noqa: E731
+    out = bids_loop(cols, selected, src.array(), transform, k, release, getattr(src, "prefetch", None))
     return out, {"scans": cols.scans, "list_entries": cols.entries}
