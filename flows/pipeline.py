@@ -100,6 +100,7 @@ def step_table(refs: dict[str, ArtifactRef], timings: dict[str, float], since: f
                 "built at": time.strftime("%Y-%m-%d %H:%M", time.localtime(built.get("finished_at", since))),
                 # featurization on a cluster: chunks per worker, and the driver's (0 when the cluster did its job)
                 "computed by": ", ".join(f"{k}: {v}" for k, v in (ref.meta.get("chunks_by") or {}).items()),
+                "of which": ref.meta.get("time_note", ""),  # a part of the build a step names (the fidelity check)
             }
         )
     return rows

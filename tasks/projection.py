@@ -95,6 +95,8 @@ def build(b: Build) -> dict:
         return store_bytes(n_rows, k, n_ckpt)
 
     total, rows, measured = None, [], None
+    started = time.time()
+
     def store(choice: Choice) -> str:
         """Says the features store's size; raises FeatureError when it exceeds the budget."""
         line = (
@@ -145,6 +147,7 @@ def build(b: Build) -> dict:
         "min_fidelity": fc.min_fidelity,
         "candidates": rows,
         "fidelity_s": fidelity_s,  # what the fidelity check cost (the sample's exact and projected influence)
+        "time_note": f"fidelity check {fidelity_s} s" if measured else "",
     }
 
 
