@@ -24,6 +24,12 @@ from numba import njit
 DONE, REFILL, TIE_PAST_LIST = 0, 1, 2
 
 
+@njit(cache=True, nogil=True, inline="always")
+def z_value(x, mean, std):
+    """Returns float32((float64(x) - mean) / std): the z-score's bits, as `bidsml.selection.zscore` computes them."""
+    return np.float32((np.float64(x) - mean) / std)
+
+
 class ColumnLists:
     """Per column, its prefix of (row, value) pairs in pick order, end to end in two flat arrays.
 
@@ -137,7 +143,7 @@ def take(w, step, A, kept, mean, std, zscored, selected, r_sum, r, out):
     for jj in range(len(kept)):
         x = A[w, kept[jj]]
         if zscored:
-            r_sum[jj] += np.float64(np.float32((np.float64(x) - mean[jj]) / std[jj]))
+            r_sum[jj] += np.float64(z_value(x, mean[jj], std[jj]))
         else:
             r_sum[jj] += np.float64(x)
     for jj in range(len(kept)):
@@ -199,10 +205,10 @@ def picks(step, k, rows, vals, pos, end, top_row, top_val, selected, r_sum, r, o
 def lowest_tied_row(rows: np.ndarray, vals: np.ndarray, selected: np.ndarray, r_j: float, best: float, column) -> int:
     """Returns the lowest unselected row z with Z[z, j] - r_j == best (rounded as the naive loop does), given the
     column's list from its position on (sorted: value desc, row asc); `column()` returns the whole column, read
-    only when the ties may run past the list's end."""
+    only when the ties may run past the list's end (None: the list holds every unselected row of it)."""
     unselected = ~selected[rows]
     tied = (vals.astype(np.float64) - r_j == best) & unselected
-    if not tied[np.flatnonzero(unselected)[-1]]:
+    if column is None or not tied[np.flatnonzero(unselected)[-1]]:
         return int(rows[tied].min())  # the ties end within the list
     col = np.asarray(column(), dtype=np.float64)
     return int(np.flatnonzero((col - r_j == best) & ~selected)[0])
@@ -243,13 +249,19 @@ def bids_loop(
     r, r_sum = np.zeros(m), np.zeros(m)
     out = np.empty(k, dtype=np.int64)
     exhausted, tie_col = np.zeros(m, dtype=bool), np.zeros(1, dtype=np.int64)
+    with prefetch(cols.tops) if prefetch is not None else contextlib.nullcontext():
+        _run(cols, selected, A, kept, mean, std, zscored, k, release, r, r_sum, out, exhausted, tie_col)
+    return out
+
+
+def _run(cols, selected, A, kept, mean, std, zscored, k, release, r, r_sum, out, exhausted, tie_col) -> None:
+    """bids_loop's picks: the compiled loop, and between its runs the refills, ties and releases it hands back."""
     step = 0
     while step < k:
         L = cols.lists
         stop = min(k, (step // RELEASE_EVERY + 1) * RELEASE_EVERY)
-        with prefetch(cols.tops) if prefetch is not None else contextlib.nullcontext():
-            step, status = picks(step, stop, L.rows, L.vals, L.pos, L.end, cols.top_row, cols.top_val, selected,
-                                 r_sum, r, out, A, kept, mean, std, zscored, exhausted, tie_col, cols.tops)
+        step, status = picks(step, stop, L.rows, L.vals, L.pos, L.end, cols.top_row, cols.top_val, selected,
+                             r_sum, r, out, A, kept, mean, std, zscored, exhausted, tie_col, cols.tops)
         if release is not None and step == stop:
             release()
         if status == TIE_PAST_LIST:
@@ -266,4 +278,3 @@ def bids_loop(
         if exhausted.any() and step < k:
             cols.refill(np.flatnonzero(exhausted), step, k)
             exhausted[:] = False
-    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from bidsml.bids_picks import ColumnLists, bids_loop, lowest_tied_row, set_tops
+from bidsml.bids_picks import ColumnLists, bids_loop, lowest_tied_row, set_tops, z_value
 from bidsml.errors import SelectionError
 
 
@@ -150,7 +150,7 @@ def _zscore_2d(block, mean, std):
     out = np.empty(block.shape, dtype=np.float32)
     for i in range(block.shape[0]):
         for j in range(block.shape[1]):
-            out[i, j] = np.float32((np.float64(block[i, j]) - mean[j]) / std[j])
+            out[i, j] = z_value(block[i, j], mean[j], std[j])
     return out
 
 

@@ -116,7 +116,6 @@ class StoredMatrix:
         self._stats = None
         self._fd = None
         self._map = None
-        self._tops_seen = 0  # rows of the ring `prefetch` has read ahead
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         m = self.shape[1]
@@ -167,7 +166,7 @@ class StoredMatrix:
         size, row_bytes = len(tops) - 1, 4 * self.shape[1]
 
         def read_ahead():
-            fd, seen = os.open(self.path, os.O_RDONLY), self._tops_seen if self._tops_seen <= tops[0] else 0
+            fd, seen = os.open(self.path, os.O_RDONLY), 0
             try:
                 while not stop.is_set():
                     n = int(tops[0])
@@ -179,7 +178,6 @@ class StoredMatrix:
                                          os.POSIX_FADV_WILLNEED)
                     seen = n
             finally:
-                self._tops_seen = seen
                 os.close(fd)
 
         thread = threading.Thread(target=read_ahead, daemon=True)

@@ -34,16 +34,11 @@ from storage.fidelity_sample import save_measurement
 from storage.names import PROJECTION_CANDIDATES, PROJECTION_PLOT, PROJECTION_SAMPLE
 
 
-def lora_dim(recipe, warm) -> int:
-    """Returns D, the number of LoRA parameters whose gradients are featurized."""
-    model, _, _ = feature_model(recipe.model, recipe.features, warm.path, load_checkpoints(warm))
-    return sum(m.weight.shape[0] * m.weight.shape[1] for _, m in lora_linears(model))
-
-
 def measure(recipe, data, warm, dims: list[int] | None, b: Build) -> tuple[int, dict | None]:
     """Returns (D, the fidelity sample's measurement) at the candidate dims (every k in CANDIDATE_DIMS below D when
-    None): the exact and projected task-mean influence of the sample at the first warmup checkpoint, which the
-    diagnostics step reports too (exact gradients computed once, here). None when nothing is measured."""
+    None; none, D alone, when empty): the exact and projected task-mean influence of the sample at the first warmup
+    checkpoint, which the diagnostics step reports too (exact gradients computed once, here). None when nothing is
+    measured."""
     fc = recipe.features
     model, states, precision = feature_model(recipe.model, recipe.features, warm.path, load_checkpoints(warm))
     shapes = {n: tuple(m.weight.shape) for n, m in lora_linears(model)}
@@ -112,18 +107,17 @@ def build(b: Build) -> dict:
         store(choice)  # before any gradient
         total, measured = measure(recipe, data, warm, [fc.proj_dim], b)  # the fidelity check at the recipe's k
     elif fc.proj_dim == "exact":
-        total = lora_dim(recipe, warm)
+        total, measured = measure(recipe, data, warm, [], b)
         choice = Choice(total, "exact", "features.proj_dim: exact (no projection)", gb(size(total)))
     else:
         total, measured = measure(recipe, data, warm, None, b)
-        rows = candidate_table(measured["tasks"], measured["exact"], measured["projected"]) if measured else []
-        choice = choose_dim(rows, fc.min_fidelity, total, size, fc.max_store_gb, fc.projector)
     fidelity_s = round(time.time() - started, 1) if measured else 0.0
     if measured:
         save_measurement(measured, b.work / PROJECTION_SAMPLE)
         b.log(f"influence fidelity measured on {len(measured['rows'])} pool rows in {fidelity_s} s")
-        if not rows:
-            rows = candidate_table(measured["tasks"], measured["exact"], measured["projected"])
+        rows = candidate_table(measured["tasks"], measured["exact"], measured["projected"])
+    if fc.proj_dim == "auto":
+        choice = choose_dim(rows, fc.min_fidelity, total, size, fc.max_store_gb, fc.projector)
     line = store(choice)
     b.log(f"projection k = {choice.k} ({choice.projector}): {choice.reason}")
     b.log(line)

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 from numba import njit
 
-from bidsml.bids_picks import ColumnLists, bids_loop, lowest_tied_row, set_tops
+from bidsml.bids_picks import ColumnLists, bids_loop, lowest_tied_row, set_tops, z_value
 from bidsml.selection import STATS_ROWS, bids_iterate, column_stats, zscore
 
 SAMPLE_ROWS = 16384  # evenly spaced rows the store keeps for quantiles and BIDS's first thresholds
@@ -140,7 +140,7 @@ def _scan_block(block, start, src_cols, floor, mean, std, t, selected, i0, out_c
         for c in range(m):
             x = block[i, src_cols[c]]
             if x >= floor[c]:
-                z = np.float32((np.float64(x) - mean[c]) / std[c])  # as `zscore` computes it
+                z = z_value(x, mean[c], std[c])
                 if z > t[c]:
                     out_c[n] = c
                     out_r[n] = start + i
@@ -330,10 +330,8 @@ class _StreamedColumns:
 
     def lowest_tied_row(self, j: int, r_j: float, best: float) -> int:
         """Returns the lowest unselected row z with Z[z, j] - r_j == best (rounded as the naive loop does)."""
-        rows, vals = self.lists.remaining(j)
-        if self.complete[j]:  # every unselected row is in the list
-            return int(rows[(vals.astype(np.float64) - r_j == best) & ~self.selected[rows]].min())
-        return lowest_tied_row(rows, vals, self.selected, r_j, best, self._column(j))
+        column = None if self.complete[j] else self._column(j)  # a complete list holds every unselected row
+        return lowest_tied_row(*self.lists.remaining(j), self.selected, r_j, best, column)
 
     def _column(self, j: int):
         """Returns a function reading column j of Z from the source (all rows)."""
