@@ -486,6 +486,14 @@ class Recipe(_Stage):
                     raise ValueError(f"evaluation.benchmarks: {err} (or the task of a data target)") from None
                 if name == "jsonl":
                     raise ValueError("evaluation.benchmarks: name the jsonl target by its task, not 'jsonl'")
+        sources = _registered("source")
+        for i, src in enumerate(self.data.pool):
+            held = sources[src.source].contaminates
+            if held is not None and held in self.evaluation.benchmarks:
+                raise ValueError(
+                    f"data.pool.{i}: source {src.source!r} holds the scored items of benchmark {held!r}, which "
+                    "evaluation.benchmarks names; drop one of them"
+                )
         for name, form in self.evaluation.formulation.items():
             offered = _registered("benchmark")[target_for(self.data, name).kind or name].formulations
             if form not in offered:

@@ -26,7 +26,11 @@ def shared_trunk(recipe, run_root: Path, model, items: list[BenchItem]) -> tuple
         "model": model_identity(recipe.model),
         "layer": layer,
         "items": items_digest(
-            [(it.id, it.prompt, it.gold_text, str(it.messages), str(it.choice_texts)) for it in items]
+            [
+                (it.id, it.prompt, it.gold_text, str(it.messages), str(it.choice_texts))
+                + ((str(it.choice_prompts),) if it.choice_prompts else ())  # keys of items without them unchanged
+                for it in items
+            ]
         ),
         "max_length": ec.max_length,
         "batch_size": ec.batch_size,

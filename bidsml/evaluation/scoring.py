@@ -28,7 +28,8 @@ def continuation_logprobs(
 ) -> list[tuple[float, int, list[float] | None]]:
     """Returns, per (prompt, continuation): (sum log-prob, token count, candidate log-probs).
 
-    Candidate log-probs are the log-probabilities of the given token ids as
+    An empty prompt starts from the tokenizer's BOS token (EOS when it has none), so every token of the
+    continuation is scored. Candidate log-probs are the log-probabilities of the given token ids as
     the FIRST token after the prompt (one forward pass scores a multiple-
     choice item: the options' letters). Prompts are truncated from the left so
     the continuation fits in `max_len`; batches are length-sorted with padding bounded to ~20%.
@@ -50,7 +51,7 @@ def continuation_logprobs(
     device = next(model.parameters()).device
     encoded = []
     for prompt, cont in pairs:
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"] or [_start_of_text(tokenizer)]
         c = tokenizer(cont, add_special_tokens=False)["input_ids"][: max_len - 1]
         p = p[-(max_len - len(c)) :]
         encoded.append((p, c))
@@ -101,6 +102,14 @@ def continuation_logprobs(
             bar.update(len(idx))
     bar.close()
     return out
+
+
+def _start_of_text(tokenizer) -> int:
+    """Returns the token an empty prompt starts from (a text scored from its beginning): BOS, else EOS."""
+    tid = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if tid is None:
+        raise ValueError("an empty prompt needs a BOS or EOS token to start from; this tokenizer has neither")
+    return tid
 
 
 def _score_rows(model, hidden, idx, encoded, shared, cands, out, device) -> None:

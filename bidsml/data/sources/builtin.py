@@ -150,14 +150,14 @@ def _basic_skills(skill: str, src: str, instruction: str) -> Callable[[], list[E
 
 
 register_source("sciq")(_sciq)
-register_source("boolq")(_boolq)
+register_source("boolq", contaminates="boolq")(_boolq)
 register_source("commonsense_qa")(_csqa)
 register_source("trivia_qa")(_trivia)
 register_source("nq_open")(_nq)
 register_source("social_iqa")(_siqa)
-register_source("piqa")(_piqa)
-register_source("hellaswag")(_hellaswag)
-register_source("winogrande")(_winogrande)
+register_source("piqa", contaminates="piqa")(_piqa)
+register_source("hellaswag", contaminates="hellaswag")(_hellaswag)
+register_source("winogrande", contaminates="winogrande")(_winogrande)
 register_source("math")(_math)
 register_source("squad")(_squad)
 register_source("code_multilang", contaminates="mbpp")(_mt_code)

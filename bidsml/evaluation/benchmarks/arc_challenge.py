@@ -1,7 +1,8 @@
 """ARC-Challenge, 5-shot (OLMES request files); accuracy. Validation: its validation split.
 
 Formulations: `mc` (lettered options, the letter scored) and `rc` (cloze: "Question: ...\nAnswer:" and each
-choice's text scored as the continuation; accuracy by log-likelihood per character, as OLMES scores small models).
+choice's text scored as the continuation; accuracy by log-likelihood per character, as OLMES scores small models),
+and `rc0`: the same cloze on the test split with no shots (the pruning papers' zero-shot suite, zero_shot.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from bidsml.evaluation.benchmarks.base import BenchItem, Benchmark, register_benchmark
 from bidsml.data.examples import Example
 from bidsml.data.offline import LETTERS, hf_rows, mc_example, parse_repr, request_pairs
+from bidsml.evaluation.benchmarks.zero_shot import ARC_CHALLENGE_0SHOT, zero_shot_items
 
 
 def _validation() -> list[Example]:
@@ -26,6 +28,8 @@ def _validation() -> list[Example]:
 def _items(formulation: str) -> list[BenchItem]:
     if formulation == "rc":
         return _rc_items()
+    if formulation == "rc0":
+        return zero_shot_items(ARC_CHALLENGE_0SHOT)
     items = []
     for doc, req in request_pairs("arc_challenge", "test_mc_5shot"):
         n = len(doc["choices"]) if isinstance(doc.get("choices"), list) else 4
@@ -69,7 +73,7 @@ class ARCChallenge(Benchmark):
     name = "arc_challenge"
     capability = "reasoning"
     metric = "accuracy"
-    formulations = ("mc", "rc")
+    formulations = ("mc", "rc", "rc0")
 
     def load_validation(self) -> list[Example]:
         return _validation()

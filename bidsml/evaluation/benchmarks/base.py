@@ -34,6 +34,10 @@ class BenchItem:
     # RC (cloze): each choice's answer text, scored as a whole continuation of the prompt (gold_text is the
     # gold one); accuracy by log-likelihood per character, also reported per token
     choice_texts: list[str] | None = None
+    # RC whose choices differ in the context, not the continuation (WinoGrande: each option filled into the
+    # sentence, the rest of it scored): choice j is choice_texts[j] after choice_prompts[j]
+    choice_prompts: list[str] | None = None
+    choice_norm: str = "char"  # RC accuracy by log-likelihood per character ("char") or summed ("none")
     answers: list[str] = field(default_factory=list)  # generation: accepted answers (exact match)
     stop: list[str] = field(default_factory=list)  # generation: stop sequences
     max_new_tokens: int = 0  # generation budget (0: no generation)
