@@ -257,12 +257,13 @@ class EvalConfig(_Stage):
         "match, pass@1, BBH exact match); the others get the gold NLL only. Unset: every item of a generation "
         "benchmark is decoded.",
     )
-    formulation: dict[str, Literal["mc", "rc"]] = Field(
+    formulation: dict[str, str] = Field(
         default_factory=dict,
-        description="Benchmark -> how its multiple-choice items are put to the model: 'mc' (lettered options, the "
-        "answer letter scored: for models well above chance, ~1B+) or 'rc' (cloze: each choice's text scored as a "
-        "continuation, accuracy by log-likelihood per character, as OLMES scores small models). Unset: the "
-        "benchmark's default (mc).",
+        description="Benchmark -> how its multiple-choice items are put to the model, one of the formulations the "
+        "benchmark offers: 'mc' (lettered options, the answer letter scored: for models well above chance, ~1B+), "
+        "'rc' (cloze: each choice's text scored as a continuation, accuracy by log-likelihood per character, as "
+        "OLMES scores small models), 'rc0' (arc_challenge: the cloze on the test split with no shots, the pruning "
+        "papers' zero-shot suite). Unset: the benchmark's default (its first).",
     )
     sandbox_timeout_s: float = Field(10.0, gt=0, description="Wall-clock limit per generated program.")
     sandbox_memory_mb: int = Field(1024, gt=64, description="Address-space limit per generated program.")
