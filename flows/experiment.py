@@ -56,7 +56,7 @@ def run_experiment(
         data_ref = refs["data"][MAIN]
         for label, ref in refs["evaluation"].items():
             items = load_evaluation_items(ref)
-            rows.append(items.assign(method=label, seed=None if label == "base" else s))
+            rows.append(items.assign(method=label, seed=None if label in ("base", "original") else s))
         selections += [{**sel.meta, "seed": s} for sel in refs["selection"].values()]
         picked += [
             {
@@ -101,6 +101,9 @@ def run_experiment(
         text = evidence_section(recipe, table, pool_planted, picked, tuning, out, started, **extra) + text
     elif tuning is not None:
         text = tuning_section(recipe, tuning) + text
+    if recipe.prune is not None:  # PASER's setting: the recovery of the pruned model comes first
+        extra = (recipe_sha, not shared_influence, planted)
+        text = recovery_section(recipe, items, selections, out, started, *extra) + text
     report.write_text(text)
     create_markdown_artifact(
         inline_images(report.read_text(), out),
@@ -235,6 +238,86 @@ def evidence_section(
     ]
     if tuning is not None:
         lines.insert(2, tuning_section(recipe, tuning))
+    return "\n".join(lines) + "\n"
+
+
+def recovery_section(
+    recipe: Recipe,
+    items: pd.DataFrame,
+    selections: list[dict],
+    out: Path,
+    started: float,
+    sha: str,
+    seeds_independent: bool,
+    planted: bool,
+) -> str:
+    """Writes recovery.csv, recovery.png and recovery.json (its last line: pruned_minus_base, recovered_minus_pruned
+    per arm, paser_minus_random, encoder, wall_s); returns the report's first section: the primary comparisons fixed
+    in the recipe (when the evidence section does not already show them), then what pruning cost and what each
+    arm's recovery won back (bidsml.report.recovery)."""
+    from bidsml.report.recovery import ORIGINAL, plot_recovery, recovery_keys, recovery_table
+
+    b = recipe.evidence.budget if recipe.evidence is not None else recipe.selection.budgets[0]
+    arms = [selection_label(m, b) for m in recipe.selection.methods]
+    paser = selection_label("paser", b) if "paser" in recipe.selection.methods else None
+    random = selection_label("random", b) if "random" in recipe.selection.methods else None
+    table = recovery_table(items, arms, random)
+    table.to_csv(out / "recovery.csv", index=False)
+    plot_recovery(table, out / "recovery.png")
+    lines = [f"# Recovery of the pruned model: {recipe.name}", ""]
+    primary = []
+    if recipe.evidence is not None and not planted:
+        ev = recipe.evidence
+        primary = primary_comparisons(items, ev.pairs(), ev.metric, ev.summaries, ev.budget, selection_label)
+        lines += primary_section(recipe, primary, sha, seeds_independent)
+    p = recipe.prune
+    encoders = sorted({s["embeddings"] for s in selections if s.get("method") == "paser" and s.get("embeddings")})
+    last = {
+        "budget": b,
+        "prune": p.model_dump(mode="json"),
+        **recovery_keys(table, arms, paser, random),
+        "primary": [
+            {k: r[k] for k in ("comparison", "metric", "estimate", "lo", "hi", "per_seed", "holm_p")} for r in primary
+        ],
+        "encoder": encoders[0] if len(encoders) == 1 else encoders,
+        "seeds": list(recipe.seeds or [recipe.seed]),
+        "seeds_independent": seeds_independent,
+        "recipe_sha256": sha,
+        "wall_s": round(time.time() - started, 1),
+    }
+    (out / "recovery.json").write_text(json.dumps(last) + "\n")
+    shown = table.copy()
+    for base in (ORIGINAL, "base", random):
+        if base is None or f"minus_{base}" not in shown:
+            continue
+        shown[f"vs {base}"] = [
+            ""
+            if pd.isna(r[f"minus_{base}"])
+            else f"{r[f'minus_{base}']:+.4f} [{r[f'lo_{base}']:+.4f}, {r[f'hi_{base}']:+.4f}]"
+            for _, r in shown.iterrows()
+        ]
+    shown["value"] = shown["value"].map(lambda v: f"{v:.4f}")
+    cols = ["summary", "model", "value"] + [c for c in shown.columns if c.startswith("vs ")]
+    head = shown[shown["summary"].isin(["macro accuracy"]) | shown["summary"].str.startswith("perplexity")]
+    lines += [
+        f"## What pruning cost and what recovery won back (budget {b})",
+        "",
+        f"Pruned: {p.method}, {p.sparsity:.0%} of each decoder linear's weights (unstructured). `original`: the "
+        "unpruned model; `base`: the pruned one, where every fine-tune starts. Macro accuracy: the mean over the "
+        "accuracy benchmarks; perplexity: exp(total NLL / total tokens) of held-out text (lower is better). "
+        "Differences with paired hierarchical-bootstrap 95% intervals (seeds, then items).",
+        "",
+        markdown_table(head[cols]),
+        "",
+        "![recovery](recovery.png)",
+        "",
+        f"PASER's instruction embeddings: {', '.join(encoders) or 'paser not run'}.",
+        "",
+        "### Per benchmark",
+        "",
+        markdown_table(shown[~shown.index.isin(head.index)][cols]),
+        "",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -3,8 +3,9 @@ on the row's instruction (PASER's capability degradation score; bidsml/pruning/d
 
 Two forward passes per row, batched and length-sorted; rows are done in blocks of `BLOCK`, one task each on the
 run's task runner (this process, or Dask workers with `execution.task_runner: dask`, as feature shards), each
-saved as it finishes, so a killed run resumes at the next block. Also stored per row: the instruction's token count and the
-response's length in characters (PASER's per-row cost), so the selector needs nothing else of the models.
+saved as it finishes, so a killed run resumes at the next block. Also stored per row: the instruction's token
+count and the response's length in characters (PASER's per-row cost), so the selector needs nothing else of the
+models.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bidsml.pruning.degradation import instruction_jsd
 from bidsml.model import load_base_model, load_tokenizer, torch_threads
+from bidsml.pruning.degradation import instruction_jsd
 from storage.datasets import load_split
 from storage.models import pruned_model_config
 from storage.names import DEGRADATION_CHUNKS_DIR, DEGRADATION_PARQUET
