@@ -255,7 +255,7 @@ def recovery_section(
     per arm, paser_minus_random, encoder, wall_s); returns the report's first section: the primary comparisons fixed
     in the recipe (when the evidence section does not already show them), then what pruning cost and what each
     arm's recovery won back (bidsml.report.recovery)."""
-    from bidsml.report.recovery import ORIGINAL, plot_recovery, recovery_keys, recovery_table
+    from bidsml.report.recovery import plot_recovery, recovery_keys, recovery_markdown, recovery_table
 
     b = recipe.evidence.budget if recipe.evidence is not None else recipe.selection.budgets[0]
     arms = [selection_label(m, b) for m in recipe.selection.methods]
@@ -286,38 +286,7 @@ def recovery_section(
         "wall_s": round(time.time() - started, 1),
     }
     (out / "recovery.json").write_text(json.dumps(last) + "\n")
-    shown = table.copy()
-    for base in (ORIGINAL, "base", random):
-        if base is None or f"minus_{base}" not in shown:
-            continue
-        shown[f"vs {base}"] = [
-            ""
-            if pd.isna(r[f"minus_{base}"])
-            else f"{r[f'minus_{base}']:+.4f} [{r[f'lo_{base}']:+.4f}, {r[f'hi_{base}']:+.4f}]"
-            for _, r in shown.iterrows()
-        ]
-    shown["value"] = shown["value"].map(lambda v: f"{v:.4f}")
-    cols = ["summary", "model", "value"] + [c for c in shown.columns if c.startswith("vs ")]
-    head = shown[shown["summary"].isin(["macro accuracy"]) | shown["summary"].str.startswith("perplexity")]
-    lines += [
-        f"## What pruning cost and what recovery won back (budget {b})",
-        "",
-        f"Pruned: {p.method}, {p.sparsity:.0%} of each decoder linear's weights (unstructured). `original`: the "
-        "unpruned model; `base`: the pruned one, where every fine-tune starts. Macro accuracy: the mean over the "
-        "accuracy benchmarks; perplexity: exp(total NLL / total tokens) of held-out text (lower is better). "
-        "Differences with paired hierarchical-bootstrap 95% intervals (seeds, then items).",
-        "",
-        markdown_table(head[cols]),
-        "",
-        "![recovery](recovery.png)",
-        "",
-        f"PASER's instruction embeddings: {', '.join(encoders) or 'paser not run'}.",
-        "",
-        "### Per benchmark",
-        "",
-        markdown_table(shown[~shown.index.isin(head.index)][cols]),
-        "",
-    ]
+    lines += recovery_markdown(table, p, f"budget {b}", random, encoders)
     return "\n".join(lines) + "\n"
 
 

@@ -33,6 +33,7 @@ from flows.step_flows import STEP_FLOWS
 from tasks.registry import STEPS
 from tasks.selection import SelectionParams, rounds_of
 from tasks.step import Step
+from storage.evaluations import load_evaluation_items
 from storage.lineage import mermaid, run_lineage
 from storage.models import pruned_model_config
 from storage.names import BUILD_INFO
@@ -182,6 +183,8 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
             "fidelity_s": refs["projection"][MAIN].meta.get("fidelity_s"),
         },
     )
+    if "prune" in refs:  # what pruning cost and what each of this run's arms won back
+        append_recovery(recipe, refs, out, report)
     run_id = str(flow_run.get_id() or f"local-{int(time.time())}")
     if run_tag(recipe):  # one record per seed of a repeated run (they share the flow run)
         run_id += "-" + artifact_key(run_tag(recipe))
@@ -210,6 +213,33 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
         "evaluation": str(out / "evaluation.csv"),
         "lineage": str(out / "lineage.mmd"),
     }
+
+
+def append_recovery(recipe: Recipe, refs: dict, out: Path, report: Path) -> None:
+    """Adds the recovery section (bidsml.report.recovery) to a run's report, with recovery.csv / .png beside it:
+    the original and the pruned model, and each fine-tune of this run (one seed)."""
+    import pandas as pd
+
+    from bidsml.report.recovery import plot_recovery, recovery_markdown, recovery_table
+
+    evals = refs["evaluation"]
+    items = pd.concat(
+        [
+            load_evaluation_items(ref).assign(method=label, seed=None if label in ("base", "original") else 0)
+            for label, ref in evals.items()
+        ],
+        ignore_index=True,
+    )
+    arms = [label for label in evals if label not in ("base", "original")]
+    table = recovery_table(items, arms, None)
+    table.to_csv(out / "recovery.csv", index=False)
+    plot_recovery(table, out / "recovery.png")
+    sels = [s.meta for s in refs["selection"].values()]
+    encoders = sorted({m["embeddings"] for m in sels if m.get("method") == "paser" and m.get("embeddings")})
+    scope = "this run's arms, one seed"
+    report.write_text(
+        report.read_text() + "\n" + "\n".join(recovery_markdown(table, recipe.prune, scope, None, encoders))
+    )
 
 
 def branch(

@@ -210,6 +210,13 @@ def test_a_pruned_model_run_builds_prune_degradation_and_a_paser_selection(tmp_p
     # the unpruned model is evaluated beside the pruned base
     assert {"base", "original", "paser@6", "random@6"} <= set(refs["evaluation"])
     assert refs["evaluation"]["original"]["digest"] != refs["evaluation"]["base"]["digest"]
+    # the run report says what pruning cost and what each arm won back, from recovery.csv beside it
+    report = Path(run["report"])
+    assert "## What pruning cost and what recovery won back" in report.read_text()
+    rec = pd.read_csv(report.parent / "recovery.csv")
+    macro = rec[rec["summary"] == "macro accuracy"].set_index("model")
+    assert set(macro.index) == {"original", "base", "paser@6", "random@6"}
+    assert (report.parent / "recovery.png").stat().st_size > 0
     # the same selection from the CLI, on the run's cached artifacts
     out = tmp_path / "sel.json"
     res = CliRunner().invoke(

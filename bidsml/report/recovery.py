@@ -137,3 +137,42 @@ def plot_recovery(table: pd.DataFrame, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def recovery_markdown(table: pd.DataFrame, prune, scope: str, random: str | None, encoders: Sequence[str]) -> list[str]:
+    """Returns the report's recovery section: the headline table (macro accuracy, perplexity), the plot, per
+    benchmark; `prune`: the recipe's prune section; `scope`: what the arms are (e.g. "budget 0.1")."""
+    from bidsml.report.run import markdown_table
+
+    shown = table.copy()
+    for base in (ORIGINAL, PRUNED, random):
+        if base is None or f"minus_{base}" not in shown:
+            continue
+        shown[f"vs {base}"] = [
+            ""
+            if pd.isna(r[f"minus_{base}"])
+            else f"{r[f'minus_{base}']:+.4f} [{r[f'lo_{base}']:+.4f}, {r[f'hi_{base}']:+.4f}]"
+            for _, r in shown.iterrows()
+        ]
+    shown["value"] = shown["value"].map(lambda v: f"{v:.4f}")
+    cols = ["summary", "model", "value"] + [c for c in shown.columns if c.startswith("vs ")]
+    head = shown["summary"].eq("macro accuracy") | shown["summary"].str.startswith("perplexity")
+    return [
+        f"## What pruning cost and what recovery won back ({scope})",
+        "",
+        f"Pruned: {prune.method}, {prune.sparsity:.0%} of each decoder linear's weights (unstructured). `original`: "
+        "the unpruned model; `base`: the pruned one, where every fine-tune starts. Macro accuracy: the mean over "
+        "the accuracy benchmarks; perplexity: exp(total NLL / total tokens) of held-out text (lower is better). "
+        "Differences with paired hierarchical-bootstrap 95% intervals (seeds, then items).",
+        "",
+        markdown_table(shown[head][cols]),
+        "",
+        "![recovery](recovery.png)",
+        "",
+        f"PASER's instruction embeddings: {', '.join(encoders) or 'paser not run'}.",
+        "",
+        "### Per benchmark",
+        "",
+        markdown_table(shown[~head][cols]),
+        "",
+    ]
