@@ -130,7 +130,7 @@ def plot_recovery(table: pd.DataFrame, path) -> None:
         ax.barh(g["model"], g["value"], color=colors)
         ax.errorbar(g["value"], g["model"], xerr=[g["value"] - lo, hi - g["value"]], fmt="none", ecolor="k", lw=1)
         ax.axvline(pruned, color="#c44e52", ls="--", lw=1)
-        ax.set_title(f"{summary} (bars: 95% CI of the difference from pruned)")
+        ax.set_title(f"{summary}\nlines: 95% CI of the difference from the pruned model", fontsize=10)
         ax.invert_yaxis()
         if summary == "macro accuracy":
             ax.set_xlim(max(0.0, float(lo.min()) - 0.02), float(hi.max()) + 0.02)
