@@ -79,6 +79,13 @@ class RowSources:
             int(r): (int(s), int(q)) for r, s, q in zip(self.rows[split], self.source[split], self.source_rows[split])
         }
 
+    def by_row(self, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (n,) arrays: each row's source number and that source's row (-1 for a row computed here)."""
+        src, row = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+        if split in self.rows:
+            src[self.rows[split]], row[self.rows[split]] = self.source[split], self.source_rows[split]
+        return src, row
+
     def taken_whole(self, split: str, n: int) -> int | None:
         """Returns the source number whose rows 0..n-1 are this split's rows 0..n-1 in order, else None."""
         if split not in self.rows or len(self.rows[split]) != n or n == 0:

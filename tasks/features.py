@@ -107,12 +107,19 @@ class FeatureContext:
     splits: dict[str, list]  # split -> examples (tokenized chunk by chunk, only where a chunk is computed)
     n_checkpoints: int
     reuse: RowSources = field(default_factory=RowSources)  # rows copied from earlier artifacts, not computed
+    _copied: dict = field(default_factory=dict)
     model: object = None
     projector: object = None
     states: list[CheckpointState] | None = None
     precision: str = ""
     trunk_layer: int | None = None  # the first adapted layer: the states entering it are shared by all checkpoints
     trunk_note: str = ""
+
+    def copied(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Returns per row of a split: the source it is copied from (-1: computed) and that source's row."""
+        if split not in self._copied:
+            self._copied[split] = self.reuse.by_row(split, len(self.splits[split]))
+        return self._copied[split]
 
     def loaded(self) -> FeatureContext:
         if self.model is None:
@@ -249,17 +256,16 @@ def write_feature_chunks(
 def copy_reused_rows(ctx: FeatureContext, split: str, start: int, stop: int, ckpts: list[int], out: dict) -> set[int]:
     """Fills `out[c]` (features, norms) at the rows of start..stop that an earlier artifact holds, copied as stored
     (fp16 features: the copy is bit for bit); returns those rows (relative to start)."""
-    lookup = ctx.reuse.lookup(split)
-    here = [(i - start, *lookup[i]) for i in range(start, stop) if i in lookup]
+    src, src_row = ctx.copied(split)
+    src, src_row = src[start:stop], src_row[start:stop]
     for k, path in enumerate(ctx.reuse.paths):
-        mine = [(i, q) for i, s, q in here if s == k]
-        if not mine:
+        at = np.flatnonzero(src == k)
+        if not len(at):
             continue
-        at, theirs = np.array([i for i, _ in mine]), np.array([q for _, q in mine])
         for c in ckpts:
-            f, n = read_feature_rows_at(Path(path), split, c, theirs)
+            f, n = read_feature_rows_at(Path(path), split, c, src_row[at])
             out[c][0][at], out[c][1][at] = f, n
-    return {i for i, _, _ in here}
+    return set(np.flatnonzero(src >= 0).tolist())
 
 
 def write_shard(recipe, data, warm, proj, work: Path, threads: int | None, split: str, first: int, end: int) -> int:
@@ -296,9 +302,13 @@ def build(b: Build) -> dict:
             create_groups(work, split, c, len(items), ctx.dim, fc.chunk_rows)
         n_chunks = -(-len(items) // fc.chunk_rows)
         step, threads = b.execution.shard_chunks, b.execution.threads
+        # a shard only where rows are computed: chunks whose rows are all copied are filled below, in this process
+        new = ctx.copied(split)[0] < 0
+        computes = [bool(new[c * fc.chunk_rows : (c + 1) * fc.chunk_rows].any()) for c in range(n_chunks)]
         shards += [
             (recipe, data, warm, proj, work, threads, split, a, min(n_chunks, a + step))
             for a in range(0, n_chunks, step)
+            if any(computes[a : a + step])
         ]
     b.map(write_shard, shards, name=shard_name, progress="feature shards")
     for split in ctx.splits:  # what a failed shard left undone (normally nothing): computed here
