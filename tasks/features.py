@@ -22,7 +22,7 @@ from bidsml.gradients.features import CheckpointState, compute_features_checkpoi
 from bidsml.model import load_tokenizer, resolve_device, torch_threads
 from bidsml.gradients.projection import ExactProjector, make_projector
 from bidsml.training.trunk import TRUNK_CHECK_TOLERANCE, check_trunk
-from tasks.step import Build, Input, Step, executor
+from tasks.step import Build, Input, Step, chunks_by_executor, executor
 from bidsml.gradients.checkpoints import feature_model
 from storage.checkpoints import load_checkpoints
 from storage.datasets import SPLIT_FILES, load_split
@@ -280,15 +280,6 @@ def shard_name(recipe, data, warm, proj, work, threads, split: str, first: int, 
 def _val_source(ctx: FeatureContext) -> str | None:
     k = ctx.reuse.taken_whole("val", len(ctx.splits["val"]))
     return ctx.reuse.identities[k] if k is not None else None
-
-
-def chunks_by_executor(builders: list[dict]) -> dict[str, int]:
-    """Returns {"driver" or "worker <name> (<host>)": chunks computed} from the per-chunk records."""
-    out: dict[str, int] = {}
-    for b in builders:
-        who = "driver" if b.get("worker") is None else f"worker {b['worker']} ({b['host']})"
-        out[who] = out.get(who, 0) + 1
-    return dict(sorted(out.items()))
 
 
 def build(b: Build) -> dict:
