@@ -54,8 +54,12 @@ def precision(recipe, inputs, params) -> dict:
     return out
 
 
-# what a row's features do not depend on: how rows are batched and who computes them
-NOT_IN_THE_SPACE = ("chunk_rows", "threads", "reuse", "max_tokens", "fidelity_rows", "min_fidelity", "max_store_gb")
+# what a row's features do not depend on (how rows are batched, who computes them), or only through the k the
+# projection artifact gives (proj_dim: auto or a number, the same k either way)
+NOT_IN_THE_SPACE = (
+    *("chunk_rows", "threads", "reuse", "max_tokens"),
+    *("proj_dim", "fidelity_rows", "min_fidelity", "max_store_gb"),
+)
 
 
 def feature_space(recipe, warm, proj) -> str:
