@@ -1,11 +1,11 @@
 """A pool that grows: with a kept warmup, a grown pool's features and influence copy the rows computed before and
-compute only the new ones; the selections equal a from-scratch build's (tiny model, whole pipeline runs)."""
+compute only the new ones; the selections equal a from-scratch build's (tiny model; the pool A and the grown pool
+run as `bidsflow run` does, the comparisons through the step flows on the same run root)."""
 
 import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -32,12 +32,12 @@ def _pool(path: Path, rows) -> str:
     return str(path)
 
 
-def _recipe(tmp_path, pool: str, **over):
+def _recipe(root: Path, pool: str, **over):
     from bidsml.config import load_recipe
 
     return load_recipe(REPO / "recipes" / "tiny.yaml").with_overrides(
         {
-            "run_root": str(tmp_path / "runs"),
+            "run_root": str(root / "runs"),
             "data.pool": [{"source": "jsonl", "path": pool}],
             "features.proj_dim": 1024,  # one k for every pool (auto could choose another)
             "features.chunk_rows": 16,
@@ -52,68 +52,90 @@ def _recipe(tmp_path, pool: str, **over):
 def _store(ref, split="train", c=0):
     from storage.gradients import read_features
 
-    return read_features(Path(ref["uri"]), split, c).astype(np.float32)
+    return read_features(Path(ref.path), split, c).astype(np.float32)
 
 
-def _selection(record, label):
-    return pd.read_parquet(Path(record["refs"]["selection"][label]["uri"]) / "selection.parquet")["id"].tolist()
+def _ref(record, kind, label="main"):
+    from storage.refs import ArtifactRef
+
+    return ArtifactRef.model_validate(record["refs"][kind][label])
 
 
-def test_a_grown_pool_copies_old_rows_and_selects_as_a_from_scratch_build(tmp_path, prefect_harness):
+def _features_and_influence(recipe, data, warm):
+    from flows.step_flows import STEP_FLOWS as F
+
+    proj = F["projection"](recipe, inputs={"data": data, "warmup": warm})
+    feats = F["features"](recipe, inputs={"data": data, "warmup": warm, "projection": proj})
+    return feats, F["influence"](recipe, inputs={"data": data, "warmup": warm, "features": feats})
+
+
+def _selected(recipe, data, infl, method):
+    from flows.step_flows import STEP_FLOWS as F
+    from storage.selections import load_selection_table
+
+    ref = F["selection"](recipe, inputs={"data": data, "influence": infl}, params={"method": method, "budget": 10})
+    return load_selection_table(ref)["train_idx"].tolist()
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory, prefect_harness):
+    """Pool A (40 rows) run whole; then A + 4 new rows (+10%) with A's warmup kept, run whole."""
     from flows.pipeline import pipeline
     from storage.runs import list_runs
 
-    first = pipeline(_recipe(tmp_path, _pool(tmp_path / "a.jsonl", _rows(40))))
-    run_a = first["run_id"]
-    grown = _pool(tmp_path / "b.jsonl", _rows(40) + _rows(4, start=100))  # +10%
-    report = Path(pipeline(_recipe(tmp_path, grown, **{"warmup.from_run": run_a}))["report"]).read_text()
-    pipeline(_recipe(tmp_path, grown, **{"warmup.from_run": run_a, "features.reuse": False}))
-    a, inc, scratch = list_runs(Path(tmp_path / "runs"))
-    assert inc["refs"]["warmup"]["main"]["digest"] == a["refs"]["warmup"]["main"]["digest"]  # the kept warmup
-    fa, fi, fs = (r["refs"]["features"]["main"] for r in (a, inc, scratch))
-    assert fi["meta"]["rows_reused"] == 40 + fa["meta"]["n_val"] and fi["meta"]["rows_computed"] == 4
-    assert fs["meta"]["rows_reused"] == 0 and fi["identity"] != fs["identity"]  # the copy is named in the identity
-    ia = _store(fa)
-    for c in range(fa["meta"]["checkpoints"]):
+    root = tmp_path_factory.mktemp("grow")
+    run_a = pipeline(_recipe(root, _pool(root / "a.jsonl", _rows(40))))["run_id"]
+    out = pipeline(
+        _recipe(root, _pool(root / "b.jsonl", _rows(40) + _rows(4, start=100)), **{"warmup.from_run": run_a})
+    )
+    a, inc = list_runs(root / "runs")
+    return root, run_a, a, inc, Path(out["report"]).read_text()
+
+
+def test_a_grown_pool_copies_old_rows_and_selects_as_a_from_scratch_build(grown):
+    root, run_a, a, inc, report = grown
+    assert _ref(inc, "warmup").digest == _ref(a, "warmup").digest  # the kept warmup
+    fa, fi, ii = _ref(a, "features"), _ref(inc, "features"), _ref(inc, "influence")
+    assert fi.meta["rows_reused"] == 40 + fa.meta["n_val"] and fi.meta["rows_computed"] == 4
+    assert ii.meta["rows_reused"] == 40 and ii.meta["reused_from"] == _ref(a, "influence").identity
+    for c in range(fa.meta["checkpoints"]):
         assert np.array_equal(_store(fi, c=c)[:40], _store(fa, c=c))  # copied rows: bit for bit
         assert np.array_equal(_store(fi, "val", c), _store(fa, "val", c))
-    # the bound batching alone makes: the same 40 rows computed in A's batches and in the grown pool's batches
-    bound = np.abs(_store(fs)[:40] - ia).max()
+    # from scratch on the same warmup: every row computed
+    recipe = _recipe(root, str(root / "b.jsonl"), **{"warmup.from_run": run_a, "features.reuse": False})
+    data = _ref(inc, "data")
+    fs, is_ = _features_and_influence(recipe, data, _ref(a, "warmup"))
+    assert fs.meta["rows_reused"] == 0 and fs.identity != fi.identity  # the copy is named in the identity
+    # the bound batching alone makes: A's 40 rows computed in A's batches and in the grown pool's
+    bound = np.abs(_store(fs)[:40] - _store(fa)).max()
     assert np.abs(_store(fi) - _store(fs)).max() <= max(bound, 1e-3)
-    ii = inc["refs"]["influence"]["main"]
-    assert ii["meta"]["rows_reused"] == 40 and ii["meta"]["reused_from"] == a["refs"]["influence"]["main"]["identity"]
-    for label in ("bids@10", "less@10"):
-        assert _selection(inc, label) == _selection(scratch, label), label
+    for method in ("bids", "less"):
+        assert _selected(recipe, data, ii, method) == _selected(recipe, data, is_, method), method
     # said to the user: the report's step table names the kept warmup and the copied rows
     assert f"kept from run {run_a}" in report
-    assert f"{40 + fa['meta']['n_val']} rows copied from {fa['identity'][:12]}" in report
-    # rerun: everything cached (the reuse is part of the identity, found again)
-    pipeline(_recipe(tmp_path, grown, **{"warmup.from_run": run_a}))
-    again = list_runs(Path(tmp_path / "runs"))[-1]["refs"]
-    assert again["features"]["main"]["digest"] == fi["digest"] and again["influence"]["main"]["digest"] == ii["digest"]
+    assert f"{40 + fa.meta['n_val']} rows copied from {fa.identity[:12]}" in report
+    # a rerun with reuse finds the same sources: the same artifacts, from the cache
+    again, again_i = _features_and_influence(recipe.with_overrides({"features.reuse": True}), data, _ref(a, "warmup"))
+    assert (again.digest, again_i.digest) == (fi.digest, ii.digest)
 
 
-def test_rows_whose_content_changed_are_recomputed_and_only_those(tmp_path, prefect_harness):
-    from flows.pipeline import pipeline
+def test_rows_whose_content_changed_are_recomputed_and_only_those(grown):
+    from flows.step_flows import STEP_FLOWS as F
     from storage.row_reuse import load_row_sources
-    from storage.runs import list_runs
 
-    run_a = pipeline(_recipe(tmp_path, _pool(tmp_path / "a.jsonl", _rows(40))))["run_id"]
-    edited = _pool(tmp_path / "c.jsonl", _rows(40, changed={3, 17, 30}))
-    pipeline(_recipe(tmp_path, edited, **{"warmup.from_run": run_a}))
-    rec = list_runs(Path(tmp_path / "runs"))[-1]
-    f = rec["refs"]["features"]["main"]
-    assert f["meta"]["rows_computed"] == 3
-    copied = set(load_row_sources(Path(f["uri"])).lookup("train"))
-    assert set(range(40)) - copied == {3, 17, 30}
+    root, run_a, a, _, _ = grown
+    recipe = _recipe(root, _pool(root / "c.jsonl", _rows(40, changed={3, 17, 30})), **{"warmup.from_run": run_a})
+    feats, _ = _features_and_influence(recipe, F["data"](recipe), _ref(a, "warmup"))
+    assert feats.meta["rows_computed"] == 3
+    assert set(range(40)) - set(load_row_sources(feats.path).lookup("train")) == {3, 17, 30}
 
 
-def test_a_kept_warmup_must_fit_the_recipe(tmp_path, prefect_harness):
+def test_a_kept_warmup_must_fit_the_recipe(grown):
     from bidsml.errors import RecipeError
     from flows.pipeline import pipeline
 
-    run_a = pipeline(_recipe(tmp_path, _pool(tmp_path / "a.jsonl", _rows(40))))["run_id"]
+    root, run_a, *_ = grown
     with pytest.raises(RecipeError, match="warmup.from_run: run .*'s warmup was trained with another lora section"):
-        pipeline(_recipe(tmp_path, _pool(tmp_path / "a.jsonl", _rows(40)), **{"warmup.from_run": run_a, "lora.r": 2}))
+        pipeline(_recipe(root, str(root / "a.jsonl"), **{"warmup.from_run": run_a, "lora.r": 2}))
     with pytest.raises(RecipeError, match="warmup.from_run: no run 'nope'"):
-        pipeline(_recipe(tmp_path, _pool(tmp_path / "a.jsonl", _rows(40)), **{"warmup.from_run": "nope"}))
+        pipeline(_recipe(root, str(root / "a.jsonl"), **{"warmup.from_run": "nope"}))
