@@ -142,6 +142,12 @@ class TrainConfig(_Stage):
 class WarmupConfig(TrainConfig):
     epochs: int = Field(4, gt=0, description="Warmup epochs; one checkpoint (adapter + Adam state) per epoch.")
     fraction: float = Field(0.05, gt=0, le=1, description="Random fraction of the pool used for warmup.")
+    from_run: str | None = Field(
+        None,
+        description="Keep a warmup: reuse run FROM_RUN's warmup (its LoRA checkpoints and Adam states; a run id or "
+        "its prefix, or 'latest') instead of training one on this pool, so the features of rows that run's pool "
+        "shares with this one are copied, not recomputed. Unset: a warmup per pool.",
+    )
 
 
 class FeaturesConfig(_Stage):
@@ -168,6 +174,12 @@ class FeaturesConfig(_Stage):
     eps_inside_sqrt: bool = Field(True, description="Adam transform G = m/sqrt(v+eps) (LESS) or m/(sqrt(v)+eps).")
     max_tokens: int = Field(4096, gt=0, description="Token budget of a feature micro-batch (length-sorted).")
     chunk_rows: int = Field(256, gt=0, description="Rows per Zarr chunk (unit of resume).")
+    reuse: bool = Field(
+        True,
+        description="Copy the features of rows that an earlier features artifact on this run root holds, in the "
+        "same feature space (same warmup, projector, k, seed, model and settings), instead of computing them; "
+        "the artifact names its sources. false: compute every row.",
+    )
     threads: int | None = Field(
         None,
         gt=0,

@@ -509,6 +509,8 @@ def lineage(
         console.print(f"   params: {json.dumps(r['params'], default=str)[:600]}", highlight=False, soft_wrap=True)
         for i in r["inputs"]:
             console.print(f"   <- {i['kind']} {i['digest'][:16]}", highlight=False)
+        for src in r.get("rows_from", []):
+            console.print(f"   <- rows copied from {r['kind']} {src[:16]} (identity)", highlight=False)
 
 
 if __name__ == "__main__":

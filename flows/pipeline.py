@@ -102,12 +102,51 @@ def step_table(refs: dict[str, ArtifactRef], timings: dict[str, float], since: f
                 # featurization on a cluster: chunks per worker, and the driver's (0 when the cluster did its job)
                 "computed by": ", ".join(f"{k}: {v}" for k, v in (ref.meta.get("chunks_by") or {}).items()),
                 "of which": ref.meta.get("time_note", ""),  # a part of the build a step names (the fidelity check)
+                "from": ref.meta.get("pinned_from", "") or _reused(ref),  # a kept warmup; rows copied
             }
         )
     return rows
 
 
+def _reused(ref: ArtifactRef) -> str:
+    """Returns "N rows copied from <artifact>" for a features or influence artifact that reused earlier rows."""
+    n = ref.meta.get("rows_reused")
+    if not n:
+        return ""
+    src = ref.meta.get("reused_from")
+    names = src["sources"] if isinstance(src, dict) else [src]
+    return f"{n} rows copied from {', '.join(str(x)[:12] for x in names)}"
+
+
 ON_THE_ORIGINAL = ("data", "prune", "degradation")  # steps that read the unpruned model (a recipe with `prune`)
+
+
+def pinned_warmup(recipe: Recipe) -> ArtifactRef:
+    """Returns the warmup artifact of run `warmup.from_run` (its LoRA checkpoints and Adam states), checked to fit
+    this recipe's model and LoRA; its meta says where it came from (the run and the pool it was trained on)."""
+    import json
+
+    from bidsml.errors import ArtifactError, RecipeError
+    from storage.identity import model_identity
+    from storage.runs import load_run, run_ref
+
+    run_root = Path(recipe.run_root)
+    try:
+        record = load_run(run_root, recipe.warmup.from_run)
+        ref = run_ref(record, "warmup")
+    except (FileNotFoundError, ArtifactError) as err:
+        raise RecipeError(f"warmup.from_run: {err}") from None
+    sections = json.loads((ref.path / "meta.json").read_text())["inputs"]["sections"]
+    mine = {"lora": recipe.lora.model_dump(mode="json"), "model": model_identity(recipe.model)}
+    for name, value in mine.items():
+        if sections.get(name) != value:
+            raise RecipeError(
+                f"warmup.from_run: run {record['run_id']}'s warmup was trained with another {name} section "
+                f"({sections.get(name)}); this recipe has {value}"
+            )
+    pool = json.loads((ref.path / "meta.json").read_text())["inputs"]["inputs"]["data"]
+    note = f"kept from run {record['run_id']} (pool {pool[:12]})"
+    return ref.model_copy(update={"meta": {**ref.meta, "pinned_from": note}})
 
 
 def per_run_steps(recipe: Recipe) -> list[Step]:
@@ -132,6 +171,10 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
     original = front  # with a `prune` section, the steps after `prune` run on the pruned model; these two do not
     for step in per_run_steps(recipe):  # data, prune, warmup, features, influence, ... in dependency order
         rec = original if step.name in ON_THE_ORIGINAL else front
+        if step.name == "warmup" and rec.warmup.from_run:  # a kept warmup: another run's, for this pool
+            refs["warmup"] = {MAIN: pinned_warmup(rec)}
+            log_step("warmup", refs["warmup"][MAIN], 0.0, since)
+            continue
         timed(step.name, MAIN, rec, inputs={i.key: refs[i.kind][MAIN] for i in step.inputs if i.kind in refs})
         if step.name == "prune":
             pruned = pruned_model_config(front.model, refs["prune"][MAIN])

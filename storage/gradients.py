@@ -161,3 +161,11 @@ def read_feature_rows(root: Path, split: str, ckpt: int, start: int, stop: int) 
     """Returns rows start..stop of a (split, checkpoint) feature array (fp16, as stored)."""
     g = zarr.open_group(str(gradient_store_path(root)), mode="r")[group_path(split, ckpt)]
     return g[FEATURES_ARRAY][start:stop]
+
+
+def read_feature_rows_at(root: Path, split: str, ckpt: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (features (fp16, as stored), norms) of the given rows of a (split, checkpoint) group."""
+    g = zarr.open_group(str(gradient_store_path(root)), mode="r")[group_path(split, ckpt)]
+    return g[FEATURES_ARRAY].get_orthogonal_selection((rows, slice(None))), g[NORMS_ARRAY].get_orthogonal_selection(
+        rows
+    )

@@ -54,6 +54,8 @@ def _extend_record(path, ref, step, run_id, params, inputs, root_run_id, label) 
             "identity": ref.identity,
             "params": params,
             "inputs": [{"kind": i.kind, "identity": i.identity, "digest": i.digest, "uri": i.uri} for i in inputs],
+            # earlier artifacts whose rows it copied (a grown pool's features and influence)
+            "rows_from": reused_from(ref),
             "runs": [],
         }
     )
@@ -61,6 +63,14 @@ def _extend_record(path, ref, step, run_id, params, inputs, root_run_id, label) 
         rec["runs"].append({"run_id": run_id, "root_run_id": root_run_id, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     path.write_text(json.dumps(rec, indent=1, default=str))
     return path
+
+
+def reused_from(ref: ArtifactRef) -> list[str]:
+    """Returns the identities of the earlier artifacts an artifact copied rows from (its summary says so)."""
+    src = ref.meta.get("reused_from")
+    if isinstance(src, dict):
+        return list(src.get("sources", []))
+    return [src] if isinstance(src, str) else []
 
 
 def find_record(run_root: Path, key: str) -> dict | None:
@@ -82,6 +92,7 @@ def upstream(run_root: Path, key: str) -> list[dict]:
         seen.add(rec["identity"])
         out.append(rec)
         todo.extend(i["identity"] for i in rec["inputs"])
+        todo.extend(rec.get("rows_from", []))
     return out
 
 
@@ -116,4 +127,7 @@ def mermaid(records: list[dict]) -> str:
         for i in r["inputs"]:
             if i["identity"] in known:
                 lines.append(f"  n{i['identity'][:12]} --> n{r['identity'][:12]}")
+        for src in r.get("rows_from", []):
+            if src in known:
+                lines.append(f"  n{src[:12]} -. rows copied .-> n{r['identity'][:12]}")
     return "\n".join(lines)

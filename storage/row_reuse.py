@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 ROW_DIGESTS = "row_digests_{split}.npy"  # beside the gradient store: (N,) uint64, one per row of the split
+ROW_SOURCES = "row_sources.npz"  # which rows were copied from where (the influence step reads it)
 MAX_SOURCES = 4  # a build takes rows from at most this many earlier artifacts (greedy: most rows first)
 
 
@@ -78,6 +79,13 @@ class RowSources:
             int(r): (int(s), int(q)) for r, s, q in zip(self.rows[split], self.source[split], self.source_rows[split])
         }
 
+    def by_row(self, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (n,) arrays: each row's source number and that source's row (-1 for a row computed here)."""
+        src, row = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+        if split in self.rows:
+            src[self.rows[split]], row[self.rows[split]] = self.source[split], self.source_rows[split]
+        return src, row
+
     def taken_whole(self, split: str, n: int) -> int | None:
         """Returns the source number whose rows 0..n-1 are this split's rows 0..n-1 in order, else None."""
         if split not in self.rows or len(self.rows[split]) != n or n == 0:
@@ -113,9 +121,9 @@ def find_row_sources(
     greedily, the artifact holding the most still-missing rows first, at most MAX_SOURCES, ties by identity.
     """
     cands = [(p, m) for p, m in published(run_root, kind) if m.get("summary", {}).get("row_space") == space]
-    for path, meta in cands:
-        if exclude_pool is not None and meta["inputs"]["inputs"].get("data") == exclude_pool:
-            before = meta["summary"].get("reused_from", {}).get("sources", [])
+    for path, meta in cands:  # this build done before, with reuse (one built with `reuse: false` copied nothing)
+        before = meta["summary"].get("reused_from", {}).get("sources", [])
+        if exclude_pool is not None and meta["inputs"]["inputs"].get("data") == exclude_pool and before:
             cands = [(p, m) for p, m in cands if m["identity"] in before]
             cands.sort(key=lambda pm: before.index(pm[1]["identity"]))
             return _assign(cands, digests, greedy=False)
@@ -168,3 +176,27 @@ def _match(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
     u, first = np.unique(theirs, return_index=True)
     pos = np.minimum(np.searchsorted(u, ours), len(u) - 1)
     return np.where(u[pos] == ours, first[pos], -1).astype(np.int64)
+
+
+def save_row_sources(work: Path, src: RowSources) -> None:
+    """Writes the copy map of a build beside its store (empty when nothing was copied)."""
+    arrays = {"identities": np.array(src.identities, dtype=str)}
+    for split in src.rows:
+        arrays |= {f"{split}_rows": src.rows[split], f"{split}_source": src.source[split]}
+        arrays[f"{split}_source_rows"] = src.source_rows[split]
+    np.savez(Path(work) / ROW_SOURCES, **arrays)
+
+
+def load_row_sources(root: Path) -> RowSources:
+    """Returns the copy map of a features artifact (empty for one built before reuse existed)."""
+    path = Path(root) / ROW_SOURCES
+    if not path.exists():
+        return RowSources()
+    z = np.load(path)
+    out = RowSources(identities=[str(i) for i in z["identities"]])
+    for key in z.files:
+        if key.endswith("_source_rows"):
+            split = key.removesuffix("_source_rows")
+            out.rows[split], out.source[split] = z[f"{split}_rows"], z[f"{split}_source"]
+            out.source_rows[split] = z[key]
+    return out

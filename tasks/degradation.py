@@ -22,8 +22,7 @@ from bidsml.pruning.degradation import instruction_jsd
 from storage.datasets import load_split
 from storage.models import pruned_model_config
 from storage.names import DEGRADATION_CHUNKS_DIR, DEGRADATION_PARQUET
-from tasks.features import chunks_by_executor
-from tasks.step import Build, Input, Step, executor
+from tasks.step import Build, Input, Step, chunks_by_executor, executor
 
 BLOCK = 256  # rows per saved block (the unit of resume)
 BATCH = 4  # rows per forward pass (two models x batch x length x vocabulary logits in memory)

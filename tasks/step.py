@@ -162,3 +162,12 @@ def executor() -> dict:
     except (ImportError, ValueError):  # not on a Dask worker
         worker = None
     return {"host": socket.gethostname(), "pid": os.getpid(), "worker": worker}
+
+
+def chunks_by_executor(builders: list[dict]) -> dict[str, int]:
+    """Returns {"driver" or "worker <name> (<host>)": chunks computed} from the per-chunk records."""
+    out: dict[str, int] = {}
+    for b in builders:
+        who = "driver" if b.get("worker") is None else f"worker {b['worker']} ({b['host']})"
+        out[who] = out.get(who, 0) + 1
+    return dict(sorted(out.items()))

@@ -51,6 +51,7 @@ STEP = Step(
     doc="Trains the warmup LoRA on a random slice of the pool (one checkpoint per epoch).",
     inputs=(Input("data"),),
     sections=("model", "lora", "warmup", "seed"),
+    ignore={"warmup": ("from_run",)},  # a kept warmup is not built (the pipeline takes that run's artifact)
     pool="gpu",
     build=build,
 )

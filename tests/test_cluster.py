@@ -30,7 +30,11 @@ REPO = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
 RECIPE = REPO / "recipes" / "tiny.yaml"
 # docs/cluster.md's worker command (without --resources GPU=1: no GPU here); threads=1 on both sides (see execution.threads)
-SAME = ["--set", "execution.threads=1", "--set", "features.chunk_rows=4", "--set", "selection.methods=[random,bids]"]
+# a pruned model (magnitude: no calibration) and paser: the degradation step's blocks are sharded too
+SAME = [
+    *("--set", "execution.threads=1", "--set", "features.chunk_rows=4"),
+    *("--set", "selection.methods=[random,bids,paser]", "--set", "prune={method: magnitude, sparsity: 0.5}"),
+]
 
 
 @pytest.fixture()
@@ -115,6 +119,9 @@ def test_pipeline_on_a_real_cluster_builds_what_one_process_builds(cluster, one_
     assert sum(features["chunks_by"].values()) == n_chunks  # each chunk once, all on the workers
     assert "feature chunks computed by: worker w" in out.stdout + out.stderr  # the log line
     assert "worker w" in Path(record["report"]).read_text()  # the report's step table
+    degradation = record["refs"]["degradation"]["main"]["meta"]
+    assert sum(degradation["blocks_by"].values()) == degradation["blocks"]
+    assert all(k.startswith("worker w") for k in degradation["blocks_by"]), degradation["blocks_by"]
     from distributed import Client
 
     from flows.execution import code_at_start, project_code

@@ -4,7 +4,7 @@ import pytest
 
 from bidsml.errors import ClusterError, RecipeError
 from flows.execution import executor, gpu_index
-from tasks.features import chunks_by_executor
+from tasks.step import chunks_by_executor
 from tests.conftest import TINY
 
 

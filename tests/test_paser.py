@@ -65,6 +65,42 @@ def test_wanda_prunes_each_row_by_weight_times_input_norm():
     assert sparsity_of(model) == pytest.approx(0.25, abs=1e-3)
 
 
+def _wanda_by_full_passes(model, sparsity, batches):
+    """Wanda as a reference: each layer's input norms from a full forward pass of the model (the layers below
+    already pruned), the pass stopped after that layer; one pass per layer."""
+    for layer in decoder_layers(model):
+        lin = layer_linears(layer)
+        seen = {n: [] for n in lin}
+        hooks = [m.register_forward_hook(lambda mod, a, o, n=n: seen[n].append(a[0].detach())) for n, m in lin.items()]
+        with torch.no_grad():
+            for ids, mask in batches:
+                model(input_ids=ids, attention_mask=mask)
+        for h in hooks:
+            h.remove()
+        for name, m in lin.items():
+            x = torch.cat([s[mask.bool()] for s, (_, mask) in zip(seen[name], batches)]).double()
+            norm = torch.sqrt((x**2).sum(0) / len(x)).to(m.weight.dtype)
+            metric = m.weight.data.abs().float() * norm.float()[None, :]
+            n = int(m.in_features * sparsity)
+            idx = torch.sort(metric, dim=1, stable=True).indices[:, :n]
+            m.weight.data.scatter_(1, idx, 0.0)
+
+
+def test_wanda_carried_layer_by_layer_equals_full_passes_per_layer():
+    torch.manual_seed(0)
+    batches = []
+    for _ in range(2):
+        ids = torch.randint(5, 500, (3, 16))
+        mask = torch.ones_like(ids)
+        mask[2, 10:] = 0
+        batches.append((ids, mask))
+    a, b = load_base_model(TINY), load_base_model(TINY)
+    wanda_prune(a, 0.5, batches)
+    _wanda_by_full_passes(b, 0.5, batches)
+    for (na, wa), (nb, wb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(wa == 0, wb == 0), na  # the same mask, every layer
+
+
 def test_jsd_equals_the_published_formula_and_is_zero_for_the_same_model():
     torch.manual_seed(1)
     a, b = torch.randn(3, 7, 50), torch.randn(3, 7, 50)

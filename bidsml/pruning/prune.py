@@ -50,7 +50,35 @@ def magnitude_prune(model, sparsity: float) -> None:
 
 
 class _Stop(Exception):
-    """Raised after the layer being measured: the layers above it need not run."""
+    """Raised at the first decoder layer: the calibration batch's layer inputs are captured, nothing above runs."""
+
+
+def _first_layer_inputs(model, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[tuple, dict]]:
+    """Returns, per calibration batch, the (args, kwargs) the model passes to its first decoder layer (hidden
+    states, the causal mask, rotary position embeddings...), from one forward pass each that stops there."""
+    captured = []
+
+    def grab(module, args, kwargs):
+        captured.append((args, kwargs))
+        raise _Stop
+
+    handle = decoder_layers(model)[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for ids, mask in batches:
+            try:
+                model(input_ids=ids, attention_mask=mask)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    """Returns a layer call's (args, kwargs) with its hidden states replaced."""
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
 
 
 @torch.no_grad()
@@ -58,44 +86,43 @@ def wanda_prune(model, sparsity: float, batches: list[torch.Tensor], on_layer=No
     """Prunes every decoder linear by Wanda's metric |W| * ||X|| (per output row), layer by layer from the bottom.
 
     `batches`: (input ids, attention mask) pairs of calibration rows, (B, T) each, right-padded; pad positions are
-    left out of the norms. Each layer's input norms come from a forward pass that stops after that layer, with the
-    layers below already pruned.
+    left out of the norms. As Wanda's code: the first layer's inputs are captured once; each layer is run on its
+    inputs (the outputs of the pruned layers below) to measure its linears' input norms, pruned, then run again
+    to give the next layer its inputs. One pass through the stack in all (not one per layer).
     """
     layers = decoder_layers(model)
+    calls = _first_layer_inputs(model, batches)
     for i, layer in enumerate(layers):
         linears = layer_linears(layer)
         sq = {n: torch.zeros(m.in_features, dtype=torch.float64) for n, m in linears.items()}
-        count = {"tokens": 0}
-        mask_now: dict[str, torch.Tensor] = {}
+        tokens = sum(int(mask.sum()) for _, mask in batches)
+        keep: dict[str, torch.Tensor] = {}
 
-        def hook(name, sq=sq, mask_now=mask_now):
+        def hook(name, sq=sq, keep=keep):
             def fn(module, args, output):
                 x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-                keep = mask_now["m"].reshape(-1)
-                sq[name] += (x[keep] ** 2).sum(0).cpu()
+                sq[name] += (x[keep["m"]] ** 2).sum(0).cpu()
 
             return fn
 
-        def stop(module, args, output):
-            raise _Stop
-
         handles = [m.register_forward_hook(hook(n)) for n, m in linears.items()]
-        handles.append(layer.register_forward_hook(stop))
         try:
-            for ids, mask in batches:
-                mask_now["m"] = mask.bool()
-                count["tokens"] += int(mask.sum())
-                try:
-                    model(input_ids=ids, attention_mask=mask)
-                except _Stop:
-                    pass
+            for (args, kwargs), (_, mask) in zip(calls, batches):
+                keep["m"] = mask.bool().reshape(-1)
+                layer(*args, **kwargs)
         finally:
             for h in handles:
                 h.remove()
         for name, lin in linears.items():
-            norm = torch.sqrt(sq[name] / max(count["tokens"], 1)).to(lin.weight.dtype)
+            norm = torch.sqrt(sq[name] / max(tokens, 1)).to(lin.weight.dtype)
             metric = lin.weight.data.abs().float() * norm.float()[None, :]
             _zero_lowest(lin.weight.data, metric, int(lin.in_features * sparsity), per_row=True)
+        if i + 1 < len(layers):  # the pruned layer's outputs: the next layer's inputs
+            nxt = []
+            for args, kwargs in calls:
+                out = layer(*args, **kwargs)
+                nxt.append(_with_hidden(args, kwargs, out[0] if isinstance(out, tuple) else out))
+            calls = nxt
         if on_layer is not None:
             on_layer(i + 1, len(layers))
 

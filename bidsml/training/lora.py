@@ -72,7 +72,7 @@ def optimizer_record(train_cfg: TrainConfig) -> dict:
 
 
 def canonicalize_adapter_config(folder: Path) -> None:
-    """Rewrites peft's adapter_config.json with sorted lists and keys.
+    """Rewrites peft's adapter_config.json with sorted lists and keys, without the local path of the base model.
 
     peft writes `target_modules` from a set, whose order follows Python's
     per-process hash seed: the same adapter would get a different file (and
@@ -85,6 +85,9 @@ def canonicalize_adapter_config(folder: Path) -> None:
             cfg[key] = sorted(cfg[key])
     cfg["base_model_name_or_path"] = None  # a local path: differs between machines, carries no content
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    # peft's model card: boilerplate whose `base_model` is that local path (a pruned model's lies in the run root,
+    # so the same adapter trained under two run roots would differ)
+    (Path(folder) / "README.md").unlink(missing_ok=True)
 
 
 def finished_epochs(out_dir: Path) -> list[int]:
