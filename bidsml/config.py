@@ -253,6 +253,30 @@ class SelectionConfig(_Stage):
 DEFAULT_BENCHMARKS = {"mmlu": 57, "arc_challenge": 50, "gsm8k": 20, "humaneval": 20, "mbpp": 20, "bbh": 24}
 
 
+class LmEvalConfig(_Stage):
+    tasks: dict[str, int | None] = Field(
+        default_factory=dict,
+        description="Your own lm-eval tasks (a task, group or tag name) -> item limit (its first N docs; null: all), "
+        "scored after the recipe's benchmarks. Each must read local data (a dataset_path folder of data files, "
+        "the json/csv/parquet builder with data_files, or a custom_dataset); one that would download fails before "
+        "any step.",
+    )
+    include_path: str | None = Field(None, description="A folder of your lm-eval task YAMLs (lm-eval's include_path).")
+    num_fewshot: dict[str, int] = Field(
+        default_factory=dict,
+        description="Benchmark or lm-eval task -> few-shot examples (lm-eval's num_fewshot); unset: the task "
+        "configuration's own (e.g. MMLU 0, GSM8K-CoT 8, BBH 3).",
+    )
+
+    @field_validator("num_fewshot")
+    @classmethod
+    def _non_negative(cls, v: dict[str, int]) -> dict[str, int]:
+        for name, n in v.items():
+            if n < 0:
+                raise ValueError(f"num_fewshot.{name}: must be >= 0")
+        return v
+
+
 class EvalConfig(_Stage):
     benchmarks: dict[str, int | None] = Field(
         DEFAULT_BENCHMARKS,
@@ -280,6 +304,13 @@ class EvalConfig(_Stage):
     sandbox_timeout_s: float = Field(10.0, gt=0, description="Wall-clock limit per generated program.")
     sandbox_memory_mb: int = Field(1024, gt=64, description="Address-space limit per generated program.")
     decontamination_ngram: int = Field(13, gt=3, description="Word n-gram size of the pool/test overlap check.")
+    backend: Literal["builtin", "lm-eval"] = Field(
+        "builtin",
+        description="Who scores the items: 'builtin' (this project's harness: prefix-cached, sandboxed) or 'lm-eval' "
+        "(EleutherAI's lm-evaluation-harness: its stock task configurations over the installed data, scores to put "
+        "beside a paper's; HumanEval, MBPP and benchmarks without an lm-eval task stay with the built-in harness).",
+    )
+    lm_eval: LmEvalConfig = Field(LmEvalConfig(), description="Settings of the lm-eval backend.")
 
     @field_validator("benchmarks")
     @classmethod
@@ -301,6 +332,14 @@ class EvalConfig(_Stage):
         for name in self.formulation:
             if name not in self.benchmarks:
                 raise ValueError(f"evaluation.formulation: {name!r} is not in evaluation.benchmarks")
+        lm = self.lm_eval
+        if self.backend != "lm-eval" and (lm.tasks or lm.num_fewshot or lm.include_path):
+            raise ValueError("evaluation.lm_eval is set but evaluation.backend is 'builtin': set backend: lm-eval")
+        for name in lm.num_fewshot:
+            if name not in self.benchmarks and name not in lm.tasks:
+                raise ValueError(
+                    f"evaluation.lm_eval.num_fewshot: {name!r} is neither in evaluation.benchmarks nor lm_eval.tasks"
+                )
         return self
 
 

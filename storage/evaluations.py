@@ -23,3 +23,27 @@ def load_evaluation_items(ref: ArtifactRef) -> pd.DataFrame:
 
 def evaluation_exists(root: Path) -> bool:
     return (Path(root) / EVAL_ITEMS).exists() and (Path(root) / EVAL_TABLE).exists()
+
+
+def lm_eval_results(ref: ArtifactRef) -> list[dict]:
+    """Returns lm-eval's own aggregate metrics of an evaluation (one row per task, metric and filter; empty when
+    the built-in harness scored everything), as lm-eval names them."""
+    summary = json.loads((ref.path / EVAL_TABLE).read_text())
+    agg = summary.get("lm_eval") or {}
+    rows = []
+    for task, res in sorted((agg.get("results") or {}).items()):
+        for key, value in sorted(res.items()):
+            if "," not in key or "_stderr," in key:
+                continue
+            metric, filt = key.split(",", 1)
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "filter": filt,
+                    "value": value,
+                    "n": res.get("sample_len"),
+                    "n_shot": (agg.get("n-shot") or {}).get(task),
+                }
+            )
+    return rows

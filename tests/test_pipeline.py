@@ -405,3 +405,31 @@ def test_kmq_iterative_builds_a_selection_and_a_fine_tune_per_round_with_lineage
     assert len(r0) == 4 and r1["train_idx"].tolist()[:4] == r0["train_idx"].tolist()  # rounds add to the rows so far
     ft = rec["refs"]["finetune"]["kmq-iterative@8"]
     assert ft["meta"]["n_train"] == 8
+
+
+def test_the_lm_eval_backend_rescored_only_the_evaluations_and_the_report_names_it(first_run, recipe):
+    """Switching evaluation.backend recomputes the evaluations alone; the report says who scored what (last in this
+    module: it becomes the run root's latest run)."""
+    from flows.pipeline import pipeline
+
+    since = _now()
+    lm = recipe.with_overrides(
+        {
+            "selection.methods": ["random"],
+            "evaluation.backend": "lm-eval",
+            "evaluation.formulation": {"arc_challenge": "rc0"},
+        }
+    )
+    out = pipeline(lm)
+    states = task_run_states(since)
+    for step in ("data", "warmup", "features", "influence", "selection", "finetune"):
+        assert set(states[step]) == {"Cached"}, (step, states)
+    assert states["evaluation"] == ["Completed"] * 2  # the base model and random@8, rescored
+    ev = pd.read_csv(out["evaluation"])
+    bench = ev[ev["level"] == "benchmark"].set_index("name")["metric"].to_dict()
+    assert bench["arc_challenge"] == "acc_norm" and bench["mmlu"] == "acc" and bench["humaneval"] == "pass@1"
+    assert bench["gsm8k"] == "exact_match (strict-match)" and bench["bbh"] == "exact_match"
+    report = Path(out["report"]).read_text()
+    assert "Scored with lm-evaluation-harness 0.4" in report and "- humaneval: builtin: runs model-written code" in report
+    table = pd.read_csv(Path(out["outputs"]) / "lm_eval.csv")
+    assert {"base", "random@8"} <= set(table.columns) and "arc_challenge" in set(table["task"])

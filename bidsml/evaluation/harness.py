@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
 from dataclasses import replace
@@ -30,7 +31,8 @@ def evaluate_benchmark_items(
     trunk: TrunkStates | None = None,
 ) -> list[dict]:
     """Returns one row per item: ids, benchmark, task, capability, metric, score (0/1), score_per_token, gold NLL
-    (per token), its token count, gold bits per byte (bpb), output.
+    (per token), its token count, gold bits per byte (bpb), output; the chosen option (`pred`) and every option's
+    log-likelihood (MC, RC), and the prompt's digest (`prompt_sha`: which text was scored).
 
     MC items: the highest-scoring option letter after the prompt (one forward
     pass, which also gives the gold NLL). RC (cloze) items: every choice's text
@@ -84,12 +86,17 @@ def evaluate_benchmark_items(
     for k, (it, results) in enumerate(zip(items, per_item)):
         lp, cnt, first = results[it.gold if it.choice_texts else 0]
         per_token = float("nan")
+        pred, choice_lps = -1, None
         if it.choice_texts:
             norm = [max(len(t), 1) if it.choice_norm == "char" else 1 for t in it.choice_texts]
-            score = float(_best([r[0] / n for r, n in zip(results, norm)]) == it.gold)
+            choice_lps = [float(r[0]) for r in results]
+            pred = _best([r[0] / n for r, n in zip(results, norm)])
+            score = float(pred == it.gold)
             per_token = float(_best([r[0] / max(r[1], 1) for r in results]) == it.gold)
         elif it.choices:
-            score = per_token = float(_best(first) == it.gold)
+            choice_lps = [float(v) for v in first]
+            pred = _best(first)
+            score = per_token = float(pred == it.gold)
         elif k in passed:
             score = passed[k]
         elif k in outputs:
@@ -110,6 +117,10 @@ def evaluate_benchmark_items(
                 "tokens": cnt,  # the gold continuation's token count (a corpus perplexity weighs by it)
                 "bpb": -lp / (math.log(2) * max(len(it.gold_text.encode("utf-8")), 1)),
                 "output": outputs.get(k),
+                "harness": "builtin",
+                "pred": pred,  # the chosen option (MC, RC; -1 otherwise)
+                "choice_logprobs": choice_lps,  # each option's log-likelihood (MC: its letter's; RC: its text's)
+                "prompt_sha": hashlib.sha256(it.prompt.encode("utf-8")).hexdigest()[:16],
             }
         )
     return rows

@@ -139,6 +139,8 @@ def write_report(
         diagnostics = {**diagnostics, "plot": Path(diagnostics["plot"]).name}
     ev = evaluation_frame(eval_tables)
     ev.to_csv(out / "evaluation.csv", index=False)
+    if any(t.get("lm_eval_table") for t in eval_tables):
+        lm_eval_frame(eval_tables).to_csv(out / "lm_eval.csv", index=False)
     plot_evaluation(ev, out / "evaluation.png")
     plot_composition(selections, out / "composition.png")
     lines = [
@@ -228,7 +230,40 @@ def _evaluation_notes(eval_tables: list[dict]) -> list[str]:
     bbh = base.get("tasks_per_benchmark", {}).get("bbh")
     if bbh:
         lines += [f"BBH-derived tasks ({len(bbh)}): {', '.join(bbh)}.", ""]
-    return lines
+    return lines + lm_eval_lines(eval_tables)
+
+
+def lm_eval_frame(eval_tables: list[dict]) -> pd.DataFrame:
+    """Returns lm-eval's own aggregate metrics, one row per (task, metric, filter) and a column per model."""
+    rows = [{"model": t["model"], **r} for t in eval_tables for r in t.get("lm_eval_table") or []]
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    piv = df.pivot_table(index=["task", "metric", "filter", "n_shot", "n"], columns="model", values="value",
+                         aggfunc="first", sort=False)
+    return piv.reset_index()
+
+
+def lm_eval_lines(eval_tables: list[dict]) -> list[str]:
+    """Returns the report's lm-eval section: who scored each benchmark, and lm-eval's own aggregate table."""
+    base = next((t for t in eval_tables if t.get("backend") == "lm-eval"), None)
+    if base is None:
+        return []
+    version = (base.get("lm_eval") or {}).get("version", "?")
+    table = lm_eval_frame(eval_tables)
+    return [
+        f"### Scored with lm-evaluation-harness {version}",
+        "",
+        "Who scored each benchmark (the tables above name the metric as lm-eval does; `harness` per item in "
+        "the evaluation artifact):",
+        "",
+        *[f"- {name}: {who}" for name, who in sorted((base.get("harness") or {}).items())],
+        "",
+        "lm-eval's own aggregates (its `results`, per task; also in `lm_eval.csv`):",
+        "",
+        markdown_table(table) if not table.empty else "(none)",
+        "",
+    ]
 
 
 def plot_lineage(records: list[dict], path: Path) -> None:

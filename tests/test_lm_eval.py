@@ -1,0 +1,193 @@
+"""The lm-eval backend: lm-eval's stock tasks over the installed data, offline; agreement with the built-in harness;
+users' own tasks; a task that would download fails before any step."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bidsml.config import load_recipe
+from bidsml.errors import BidsError, RecipeError
+from bidsml.evaluation.benchmarks import builtin_benchmark, sample_items
+from bidsml.evaluation.harness import evaluate_benchmark_items
+from bidsml.evaluation.lm_eval_backend import LmEvalRun, agreement, evaluate_lm_eval
+from bidsml.evaluation.lm_eval_tasks import check_lm_eval, offline_tasks
+from bidsml.model import load_base_model
+from tests.conftest import TINY
+
+ROOT = Path(__file__).parents[1]
+# what every test here scores: a few items of each benchmark lm-eval reads offline (formulations as lm-eval has them)
+SHIPPED = [("mmlu", "mc", 3), ("mmlu", "rc", 2), ("arc_challenge", "rc0", 3), ("gsm8k", None, 2), ("bbh", None, 3)]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No test here may reach the hub: the datasets and hub clients refuse to."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_base_model(TINY)
+
+
+@pytest.fixture(scope="module")
+def scored(model, tokenizer):
+    """Returns (items, lm-eval rows, lm-eval aggregates, built-in rows) of SHIPPED on the tiny model."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    run, items = LmEvalRun(num_fewshot={"mmlu": 5}), []
+    for name, form, n in SHIPPED:
+        bench = builtin_benchmark(name)
+        its = sample_items(bench.items(form), n, 0)
+        items += its
+        run.shipped += offline_tasks(name, its, bench.formulation(form))
+        run.capability[name] = bench.capability
+        run.task_of.update({it.id: it.task for it in its})
+    rows, aggregate = evaluate_lm_eval(model, tokenizer, run, 4, 2048, 0)
+    builtin = evaluate_benchmark_items(model, tokenizer, items, 4, 4, 2048, 8)
+    return items, rows, aggregate, builtin
+
+
+def test_each_shipped_benchmark_scores_exactly_the_builtin_items(scored):
+    items, rows, aggregate, _ = scored
+    assert sorted(r["id"] for r in rows) == sorted(it.id for it in items)
+    tasks = {r["lm_eval_task"] for r in rows}
+    assert "arc_challenge" in tasks and "gsm8k_cot" in tasks
+    assert any(t.startswith("mmlu_") and t.endswith("_continuation") for t in tasks)
+    assert any(t.startswith("bbh_fewshot_") for t in tasks)
+    metric = {r["lm_eval_task"]: r["metric"] for r in rows}
+    assert metric["arc_challenge"] == "acc_norm" and metric["gsm8k_cot"] == "exact_match (strict-match)"
+    # lm-eval's own aggregate equals the mean of its per-item scores
+    for task, res in aggregate["results"].items():
+        mine = [r for r in rows if r["lm_eval_task"] == task]
+        key = {"arc_challenge": "acc_norm,none", "gsm8k_cot": "exact_match,strict-match"}.get(task)
+        if key:
+            assert res[key] == pytest.approx(sum(r["score"] for r in mine) / len(mine))
+    # generation tasks keep the model's text; scored by the filter's extraction
+    gen = [r for r in rows if r["lm_eval_task"] == "gsm8k_cot"]
+    assert all(isinstance(r["output"], str) for r in gen)
+    assert all(json.loads(r["metrics"]).keys() >= {"exact_match,strict-match", "exact_match,flexible-extract"} for r in gen)
+
+
+def test_on_byte_identical_prompts_lm_eval_and_the_builtin_harness_agree(scored):
+    _, rows, _, builtin = scored
+    agree = agreement(builtin, rows)
+    # MMLU 5-shot letters and ARC's zero-shot cloze are the same text in both harnesses
+    for name in ("mmlu", "arc_challenge"):
+        assert agree[name]["items"] >= 3
+    mc = [r for r in rows if r["lm_eval_task"].startswith("mmlu_") and not r["lm_eval_task"].endswith("continuation")]
+    assert mc and all(r["prompt_sha"] == next(b for b in builtin if b["id"] == r["id"])["prompt_sha"] for r in mc)
+    arc = agree["arc_challenge"]
+    assert arc["identical_prompts"] == arc["items"] and arc["max_loglik_diff"] < 1e-3 and arc["pred_equal"] == 1.0
+    assert agree["mmlu"]["identical_prompts"] >= 3 and agree["mmlu"]["max_loglik_diff"] < 1e-3
+
+
+def test_a_benchmark_lm_eval_cannot_read_offline_stays_builtin_and_says_why():
+    from bidsml.evaluation.lm_eval_backend import plan_lm_eval
+
+    recipe = _recipe({"humaneval": 1, "gsm8k": 1})
+    items = sample_items(builtin_benchmark("humaneval").items(), 1, 0) + sample_items(
+        builtin_benchmark("gsm8k").items(), 1, 0
+    )
+    run, left, harness = plan_lm_eval(recipe.evaluation, items, lambda b: builtin_benchmark(b).formulation())
+    assert [it.benchmark for it in left] == ["humaneval"] and "sandbox" in harness["humaneval"]
+    assert harness["gsm8k"] == "lm-eval: gsm8k_cot" and [t.name for t in run.shipped] == ["gsm8k_cot"]
+
+
+def _recipe(benchmarks: dict, **evaluation) -> object:
+    rec = load_recipe(ROOT / "recipes" / "tiny.yaml")
+    return rec.with_overrides(
+        {
+            "evaluation.benchmarks": benchmarks,
+            "evaluation.backend": "lm-eval",
+            "evaluation.formulation": {"arc_challenge": "rc0"} if "arc_challenge" in benchmarks else {},
+            **{f"evaluation.lm_eval.{k}": v for k, v in evaluation.items()},
+        }
+    )
+
+
+def _user_task(folder: Path, name: str, **data) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "task": name,
+        "output_type": "multiple_choice",
+        "test_split": "train",
+        "doc_to_text": "Q: {{q}}\nA:",
+        "doc_to_choice": "{{options}}",
+        "doc_to_target": "{{gold}}",
+        "metric_list": [{"metric": "acc"}],
+        **data,
+    }
+    (folder / f"{name}.yaml").write_text(json.dumps(cfg))  # YAML is a superset of JSON
+
+
+def test_a_users_task_reading_local_files_is_scored_and_one_that_would_download_fails_first(tmp_path, model, tokenizer):
+    from bidsml.evaluation.lm_eval_backend import plan_lm_eval
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(
+        "\n".join(json.dumps({"q": f"What is {i} plus one?", "options": [str(i + 1), str(i + 7)], "gold": 0}) for i in range(5))
+    )
+    tasks = tmp_path / "tasks"
+    _user_task(tasks, "my_sums", dataset_path="json", dataset_kwargs={"data_files": {"train": str(docs)}})
+    recipe = _recipe({"gsm8k": 1}, tasks={"my_sums": 3}, include_path=str(tasks))
+    check_lm_eval(recipe)  # reads local files: passes
+    run, _, harness = plan_lm_eval(recipe.evaluation, [], lambda b: None)
+    assert harness["my_sums"] == "lm-eval: my_sums"
+    rows, aggregate = evaluate_lm_eval(model, tokenizer, run, 4, 512, 0)
+    assert [r["id"] for r in rows] == ["my_sums/0", "my_sums/1", "my_sums/2"]  # its first 3 docs (the limit)
+    assert all(r["benchmark"] == "my_sums" and r["metric"] == "acc" and r["n_choices"] == 2 for r in rows)
+    assert aggregate["results"]["my_sums"]["acc,none"] == pytest.approx(sum(r["score"] for r in rows) / 3)
+
+    _user_task(tasks, "hub_task", dataset_path="someone/some_dataset")
+    from bidsml.evaluation import lm_eval_tasks
+
+    lm_eval_tasks.task_manager.cache_clear()  # the folder gained a task
+    bad = _recipe({"gsm8k": 1}, tasks={"hub_task": None}, include_path=str(tasks))
+    with pytest.raises(RecipeError, match=r"task 'hub_task' would download its data: dataset_path 'someone/some_data"):
+        check_lm_eval(bad)
+    with pytest.raises(RecipeError, match="lm-eval has no task, group or tag 'no_such_task'"):
+        check_lm_eval(_recipe({"gsm8k": 1}, tasks={"no_such_task": None}, include_path=str(tasks)))
+
+
+def test_settings_that_lm_eval_cannot_honour_fail_at_load_or_preflight():
+    rec = load_recipe(ROOT / "recipes" / "tiny.yaml")
+    with pytest.raises(BidsError, match="evaluation.backend is 'builtin': set backend: lm-eval"):
+        rec.with_overrides({"evaluation.lm_eval.tasks": {"arc_easy": 5}})
+    with pytest.raises(BidsError, match="num_fewshot: .piqa. is neither"):
+        rec.with_overrides({"evaluation.backend": "lm-eval", "evaluation.lm_eval.num_fewshot": {"piqa": 3}})
+    mc = rec.with_overrides({"evaluation.backend": "lm-eval"})  # tiny.yaml scores arc_challenge in `mc`
+    with pytest.raises(RecipeError, match="set evaluation.formulation.arc_challenge: rc0"):
+        check_lm_eval(mc)
+
+
+@pytest.mark.e2e
+def test_the_evaluation_step_with_the_lm_eval_backend(tmp_path):
+    """The step end to end: lm-eval and built-in rows in one artifact, lm-eval's aggregates in its summary and its
+    table, cached on a rerun, and a different artifact than the built-in backend's."""
+    from flows.runner import run_step
+    from storage.evaluations import lm_eval_results, load_evaluation_items
+    from tasks.registry import STEPS, plan
+
+    recipe = _recipe({"mmlu": 2, "arc_challenge": 2, "humaneval": 1}, num_fewshot={"mmlu": 5}).with_overrides(
+        {"run_root": str(tmp_path / "runs")}
+    )
+    data = run_step(STEPS["data"], recipe, {})
+    ref = run_step(STEPS["evaluation"], recipe, {"data": data})
+    items = load_evaluation_items(ref)
+    assert sorted(items["harness"].unique()) == ["builtin", "lm-eval"]
+    assert set(items.loc[items["harness"] == "builtin", "benchmark"]) == {"humaneval"}
+    assert set(items.loc[items["benchmark"] == "arc_challenge", "metric"]) == {"acc_norm"}
+    summary = json.loads((ref.path / "results.json").read_text())
+    assert summary["backend"] == "lm-eval" and "sandbox" in summary["harness"]["humaneval"]
+    assert summary["lm_eval"]["version"].startswith("0.4")
+    table = lm_eval_results(ref)
+    arc = [r for r in table if r["task"] == "arc_challenge" and r["metric"] == "acc_norm"]
+    assert len(arc) == 1 and arc[0]["filter"] == "none" and arc[0]["n_shot"] == 0
+    scores = items.loc[items["benchmark"] == "arc_challenge", "score"]
+    assert arc[0]["value"] == pytest.approx(scores.mean())
+    assert run_step(STEPS["evaluation"], recipe, {"data": data}).path == ref.path  # cached
+    builtin = recipe.with_overrides({"evaluation.backend": "builtin", "evaluation.lm_eval.num_fewshot": {}})
+    assert plan(STEPS["evaluation"], builtin, {"data": data}).identity != plan(STEPS["evaluation"], recipe, {"data": data}).identity
