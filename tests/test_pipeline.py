@@ -433,3 +433,20 @@ def test_the_lm_eval_backend_rescored_only_the_evaluations_and_the_report_names_
     assert "Scored with lm-evaluation-harness 0.4" in report and "- humaneval: builtin: runs model-written code" in report
     table = pd.read_csv(Path(out["outputs"]) / "lm_eval.csv")
     assert {"base", "random@8"} <= set(table.columns) and "arc_challenge" in set(table["task"])
+    # the artifact: rows of both harnesses, lm-eval's aggregates equal to its items' mean, lm-eval's version
+    from storage.runs import load_run
+
+    uri = Path(load_run(Path(recipe.run_root), "latest")["refs"]["evaluation"]["base"]["uri"])
+    items = pd.read_parquet(uri / "items.parquet")
+    assert sorted(items["harness"].unique()) == ["builtin", "lm-eval"]
+    assert set(items.loc[items["harness"] == "builtin", "benchmark"]) == {"humaneval", "mbpp"}
+    summary = json.loads((uri / "results.json").read_text())
+    assert summary["backend"] == "lm-eval" and summary["lm_eval"]["version"].startswith("0.4")
+    arc = summary["lm_eval"]["results"]["arc_challenge"]["acc_norm,none"]
+    assert arc == pytest.approx(items.loc[items["benchmark"] == "arc_challenge", "score"].mean())
+    # the backend is part of the evaluation's identity
+    from storage.refs import load_ref
+    from tasks.registry import STEPS, plan
+
+    data = {"data": load_ref(Path(load_run(Path(recipe.run_root), "latest")["refs"]["data"]["main"]["uri"]))}
+    assert plan(STEPS["evaluation"], lm, data).identity != plan(STEPS["evaluation"], recipe, data).identity

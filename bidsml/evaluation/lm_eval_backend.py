@@ -38,12 +38,18 @@ class LmEvalRun:
     num_fewshot: dict[str, int] = field(default_factory=dict)  # benchmark or user task -> shots
 
 
-def _tasks(run: LmEvalRun) -> tuple[dict, dict[str, dict], dict[str, list[int]]]:
-    """Returns (lm-eval tasks by name, per task what its rows are, samples per task for limits)."""
+def _tasks(run: LmEvalRun, max_new_tokens: int = 256) -> tuple[dict, dict[str, dict], dict[str, list[int]]]:
+    """Returns (lm-eval tasks by name, per task what its rows are, samples per task for limits).
+
+    A shipped generation task decodes at most `max_new_tokens` (the recipe's cap; lm-eval's default is 256)."""
     tm = task_manager(run.include_path)
     specs, about, samples = [], {}, {}
     for t in run.shipped:
         cfg = {**stock_config(t.name), **t.overrides}
+        if cfg.get("output_type") == "generate_until":
+            gen = dict(cfg.get("generation_kwargs") or {})
+            gen["max_gen_toks"] = min(int(gen.get("max_gen_toks", 256)), max_new_tokens)
+            cfg["generation_kwargs"] = gen
         if t.benchmark in run.num_fewshot:
             cfg["num_fewshot"] = run.num_fewshot[t.benchmark]
         specs.append(cfg)
@@ -64,6 +70,7 @@ def _tasks(run: LmEvalRun) -> tuple[dict, dict[str, dict], dict[str, list[int]]]
             samples[name] = list(range(min(limit, n)))
         if about[name]["primary"] is None:
             about[name]["primary"] = _first_metric(task)
+        about[name]["delimiter"] = len(task.config.target_delimiter or "")
     return loaded, about, samples
 
 
@@ -74,8 +81,12 @@ def _first_metric(task) -> str:
     return f"{metrics[0]},{filters[0]}"
 
 
-def evaluate_lm_eval(model, tokenizer, run: LmEvalRun, batch_size: int, max_length: int, seed: int):
-    """Returns (one row per scored item, lm-eval's aggregate results) for `run`, scored by lm-eval on `model`."""
+def evaluate_lm_eval(
+    model, tokenizer, run: LmEvalRun, batch_size: int, max_length: int, seed: int, max_new_tokens: int = 256
+):
+    """Returns (one row per scored item, lm-eval's aggregate results) for `run`, scored by lm-eval on `model`.
+
+    `max_new_tokens`: the cap on lm-eval's max_gen_toks for the shipped generation tasks."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # nothing here may reach the hub
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lm_eval import evaluator
@@ -84,7 +95,7 @@ def evaluate_lm_eval(model, tokenizer, run: LmEvalRun, batch_size: int, max_leng
     import logging
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # per-task notes about CLI flags; errors still show
-    loaded, about, samples = _tasks(run)
+    loaded, about, samples = _tasks(run, max_new_tokens)
     if not loaded:
         return [], {}
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
@@ -149,7 +160,9 @@ def _rows(name: str, logged: list[dict], about: dict, run: LmEvalRun, lm) -> lis
         if len(args[0]) == 2 and all(isinstance(a[1], str) for a in args):  # log-likelihood of continuations
             lls = [float(r[0][0]) for r in first["resps"]]
             gold = first["target"]
-            gold = gold if isinstance(gold, int) else 0
+            if not isinstance(gold, int):  # a target given as the answer's text
+                texts = [a[1].strip() for a in args]
+                gold = texts.index(str(gold).strip()) if str(gold).strip() in texts else 0
             ctx, cont = args[gold]
             _, cont_enc = lm._encode_pair(ctx, cont)
             row.update(
@@ -158,13 +171,15 @@ def _rows(name: str, logged: list[dict], about: dict, run: LmEvalRun, lm) -> lis
                 tokens=len(cont_enc),
                 bpb=-lls[gold] / (math.log(2) * max(len(cont.encode("utf-8")), 1)),
                 choice_logprobs=lls,
-                pred=_argmax(lls, [len(a[1]) for a in args] if primary.startswith("acc_norm") else None),
+                # lm-eval's acc_norm divides by each choice's length without the target delimiter (" ")
+                pred=_argmax(lls, [len(a[1]) - about["delimiter"] for a in args] if primary.startswith("acc_norm") else None),
             )
         else:  # generation: the model's text, after the primary filter
             for s in entries:
                 if primary.endswith("," + s["filter"]) or len(entries) == 1:
                     resp = s["resps"][0]
-                    row["output"] = resp[0] if isinstance(resp, list) and resp else str(resp)
+                    resp = resp[0] if isinstance(resp, list) and resp else resp
+                    row["output"] = resp if isinstance(resp, str) else None  # text; not a rolling log-likelihood
                     break
         rows.append(row)
     return rows
@@ -251,26 +266,44 @@ def identity_of_lm_eval(ec, items: list, formulation_of) -> dict:
     return {"version": lm_eval_version(), "configs": configs}
 
 
-def agreement(builtin_rows: list[dict], lm_eval_rows: list[dict]) -> dict:
+def agreement(builtin_rows: list[dict], lm_eval_rows: list[dict], items: list | None = None) -> dict:
     """Returns, per benchmark and over all, how the two harnesses agree on the items both scored.
 
     `pred_equal`: the share of multiple-choice items (MC and RC) where both chose the same option; `acc_builtin`,
     `acc_lm_eval`: accuracy on those items; `identical_prompts`: items whose scored text is byte-identical, and over
-    them `max_loglik_diff`: the largest difference of an option's log-likelihood.
+    them `max_loglik_diff`: the largest difference of an option's log-likelihood. With the scored `items`:
+    `pred_equal_same_norm`, the share where lm-eval's log-likelihoods, normalised as the built-in harness does (RC:
+    per character of " " + the choice; lm-eval's acc_norm divides by the choice's length without the space), choose
+    the built-in harness's option.
     """
     mine = {r["id"]: r for r in builtin_rows}
     per: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
     for r in lm_eval_rows:
         if r["id"] in mine and r.get("choice_logprobs") is not None and mine[r["id"]].get("choice_logprobs") is not None:
             per[r["benchmark"]].append((mine[r["id"]], r))
-    out = {name: _agree(pairs) for name, pairs in sorted(per.items())}
-    out["all"] = _agree([p for pairs in per.values() for p in pairs])
+    by_id = {it.id: it for it in items or []}
+    out = {name: _agree(pairs, by_id) for name, pairs in sorted(per.items())}
+    out["all"] = _agree([p for pairs in per.values() for p in pairs], by_id)
     return out
 
 
-def _agree(pairs: list[tuple[dict, dict]]) -> dict:
+def _builtin_choice(item, lls: list[float]) -> int:
+    """Returns the option the built-in harness's rule picks from these log-likelihoods (harness.py's)."""
+    if item.choice_texts:
+        norm = [max(len(t), 1) if item.choice_norm == "char" else 1 for t in item.choice_texts]
+        return _argmax([ll / n for ll, n in zip(lls, norm)], None)
+    return _argmax(lls, None)
+
+
+def _agree(pairs: list[tuple[dict, dict]], items: dict | None = None) -> dict:
     if not pairs:
         return {"items": 0}
+    same_norm = {}
+    if items:
+        known = [(a, b) for a, b in pairs if a["id"] in items]
+        same_norm["pred_equal_same_norm"] = sum(
+            _builtin_choice(items[a["id"]], b["choice_logprobs"]) == int(a["pred"]) for a, b in known
+        ) / max(len(known), 1)
     same = [a for a, b in pairs if a["prompt_sha"] == b["prompt_sha"]]
     diffs = [
         max(abs(x - y) for x, y in zip(a["choice_logprobs"], b["choice_logprobs"]))
@@ -287,4 +320,5 @@ def _agree(pairs: list[tuple[dict, dict]]) -> dict:
         "acc_diff": acc_b - acc_a,
         "identical_prompts": len(same),
         "max_loglik_diff": max(diffs) if diffs else None,
+        **same_norm,
     }

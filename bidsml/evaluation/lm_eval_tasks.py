@@ -20,7 +20,6 @@ HumanEval and MBPP stay with the built-in harness: lm-eval runs model-written co
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -49,11 +48,6 @@ class OfflineTask:
     primary: str  # "metric,filter" as lm-eval reports it
     overrides: dict  # the stock config's changed keys (custom_dataset: a function returning the splits)
 
-    def docs_digest(self) -> str:
-        """Returns the sha256 of the splits custom_dataset returns (part of the evaluation's identity)."""
-        splits = self.overrides["custom_dataset"]()
-        blob = json.dumps({k: list(v) for k, v in splits.items()}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _splits(**splits: list[dict]) -> Callable[..., object]:
@@ -178,11 +172,23 @@ def config_text(name: str, include_path: str | None = None) -> str:
     entry = task_manager(include_path).task_index.get(name)
     if entry is None or entry.yaml_path is None:
         raise RecipeError(f"lm-eval has no task {name!r} (with include_path {include_path!r})")
-    cfg = load_yaml(entry.yaml_path, resolve_func=False)  # a !function is its file path.function
-    for key, v in list(cfg.items()):
-        if isinstance(v, str) and "/" in v and Path(v.rsplit(".", 1)[0] + ".py").exists():
-            cfg[key] = {"function": v.rsplit(".", 1)[1], "source": Path(v.rsplit(".", 1)[0] + ".py").read_text()}
-    return json.dumps(cfg, sort_keys=True, default=str)
+    cfg = load_yaml(entry.yaml_path, resolve_func=False)  # a !function is "<its folder>/module.function"
+    return json.dumps(_functions_by_source(cfg), sort_keys=True, default=str)
+
+
+def _functions_by_source(obj):
+    """Returns `obj` with every `!function` path replaced by the function's name and its file's content (so the
+    text does not depend on where lm-eval or the user's folder is installed)."""
+    if isinstance(obj, dict):
+        return {k: _functions_by_source(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_functions_by_source(v) for v in obj]
+    if isinstance(obj, str) and obj.startswith("/") and "." in Path(obj).name:
+        module, _, fn = obj.rpartition(".")
+        source = Path(module.replace(".", "/") + ".py") if not Path(module + ".py").exists() else Path(module + ".py")
+        if source.exists():
+            return {"function": fn, "source": source.read_text()}
+    return obj
 
 
 def leaf_tasks(name: str, include_path: str | None = None) -> list[str]:

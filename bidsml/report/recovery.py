@@ -24,8 +24,11 @@ from bidsml.report.experiment import MACRO, N_BOOT, WORST, compare_methods, item
 ORIGINAL, PRUNED = "original", "base"  # the run's labels of the unpruned and the pruned model's evaluations
 
 
+ACCURACY = ("accuracy", "acc", "acc_norm")  # the built-in harness's name, and lm-eval's
+
+
 def accuracy_benchmarks(items: pd.DataFrame) -> list[str]:
-    return sorted(items.loc[items["metric"] == "accuracy", "benchmark"].unique())
+    return sorted(items.loc[items["metric"].isin(ACCURACY), "benchmark"].unique())
 
 
 def perplexity_benchmarks(items: pd.DataFrame) -> list[str]:

@@ -7,7 +7,7 @@ and `rc0`: the same cloze on the test split with no shots (the pruning papers' z
 
 from __future__ import annotations
 
-from bidsml.evaluation.benchmarks.base import BenchItem, Benchmark, register_benchmark
+from bidsml.evaluation.benchmarks.base import BenchItem, declare_benchmark
 from bidsml.data.examples import Example
 from bidsml.data.offline import LETTERS, hf_rows, mc_example, parse_repr, request_pairs
 from bidsml.evaluation.benchmarks.zero_shot import ARC_CHALLENGE_0SHOT, zero_shot_items
@@ -68,15 +68,6 @@ def _rc_items() -> list[BenchItem]:
     return items
 
 
-@register_benchmark
-class ARCChallenge(Benchmark):
-    name = "arc_challenge"
-    capability = "reasoning"
-    metric = "accuracy"
-    formulations = ("mc", "rc", "rc0")
-
-    def load_validation(self) -> list[Example]:
-        return _validation()
-
-    def load_items(self, formulation: str) -> list[BenchItem]:
-        return _items(formulation)
+declare_benchmark(
+    "arc_challenge", "reasoning", "accuracy", _validation, _items, formulations=("mc", "rc", "rc0"), doc=__doc__
+)

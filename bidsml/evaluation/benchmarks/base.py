@@ -13,6 +13,7 @@ every artifact identity that depends on them.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from bidsml.data.examples import Example, round_robin_sample
@@ -131,6 +132,33 @@ def register_benchmark(cls: type[Benchmark]) -> type[Benchmark]:
         raise ValueError(f"benchmark {cls.name!r} registered twice")
     BENCHMARKS[cls.name] = cls
     return cls
+
+
+def declare_benchmark(
+    name: str,
+    capability: str,
+    metric: str,
+    validation: Callable[[], list[Example]],
+    items: Callable[[str], list[BenchItem]],
+    formulations: tuple[str, ...] = ("generate",),
+    doc: str = "",
+) -> type[Benchmark]:
+    """Registers a benchmark declared by its data: `validation()` gives its validation candidates, `items(formulation)`
+    its scored items; returns its class. A benchmark that reads a recipe target's settings subclasses Benchmark."""
+    cls = type(
+        name,
+        (Benchmark,),
+        {
+            "__doc__": doc,
+            "name": name,
+            "capability": capability,
+            "metric": metric,
+            "formulations": formulations,
+            "load_validation": lambda self: validation(),
+            "load_items": lambda self, formulation: items(formulation),
+        },
+    )
+    return register_benchmark(cls)
 
 
 def benchmark_for(target) -> Benchmark:

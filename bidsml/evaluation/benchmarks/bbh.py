@@ -8,7 +8,7 @@ import json
 import random
 from pathlib import Path
 
-from bidsml.evaluation.benchmarks.base import BenchItem, Benchmark, register_benchmark
+from bidsml.evaluation.benchmarks.base import BenchItem, declare_benchmark
 from bidsml.data.examples import Example
 from bidsml.errors import DataError
 from bidsml.data.offline import LETTERS
@@ -118,14 +118,4 @@ def bbh_validation() -> list[Example]:
     return out
 
 
-@register_benchmark
-class BBH(Benchmark):
-    name = "bbh"
-    capability = "reasoning"
-    metric = "exact_match"
-
-    def load_validation(self) -> list[Example]:
-        return bbh_validation()
-
-    def load_items(self, formulation: str) -> list[BenchItem]:
-        return _items()
+declare_benchmark("bbh", "reasoning", "exact_match", bbh_validation, lambda formulation: _items(), doc=__doc__)

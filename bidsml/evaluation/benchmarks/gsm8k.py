@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bidsml.evaluation.benchmarks.base import BenchItem, Benchmark, register_benchmark
+from bidsml.evaluation.benchmarks.base import BenchItem, declare_benchmark
 from bidsml.data.examples import Example, split_quarter
 from bidsml.data.offline import chat_pair, request_docs, request_pairs
 
@@ -51,14 +51,4 @@ def _items() -> list[BenchItem]:
     return items
 
 
-@register_benchmark
-class GSM8K(Benchmark):
-    name = "gsm8k"
-    capability = "math"
-    metric = "exact_match"
-
-    def load_validation(self) -> list[Example]:
-        return _validation()
-
-    def load_items(self, formulation: str) -> list[BenchItem]:
-        return _items()
+declare_benchmark("gsm8k", "math", "exact_match", _validation, lambda formulation: _items(), doc=__doc__)

@@ -7,7 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from bidsml.evaluation.benchmarks.base import BenchItem, Benchmark, register_benchmark
+from bidsml.evaluation.benchmarks.base import BenchItem, declare_benchmark
 from bidsml.data.examples import Example, split_quarter
 from bidsml.errors import DataError
 from bidsml.data.offline import chat_pair, request_docs, request_pairs
@@ -65,14 +65,4 @@ def _items() -> list[BenchItem]:
     return items
 
 
-@register_benchmark
-class HumanEval(Benchmark):
-    name = "humaneval"
-    capability = "code"
-    metric = "pass@1"
-
-    def load_validation(self) -> list[Example]:
-        return _validation()
-
-    def load_items(self, formulation: str) -> list[BenchItem]:
-        return _items()
+declare_benchmark("humaneval", "code", "pass@1", _validation, lambda formulation: _items(), doc=__doc__)

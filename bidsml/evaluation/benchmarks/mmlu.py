@@ -7,7 +7,7 @@ built from the same HF rows, so an item has the same id in either.
 
 from __future__ import annotations
 
-from bidsml.evaluation.benchmarks.base import BenchItem, Benchmark, register_benchmark
+from bidsml.evaluation.benchmarks.base import BenchItem, declare_benchmark
 from bidsml.data.examples import Example
 from bidsml.data.offline import LETTERS, hf_rows, mc_example, olmo_root, parse_repr
 
@@ -86,15 +86,4 @@ def _rc_items(subj: str, head: str) -> list[BenchItem]:
     return items
 
 
-@register_benchmark
-class MMLU(Benchmark):
-    name = "mmlu"
-    capability = "knowledge"
-    metric = "accuracy"
-    formulations = ("mc", "rc")
-
-    def load_validation(self) -> list[Example]:
-        return _validation()
-
-    def load_items(self, formulation: str) -> list[BenchItem]:
-        return _items(formulation)
+declare_benchmark("mmlu", "knowledge", "accuracy", _validation, _items, formulations=("mc", "rc"), doc=__doc__)

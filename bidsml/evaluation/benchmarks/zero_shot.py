@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from bidsml.data.examples import Example
 from bidsml.data.offline import chat_pair, request_groups
-from bidsml.evaluation.benchmarks.base import BenchItem, Benchmark, register_benchmark
+from bidsml.evaluation.benchmarks.base import BenchItem, Benchmark, declare_benchmark, register_benchmark
 
 VALIDATION_SHARE = 10  # one doc in this many (by the id's hash) is a validation example where only one split ships
 
@@ -108,20 +108,15 @@ def zero_shot_validation(t: ZeroShotTask) -> list[Example]:
 
 
 def _register(t: ZeroShotTask) -> None:
-    cls = type(
-        f"ZeroShot_{t.name}",
-        (Benchmark,),
-        {
-            "__doc__": f"{t.name}, zero-shot cloze (OLMES rc_0shot requests); accuracy.",
-            "name": t.name,
-            "capability": t.capability,
-            "metric": "accuracy",
-            "formulations": ("rc0",),
-            "load_validation": lambda self: zero_shot_validation(t),
-            "load_items": lambda self, formulation: zero_shot_items(t),
-        },
+    declare_benchmark(
+        t.name,
+        t.capability,
+        "accuracy",
+        lambda: zero_shot_validation(t),
+        lambda formulation: zero_shot_items(t),
+        formulations=("rc0",),
+        doc=f"{t.name}, zero-shot cloze (OLMES rc_0shot requests); accuracy.",
     )
-    register_benchmark(cls)
 
 
 for _t in ZERO_SHOT:
