@@ -19,9 +19,10 @@ import pandas as pd
 
 from bidsml.model import load_base_model, load_tokenizer, torch_threads
 from bidsml.pruning.degradation import instruction_jsd
-from storage.datasets import load_split
+from storage.datasets import SPLIT_FILES, load_split
 from storage.models import pruned_model_config
 from storage.names import DEGRADATION_CHUNKS_DIR, DEGRADATION_PARQUET
+from storage.refs import file_digest_in
 from tasks.step import Build, Input, Step, chunks_by_executor, executor
 
 BLOCK = 256  # rows per saved block (the unit of resume)
@@ -139,10 +140,17 @@ def build(b: Build) -> dict:
     }
 
 
+def pool_content(recipe, inputs=None, params=None) -> dict:
+    """Returns the pool file's content digest: what the scores depend on, not the data artifact's digest, which each
+    independent seed's validation draw changes (so one degradation serves every seed of an experiment)."""
+    return {"pool": file_digest_in(inputs["data"], SPLIT_FILES["train"]) if inputs and "data" in inputs else None}
+
+
 STEP = Step(
     name="degradation",
     doc="Per pool row: the JSD between the pruned and the original model on its instruction (PASER's input).",
-    inputs=(Input("data"), Input("prune")),
+    inputs=(Input("data", hashed=False), Input("prune")),  # the data: its pool file's content counts (pool_content)
+    identity=pool_content,
     sections=("model",),  # the original model; the pruned one is the prune artifact's folder
     run_if=lambda recipe: any("degradation" in _needs(m) for m in recipe.selection.methods),
     pool="gpu",

@@ -241,6 +241,16 @@ def test_a_pruned_model_run_builds_prune_degradation_and_a_paser_selection(tmp_p
     deg = pd.read_parquet(Path(refs["degradation"]["main"]["uri"]) / "degradation.parquet")
     assert len(deg) == refs["data"]["main"]["meta"]["pool_out"] and (deg["jsd_sum"] > 0).all()
     assert (deg["jsd_mean"] <= math.log(2)).all() and (deg["n_tokens"] > 0).all()
+    # the degradation reads the pool: another validation draw (an experiment's next seed) keeps its identity
+    from flows.runner import run_step
+    from storage.refs import load_ref
+    from tasks.registry import STEPS, plan
+
+    data, pruned = (load_ref(Path(refs[k]["main"]["uri"])) for k in ("data", "prune"))
+    other = run_step(STEPS["data"], recipe.with_overrides({"data.val_seed": 7}), {})
+    assert other.digest != data.digest
+    same = [plan(STEPS["degradation"], recipe, {"data": d, "prune": pruned}).identity for d in (data, other)]
+    assert same[0] == same[1]
     sel = refs["selection"]["paser@6"]
     assert sel["meta"]["k"] == 6
     # the unpruned model is evaluated beside the pruned base
