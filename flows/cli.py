@@ -320,7 +320,8 @@ def query(
             return
         cols, rows = rel.columns, rel.limit(limit).fetchall()
     except duckdb.CatalogException as err:
-        names = sorted(r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall())
+        # each name once (a view over an attached store is listed under both catalogs)
+        names = sorted({r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()})
         _fail(ValueError(f"{str(err).splitlines()[0]}\n  tables and views of this run: {', '.join(names)}"))
     except duckdb.Error as err:
         _fail(err)

@@ -195,6 +195,8 @@ def test_cli_query_views_and_select_on_run(first_run, recipe, tmp_path):
     res = runner.invoke(app, ["query", "SELECT * FROM nope", "--run-root", recipe.run_root])
     assert res.exit_code == 2 and "nope" in res.output
     assert "tables and views of this run:" in res.output and "task_stats" in res.output and "selections" in res.output
+    listed = " ".join(res.output.split("tables and views of this run:")[1].split()).split(", ")
+    assert len(listed) == len(set(listed)), listed  # each name once
     out = tmp_path / "sel.json"
     res = runner.invoke(
         app,
