@@ -41,8 +41,7 @@ from bidsml.model import load_base_model, load_tokenizer  # noqa: E402
 from bidsml.training.lora import add_lora  # noqa: E402
 from bidsml.evaluation.benchmarks import builtin_benchmark  # noqa: E402
 from bidsml.evaluation.harness import evaluate_benchmark_items  # noqa: E402
-from bidsml.evaluation.lm_eval_backend import LmEvalRun, agreement, evaluate_lm_eval  # noqa: E402
-from bidsml.evaluation.lm_eval_tasks import offline_tasks  # noqa: E402
+from bidsml.evaluation.lm_eval_backend import LmEvalRun, add_items, agreement, evaluate_lm_eval  # noqa: E402
 
 DEMO = {"mmlu": ("mc", 8), "arc_challenge": ("rc0", 8), "gsm8k": (None, 2), "bbh": (None, 6)}  # recipes/demo.yaml
 
@@ -54,9 +53,7 @@ def lm_eval_side_by_side(model, tok, spec: dict, args) -> tuple[float, float, di
         bench = builtin_benchmark(name)
         its = sample_items(bench.items(form), n, 0)
         items += its
-        run.shipped += offline_tasks(name, its, bench.formulation(form))
-        run.capability[name] = bench.capability
-        run.task_of.update({it.id: it.task for it in its})
+        add_items(run, its, bench.formulation(form))
     device = next(model.parameters()).device
     mine, t_builtin = timed(
         lambda: evaluate_benchmark_items(

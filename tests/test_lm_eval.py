@@ -11,8 +11,8 @@ from bidsml.config import load_recipe
 from bidsml.errors import BidsError, RecipeError
 from bidsml.evaluation.benchmarks import builtin_benchmark, sample_items
 from bidsml.evaluation.harness import evaluate_benchmark_items
-from bidsml.evaluation.lm_eval_backend import LmEvalRun, agreement, evaluate_lm_eval
-from bidsml.evaluation.lm_eval_tasks import check_lm_eval, offline_tasks
+from bidsml.evaluation.lm_eval_backend import LmEvalRun, add_items, agreement, evaluate_lm_eval
+from bidsml.evaluation.lm_eval_tasks import check_lm_eval
 from bidsml.model import load_base_model
 from tests.conftest import TINY
 
@@ -47,9 +47,7 @@ def _score(model, tokenizer, spec):
         bench = builtin_benchmark(name)
         its = sample_items(bench.items(form), n, 0)
         items += its
-        run.shipped += offline_tasks(name, its, bench.formulation(form))
-        run.capability[name] = bench.capability
-        run.task_of.update({it.id: it.task for it in its})
+        assert add_items(run, its, bench.formulation(form))
     rows, aggregate = evaluate_lm_eval(model, tokenizer, run, 4, 2048, 0)
     builtin = evaluate_benchmark_items(model, tokenizer, items, 4, 4, 2048, 8)
     return items, rows, aggregate, builtin

@@ -219,7 +219,7 @@ def plan_lm_eval(ec, items: list, formulation_of) -> tuple[LmEvalRun, list, dict
 
     `ec`: the recipe's evaluation section; `formulation_of(benchmark)`: the formulation its items are in.
     """
-    from bidsml.evaluation.lm_eval_tasks import BUILTIN_ONLY, check_user_tasks, offline_tasks
+    from bidsml.evaluation.lm_eval_tasks import BUILTIN_ONLY, check_user_tasks
 
     run = LmEvalRun(include_path=ec.lm_eval.include_path, num_fewshot=dict(ec.lm_eval.num_fewshot))
     left, harness = [], {}
@@ -227,11 +227,8 @@ def plan_lm_eval(ec, items: list, formulation_of) -> tuple[LmEvalRun, list, dict
     for it in items:
         by_bench[it.benchmark].append(it)
     for bench, its in by_bench.items():
-        tasks = offline_tasks(bench, its, formulation_of(bench))
+        tasks = add_items(run, its, formulation_of(bench))
         if tasks:
-            run.shipped += tasks
-            run.capability[bench] = its[0].capability
-            run.task_of.update({it.id: it.task for it in its})
             harness[bench] = "lm-eval: " + ", ".join(sorted({_family(t.name) for t in tasks}))
         else:
             left += its
@@ -240,6 +237,19 @@ def plan_lm_eval(ec, items: list, formulation_of) -> tuple[LmEvalRun, list, dict
         run.user[name] = (leaves, ec.lm_eval.tasks[name])
         harness[name] = "lm-eval: " + ", ".join(leaves[:3]) + (f" (+{len(leaves) - 3})" if len(leaves) > 3 else "")
     return run, left, harness
+
+
+def add_items(run: LmEvalRun, items: list, formulation: str | None) -> list[OfflineTask]:
+    """Adds one benchmark's built-in items to `run` as the shipped lm-eval tasks that score them; returns those
+    tasks (none: lm-eval has no offline task for the benchmark, and nothing is added)."""
+    from bidsml.evaluation.lm_eval_tasks import offline_tasks
+
+    tasks = offline_tasks(items[0].benchmark, items, formulation) if items else []
+    if tasks:
+        run.shipped += tasks
+        run.capability[items[0].benchmark] = items[0].capability
+        run.task_of.update({it.id: it.task for it in items})
+    return tasks
 
 
 def _family(task_name: str) -> str:

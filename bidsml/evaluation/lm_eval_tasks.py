@@ -61,17 +61,22 @@ def _splits(**splits: list[dict]) -> Callable[..., object]:
     return custom_dataset
 
 
+def _by_task(items) -> list[tuple[str, list]]:
+    """Returns the items grouped by their task (an MMLU subject, a BBH task), in task order: one lm-eval task each."""
+    groups: dict[str, list] = {}
+    for it in items:
+        groups.setdefault(it.task, []).append(it)
+    return sorted(groups.items())
+
+
 def _mmlu_doc(r: dict, subj: str) -> dict:
     return {"question": r["question"], "subject": subj, "choices": list(parse_repr(r["choices"])),
             "answer": int(r["answer"])}
 
 
 def _mmlu(items, formulation: str) -> list[OfflineTask]:
-    by_subject: dict[str, list] = {}
-    for it in items:
-        by_subject.setdefault(it.task, []).append(it)
     out = []
-    for subj, its in sorted(by_subject.items()):
+    for subj, its in _by_task(items):
         test = hf_rows(f"hails/mmlu_no_train/{subj}/test")
         docs = [_mmlu_doc(test[int(it.id.rsplit("/", 1)[1])], subj) for it in its]
         dev = [_mmlu_doc(r, subj) for r in hf_rows(f"hails/mmlu_no_train/{subj}/dev")]
@@ -118,11 +123,8 @@ def _gsm8k(items, formulation: str) -> list[OfflineTask]:
 def _bbh(items, formulation: str) -> list[OfflineTask]:
     from bidsml.evaluation.benchmarks.bbh import bbh_task
 
-    by_task: dict[str, list] = {}
-    for it in items:
-        by_task.setdefault(it.task, []).append(it)
     out = []
-    for task, its in sorted(by_task.items()):
+    for task, its in _by_task(items):
         _, tests = bbh_task(task)
         docs = [{"input": tests[int(it.id.rsplit("/", 1)[1])][0], "target": it.answers[0]} for it in its]
         name = "bbh_fewshot_" + _BBH_NAMES.get(task, task).replace("/", "_")
