@@ -49,14 +49,14 @@ class OfflineTask:
     overrides: dict  # the stock config's changed keys (custom_dataset: a function returning the splits)
 
 
-
-def _splits(**splits: list[dict]) -> Callable[..., object]:
-    """Returns a custom_dataset function: lm-eval calls it with its metadata and gets a DatasetDict."""
+def _splits(make: Callable[[], dict[str, list[dict]]]) -> Callable[..., object]:
+    """Returns a custom_dataset function: lm-eval calls it with its metadata and gets a DatasetDict of the splits
+    `make()` returns (read only then: planning which tasks run, and their identity, reads no data)."""
 
     def custom_dataset(**_metadata):
         import datasets
 
-        return datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items()})
+        return datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in make().items()})
 
     return custom_dataset
 
@@ -75,16 +75,22 @@ def _mmlu_doc(r: dict, subj: str) -> dict:
 
 
 def _mmlu(items, formulation: str) -> list[OfflineTask]:
-    out = []
-    for subj, its in _by_task(items):
+    def splits(subj: str, its: list) -> dict[str, list[dict]]:
         test = hf_rows(f"hails/mmlu_no_train/{subj}/test")
-        docs = [_mmlu_doc(test[int(it.id.rsplit("/", 1)[1])], subj) for it in its]
-        dev = [_mmlu_doc(r, subj) for r in hf_rows(f"hails/mmlu_no_train/{subj}/dev")]
-        cont = formulation == "rc"
-        out.append(OfflineTask(
+        return {
+            "test": [_mmlu_doc(test[int(it.id.rsplit("/", 1)[1])], subj) for it in its],
+            "dev": [_mmlu_doc(r, subj) for r in hf_rows(f"hails/mmlu_no_train/{subj}/dev")],
+        }
+
+    cont = formulation == "rc"
+    return [
+        OfflineTask(
             "mmlu", f"mmlu_{subj}" + ("_continuation" if cont else ""), tuple(it.id for it in its),
-            PRIMARY["mmlu_continuation" if cont else "mmlu"], {"custom_dataset": _splits(test=docs, dev=dev)}))
-    return out
+            PRIMARY["mmlu_continuation" if cont else "mmlu"],
+            {"custom_dataset": _splits(functools.partial(splits, subj, its))},
+        )
+        for subj, its in _by_task(items)
+    ]
 
 
 def _arc_doc(doc_id: str, question: str, texts: list[str], labels: list[str], key: str) -> dict:
@@ -98,39 +104,46 @@ def _arc(items, formulation: str) -> list[OfflineTask]:
             "no lm-eval counterpart; lm-eval's arc_challenge is the zero-shot cloze: set "
             "evaluation.formulation.arc_challenge: rc0"
         )
-    docs = {f"arc_challenge/{d['id']}": d for d, _ in request_pairs("arc_challenge", "test_rc_5shot")}
-    test = []
-    for it in items:
-        d = docs[it.id]
-        q = re.sub(r"^Question: |\nAnswer:$", "", d["query"])
-        n = len(d["choices"])
-        test.append(_arc_doc(d["id"], q, list(d["choices"]), list(LETTERS[:n]), LETTERS[int(d["gold"])]))
-    val = []
-    for r in hf_rows("ai2_arc/ARC-Challenge/validation"):
-        ch = parse_repr(r["choices"])
-        val.append(_arc_doc(r["id"], r["question"], list(ch["text"]), list(ch["label"]), r["answerKey"]))
+
+    def splits() -> dict[str, list[dict]]:
+        docs = {f"arc_challenge/{d['id']}": d for d, _ in request_pairs("arc_challenge", "test_rc_5shot")}
+        test = []
+        for it in items:
+            d = docs[it.id]
+            q = re.sub(r"^Question: |\nAnswer:$", "", d["query"])
+            n = len(d["choices"])
+            test.append(_arc_doc(d["id"], q, list(d["choices"]), list(LETTERS[:n]), LETTERS[int(d["gold"])]))
+        val = []
+        for r in hf_rows("ai2_arc/ARC-Challenge/validation"):
+            ch = parse_repr(r["choices"])
+            val.append(_arc_doc(r["id"], r["question"], list(ch["text"]), list(ch["label"]), r["answerKey"]))
+        return {"test": test, "validation": val}
+
     return [OfflineTask("arc_challenge", "arc_challenge", tuple(it.id for it in items), PRIMARY["arc"],
-                        {"custom_dataset": _splits(test=test, validation=val), "training_split": None})]
+                        {"custom_dataset": _splits(splits), "training_split": None})]
 
 
 def _gsm8k(items, formulation: str) -> list[OfflineTask]:
-    docs = {f"gsm8k/{d['id']}": d for d, _ in request_pairs("gsm8k", "gold_bpb_5shot")}
-    test = [{"question": docs[it.id]["question"], "answer": docs[it.id]["answer"]} for it in items]
+    def splits() -> dict[str, list[dict]]:
+        docs = {f"gsm8k/{d['id']}": d for d, _ in request_pairs("gsm8k", "gold_bpb_5shot")}
+        return {"test": [{"question": docs[it.id]["question"], "answer": docs[it.id]["answer"]} for it in items]}
+
     return [OfflineTask("gsm8k", "gsm8k_cot", tuple(it.id for it in items), PRIMARY["gsm8k_cot"],
-                        {"custom_dataset": _splits(test=test)})]
+                        {"custom_dataset": _splits(splits)})]
 
 
 def _bbh(items, formulation: str) -> list[OfflineTask]:
     from bidsml.evaluation.benchmarks.bbh import bbh_task
 
-    out = []
-    for task, its in _by_task(items):
+    def splits(task: str, its: list) -> dict[str, list[dict]]:
         _, tests = bbh_task(task)
-        docs = [{"input": tests[int(it.id.rsplit("/", 1)[1])][0], "target": it.answers[0]} for it in its]
-        name = "bbh_fewshot_" + _BBH_NAMES.get(task, task).replace("/", "_")
-        out.append(OfflineTask("bbh", name, tuple(it.id for it in its), PRIMARY["bbh"],
-                               {"custom_dataset": _splits(test=docs)}))
-    return out
+        return {"test": [{"input": tests[int(it.id.rsplit("/", 1)[1])][0], "target": it.answers[0]} for it in its]}
+
+    return [
+        OfflineTask("bbh", "bbh_fewshot_" + _BBH_NAMES.get(task, task).replace("/", "_"), tuple(it.id for it in its),
+                    PRIMARY["bbh"], {"custom_dataset": _splits(functools.partial(splits, task, its))})
+        for task, its in _by_task(items)
+    ]
 
 
 OFFLINE_TASKS: dict[str, Callable[[list, str], list[OfflineTask]]] = {
@@ -157,24 +170,24 @@ def task_manager(include_path: str | None = None):
     return TaskManager(include_path=include_path)
 
 
-def stock_config(name: str, include_path: str | None = None) -> dict:
-    """Returns a task's configuration as lm-eval loads it (includes resolved, `!function`s imported)."""
+def _task_yaml(name: str, include_path: str | None, resolve_func: bool) -> dict:
+    """Returns a task's YAML as lm-eval's loader reads it (includes resolved; `!function`s imported, or as paths)."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
     entry = task_manager(include_path).task_index.get(name)
     if entry is None or entry.yaml_path is None:
         raise RecipeError(f"lm-eval has no task {name!r} (with include_path {include_path!r})")
-    return load_yaml(entry.yaml_path, resolve_func=True)
+    return load_yaml(entry.yaml_path, resolve_func=resolve_func)
+
+
+def stock_config(name: str, include_path: str | None = None) -> dict:
+    """Returns a task's configuration as lm-eval loads it (includes resolved, `!function`s imported)."""
+    return _task_yaml(name, include_path, resolve_func=True)
 
 
 def config_text(name: str, include_path: str | None = None) -> str:
     """Returns a task's configuration as text, functions by their source (its content for identities)."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    entry = task_manager(include_path).task_index.get(name)
-    if entry is None or entry.yaml_path is None:
-        raise RecipeError(f"lm-eval has no task {name!r} (with include_path {include_path!r})")
-    cfg = load_yaml(entry.yaml_path, resolve_func=False)  # a !function is "<its folder>/module.function"
+    cfg = _task_yaml(name, include_path, resolve_func=False)  # a !function is "<its folder>/module.function"
     return json.dumps(_functions_by_source(cfg), sort_keys=True, default=str)
 
 
