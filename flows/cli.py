@@ -16,6 +16,8 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from flows.terminal import live_display  # noqa: E402
+
 app = typer.Typer(help="BIDS data selection as cached Prefect flows.", no_args_is_help=True)
 console = Console()
 
@@ -92,7 +94,8 @@ def run(
 
     t = time.time()
     try:
-        out = pipeline(rec, refresh=refresh or None, shared_influence=shared_influence)
+        with live_display():  # in a terminal: one live display of every bar, the log lines above it
+            out = pipeline(rec, refresh=refresh or None, shared_influence=shared_influence)
     except BidsError as err:
         _fail(err)
     except RuntimeError as err:
@@ -151,7 +154,8 @@ def step(
     from flows.step_flows import STEP_FLOWS
 
     try:
-        out = STEP_FLOWS[name](rec, params=params, label=label, from_run=from_run, refresh=refresh)
+        with live_display():
+            out = STEP_FLOWS[name](rec, params=params, label=label, from_run=from_run, refresh=refresh)
     except BidsError as err:
         _fail(err)
     console.print_json(json.dumps(out.model_dump()))
@@ -344,7 +348,8 @@ def validate(
     from flows.validate import validate as validate_flow
 
     try:
-        out = validate_flow(run=run, k=k, seeds=seeds, lds=lds, run_root=str(run_root))
+        with live_display():
+            out = validate_flow(run=run, k=k, seeds=seeds, lds=lds, run_root=str(run_root))
     except (BidsError, FileNotFoundError) as err:
         _fail(err)
     table = Table(title=f"influence check of run {out['run']} (k = {out['k']}; gold NLL differences, 95% CI)")

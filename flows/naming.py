@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bidsml.selection import selection_label
-from storage.selections import selected_by
+from tasks.registry import STEPS
+from tasks.step import Step
 
 
 def _get(obj: Any, key: str) -> Any:
@@ -21,54 +21,58 @@ def _get(obj: Any, key: str) -> Any:
     return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
 
 
-def _ref_label(ref: Any) -> str | None:
-    by = selected_by(ref)
-    return by.label if by is not None else None
-
-
 def _seed_suffix(recipe: Any) -> str:
     if _get(recipe, "data_seed") is None and not _get(recipe, "seeds"):
         return ""
     return f" · seed {_get(recipe, 'seed')}"
 
 
-def _round_suffix(meta: Any) -> str:
-    """` · round r of n` for a selection (or its fine-tune) of an iterative method run over several rounds."""
-    rounds, r = _get(meta, "rounds"), _get(meta, "round")
+def _round_suffix(r: Any, rounds: Any) -> str:
+    """` · round r of n` for a round of a multi-round call (kmq-iterative's selection, or its fine-tune)."""
     return f" · round {r} of {rounds}" if rounds and rounds > 1 and r is not None else ""
 
 
-def _rounds(choice: dict) -> int:
-    """How many rounds the chosen selection method runs (1 when the method or its options do not parse)."""
-    from tasks.selection import SelectionParams, rounds_of
+def step_run_name(step: Step, params: dict[str, Any]) -> str:
+    """Returns `<step> <label>` from the step's own `label` (tasks/), a round suffix for a multi-round call.
 
-    try:
-        return rounds_of(
-            SelectionParams(method=choice["method"], budget=choice["budget"], options=choice.get("options") or {})
-        )
-    except Exception:  # a name is made for every run, even one whose parameters are wrong: the run says why
-        return 1
+    `params`: a step flow's parameters (inputs, params, label) or a deployed form's fields. A call whose inputs
+    are read from a run record is named by its `label` parameter, else by the label its absent input gives (the
+    base model) or as `latest <kind>`.
+    """
+    choice = {**params, **(params.get("params") or {})}
+    inputs = params.get("inputs") or {}
+    parsed = None
+    if step.params is not None:
+        try:
+            parsed = step.params.model_validate({k: choice[k] for k in step.params.model_fields if k in choice})
+        except ValueError:  # a name is made for every run, even one whose parameters are wrong: the run says why
+            return step.name
+    labelled = next((i for i in step.inputs if i.labelled), None)
+    given = labelled is None or inputs.get(labelled.key) is not None
+    if step.label is None:
+        label = None
+    elif given or labelled.optional and not params.get("label"):
+        label = step.label({**{i.key: None for i in step.inputs}, **inputs}, parsed)
+    else:
+        label = params.get("label") or f"latest {labelled.kind}"
+    if step.rounds is not None:
+        try:
+            suffix = _round_suffix(parsed.round, step.rounds_of(parsed))
+        except Exception:  # options that do not parse: the run says why
+            suffix = ""
+    else:  # a fine-tune of one round's selection: that round
+        meta = _get(inputs.get(labelled.key), "meta") if labelled is not None else None
+        suffix = _round_suffix(_get(meta, "round"), _get(meta, "rounds"))
+    return f"{step.name} {label}{suffix}" if label else step.name
 
 
 def describe(step: str, params: dict[str, Any]) -> str:
-    """Returns the readable name of a step run from its parameters."""
+    """Returns the readable name of a run from its parameters: a step's (step_run_name) or a flow's."""
     recipe = params.get("recipe")
     if recipe is None and params.get("recipe_path"):  # a deployment run from a recipe file: its stem names it
         recipe = {"name": Path(str(params["recipe_path"])).stem}
-    choice = {**params, **(params.get("params") or {})}  # a step flow's parameters, or a deployed form's fields
-    inputs = params.get("inputs") or {}
-    if step in ("selection", "select-finetune-evaluate"):
-        what = f"{step} {selection_label(choice.get('method') or '?', choice.get('budget') or 0)}"
-        what += _round_suffix({"round": choice.get("round") or 0, "rounds": _rounds(choice)})
-    elif step == "finetune":
-        what = f"finetune {_ref_label(inputs.get('selection')) or params.get('label') or 'latest selection'}"
-        what += _round_suffix(_get(inputs.get("selection"), "meta"))
-    elif step == "evaluation":
-        what = f"evaluation {_ref_label(inputs.get('adapter')) or params.get('label') or 'base'}"
-    elif step == "probe" and choice.get("arm"):
-        from bidsml.validate import probe_label
-
-        what = f"probe {probe_label(choice['arm'], choice.get('task') or '', choice.get('seed') or 0)}"
+    if step == "select-finetune-evaluate":  # the select deployment: the selection step's name for its parameters
+        what = step + step_run_name(STEPS["selection"], params).removeprefix("selection")
     elif step == "validate":
         return f"validate {params.get('run') or 'latest'}"
     elif step == "pipeline" and _get(recipe, "seeds"):
@@ -76,7 +80,7 @@ def describe(step: str, params: dict[str, Any]) -> str:
     elif step == "pipeline":
         what = f"pipeline {_get(recipe, 'name') or ''}".strip()
     else:
-        what = step
+        what = step_run_name(STEPS[step], params) if step in STEPS else step
     return what + _seed_suffix(recipe)
 
 

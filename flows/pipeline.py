@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from bidsml.config import Recipe
-from bidsml.report.markdown import artifact_key, inline_images, png_markdown, round_sig, run_tag
-from bidsml.report.run import composition_frame, evaluation_frame, evaluation_pivot, plot_lineage, write_report
+from bidsml.report.markdown import artifact_key, round_sig, run_tag
+from bidsml.report.run import plot_lineage, write_report
 from bidsml.selection import selection_label
 from bidsml.selectors import DEFAULT_METHOD
 from flows.execution import cluster
@@ -30,14 +29,13 @@ from flows.params import DEFAULT_RECIPE_PATH, MethodName, StepName, resolve_reci
 from flows.preflight import preflight
 from flows.runner import map_on_runner
 from flows.step_flows import STEP_FLOWS
+from flows.ui import post_run_cards
 from tasks.registry import STEPS
-from tasks.selection import SelectionParams, rounds_of
 from tasks.step import Step
 from storage.evaluations import load_evaluation_items
 from storage.lineage import mermaid, run_lineage
 from storage.models import pruned_model_config
 from storage.names import BUILD_INFO
-from storage.names import DIAGNOSTICS_PLOT as PLOT
 from storage.refs import ArtifactRef, built_before
 from storage.runs import MAIN, save_run_record
 from storage.selections import subset_path
@@ -151,7 +149,29 @@ def pinned_warmup(recipe: Recipe) -> ArtifactRef:
 
 def per_run_steps(recipe: Recipe) -> list[Step]:
     """Returns the steps a run builds once (in pipeline order), without those no method of the recipe needs."""
-    return [s for s in STEPS.values() if s.per_run and (s.run_if is None or s.run_if(recipe))]
+    return [s for s in STEPS.values() if s.per == "run" and (s.run_if is None or s.run_if(recipe))]
+
+
+def branch_steps() -> list[Step]:
+    """Returns the steps of every method x budget branch, in pipeline order (selection -> finetune -> evaluation)."""
+    return [s for s in STEPS.values() if s.per == "branch"]
+
+
+def base_steps() -> list[Step]:
+    """Returns the branch steps a run also builds once without the branch (evaluation: the base model): those
+    whose artifact from the branch is an optional input (a `loop` input is a round's, not the branch's)."""
+    chain = {s.name for s in branch_steps()}
+    return [
+        s
+        for s in branch_steps()
+        if any(i.optional and i.kind in chain for i in s.inputs if not i.loop)
+        and all(i.optional for i in s.inputs if i.kind in chain and not i.loop)
+    ]
+
+
+def run_inputs(step: Step, refs: dict[str, ArtifactRef | None]) -> dict[str, ArtifactRef | None]:
+    """Returns the step's inputs from `refs` (kind -> this run's or this branch's artifact)."""
+    return {i.key: refs.get(i.kind) for i in step.inputs}
 
 
 def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: str, front: Recipe) -> dict:
@@ -175,20 +195,21 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
             refs["warmup"] = {MAIN: pinned_warmup(rec)}
             log_step("warmup", refs["warmup"][MAIN], 0.0, since)
             continue
-        timed(step.name, MAIN, rec, inputs={i.key: refs[i.kind][MAIN] for i in step.inputs if i.kind in refs})
+        timed(step.name, MAIN, rec, inputs=run_inputs(step, {k: by[MAIN] for k, by in refs.items()}))
         if step.name == "prune":
             pruned = pruned_model_config(front.model, refs["prune"][MAIN])
             front, recipe = (r.model_copy(update={"model": pruned}) for r in (front, recipe))
-    data, infl = refs["data"][MAIN], refs["influence"][MAIN]
-    side = {k: refs[k][MAIN] for k in ("representations", "degradation") if k in refs}
-    timed("evaluation", "base", inputs={"data": data})  # the model fine-tunes start from (the pruned one, if any)
-    if "prune" in refs:
-        timed("evaluation", "original", original, inputs={"data": data})  # the unpruned model: what recovery aims at
+    upstream = {k: by[MAIN] for k, by in refs.items()}  # what each branch reads
+    for step in base_steps():  # the base model's evaluation: the model fine-tunes start from (the pruned one, if any)
+        inputs = run_inputs(step, upstream)
+        timed(step.name, step.label_of(inputs, None) or MAIN, inputs=inputs)
+        if "prune" in refs:  # and the unpruned model: what recovery aims at
+            timed(step.name, "original", original, inputs=inputs)
     pairs = [(m, b) for m in recipe.selection.methods for b in recipe.selection.budgets]
     results = map_on_runner(
         recipe,
         branch,
-        [(recipe, m, b, data, infl, side, sorted(refresh)) for m, b in pairs],
+        [(recipe, m, b, upstream, sorted(refresh)) for m, b in pairs],
         [f"branch {selection_label(m, b)}" for m, b in pairs],
         "method x budget branches",
         gpu=True,
@@ -209,25 +230,10 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
         name if label == MAIN else f"{name}:{label}": ref for name, by in refs.items() for label, ref in by.items()
     }
     steps = step_table(by_step, timings, since)
-    report = write_report(
-        out,
-        title,
-        data.meta,
-        [e.meta for e in evals],
-        [s.meta for s in selections],
-        subsets,
-        steps,
-        {
-            "task_stats": diag.meta["task_stats"],
-            "plot": diag.path / PLOT,
-            "fidelity": diag.meta.get("fidelity"),
-            "fidelity_warnings": diag.meta.get("fidelity_warnings", []),
-            "proj_dim": refs["projection"][MAIN].meta["k"],
-            "fidelity_s": refs["projection"][MAIN].meta.get("fidelity_s"),
-        },
-    )
+    facts = {k: v for s in per_run_steps(recipe) if s.report for k, v in s.report(refs[s.name][MAIN]).items()}
+    report = write_report(out, title, facts, [e.meta for e in evals], [s.meta for s in selections], subsets, steps)
     if "prune" in refs:  # what pruning cost and what each of this run's arms won back
-        append_recovery(recipe, refs, out, report)
+        append_recovery(recipe, refs, report)
     run_id = str(flow_run.get_id() or f"local-{int(time.time())}")
     if run_tag(recipe):  # one record per seed of a repeated run (they share the flow run)
         run_id += "-" + artifact_key(run_tag(recipe))
@@ -245,7 +251,7 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
     plot_lineage(records, out / "lineage.png")
     # keys: one card per thing and per run kind (a `select` run's report is not the pipeline's)
     prefix = artifact_key(recipe.name, kind, run_tag(recipe))
-    _post_run_artifacts(report, evals, selections, graph, out / "lineage.png", run_id, prefix)
+    post_run_cards(report, evals, selections, graph, out / "lineage.png", run_id, prefix)
     return {
         "refs": refs,
         "run_id": run_id,
@@ -258,12 +264,12 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
     }
 
 
-def append_recovery(recipe: Recipe, refs: dict, out: Path, report: Path) -> None:
-    """Adds the recovery section (bidsml.report.recovery) to a run's report, with recovery.csv / .png beside it:
-    the original and the pruned model, and each fine-tune of this run (one seed)."""
+def append_recovery(recipe: Recipe, refs: dict, report: Path) -> None:
+    """Adds the recovery section to a run's report (bidsml.report.recovery.append_recovery_section): the original
+    and the pruned model, and each fine-tune of this run (one seed)."""
     import pandas as pd
 
-    from bidsml.report.recovery import plot_recovery, recovery_markdown, recovery_table
+    from bidsml.report.recovery import append_recovery_section
 
     evals = refs["evaluation"]
     items = pd.concat(
@@ -274,82 +280,41 @@ def append_recovery(recipe: Recipe, refs: dict, out: Path, report: Path) -> None
         ignore_index=True,
     )
     arms = [label for label in evals if label not in ("base", "original")]
-    table = recovery_table(items, arms, None)
-    table.to_csv(out / "recovery.csv", index=False)
-    plot_recovery(table, out / "recovery.png")
     sels = [s.meta for s in refs["selection"].values()]
-    encoders = sorted({m["embeddings"] for m in sels if m.get("method") == "paser" and m.get("embeddings")})
-    scope = "this run's arms, one seed"
-    report.write_text(
-        report.read_text() + "\n" + "\n".join(recovery_markdown(table, recipe.prune, scope, None, encoders))
-    )
+    append_recovery_section(report, items, arms, recipe.prune, sels)
 
 
 def branch(
-    recipe: Recipe, method: str, budget: float, data, infl, side: dict, refresh: list[str]
+    recipe: Recipe, method: str, budget: float, upstream: dict[str, ArtifactRef], refresh: list[str]
 ) -> tuple[dict[str, tuple[str, ArtifactRef]], dict[str, float]]:
-    """Runs one method x budget branch: selection -> finetune -> evaluation; returns {step: (label, ref)} and times.
+    """Runs one method x budget branch: its steps in order (selection -> finetune -> evaluation), each on the run's
+    artifacts and the branch's; returns {step: (label, ref)} and times.
 
-    A part of `map_on_runner`: a task on the run's task runner (this process, or a Dask worker).
+    A multi-round step (kmq-iterative's selection) runs its rounds here: before round r > 0, the steps its `loop`
+    inputs name (the fine-tune) are built on round r - 1's artifact. A part of `map_on_runner`: a task on the run's
+    task runner (this process, or a Dask worker).
     """
     tag = selection_label(method, budget)
+    choice = {"method": method, "budget": budget, "options": recipe.selection.options_of(method)}
+    refs: dict[str, ArtifactRef | None] = dict(upstream)
     times: dict[str, float] = {}
     out: dict[str, tuple[str, ArtifactRef]] = {}
 
-    def timed(name: str, **kw) -> ArtifactRef:
+    def timed(step: Step, params: dict | None) -> None:
         t = time.time()
-        ref = STEP_FLOWS[name](recipe, refresh=name in refresh, **kw)
-        times[f"{name}:{tag}"] = time.time() - t
-        out[name] = (tag, ref)
-        return ref
+        ref = STEP_FLOWS[step.name](recipe, refresh=step.name in refresh, inputs=run_inputs(step, refs), params=params)
+        times[f"{step.name}:{tag}"] = time.time() - t
+        out[step.name] = (tag, ref)
+        refs[step.name] = ref
 
-    params = {"method": method, "budget": budget, "options": recipe.selection.options_of(method)}
-    upstream = {"data": data, "influence": infl, **side}  # side: representations, degradation (when built)
-    sel = timed("selection", inputs=upstream, params=params)
-    for r in range(1, rounds_of(SelectionParams(**params))):  # kmq-iterative: fine-tune, reweight, draw more
-        ft = timed("finetune", inputs={"selection": sel, "data": data})
-        sel = timed("selection", inputs={**upstream, "previous": sel, "adapter": ft}, params={**params, "round": r})
-    ft = timed("finetune", inputs={"selection": sel, "data": data})
-    timed("evaluation", inputs={"data": data, "adapter": ft})
+    for step in branch_steps():
+        params = choice if step.params is not None else None  # the branch's method and budget: its selection's
+        timed(step, params)
+        for r in range(1, step.rounds_of(step.params(**params)) if params else 1):  # kmq-iterative's later rounds
+            for kind in [i.kind for i in step.inputs if i.loop and i.kind != step.name]:
+                timed(STEPS[kind], None)  # the fine-tune on the rows so far
+            timed(step, {**params, "round": r})
     return out, times
-
-
-def _post_run_artifacts(
-    report: Path, evals: list, selections: list, graph: str, lineage_png: Path, run_id: str, prefix: str
-) -> None:
-    """Posts the run's report (plots inline), evaluation and composition tables and lineage graph to the UI."""
-    create_markdown_artifact(
-        inline_images(report.read_text(), report.parent), key=f"{prefix}-report", description=f"run report ({prefix})"
-    )
-    ev = evaluation_pivot(evaluation_frame([e.meta for e in evals]))
-    create_table_artifact(_readable(ev), key=f"{prefix}-evaluation", description="evaluation: score / gold NLL")
-    comp = composition_frame([s.meta for s in selections])
-    create_table_artifact(_readable(comp), key=f"{prefix}-composition", description="selection composition")
-    create_markdown_artifact(
-        "\n".join(
-            [
-                "### Lineage of this run's artifacts",
-                "",
-                f"Every node is an artifact (step, kind, content digest); `bidsflow lineage {run_id[:8]}` prints "
-                "the same graph with parameters and paths.",
-                "",
-                png_markdown(lineage_png, "lineage"),
-                "",
-                "Mermaid source (drawn by Prefect's V2 UI and by markdown viewers that render mermaid):",
-                "",
-                "```mermaid",
-                graph,
-                "```",
-            ]
-        ),
-        key=f"{prefix}-lineage",
-        description="artifact lineage (image and mermaid)",
-    )
-
-
-def _readable(df) -> list[dict]:
-    """Returns table rows for the UI: floats to 4 significant digits, no index column."""
-    return [{k: round_sig(v) if isinstance(v, float) else v for k, v in row.items()} for row in df.to_dict("records")]
 
 
 @flow(name="bids-pipeline", flow_run_name=flow_run_name("pipeline"), log_prints=True)

@@ -93,7 +93,7 @@ def run_step(
         i.key: inputs.get(i.key) for i in step.inputs if not (i.optional and i.when is not None and not i.when(params))
     }
     the_plan = plan(step, recipe, inputs, params)  # raises ArtifactError naming a missing or changed input
-    tag = run_tag(recipe, step.label(inputs, params) if step.label else None)
+    tag = run_tag(recipe, step.label_of(inputs, params))
     started = time.time()
     stale = current_digest(the_plan.final_dir) is None
     key = stable_hash({"kind": the_plan.kind, "identity": the_plan.identity})

@@ -16,7 +16,8 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_run_logger
 
-from bidsml.report.markdown import artifact_key, png_markdown, round_sig
+from bidsml.report.markdown import artifact_key, inline_images, png_markdown, round_sig
+from bidsml.report.run import composition_frame, evaluation_frame, evaluation_pivot
 from flows.processes import raise_if_stopping
 from storage.lineage import record_artifact
 from storage.names import BUILD_INFO
@@ -180,3 +181,53 @@ def mark_cached(built: dict) -> None:
 def asset_key(path: Path | str) -> str:
     """Returns the Prefect asset key of an artifact folder."""
     return "file://" + str(Path(path).resolve()).replace(" ", "%20")
+
+
+# ---- a run's cards: its report, tables and lineage ----------------------------------------------------------------
+
+
+def post_report(report: Path, key: str, description: str) -> None:
+    """Posts a report (markdown, its PNGs inline) as the UI card `key`."""
+    create_markdown_artifact(inline_images(report.read_text(), report.parent), key=key, description=description)
+
+
+def readable(rows: list[dict]) -> list[dict]:
+    """Returns table rows for the UI: floats to 4 significant digits."""
+    return [{k: round_sig(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
+def post_run_cards(
+    report: Path, evals: list, selections: list, graph: str, lineage_png: Path, run_id: str, prefix: str
+) -> None:
+    """Posts the run's report (plots inline), evaluation and composition tables and lineage graph to the UI."""
+    from prefect.artifacts import create_table_artifact
+
+    post_report(report, f"{prefix}-report", f"run report ({prefix})")
+    ev = evaluation_pivot(evaluation_frame([e.meta for e in evals]))
+    create_table_artifact(
+        readable(ev.to_dict("records")), key=f"{prefix}-evaluation", description="evaluation: score / gold NLL"
+    )
+    comp = composition_frame([s.meta for s in selections])
+    create_table_artifact(
+        readable(comp.to_dict("records")), key=f"{prefix}-composition", description="selection composition"
+    )
+    create_markdown_artifact(
+        "\n".join(
+            [
+                "### Lineage of this run's artifacts",
+                "",
+                f"Every node is an artifact (step, kind, content digest); `bidsflow lineage {run_id[:8]}` prints "
+                "the same graph with parameters and paths.",
+                "",
+                png_markdown(lineage_png, "lineage"),
+                "",
+                "Mermaid source (drawn by Prefect's V2 UI and by markdown viewers that render mermaid):",
+                "",
+                "```mermaid",
+                graph,
+                "```",
+            ]
+        ),
+        key=f"{prefix}-lineage",
+        description="artifact lineage (image and mermaid)",
+    )

@@ -15,18 +15,20 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 
 from bidsml.config import Recipe
 from bidsml.errors import ArtifactError, SelectionError
-from bidsml.report.markdown import artifact_key, inline_images, round_sig
+from bidsml.report.markdown import artifact_key
+from bidsml.report.validate import write_validation
 from bidsml.selection import resolve_budget
 from bidsml.influence.streamed import row_scores
-from bidsml.validate import SHARED_ARMS, plot_validation, probe_label, task_table
+from bidsml.validate import SHARED_ARMS, probe_label, task_table
 from bidsml.validate import lds as lds_score
 from flows.naming import flow_run_name
 from flows.runner import map_on_runner
 from flows.step_flows import STEP_FLOWS
+from flows.ui import post_report, readable
 from storage.evaluations import load_evaluation_items
 from storage.influence_store import influence_matrix_array, load_influence_tables
 from storage.refs import check_ref
@@ -198,76 +200,16 @@ def validate(
     return result
 
 
-def flat_summary(result: dict) -> dict:
-    """Returns one flat record of the check: per task the three differences with their intervals and the verdicts,
-    the run's chosen k and its worst-task fidelity, the LDS when measured, and the seconds it took."""
-    out: dict = {}
-    for r in result["tasks"]:
-        for key in ("top_minus_random_nll", "bottom_minus_random_nll", "removal_top_minus_random_nll"):
-            for suffix in ("", "_lo", "_hi"):
-                out[f"{r['task']}_{key}{suffix}"] = round(r[key + suffix], 5)
-        out[f"{r['task']}_verdict"] = r["verdict"]
-    for key in ("k", "chosen_k", "worst_task_fidelity", "lds", "lds_lo", "lds_hi", "seconds"):
-        if result.get(key) is not None:
-            out[key] = result[key]
-    return out
-
-
-def markdown(result: dict, plot: str) -> str:
-    """Returns the report section: what ran, the per-task table, the verdicts and the plot."""
-    lines = [
-        "## Does influence work on this run's data?",
-        "",
-        f"Run `{result['run']}`: for each target, fine-tunes on the top-{result['k']} and "
-        f"bottom-{result['k']} pool rows by the task's influence and on {result['k']} random rows; and on a "
-        f"random base subset of {result['removal_base']} rows with its top {result['k']} or {result['k']} random "
-        f"rows removed; every arm once per probe seed ({result['seeds']} seeds). Probe fine-tunes: lr "
-        f"{result.get('probe_lr')}, {result.get('probe_epochs')} epochs ({result.get('probe_settings', 'the run')}"
-        "). Gold NLL on the task's scored items (lower is better); each arm minus the same seed's random arm, "
-        "hierarchical bootstrap (seeds, then items), 95% intervals; a task with fewer than "
-        f"{result.get('min_items', 0)} scored items gets no verdict.",
-        "",
-        "| task | items | top - random | bottom - random | remove top - remove random | verdict |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in result["tasks"]:
-        cells = [
-            f"{r[key]:+.4f} [{r[key + '_lo']:+.4f}, {r[key + '_hi']:+.4f}]"
-            for key in ("top_minus_random_nll", "bottom_minus_random_nll", "removal_top_minus_random_nll")
-        ]
-        lines.append(f"| {r['task']} | {r['n_items']} | {' | '.join(cells)} | {r['verdict']} |")
-    if "lds" in result:
-        lines += [
-            "",
-            f"Linear datamodeling score over {result['lds_models']} models trained on random halves: "
-            f"{result['lds']:.3f} [{result['lds_lo']:.3f}, {result['lds_hi']:.3f}] ({result['lds_queries']} queries).",
-        ]
-    lines += ["", f"![validation]({plot})", ""]
-    return "\n".join(lines)
-
-
 def write_outputs(recipe: Recipe, record: dict, result: dict) -> Path:
     """Writes validate.json / .csv / .md / .png in the run's outputs, the section in its report, and UI cards."""
     from flows.pipeline import output_dir
 
     out = output_dir(recipe) / VALIDATE_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    plot_validation(result["tasks"], out / "validate.png")
-    pd.DataFrame(result["tasks"]).to_csv(out / "validate.csv", index=False)
-    (out / "validate.json").write_text(json.dumps(result, indent=1))
-    (out / "summary.json").write_text(json.dumps(flat_summary(result)) + "\n")
-    section = markdown(result, "validate.png")
-    (out / "validate.md").write_text(section)
     report = Path(record.get("report") or output_dir(recipe) / "report.md")
-    if report.exists():  # the run's report gains (or replaces) the section
-        text = report.read_text()
-        head = text.split("\n## Does influence work on this run's data?")[0].rstrip("\n")
-        report.write_text(head + "\n\n" + section.replace("](validate.png)", f"]({VALIDATE_DIR}/validate.png)"))
+    section = write_validation(out, result, report)
     key = artifact_key(recipe.name, "validate")
-    create_markdown_artifact(inline_images(section, out), key=f"{key}-report", description="influence check")
+    post_report(section, f"{key}-report", "influence check")
     create_table_artifact(
-        [{k: round_sig(v) if isinstance(v, float) else v for k, v in r.items()} for r in result["tasks"]],
-        key=f"{key}-table",
-        description="influence check: gold NLL differences per task",
+        readable(result["tasks"]), key=f"{key}-table", description="influence check: gold NLL differences per task"
     )
     return out

@@ -61,6 +61,12 @@ def build(b: Build) -> dict:
     return {k: v for k, v in report.items() if k != "pool_rejected"} | {"n_rejected": len(rejected)}
 
 
+def report(ref) -> dict:
+    """Returns what the run report shows of the data: the pool's counts (kept, read, rejected, truncated) and the
+    validation examples'."""
+    return {"pool": {k: ref.meta.get(k) for k in ("pool_out", "pool_in", "n_rejected", "pool_truncated", "n_val")}}
+
+
 STEP = Step(
     name="data",
     doc="Loads the pool and validation sets, rejecting malformed and untrainable records.",
@@ -68,5 +74,6 @@ STEP = Step(
     sections=("data", "sampling_seed", "model", "evaluation"),
     ignore={"evaluation": tuple(EvalConfig.model_fields)},
     identity=user_files,
+    report=report,
     build=build,
 )

@@ -70,10 +70,22 @@ def build(b: Build) -> dict:
     return out
 
 
+def report(ref) -> dict:
+    """Returns what the run report shows of the diagnostics: per-task statistics, the distribution plot (a file of
+    the artifact) and the fidelity table with its warnings."""
+    return {
+        "task_stats": ref.meta["task_stats"],
+        "plot": ref.path / PLOT,
+        "fidelity": ref.meta.get("fidelity"),
+        "fidelity_warnings": ref.meta.get("fidelity_warnings", []),
+    }
+
+
 STEP = Step(
     name="diagnostics",
     doc="Per-task influence statistics, distribution plot and fidelity (projected vs exact influence).",
     inputs=(Input("influence"), Input("projection")),  # the fidelity: the projection step's measurement
     images={"influence distributions": PLOT},
+    report=report,
     build=build,
 )

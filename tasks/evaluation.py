@@ -143,7 +143,7 @@ STEP = Step(
     identity=benchmark_inputs,  # per benchmark: its limit, target settings, its files' content; the pool's content
     pool="gpu",
     label=label,
-    per_run=False,
+    per="branch",
     describe=tables,
     build=build,
 )

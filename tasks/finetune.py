@@ -43,6 +43,6 @@ STEP = Step(
     identity=subset,
     pool="gpu",
     label=label,
-    per_run=False,
+    per="branch",
     build=build,
 )

@@ -106,6 +106,6 @@ STEP = Step(
     params=ProbeParams,
     label=label,
     pool="gpu",
-    per_run=False,
+    per="call",
     build=build,
 )

@@ -145,6 +145,11 @@ def build(b: Build) -> dict:
     }
 
 
+def report(ref) -> dict:
+    """Returns what the run report shows of the projection: the k the features use and the fidelity check's time."""
+    return {"proj_dim": ref.meta["k"], "fidelity_s": ref.meta.get("fidelity_s")}
+
+
 STEP = Step(
     name="projection",
     doc="Chooses the projection size k: the smallest whose influence ranks like the exact one (or the recipe's k).",
@@ -153,5 +158,6 @@ STEP = Step(
     ignore={"features": ("chunk_rows", "threads", "reuse")},  # storage layout, threads and reuse change no choice
     images={"fidelity by k": PROJECTION_PLOT},
     pool="gpu",
+    report=report,
     build=build,
 )

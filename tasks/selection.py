@@ -206,9 +206,7 @@ def build(b: Build) -> dict:
 
 
 def label(inputs, params: SelectionParams) -> str:
-    base = selection_label(params.method, params.budget)
-    rounds = rounds_of(params)
-    return base if rounds == 1 or params.round == rounds - 1 else f"{base} round {params.round}"
+    return selection_label(params.method, params.budget)
 
 
 STEP = Step(
@@ -229,6 +227,7 @@ STEP = Step(
     identity=options_file,
     params=SelectionParams,
     label=label,
-    per_run=False,
+    per="branch",
+    rounds=rounds_of,
     build=build,
 )

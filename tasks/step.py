@@ -83,16 +83,39 @@ class Step:
     pool: Literal["cpu", "gpu"] = "cpu"  # the work pool (and Dask resources) it needs
     label: Callable[..., str | None] | None = None  # label(inputs, params): one of many artifacts of a run
     images: dict[str, str] = field(default_factory=dict)  # title -> file of the artifact shown in its UI card
-    per_run: bool = True  # False: built per method x budget branch (select, finetune, evaluate of an adapter)
+    # "run": built once per pipeline run; "branch": once per method x budget branch, the branch's steps in pipeline
+    # order (selection -> finetune -> evaluation); "call": only when called (the validate flow's probe and tune)
+    per: Literal["run", "branch", "call"] = "run"
+    # a multi-round step: rounds(params) rounds, round r called with params.round = r; from round 1 its `loop`
+    # inputs are the previous round's artifacts (kmq-iterative: its selection and the fine-tune trained on it)
+    rounds: Callable[[Any], int] | None = None
     run_if: Callable[[Any], bool] | None = None  # run_if(recipe): whether a pipeline run needs it (default: always)
     # describe(ref, table): figures for people derived from the artifact's files (evaluation: the per-task table),
     # added to the ref's summary whenever it is produced; outside the identity, so editing it recomputes nothing
     describe: Callable[..., dict[str, Any]] | None = None
+    # report(ref): what the run report reads from this step's artifact (the pool's counts, the influence statistics
+    # and plot, the fidelity); the pipeline merges every run step's into the report's facts. Outside the identity.
+    report: Callable[..., dict[str, Any]] | None = None
 
     def __post_init__(self):
         unknown = set(self.sections) - set(SECTIONS)
         if unknown:
             raise ValueError(f"step {self.name!r}: unknown recipe sections {sorted(unknown)}; sections: {SECTIONS}")
+        if self.rounds is not None and (self.params is None or "round" not in self.params.model_fields):
+            raise ValueError(f"step {self.name!r} runs rounds: its params need a `round` field")
+
+    def rounds_of(self, params: Any) -> int:
+        """Returns how many rounds a call with these parameters runs (1: a single-pass step or call)."""
+        return self.rounds(params) if self.rounds is not None and params is not None else 1
+
+    def label_of(self, inputs: dict[str, Any], params: Any) -> str | None:
+        """Returns the label of the artifact a call builds (its key in a run record): `label`, with " round r" on an
+        earlier round of a multi-round call (the last round's artifact is the branch's)."""
+        if self.label is None:
+            return None
+        base, rounds = self.label(inputs, params), self.rounds_of(params)
+        r = getattr(params, "round", 0)
+        return base if rounds == 1 or r == rounds - 1 else f"{base} round {r}"
 
 
 class Progress(Protocol):

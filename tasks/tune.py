@@ -79,6 +79,6 @@ STEP = Step(
     params=TuneParams,
     label=label,
     pool="gpu",
-    per_run=False,
+    per="call",
     build=build,
 )

@@ -98,7 +98,7 @@ def test_tune_trials_score_validation_nll_and_the_experiment_takes_the_lowest(tm
 def test_evidence_section_reports_the_gate_per_budget_and_ends_the_json_with_the_first_budgets_headline(tmp_path):
     """Two budgets, the oracle passing at the larger one only: the report says so per budget; the JSON's last line
     is the first budget's headline, with `gate_passed` true only when every budget passed."""
-    from flows.experiment import evidence_section
+    from bidsml.report.experiment_report import evidence_section
 
     recipe = load_recipe(ROOT / "recipes" / "tiny.yaml")
     recipe = recipe.model_copy(update={"selection": recipe.selection.model_copy(update={"budgets": (5, 10)})})
@@ -192,7 +192,8 @@ def test_primary_comparisons_keep_seed_variance_in_the_interval_and_adjust_acros
 def test_an_evidence_recipe_fixes_its_comparisons_and_the_json_carries_them(tmp_path):
     from bidsml.config import parse_recipe
     from bidsml.errors import RecipeError
-    from flows.experiment import evidence_section, recipe_sha256
+    from bidsml.report.experiment_report import evidence_section
+    from flows.experiment import recipe_sha256
 
     raw = load_recipe(ROOT / "recipes" / "evidence-cpu.yaml").model_dump(mode="json")
     raw["selection"] |= {"methods": ["random", "oracle", "less", "bids"], "budgets": [5]}

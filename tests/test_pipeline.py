@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bidsml.config import load_recipe
-from flows.pipeline import per_run_steps
+from flows.pipeline import branch_steps, per_run_steps
 from tests.conftest import run_names, task_run_states, unreadable
 
 pytestmark = pytest.mark.e2e  # slow end-to-end: skip with -m "not e2e"
@@ -51,7 +51,7 @@ def test_every_flow_and_task_run_of_the_pipeline_has_a_readable_name(first_run):
 def test_pipeline_produces_subsets_evaluation_and_report(first_run, recipe):
     out, states = first_run
     assert all(s == ["Completed"] * len(s) for s in states.values()), states
-    ran = {s.name for s in per_run_steps(recipe)} | {"selection", "finetune", "evaluation"}
+    ran = {s.name for s in per_run_steps(recipe) + branch_steps()}
     assert set(states) == ran and "representations" in ran  # every step ran, rds's representations included
     assert len(states["evaluation"]) == 4  # base + one per selection
     for name, path in out["subsets"].items():

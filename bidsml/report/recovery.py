@@ -15,6 +15,7 @@ intervals. A model evaluated once (original, pruned) counts the same in every se
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -179,3 +180,14 @@ def recovery_markdown(table: pd.DataFrame, prune, scope: str, random: str | None
         markdown_table(shown[~head][cols]),
         "",
     ]
+
+
+def append_recovery_section(report: Path, items: pd.DataFrame, arms: list[str], prune, selections: list[dict]) -> None:
+    """Writes recovery.csv / .png beside a run's report and appends its recovery section: what pruning cost and
+    what each of the run's arms (one seed) won back."""
+    table = recovery_table(items, arms, None)
+    table.to_csv(report.parent / "recovery.csv", index=False)
+    plot_recovery(table, report.parent / "recovery.png")
+    encoders = sorted({m["embeddings"] for m in selections if m.get("method") == "paser" and m.get("embeddings")})
+    scope = "this run's arms, one seed"
+    report.write_text(report.read_text() + "\n" + "\n".join(recovery_markdown(table, prune, scope, None, encoders)))

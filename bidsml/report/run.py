@@ -125,15 +125,20 @@ def composition_frame(selections: list[dict]) -> pd.DataFrame:
 def write_report(
     out: Path,
     title: str,
-    data_summary: dict,
+    facts: dict,
     eval_tables: list[dict],
     selections: list[dict],
     subsets: dict[str, str],
     steps: list[dict],
-    diagnostics: dict | None = None,
 ) -> Path:
-    """Writes report.md, evaluation.csv and PNG charts into `out`; returns the report path."""
+    """Writes report.md, evaluation.csv and PNG charts into `out`; returns the report path.
+
+    `facts`: what the run's steps give the report (each step's `report` hook, tasks/): `pool` (the data's counts),
+    `task_stats`, `plot`, `fidelity`, `fidelity_warnings` (diagnostics), `proj_dim`, `fidelity_s` (projection).
+    """
     out.mkdir(parents=True, exist_ok=True)
+    data_summary = facts.get("pool") or {}
+    diagnostics = facts if "task_stats" in facts else None
     if diagnostics:  # the plot lives in the immutable diagnostics artifact; the report gets a copy
         shutil.copyfile(diagnostics["plot"], out / Path(diagnostics["plot"]).name)
         diagnostics = {**diagnostics, "plot": Path(diagnostics["plot"]).name}
