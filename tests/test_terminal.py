@@ -63,3 +63,57 @@ def test_without_a_terminal_no_bar_is_drawn_and_progress_is_plain_log_lines(capl
     assert "training: 5/10 (50%), loss 2.5" in lines and "training: 10/10 (100%), loss 2.5" in lines
     assert log_file.getvalue().strip().endswith("a log line")
     assert "\r" not in log_file.getvalue() and "\x1b[" not in log_file.getvalue()
+
+
+SNIPPET = """
+import logging, time
+from prefect.logging.handlers import PrefectConsoleHandler
+from tqdm.auto import tqdm
+from flows.terminal import live_display
+log = logging.getLogger("demo")
+log.handlers[:] = [PrefectConsoleHandler()]
+log.setLevel(logging.INFO)
+log.propagate = False
+with live_display():
+    bar = tqdm(total=20, desc="training steps")
+    for i in range(20):
+        bar.update(1)
+        time.sleep(0.02)
+        if i == 10:
+            log.info("halfway [a]")
+    bar.close()
+print("done")
+"""
+
+
+def test_on_a_real_terminal_the_bar_redraws_in_place_under_the_log_lines():
+    """The command's own stdout a pseudo-terminal, as a person's shell gives it: the default choice."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "100", "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", SNIPPET], stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=60) == 0
+    screen = b"".join(chunks).decode(errors="replace")
+    assert screen.count("\r\x1b[2K") >= 3  # the bar redrawn in place (carriage return, erase line), not appended
+    import re
+
+    shown = [int(n) for n in re.findall(r"(\d+)/20", screen)]
+    assert screen.count("halfway [a]") == 1 and max(shown) >= 15 and shown == sorted(shown)  # one bar, advancing
+    assert screen.index("halfway [a]") < screen.rindex("training steps")  # the log line above the bar
+    assert "it/s" not in screen  # tqdm drew nothing of its own
+    assert screen.rstrip().endswith("done")
