@@ -19,7 +19,8 @@ from rich.table import Table  # noqa: E402
 from flows.terminal import live_display  # noqa: E402
 
 app = typer.Typer(help="BIDS data selection as cached Prefect flows.", no_args_is_help=True)
-console = Console()
+# soft_wrap: a message is one line however long its paths are (a log or a test reads it whole); tables still fit the width
+console = Console(soft_wrap=True)
 
 
 _DEBUG = {"on": False}
