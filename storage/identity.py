@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import os
 from pathlib import Path
 
 from bidsml.filehash import file_digest_cached
@@ -88,11 +89,20 @@ def _from_module(node: ast.ImportFrom, importer: str, is_pkg: bool) -> str:
     return f"{base}.{node.module}" if node.module else base
 
 
-def project_imports(name: str) -> tuple[list[str], str]:
-    """Returns (project modules `name` imports, the canonical dump of its code) without importing it."""
+def project_imports(name: str) -> tuple[tuple[str, ...], str]:
+    """Returns (project modules `name` imports, the canonical dump of its code) without importing it.
+
+    Parsed once per version of the file (its size and mtime): every step's identity reads the same modules.
+    """
     origin, is_pkg = _spec_origin(name)
     if origin is None:
         raise ImportError(f"no Python source for module {name!r}")
+    st = os.stat(origin)
+    return _parsed_imports(name, origin, is_pkg, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed_imports(name: str, origin: str, is_pkg: bool, size: int, mtime_ns: int) -> tuple[tuple[str, ...], str]:
     tree = _strip_docstrings(ast.parse(Path(origin).read_text(), filename=origin))
     found: set[str] = set()
     skip = VALIDATION_ONLY.get(name, set())
@@ -116,7 +126,7 @@ def project_imports(name: str) -> tuple[list[str], str]:
     for mod in list(found):
         parts = mod.split(".")
         found |= {".".join(parts[:i]) for i in range(1, len(parts))}
-    return sorted(m for m in found if m != name and _spec_origin(m)[0] is not None), ast.dump(tree)
+    return tuple(sorted(m for m in found if m != name and _spec_origin(m)[0] is not None)), ast.dump(tree)
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,9 +19,9 @@ from pydantic import BaseModel, Field
 from bidsml.clusters import embeddings_used
 from bidsml.config import FeaturesConfig
 from bidsml.errors import SelectionError
-from bidsml.selection import resolve_budget, selection_label, task_means
+from bidsml.selection import selection_label, task_means
 from bidsml.selectors import DEFAULT_METHOD, SELECTORS, PoolFields, SelectorInputs, get_selector, run_selector
-from bidsml.selectors.kmq import round_sizes
+from bidsml.selectors.registry import selector_rounds
 from tasks.step import Build, Input, Step
 from storage.checkpoints import adapter_path
 from storage.datasets import load_split
@@ -63,8 +63,8 @@ def later_round(params: SelectionParams | None) -> bool:
 
 
 def rounds_of(params: SelectionParams) -> int:
-    """Returns how many rounds the method runs (1 for every single-pass method)."""
-    return int(getattr(get_selector(params.method).options(**params.options), "rounds", 1))
+    """Returns how many rounds the method runs (1 for every single-pass method): the selector's declaration."""
+    return selector_rounds(params.method, params.options)
 
 
 def options_file(recipe, inputs, params: SelectionParams) -> dict:
@@ -158,18 +158,14 @@ def build(b: Build) -> dict:
     pool = load_split(b.inputs["data"], "train")
     reps, data = b.inputs.get("representations"), b.inputs["data"]
     inputs = selector_inputs(method, b.params.options, tasks, infl, reps, data, pool, b.inputs.get("degradation"))
-    k_final = int(resolve_budget(budget, n))
     rounds = rounds_of(b.params)
-    if rounds > 1:  # one round of a multi-round method: its share of K, from the previous round and its fine-tune
+    if rounds > 1:  # one round of a multi-round method (its share of K: the selector's), reading the round before
         r = b.params.round
-        if r >= rounds:
-            raise SelectionError(f"method {method!r} runs rounds 0..{rounds - 1}; round {r} asked")
-        inputs.extra = {"round": r, "final_k": k_final}
+        inputs.extra = {"round": r}
         if r > 0:
             previous = load_selection_table(b.inputs["previous"])["train_idx"].to_numpy()
             inputs.extra |= {"previous": previous, "losses": round_losses(b, previous)}
             b.log(f"round {r}: mean loss of the {len(previous)} rows so far {inputs.extra['losses'].mean():.4f}")
-        budget = round_sizes(k_final, rounds)[r]
     rows = run_selector(method, inputs, budget, b.recipe.seed)
     choice = getattr(inputs.options, "embeddings", None)  # kmq, mig: what they clustered
     embeddings = embeddings_used(inputs, choice) if choice is not None else None

@@ -171,6 +171,7 @@ def test_ctrl_c_to_bidsflow_run_stops_a_fine_tune_running_in_a_worker_thread(tmp
     runs = tmp_path / "runs"
     cmd = [BIDSFLOW, "run", "--recipe", str(REPO / "recipes" / "tiny.yaml"), "--set", f"run_root={runs}"]
     cmd += ["--set", "finetune.epochs=300"]  # ~3 min of training here: far longer than the allowed stop
+    cmd += ["--set", "selection.methods=[random]", "--set", "evaluation.benchmarks={mmlu: 2}"]  # to it sooner
     log_path = tmp_path / "run.log"
     # as a terminal's foreground job: a shell's background job (CI under `cmd &`) inherits SIGINT ignored
     run = subprocess.Popen(

@@ -12,7 +12,7 @@ from bidsml.clusters import cluster_members, kmeans_labels
 from bidsml.errors import SelectionError
 from bidsml.selectors import PoolFields, SelectorInputs, run_selector, selector_options
 from bidsml.selectors.balanced import balanced_counts
-from bidsml.selectors.kmq import round_sizes
+from bidsml.selectors.registry import round_sizes, selector_rounds
 from bidsml.selectors.mig import greedy, label_graph, mig_vectors
 
 
@@ -128,17 +128,22 @@ def test_kmq_iterative_rounds_equal_the_reference():
     n, k = 120, 24
     x = inputs("kmq-iterative", n=n, clusters=4, rounds=3)
     labels = kmeans_labels(x.representations["train_weighted"], 4, 7)
-    assert round_sizes(k, 3) == [8, 16, 24]
+    assert round_sizes(k, 3) == [8, 16, 24] and selector_rounds("kmq-iterative", x.options) == 3
+    assert selector_rounds("kmq") == selector_rounds("bids") == 1  # rounds are the selector's declaration
     with pytest.raises(SelectionError, match="fine-tunes between rounds"):
         run_selector("kmq-iterative", x, k, seed=7)
-    x.extra = {"round": 0, "final_k": k}
-    r0 = run_selector("kmq-iterative", x, 8, seed=7)
+    x.extra = {"round": 3}
+    with pytest.raises(SelectionError, match=r"runs rounds 0\.\.2; round 3 asked"):
+        run_selector("kmq-iterative", x, k, seed=7)
+    x.extra = {"round": 0}  # the budget is the whole selection's K: the selector takes its share per round
+    r0 = run_selector("kmq-iterative", x, k, seed=7)
+    assert len(r0) == 8 and x.extra["final_k"] == k
     rng = np.random.default_rng([7, 0])  # KMeansIter.select: floor(K / R / k) per cluster, uniformly
     ref0 = np.concatenate([rng.choice(np.where(labels == i)[0], size=2, replace=False) for i in range(4)])
     assert r0.tolist() == ref0.tolist()
     loss = np.linspace(0.5, 3.0, len(r0))
-    x.extra = {"round": 1, "final_k": k, "previous": r0, "losses": loss}
-    r1 = run_selector("kmq-iterative", x, 16, seed=7)
+    x.extra = {"round": 1, "previous": r0, "losses": loss}
+    r1 = run_selector("kmq-iterative", x, k, seed=7)
     ref1 = reference_iter_round(labels, 4, r0, loss, 8, np.random.default_rng([7, 1]))
     assert r1.tolist() == ref1.tolist() and r1[:8].tolist() == r0.tolist()
 
@@ -155,7 +160,7 @@ def test_kmq_iterative_draws_again_when_a_cluster_runs_out():
     small = np.flatnonzero(labels == labels[0])
     prev = np.asarray([small[0], small[1], 10, 11])
     loss = np.where(np.isin(prev, small), 50.0, 0.0)  # the small cluster "needs" everything, has 2 rows left
-    x.extra = {"round": 1, "final_k": 12, "previous": prev, "losses": loss}
+    x.extra = {"round": 1, "previous": prev, "losses": loss}  # the last of 2 rounds: all 12 rows
     rows = run_selector("kmq-iterative", x, 12, seed=0)
     assert len(set(rows.tolist())) == 12 and set(small) <= set(rows.tolist())
 

@@ -137,11 +137,6 @@ def kmq_cluster_count(k: int, opts: KMQOptions) -> int:
     return max(1, min(1024, k // opts.rows_per_cluster))
 
 
-def round_sizes(k: int, rounds: int) -> list[int]:
-    """Returns the cumulative row count after each round: round(K (r + 1) / R), the last exactly K."""
-    return [int(round(k * (r + 1) / rounds)) for r in range(rounds)]
-
-
 def iterative_clusters(k_final: int, opts: KMQIterativeOptions) -> int:
     per_round = k_final // opts.rounds
     return max(1, min(opts.clusters, per_round) if opts.clusters else min(512, per_round // opts.rows_per_cluster))
@@ -152,15 +147,11 @@ def iterative_clusters(k_final: int, opts: KMQIterativeOptions) -> int:
     needs=("representations", "pool"),
     options=KMQIterativeOptions,
     check=lambda recipe, opts: check_pool_inputs(recipe, opts, "kmq-iterative", FIELDS),
+    rounds=lambda opts: opts.rounds,
 )
 def select_kmq_iterative(x: SelectorInputs, k: int, seed: int) -> np.ndarray:
     """kMQ iterative: rounds of k-means sampling reweighted by a fine-tune's loss on each cluster."""
-    rnd = x.extra.get("round")
-    if rnd is None:
-        raise SelectionError(
-            "kmq-iterative fine-tunes between rounds: run it through the pipeline or `bidsflow select`, which build "
-            "one selection and one fine-tune per round"
-        )
+    rnd = x.extra["round"]  # the registry checked it; k: the rows after this round (round_sizes)
     k_final = int(x.extra["final_k"])
     n_clusters = iterative_clusters(k_final, x.options)
     labels, members = kmq_clusters(x, n_clusters, seed)

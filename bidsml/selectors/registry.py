@@ -102,6 +102,8 @@ class Selector:
     doc: str = ""
     options: type[BaseModel] = NoOptions
     check: Callable[[Any, BaseModel], None] | None = None  # check(recipe, options): raise ValueError before any step
+    # a multi-round selector: how many rounds its options ask for (the pipeline fine-tunes between rounds)
+    rounds: Callable[[BaseModel], int] | None = None
 
 
 SELECTORS: dict[str, Selector] = {}
@@ -113,8 +115,10 @@ def register_selector(
     needs: tuple[str, ...] = ("influence",),
     options: type[BaseModel] = NoOptions,
     check: Callable[[Any, BaseModel], None] | None = None,
+    rounds: Callable[[BaseModel], int] | None = None,
 ):
-    """Registers a selector under `name`; `needs` lists its inputs (see INPUTS). Duplicates are refused."""
+    """Registers a selector under `name`; `needs` lists its inputs (see INPUTS); `rounds(options)`: how many
+    rounds a multi-round selector runs. Duplicates are refused."""
     unknown = set(needs) - set(INPUTS)
     if unknown:
         raise ValueError(f"selector {name!r}: unknown inputs {sorted(unknown)}; inputs are {', '.join(INPUTS)}")
@@ -123,7 +127,7 @@ def register_selector(
         if name in SELECTORS:
             raise ValueError(f"selector {name!r} registered twice")
         doc = (fn.__doc__ or "").strip().split("\n")[0]
-        SELECTORS[name] = Selector(name, fn, tuple(needs), doc, options, check)
+        SELECTORS[name] = Selector(name, fn, tuple(needs), doc, options, check, rounds)
         return fn
 
     return deco
@@ -140,8 +144,26 @@ def selector_options(name: str, given: dict | None = None) -> BaseModel:
     return get_selector(name).options(**(given or {}))
 
 
+def selector_rounds(name: str, options: BaseModel | dict | None = None) -> int:
+    """Returns how many rounds selector `name` runs with these options (1 for every single-pass selector)."""
+    sel = get_selector(name)
+    if sel.rounds is None:
+        return 1
+    return int(sel.rounds(options if isinstance(options, BaseModel) else sel.options(**(options or {}))))
+
+
+def round_sizes(k: int, rounds: int) -> list[int]:
+    """Returns the cumulative row count after each round of a multi-round selector: round(K (r + 1) / R), the
+    last exactly K."""
+    return [int(round(k * (r + 1) / rounds)) for r in range(rounds)]
+
+
 def run_selector(name: str, inputs: SelectorInputs, budget: float, seed: int = 0) -> np.ndarray:
-    """Returns the selected pool rows (in selection order) of selector `name` at `budget`."""
+    """Returns the selected pool rows (in selection order) of selector `name` at `budget`.
+
+    A multi-round selector runs the round `inputs.extra["round"]` names: it returns the rows so far (round r of
+    R: round(K (r + 1) / R) of the K the budget gives), and reads K as `inputs.extra["final_k"]`.
+    """
     sel = get_selector(name)
     for need in sel.needs:
         if need == "influence" and inputs.influence is None:
@@ -159,6 +181,18 @@ def run_selector(name: str, inputs: SelectorInputs, budget: float, seed: int = 0
     if inputs.options is None:
         inputs.options = sel.options()
     k = resolve_budget(budget, inputs.n)
+    rounds = selector_rounds(name, inputs.options)
+    if rounds > 1:
+        r = inputs.extra.get("round")
+        if r is None:
+            raise SelectionError(
+                f"{name!r} fine-tunes between rounds: run it through the pipeline or `bidsflow select`, which build "
+                "one selection and one fine-tune per round"
+            )
+        if not 0 <= r < rounds:
+            raise SelectionError(f"method {name!r} runs rounds 0..{rounds - 1}; round {r} asked")
+        inputs.extra["final_k"] = k
+        k = round_sizes(k, rounds)[r]
     if inputs.influence is not None:
         check_inputs(as_source(inputs.influence), inputs.tasks, k)
     for t in set(inputs.tasks):
