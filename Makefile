@@ -37,8 +37,8 @@ demo: install
 	$(VENV)/bin/bidsflow run --recipe recipes/demo.yaml
 
 test: install
-	# two workers, each test file on one (module fixtures stay shared); 24 min on 2 cores vs ~30 serially
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30
+	# two workers, each test file on one (module fixtures stay shared), the longest files first (tests/conftest.py)
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=30
 
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict   # the site in site/ (docs/ + README + CHANGELOG)

@@ -8,6 +8,8 @@ config with the real tokenizer.
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,12 +60,19 @@ def load_tokenizer(cfg: ModelConfig):
     Adding a pad token would resize the embeddings (a LESS pitfall); we keep
     the same tokenizer through training, features and evaluation.
     """
+    folder = model_dir(cfg)
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).iterdir() if p.is_file())
+    # a copy of the folder's tokenizer as first read (each step sets its own padding and truncation on its copy)
+    return copy.deepcopy(_read_tokenizer(str(folder), tuple(files), cfg.chat_template))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_tokenizer(folder: str, files: tuple, chat_template: str | None):
     from transformers import AutoTokenizer
 
-    folder = model_dir(cfg)
     tok = AutoTokenizer.from_pretrained(folder)
-    if cfg.chat_template:
-        tok.chat_template = CHAT_TEMPLATES.get(cfg.chat_template, cfg.chat_template)
+    if chat_template:
+        tok.chat_template = CHAT_TEMPLATES.get(chat_template, chat_template)
     elif not getattr(tok, "chat_template", None):
         raise RecipeError(
             f"the tokenizer in {folder} has no chat template: set `model.chat_template` in the recipe "

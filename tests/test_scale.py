@@ -68,7 +68,7 @@ def _cli_run(run_root: Path, prefect_home: Path, *extra: str) -> subprocess.Pope
     env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     cmd = [sys.executable, "-m", "flows.cli", "run", "--recipe", str(RECIPE), "--set", f"run_root={run_root}"]
-    cmd += ["--set", "selection.methods=[random,bids]", "--set", "evaluation.benchmarks={mmlu: 2}", *extra]
+    cmd += ["--set", "selection.methods=[random]", "--set", "evaluation.benchmarks={mmlu: 2}", *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

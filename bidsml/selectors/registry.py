@@ -186,8 +186,8 @@ def run_selector(name: str, inputs: SelectorInputs, budget: float, seed: int = 0
         r = inputs.extra.get("round")
         if r is None:
             raise SelectionError(
-                f"{name!r} fine-tunes between rounds: run it through the pipeline or `bidsflow select`, which build "
-                "one selection and one fine-tune per round"
+                f"{name!r} fine-tunes between rounds: name it in a recipe's selection.methods (`bidsflow run`) or "
+                "run the `select` deployment, which build one selection and one fine-tune per round"
             )
         if not 0 <= r < rounds:
             raise SelectionError(f"method {name!r} runs rounds 0..{rounds - 1}; round {r} asked")
