@@ -32,7 +32,7 @@ RECIPE = REPO / "recipes" / "tiny.yaml"
 # docs/cluster.md's worker command (without --resources GPU=1: no GPU here); threads=1 on both sides (see execution.threads)
 # a pruned model (magnitude: no calibration) and paser: the degradation step's blocks are sharded too
 SAME = [
-    *("--set", "execution.threads=1", "--set", "features.chunk_rows=4"),
+    *("--set", "execution.threads=1", "--set", "features.chunk_rows=8"),
     *("--set", "selection.methods=[random,bids,paser]", "--set", "prune={method: magnitude, sparsity: 0.5}"),
 ]
 
@@ -115,7 +115,7 @@ def test_pipeline_on_a_real_cluster_builds_what_one_process_builds(cluster, one_
     features = record["refs"]["features"]["main"]["meta"]
     assert features["driver_chunks"] == 0 and features["chunks_by"], features
     assert all(k.startswith("worker w") for k in features["chunks_by"]), features["chunks_by"]
-    n_chunks = -(-features["n_train"] // 4) + -(-features["n_val"] // 4)
+    n_chunks = -(-features["n_train"] // 8) + -(-features["n_val"] // 8)
     assert sum(features["chunks_by"].values()) == n_chunks  # each chunk once, all on the workers
     assert "feature chunks computed by: worker w" in out.stdout + out.stderr  # the log line
     assert "worker w" in Path(record["report"]).read_text()  # the report's step table

@@ -115,7 +115,7 @@ def test_prefect_deploy_all_with_a_worker_per_pool(tmp_path):
 
         recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
         recipe |= {"run_root": str(tmp_path / "runs")}
-        recipe["selection"] = {"methods": ["random", "bids"], "budgets": [8]}
+        recipe["selection"] = {"methods": ["random"], "budgets": [8]}
         recipe["evaluation"]["benchmarks"] = {"mmlu": 2, "gsm8k": 1}
         pipe_run = _run(env, "bids-pipeline/bids-pipeline", {"recipe": recipe})
         done = wait_for(lambda: _final(api, pipe_run), 900, "the pipeline run", list(logs.values()))

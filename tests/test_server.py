@@ -169,7 +169,7 @@ def _browser_checks(base: str, api: str, pipeline_run: str, select_run: str, sho
             page.get_by_text("selection bids@8").first.wait_for(timeout=30_000)
             text = page.inner_text("body")
             page.screenshot(path=str(shots / "branches-run.png"))
-            for name in ("finetune random@8", "selection rds@8", "evaluation bids@8"):
+            for name in ("finetune random@8", "selection random@8", "evaluation bids@8"):
                 assert name in text, name
             # the select run's page: its upstream came from the cache, and says so
             page.goto(f"{base}/runs/flow-run/{select_run}")
@@ -219,6 +219,7 @@ def test_ui_serve_deployment_runs_cached_select_and_lineage(tmp_path):
     api = f"http://127.0.0.1:{port}/api"
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe["run_root"] = str(tmp_path / "runs")
+    recipe["selection"]["methods"] = ["random", "bids"]  # two branches (rds adds a step, not a check)
     recipe_path = tmp_path / "tiny.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe))
     env = {
