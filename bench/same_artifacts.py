@@ -7,7 +7,7 @@ then every artifact of every run record is matched by step and label (e.g.
 sha256 its manifest holds; the human-facing outputs (report tables, CSVs)
 are compared too. The last line of the output is the JSON summary.
 
-    python bench/same_artifacts.py --old 9f538b1 --recipe recipes/tiny.yaml \
+    python -m bench.same_artifacts --old 9f538b1 --recipe recipes/tiny.yaml \
         --set "selection.methods=[random,bids,kmq-iterative]" --out bench/results-same-artifacts.json
 
 `--old` is a commit (checked out in a temporary git worktree); the new side is
@@ -28,11 +28,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # outputs whose text holds times or run ids (the step table, the run log): compared without them, or not at all
-TIMED = {"report.md", "experiment.md", "lineage.mmd", "lineage.png"}
+TIMED = {"report.md", "experiment.md", "lineage.mmd", "lineage.png", "recovery.json"}  # recovery.json: wall_s, build_s
 
 
 def run_recipe(tree: Path, recipe: str, sets: list[str], work: Path) -> float:
     """Runs `bidsflow run` of the project at `tree` into work/runs; returns its wall seconds."""
+    (work / "prefect").mkdir(parents=True, exist_ok=True)  # Prefect makes its home folder, not the folders above it
     env = {**os.environ, "PYTHONPATH": str(tree), "PREFECT_HOME": str(work / "prefect")}
     env |= {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     env.pop("PREFECT_API_URL", None)
@@ -64,7 +65,8 @@ def outputs(run_root: Path) -> dict[str, str]:
     out = {}
     for path in sorted(run_root.rglob("*")):
         rel = path.relative_to(run_root)
-        if not path.is_file() or rel.parts[0] in ("artifacts", "run-records", "prefect-results", ".caches"):
+        # lineage/: one file per artifact identity (named by it, holding identities and times), not an output
+        if not path.is_file() or rel.parts[0] in ("artifacts", "run-records", "prefect-results", ".caches", "lineage"):
             continue
         if path.name in TIMED or rel.parts[0].startswith("."):
             continue
@@ -113,12 +115,16 @@ def main() -> None:
         "old": a.old,
         "new": new_rev.stdout.strip() + (" + uncommitted edits" if dirty else ""),
         "artifacts_compared": arts["compared"],
-        "artifacts_identical": arts["compared"] - len(arts["differ"]),
+        "artifacts_same_files": arts["compared"] - sum(bool(d["files"]) for d in arts["differ"].values()),
         "artifacts": arts,
         "outputs_compared": outs["compared"],
         "outputs": outs,
-        "all_equal": not any(arts[k] for k in ("only_old", "only_new", "differ"))
+        # contents: every artifact's files (by sha256) and every output; identities may change while contents stay
+        "all_equal": not arts["only_old"]
+        and not arts["only_new"]
+        and not any(d["files"] for d in arts["differ"].values())
         and not any(outs[k] for k in ("only_old", "only_new", "differ")),
+        "identities_changed": sorted(k for k, d in arts["differ"].items() if not d["identity_equal"]),
         "old_s": round(old_s, 1),
         "new_s": round(new_s, 1),
     }

@@ -72,6 +72,7 @@ def test_a_passing_k_over_the_store_budget_stops_naming_the_option():
 RECIPE = __import__("pathlib").Path(__file__).parents[1] / "recipes" / "tiny.yaml"
 
 
+@pytest.mark.e2e  # the data, warmup, projection and features steps as Prefect flows
 def test_auto_k_through_the_steps_records_its_choice_and_the_features_use_it(tmp_path):
     """Tiny model, rank-16 LoRA on layer 1 (D > 1,024): candidates measured, the choice consistent with them,
     features at k; warmup and features from the frozen trunk."""
