@@ -193,8 +193,12 @@ def _browser_checks(base: str, api: str, pipeline_run: str, select_run: str, sho
             ):
                 search.fill(key)
                 page.get_by_text(key, exact=True).first.wait_for(timeout=30_000)
-                page.wait_for_timeout(1_000)  # the filtered list settles
-                lines = [ln.strip() for ln in page.inner_text("body").splitlines()]
+                settled = time.time() + 20  # the filtered list settles (its search is debounced: it may redraw)
+                while True:
+                    page.wait_for_timeout(1_000)
+                    lines = [ln.strip() for ln in page.inner_text("body").splitlines()]
+                    if lines.count(key) == 1 or time.time() > settled:
+                        break
                 page.screenshot(path=str(shots / f"artifacts-search-{key}.png"))
                 assert lines.count(key) == 1, (key, lines.count(key))  # one card per key, however many versions
             search.fill("")
