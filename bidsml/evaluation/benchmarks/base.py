@@ -94,19 +94,18 @@ class Benchmark:
 
     def items(self, formulation: str | None = None) -> list[BenchItem]:
         """Returns every scored item in a formulation (default: the benchmark's first), checked disjoint from the
-        validation candidates."""
-        form = self.formulation(formulation)
-        key = (*_key(self), "items", form)
-        if key not in _CACHE:  # built once per process: an evaluation per arm reads them all (MMLU: 14k)
-            items = tuple(
-                replace(it, capability=self.capability, metric=it.metric or self.metric)
-                for it in _cached(self, "load_items", form)
-            )
-            shared = {e.id for e in self.validation()} & {it.id for it in items}
-            if shared:
-                raise DataError(f"benchmark {self.task!r}: validation and scored items share ids {sorted(shared)[:5]}")
-            _CACHE[key] = items
-        return list(_CACHE[key])
+        validation candidates (built once per process: an evaluation per arm reads them all, MMLU's 14k)."""
+        return list(_cached(self, "_checked_items", self.formulation(formulation)))
+
+    def _checked_items(self, form: str) -> list[BenchItem]:
+        items = [
+            replace(it, capability=self.capability, metric=it.metric or self.metric)
+            for it in _cached(self, "load_items", form)
+        ]
+        shared = {e.id for e in self.validation()} & {it.id for it in items}
+        if shared:
+            raise DataError(f"benchmark {self.task!r}: validation and scored items share ids {sorted(shared)[:5]}")
+        return items
 
 
 def _key(bench: Benchmark) -> tuple:
