@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bidsml.evaluation.benchmarks import builtin_benchmark
 from bidsml.evaluation.benchmarks.contamination import ngrams, overlap_filter
 from bidsml.config import parse_recipe
 from bidsml.errors import RecipeError
@@ -125,14 +126,13 @@ def test_bbh_planted_rows_are_the_subtasks_test_pairs_in_the_shots_format():
 
 
 def test_humaneval_planted_rows_are_mbpp_problems_in_humaneval_form_disjoint_from_mbpp_planted():
-    from bidsml.evaluation.benchmarks.humaneval import _validation as he_validation
     from bidsml.data.sources.planted import _mbpp_humaneval, _mbpp_unscored
 
     he, mb = _mbpp_humaneval(), _mbpp_unscored()
     assert len(he) >= 180 and all(e.planted_for == "humaneval" for e in he)
     # the two halves never hold the same MBPP problem
     assert not {e.id.split("/", 1)[1] for e in he} & {e.id.split("/", 1)[1] for e in mb}
-    shot = he_validation()[0]
+    shot = builtin_benchmark("humaneval").validation()[0]
     for e in he:
         q, a = e.messages[0].content, e.messages[1].content
         head = "Complete the Python function.\n```python\n"  # HumanEval's own question form

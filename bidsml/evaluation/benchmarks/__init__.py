@@ -10,8 +10,10 @@
 | bbh | reasoning | "bbh-derived": 3-shot from BIG-bench task files, greedy | exact match |
 | jsonl | yours | your files: gold NLL, plus MC accuracy or exact match when items say so | |
 
-To add a benchmark, add one module here with a `@register_benchmark`
-subclass of `Benchmark`; every module of this package is imported, so the
+To add a benchmark, add one module here that calls `declare_benchmark` (its
+data: validation examples, or `quarter_of` a set with no dev split, and scored
+items) or holds a `@register_benchmark` subclass of `Benchmark` (one that reads
+its recipe target's settings); every module of this package is imported, so the
 recipe accepts its name as a target `kind` and in `evaluation.benchmarks`.
 """
 
@@ -26,6 +28,7 @@ from bidsml.evaluation.benchmarks.base import (
     Benchmark,
     benchmark_for,
     builtin_benchmark,
+    declare_benchmark,
     load_benchmark,
     register_benchmark,
     sample_items,
@@ -43,6 +46,7 @@ __all__ = [
     "benchmark_for",
     "builtin_benchmark",
     "contamination",
+    "declare_benchmark",
     "load_benchmark",
     "ngrams",
     "register_benchmark",

@@ -16,7 +16,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from bidsml.data.examples import Example, round_robin_sample
+from bidsml.data.examples import Example, round_robin_sample, split_quarter
 from bidsml.errors import DataError
 
 
@@ -140,13 +140,29 @@ def declare_benchmark(
     name: str,
     capability: str,
     metric: str,
-    validation: Callable[[], list[Example]],
-    items: Callable[[str], list[BenchItem]],
+    validation: Callable[[], list[Example]] | None = None,
+    items: Callable[[str], list[BenchItem]] | None = None,
+    *,
+    quarter_of: Callable[[], list[Example]] | None = None,
     formulations: tuple[str, ...] = ("generate",),
     doc: str = "",
 ) -> type[Benchmark]:
-    """Registers a benchmark declared by its data: `validation()` gives its validation candidates, `items(formulation)`
-    its scored items; returns its class. A benchmark that reads a recipe target's settings subclasses Benchmark."""
+    """Registers a benchmark declared by its data and returns its class: `items(formulation)` gives its scored
+    items; `validation()` its validation candidates, or for a set with no dev split `quarter_of()` the candidates
+    whose fixed held-out quarter (`split_quarter`) is the validation set, its ids left out of the scored items.
+    A benchmark that reads a recipe target's settings subclasses Benchmark."""
+    if items is None or (validation is None) == (quarter_of is None):
+        raise TypeError(f"benchmark {name!r}: declare `items` and one of `validation` or `quarter_of`")
+
+    def load_validation(self) -> list[Example]:
+        return validation() if quarter_of is None else split_quarter(quarter_of())[0]
+
+    def load_items(self, formulation: str) -> list[BenchItem]:
+        if quarter_of is None:
+            return items(formulation)
+        held = {e.id for e in self.validation()}  # the rest is scored
+        return [it for it in items(formulation) if it.id not in held]
+
     cls = type(
         name,
         (Benchmark,),
@@ -156,8 +172,8 @@ def declare_benchmark(
             "capability": capability,
             "metric": metric,
             "formulations": formulations,
-            "load_validation": lambda self: validation(),
-            "load_items": lambda self, formulation: items(formulation),
+            "load_validation": load_validation,
+            "load_items": load_items,
         },
     )
     return register_benchmark(cls)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bidsml.evaluation.benchmarks.base import BenchItem, declare_benchmark
-from bidsml.data.examples import Example, split_quarter
+from bidsml.data.examples import Example
 from bidsml.data.offline import chat_pair, request_docs, request_pairs
 
 
@@ -23,20 +23,12 @@ def _candidates() -> list[Example]:
     return items
 
 
-def _validation() -> list[Example]:
-    return split_quarter(_candidates())[0]  # a fixed held-out quarter; the rest is scored
-
-
-def _items() -> list[BenchItem]:
-    held = {e.id for e in _validation()}
+def _items(formulation: str) -> list[BenchItem]:
     items = []
     for doc, req in request_pairs("gsm8k", "gold_bpb_5shot"):  # its context holds the standard 8 CoT exemplars
-        iid = f"gsm8k/{doc['id']}"
-        if iid in held:
-            continue
         items.append(
             BenchItem(
-                id=iid,
+                id=f"gsm8k/{doc['id']}",
                 benchmark="gsm8k",
                 task="gsm8k",
                 prompt=req["context"],
@@ -51,4 +43,4 @@ def _items() -> list[BenchItem]:
     return items
 
 
-declare_benchmark("gsm8k", "math", "exact_match", _validation, lambda formulation: _items(), doc=__doc__)
+declare_benchmark("gsm8k", "math", "exact_match", items=_items, quarter_of=_candidates, doc=__doc__)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from bidsml.evaluation.benchmarks.base import BenchItem, declare_benchmark
-from bidsml.data.examples import Example, split_quarter
+from bidsml.data.examples import Example
 from bidsml.errors import DataError
 from bidsml.data.offline import chat_pair, request_docs, request_pairs
 
@@ -37,20 +37,12 @@ def _candidates() -> list[Example]:
     return items
 
 
-def _validation() -> list[Example]:
-    return split_quarter(_candidates())[0]  # a fixed held-out quarter; the rest is scored
-
-
-def _items() -> list[BenchItem]:
-    held = {e.id for e in _validation()}
+def _items(formulation: str) -> list[BenchItem]:
     items = []
     for doc, req in request_pairs("codex_humaneval", "gold_bpb_0shot"):
-        iid = f"humaneval/{doc['task_id'].split('/')[-1]}"
-        if iid in held:
-            continue
         items.append(
             BenchItem(
-                id=iid,
+                id=f"humaneval/{doc['task_id'].split('/')[-1]}",
                 benchmark="humaneval",
                 task="humaneval",
                 prompt=doc["prompt"],
@@ -65,4 +57,4 @@ def _items() -> list[BenchItem]:
     return items
 
 
-declare_benchmark("humaneval", "code", "pass@1", _validation, lambda formulation: _items(), doc=__doc__)
+declare_benchmark("humaneval", "code", "pass@1", items=_items, quarter_of=_candidates, doc=__doc__)

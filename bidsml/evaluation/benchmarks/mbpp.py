@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bidsml.evaluation.benchmarks.base import BenchItem, declare_benchmark
-from bidsml.data.examples import Example, split_quarter
+from bidsml.data.examples import Example
 from bidsml.errors import DataError
 from bidsml.data.offline import chat_pair, request_docs, request_pairs
 
@@ -25,17 +25,9 @@ def _candidates() -> list[Example]:
     return items
 
 
-def _validation() -> list[Example]:
-    return split_quarter(_candidates())[0]  # a fixed held-out quarter; the rest is scored
-
-
-def _items() -> list[BenchItem]:
-    held = {e.id for e in _validation()}
+def _items(formulation: str) -> list[BenchItem]:
     items = []
     for doc, req in request_pairs("codex_mbpp", "gold_bpb_3shot"):  # the standard 3 prompt-split exemplars
-        iid = f"mbpp/{doc['task_id']}"
-        if iid in held:
-            continue
         ctx = req["context"]
         cut = ctx.rfind(doc["text"])
         if cut < 0:
@@ -43,7 +35,7 @@ def _items() -> list[BenchItem]:
         prompt = ctx[:cut] + f"{doc['text']}\nYour code should pass this test: {doc['test_list'][0]}\n```python\n"
         items.append(
             BenchItem(
-                id=iid,
+                id=f"mbpp/{doc['task_id']}",
                 benchmark="mbpp",
                 task="mbpp",
                 prompt=prompt,
@@ -58,4 +50,4 @@ def _items() -> list[BenchItem]:
     return items
 
 
-declare_benchmark("mbpp", "code", "pass@1", _validation, lambda formulation: _items(), doc=__doc__)
+declare_benchmark("mbpp", "code", "pass@1", items=_items, quarter_of=_candidates, doc=__doc__)
