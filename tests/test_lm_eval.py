@@ -184,6 +184,18 @@ def test_a_users_task_reading_local_files_is_scored_and_one_that_would_download_
         check_lm_eval(_recipe({"gsm8k": 1}, tasks={"no_such_task": None}, include_path=str(tasks)))
 
 
+def test_the_shipped_tasks_index_finds_each_built_in_task_by_the_file_of_lm_evals_whole_catalogue():
+    from bidsml.evaluation.lm_eval_tasks import offline_tasks, shipped_task_manager, task_manager
+
+    shipped, catalogue = shipped_task_manager().task_index, task_manager().task_index
+    assert all(catalogue[name].yaml_path == e.yaml_path for name, e in shipped.items())  # the same files, and
+    for name, form in [("mmlu", "mc"), ("mmlu", "rc"), ("arc_challenge", "rc0"), ("gsm8k", None), ("bbh", None)]:
+        items = builtin_benchmark(name).items(form)
+        one_per_task = sample_items(items, len({it.task for it in items}), 0)
+        names = {t.name for t in offline_tasks(name, one_per_task, builtin_benchmark(name).formulation(form))}
+        assert names and names <= set(shipped), (name, form, sorted(names - set(shipped))[:5])  # every task in it
+
+
 def test_settings_that_lm_eval_cannot_honour_fail_at_load_or_preflight():
     rec = load_recipe(ROOT / "recipes" / "tiny.yaml")
     with pytest.raises(BidsError, match="evaluation.backend is 'builtin': set backend: lm-eval"):

@@ -16,7 +16,13 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from bidsml.evaluation.lm_eval_tasks import OfflineTask, check_loaded, stock_config, task_manager
+from bidsml.evaluation.lm_eval_tasks import (
+    OfflineTask,
+    check_loaded,
+    shipped_task_manager,
+    stock_config,
+    task_manager,
+)
 
 
 def lm_eval_version() -> str:
@@ -42,7 +48,7 @@ def _tasks(run: LmEvalRun, max_new_tokens: int = 256) -> tuple[dict, dict[str, d
     """Returns (lm-eval tasks by name, per task what its rows are, samples per task for limits).
 
     A shipped generation task decodes at most `max_new_tokens` (the recipe's cap; lm-eval's default is 256)."""
-    tm = task_manager(run.include_path)
+    tm = _manager(run)
     specs, about, samples = [], {}, {}
     for t in run.shipped:
         cfg = {**stock_config(t.name), **t.overrides}
@@ -72,6 +78,12 @@ def _tasks(run: LmEvalRun, max_new_tokens: int = 256) -> tuple[dict, dict[str, d
             about[name]["primary"] = _first_metric(task)
         about[name]["delimiter"] = len(task.config.target_delimiter or "")
     return loaded, about, samples
+
+
+def _manager(run: LmEvalRun):
+    """Returns the TaskManager a run loads its tasks with: the shipped tasks' folders alone when it has no task of
+    the user's (the whole catalogue's index costs seconds per process)."""
+    return task_manager(run.include_path) if run.user else shipped_task_manager()
 
 
 def _first_metric(task) -> str:
@@ -110,7 +122,7 @@ def evaluate_lm_eval(
         numpy_random_seed=seed,
         torch_random_seed=seed,
         fewshot_random_seed=seed,
-        task_manager=task_manager(run.include_path),
+        task_manager=_manager(run),
     )
     rows = []
     for name, logged in sorted(out["samples"].items()):

@@ -170,11 +170,28 @@ def task_manager(include_path: str | None = None):
     return TaskManager(include_path=include_path)
 
 
+# the folders of lm-eval's catalogue that hold the tasks OFFLINE_TASKS name: indexing them takes milliseconds,
+# the whole catalogue (about 14k YAML files) seconds in every process that scores with lm-eval
+SHIPPED_FOLDERS = ("mmlu/default", "mmlu/continuation", "bbh/fewshot", "arc", "gsm8k")
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_task_manager():
+    """Returns a TaskManager of the lm-eval folders the built-in benchmarks' tasks live in (SHIPPED_FOLDERS): each
+    of their tasks by the same file as in the whole catalogue's index."""
+    import lm_eval.tasks
+    from lm_eval.tasks import TaskManager
+
+    root = Path(lm_eval.tasks.__file__).parent
+    return TaskManager(include_path=[str(root / f) for f in SHIPPED_FOLDERS], include_defaults=False)
+
+
 def _task_yaml(name: str, include_path: str | None, resolve_func: bool) -> dict:
     """Returns a task's YAML as lm-eval's loader reads it (includes resolved; `!function`s imported, or as paths)."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    entry = task_manager(include_path).task_index.get(name)
+    entry = shipped_task_manager().task_index.get(name) if include_path is None else None
+    entry = entry or task_manager(include_path).task_index.get(name)
     if entry is None or entry.yaml_path is None:
         raise RecipeError(f"lm-eval has no task {name!r} (with include_path {include_path!r})")
     return load_yaml(entry.yaml_path, resolve_func=resolve_func)
