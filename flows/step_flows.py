@@ -26,7 +26,7 @@ from bidsml.errors import ArtifactError
 from flows.naming import flow_run_name
 from flows.params import DEFAULT_RECIPE_PATH, resolve_recipe
 from flows.preflight import preflight
-from flows.runner import run_step
+from flows.runner import StepFlow, run_step
 from tasks.registry import STEPS
 from tasks.step import Step
 from storage.refs import ArtifactRef
@@ -70,7 +70,7 @@ def _step_flow(step: Step):
     run.__doc__ = step.doc
     run.__name__ = run.__qualname__ = f"{step.name}_flow"
     # parameters are typed objects already; on a Dask worker pydantic cannot rebuild forward references
-    return flow(name=step.name, flow_run_name=flow_run_name(step.name), log_prints=True, validate_parameters=False)(run)
+    return StepFlow(run, name=step.name, flow_run_name=flow_run_name(step.name), log_prints=True, validate_parameters=False)
 
 
 STEP_FLOWS = {name: _step_flow(step) for name, step in STEPS.items()}

@@ -66,3 +66,24 @@ def test_torch_threads_sets_the_count_for_the_block_and_restores_it():
     assert torch.get_num_threads() == before
     with torch_threads(None):
         assert torch.get_num_threads() == before
+
+
+def test_a_step_flow_inside_a_run_leaves_the_heartbeat_to_its_parent_and_on_its_own_keeps_it(prefect_harness):
+    from prefect import flow
+    from prefect.settings import get_current_settings
+
+    from flows.runner import StepFlow
+
+    def frequency() -> int | None:  # what the flow engine reads when it starts a flow run's heartbeat thread
+        return get_current_settings().flows.heartbeat_frequency
+
+    step = StepFlow(frequency, name="probe-heartbeat")
+
+    @flow(name="parent-of-a-step")
+    def parent() -> tuple:
+        return frequency(), step()
+
+    default = frequency()
+    assert default is not None  # Prefect's default: heartbeats on
+    assert parent() == (default, None)  # the parent keeps its heartbeat; the step inside it sends none
+    assert step() == default  # a step flow run on its own (`bidsflow step`) is a top-level flow: it keeps it
