@@ -175,8 +175,19 @@ def run_inputs(step: Step, refs: dict[str, ArtifactRef | None]) -> dict[str, Art
 
 
 def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: str, front: Recipe) -> dict:
-    timings: dict[str, float] = {}
+    """A run: every step's artifact, then what people read of it."""
     since = time.time()
+    refs, timings, recipe = _build_steps(recipe, refresh, front, since)
+    return _write_run(recipe, refs, timings, since, out, title, kind)
+
+
+def _build_steps(
+    recipe: Recipe, refresh: set[str], front: Recipe, since: float
+) -> tuple[dict[str, dict[str, ArtifactRef]], dict[str, float], Recipe]:
+    """Runs the per-run steps in dependency order, the base model's evaluation, then every method x budget branch;
+    returns (artifact refs by step and label, each step's seconds, the recipe the branches ran: on the pruned
+    model when the recipe prunes)."""
+    timings: dict[str, float] = {}
     refs: dict[str, dict[str, ArtifactRef]] = {}
 
     def timed(name: str, label: str, rec: Recipe | None = None, **kw) -> ArtifactRef:
@@ -219,6 +230,20 @@ def _run_steps(recipe: Recipe, refresh: set[str], out: Path, title: str, kind: s
         for name, (label, ref) in branch_refs.items():
             refs.setdefault(name, {})[label] = ref
             log_step(f"{name}:{label}", ref, timings.get(f"{name}:{label}", 0.0), since)
+    return refs, timings, recipe
+
+
+def _write_run(
+    recipe: Recipe,
+    refs: dict[str, dict[str, ArtifactRef]],
+    timings: dict[str, float],
+    since: float,
+    out: Path,
+    title: str,
+    kind: str,
+) -> dict:
+    """Writes what people read of a run: the report (with the recovery section when the recipe prunes), the run
+    record, the lineage graph and its picture, the UI's cards; returns the run's refs and output paths."""
     selections = list(refs["selection"].values())
     evals = [
         e if label != "original" else e.model_copy(update={"meta": {**e.meta, "model": "original (unpruned)"}})
