@@ -68,6 +68,7 @@ def test_torch_threads_sets_the_count_for_the_block_and_restores_it():
         assert torch.get_num_threads() == before
 
 
+@pytest.mark.e2e  # runs flows on a Prefect server
 def test_a_step_flow_inside_a_run_leaves_the_heartbeat_to_its_parent_and_on_its_own_keeps_it(prefect_harness):
     from prefect import flow
     from prefect.settings import get_current_settings
