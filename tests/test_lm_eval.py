@@ -152,6 +152,7 @@ def test_a_users_task_reading_local_files_is_scored_and_one_that_would_download_
     )
     tasks = tmp_path / "tasks"
     _user_task(tasks, "my_sums", dataset_path="json", dataset_kwargs={"data_files": {"train": str(docs)}})
+    _user_task(tasks, "hub_task", dataset_path="someone/some_dataset")  # beside it: refused when named (below)
     recipe = _recipe({"gsm8k": 1}, tasks={"my_sums": 3}, include_path=str(tasks))
     check_lm_eval(recipe)  # reads local files: passes
     run, _, harness = plan_lm_eval(recipe.evaluation, [], lambda b: None)
@@ -161,10 +162,6 @@ def test_a_users_task_reading_local_files_is_scored_and_one_that_would_download_
     assert all(r["benchmark"] == "my_sums" and r["metric"] == "acc" and r["n_choices"] == 2 for r in rows)
     assert aggregate["results"]["my_sums"]["acc,none"] == pytest.approx(sum(r["score"] for r in rows) / 3)
 
-    _user_task(tasks, "hub_task", dataset_path="someone/some_dataset")
-    from bidsml.evaluation import lm_eval_tasks
-
-    lm_eval_tasks.task_manager.cache_clear()  # the folder gained a task
     bad = _recipe({"gsm8k": 1}, tasks={"hub_task": None}, include_path=str(tasks))
     with pytest.raises(RecipeError, match=r"task 'hub_task' would download its data: dataset_path 'someone/some_data"):
         check_lm_eval(bad)
