@@ -25,17 +25,20 @@ from tasks.registry import STEPS
 # (xdist's default order, most tests first, left the long files with few tests for the end). Order only: a file
 # not named here runs after these, and nothing is skipped.
 LONGEST_FIRST = (
-    "test_cluster",  # 8.4 min
-    "test_pipeline",  # 7.1
-    "test_scale",  # 5.7
-    "test_experiment",  # 3.5
-    "test_identity",  # 3.3
-    "test_deploy_workers",  # 2.7
-    "test_processes",  # 2.7
-    "test_server",  # 2.7
-    "test_add_a_step",  # 2.5
-    "test_paser",  # 1.5
-    "test_grow_pool",  # 1.4
+    "test_cluster",  # 7.0 min
+    "test_scale",  # 4.4
+    "test_pipeline",  # 4.0
+    "test_deploy_workers",  # 2.9
+    "test_experiment",  # 2.4
+    "test_identity",  # 2.3
+    "test_add_a_step",  # 2.2
+    "test_server",  # 1.9
+    "test_processes",  # 1.9
+    "test_grow_pool",  # 0.9
+    "test_paser",  # 0.6
+    "test_lm_eval",  # 0.6
+    "test_streamed",  # 0.6
+    "test_featurize_resume",  # 0.6
 )
 
 
