@@ -139,7 +139,7 @@ def run_step(
 def heartbeat_of_the_parent():
     """Within a flow or task run, the flows started inside send no heartbeats of their own: the parent's heartbeat
     (Prefect's crash detection) covers them, as they run in its process. A flow run's own heartbeat thread wakes once
-    a second, so each flow run's exit waited for it: ~0.7 s per step, half of a cached step's time."""
+    a second, so each flow run's exit waited for it: ~0.7 s per step, most of a cached step's 1.2 s."""
     from prefect.context import FlowRunContext, TaskRunContext
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
